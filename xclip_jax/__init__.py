@@ -1,0 +1,1 @@
+"""xclip-jax: X-CLIP (Ni et al., ECCV 2022) in JAX/Flax."""
