@@ -1,169 +1,45 @@
-"""Official PyTorch X-CLIP state dicts <-> Flax parameters, and the `python -m xclip_jax.convert` tool.
+r"""Converts an X-CLIP or CLIP checkpoint for xclip-jax, or exports one back to the official PyTorch format.
 
-Every checkpoint format is first read into an *official state dict*: `{name: np.ndarray}` with the names and layouts
-of the official PyTorch model. The mapping to Flax is mechanical:
-  - `a.resblocks.0.b` -> `a/resblocks_0/b` (likewise `decoder.N`, `mlp.N`);
-  - `in_proj_weight` / `in_proj_bias` -> `in_proj/kernel` / `in_proj/bias`;
-  - Linear `weight` (out, in) -> `kernel` (in, out); Conv2d `weight` (O, I, kh, kw) -> `kernel` (kh, kw, I, O);
-  - LayerNorm `weight` -> `scale`; Embedding `weight` -> `embedding`; raw parameters keep their name and layout.
+  python -m xclip_jax.convert SRC DST                 # any supported checkpoint -> xclip-jax (orbax) directory
+  python -m xclip_jax.convert SRC DST --num_frames=8  # ... with the MIT temporal embedding resampled to 8 frames
+  python -m xclip_jax.convert SRC DST.pth --to=official   # -> {'model': state_dict}, as the official code loads
+
+SRC is anything `xclip_jax.load_pretrained` reads; the conversion never executes code from it and needs no PyTorch.
 """
-import re
+import pathlib
 
-import flax
-import jax
-import jax.numpy as jnp
-import numpy as np
+from absl import app
+from absl import flags
+from absl import logging
 
-from xclip_jax import model as model_lib
+from xclip_jax import official
+from xclip_jax import pretrained
+from xclip_jax import torch_io
 
-# Entries of OpenAI's CLIP state dicts that are metadata, not parameters (the official build_model drops them too).
-CLIP_METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
-# Official-name prefixes of the modules X-CLIP adds on top of CLIP.
-XCLIP_ONLY_PREFIXES = ("prompts_generator.", "mit.", "prompts_visual_ln.", "prompts_visual_proj")
-_SEQUENCE_PART = re.compile(r"^(resblocks|decoder|mlp)_(\d+)$")
-
-
-class CheckpointMismatchError(ValueError):
-  """A checkpoint does not fit the architecture it is loaded into."""
+_TO = flags.DEFINE_enum("to", "jax", ["jax", "official"],
+                        "jax: an xclip-jax checkpoint directory; official: a .pth the official PyTorch code loads.")
+_NUM_FRAMES = flags.DEFINE_integer("num_frames", None, "Frames per video (default: the checkpoint's).")
 
 
-def _flax_entry(name: str, value: np.ndarray) -> tuple[tuple[str, ...], np.ndarray]:
-  name = name.replace("in_proj_weight", "in_proj.weight").replace("in_proj_bias", "in_proj.bias")
-  parts = []
-  for part in name.split("."):
-    if part.isdigit() and parts:
-      parts[-1] = f"{parts[-1]}_{part}"
-    else:
-      parts.append(part)
-  if parts[-1] == "weight":
-    if parts[-2] == "token_embedding":
-      parts[-1] = "embedding"
-    elif value.ndim == 1:
-      parts[-1] = "scale"
-    elif value.ndim == 2:
-      parts[-1], value = "kernel", value.T
-    elif value.ndim == 4:
-      parts[-1], value = "kernel", value.transpose(2, 3, 1, 0)
-  return tuple(parts), value
+def convert(src, dst, to: str = "jax", num_frames: int | None = None) -> pathlib.Path:
+  model = pretrained.load_pretrained(src, num_frames=num_frames)
+  dst = pathlib.Path(dst)
+  if to == "jax":
+    model.save(dst)
+  elif to == "official":
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    torch_io.save_torch_checkpoint({"model": official.official_from_params(model.params)}, dst)
+  else:
+    raise ValueError(f"unknown target format {to!r}; use 'jax' or 'official'")
+  logging.info("Wrote %s (%s format, %d frames).", dst, to, model.config.num_frames)
+  return dst
 
 
-def _official_entry(path: tuple[str, ...], value: np.ndarray) -> tuple[str, np.ndarray]:
-  parts = list(path)
-  if parts[-1] in ("scale", "embedding"):
-    parts[-1] = "weight"
-  elif parts[-1] == "kernel":
-    parts[-1] = "weight"
-    value = value.T if value.ndim == 2 else value.transpose(3, 2, 0, 1)
-  names = []
-  for part in parts:
-    match = _SEQUENCE_PART.match(part)
-    names.extend(match.groups() if match else [part])
-  name = ".".join(names).replace("in_proj.weight", "in_proj_weight").replace("in_proj.bias", "in_proj_bias")
-  return name, value
+def main(argv):
+  if len(argv) != 3:
+    raise app.UsageError("usage: python -m xclip_jax.convert SRC DST [--to=jax|official] [--num_frames=N]")
+  convert(argv[1], argv[2], _TO.value, _NUM_FRAMES.value)
 
 
-def abstract_params(config: model_lib.XCLIPConfig) -> dict:
-  """The parameter tree of `config` as ShapeDtypeStructs, without allocating anything."""
-  xclip = model_lib.XCLIP(config)
-  video = jax.ShapeDtypeStruct((1, config.num_frames, config.image_resolution, config.image_resolution, 3),
-                               jnp.float32)
-  text = jax.ShapeDtypeStruct((1, config.context_length), jnp.int32)
-  return jax.eval_shape(xclip.init, jax.random.key(0), video, text)["params"]
-
-
-def init_params(config: model_lib.XCLIPConfig, seed: int = 0) -> dict:
-  """Freshly initialised parameters (the official initialisation's distributions)."""
-  xclip = model_lib.XCLIP(config)
-  video = jnp.zeros((1, config.num_frames, config.image_resolution, config.image_resolution, 3), jnp.float32)
-  text = jnp.zeros((1, config.context_length), jnp.int32)
-  return jax.jit(xclip.init)(jax.random.key(seed), video, text)["params"]
-
-
-def params_from_official(state_dict: dict[str, np.ndarray], config: model_lib.XCLIPConfig,
-                         base_params: dict | None = None) -> dict:
-  """Flax parameters from an official state dict, checked name by name and shape by shape against `config`.
-
-  With `base_params`, names absent from `state_dict` keep their value there (loading CLIP into X-CLIP); without,
-  every parameter of the model must be in the state dict. Names the model does not have are an error either way.
-  """
-  expected = flax.traverse_util.flatten_dict(abstract_params(config))
-  converted = {}
-  for name, value in state_dict.items():
-    if name in CLIP_METADATA_KEYS:
-      continue
-    path, value = _flax_entry(name, np.asarray(value))
-    if path not in expected:
-      raise CheckpointMismatchError(f"checkpoint entry {name!r} (shape {tuple(value.shape)}) has no counterpart in "
-                                    f"the model (looked for {'/'.join(path)})")
-    if tuple(value.shape) != tuple(expected[path].shape):
-      want_name, want = _official_entry(path, np.zeros(expected[path].shape, np.int8))
-      raise CheckpointMismatchError(f"checkpoint entry {name!r} has shape {tuple(np.shape(state_dict[name]))} but the "
-                                    f"model expects {tuple(want.shape)} for {want_name!r}")
-    converted[path] = np.asarray(value, np.float32)
-  missing = [path for path in expected if path not in converted]
-  if missing:
-    if base_params is None:
-      names = [_official_entry(path, np.zeros(expected[path].shape))[0] for path in missing]
-      raise CheckpointMismatchError(f"checkpoint lacks {len(names)} parameters of the model, first {names[0]!r}; "
-                                    f"all: {names}")
-    base = flax.traverse_util.flatten_dict(base_params)
-    converted.update({path: base[path] for path in missing})
-  return flax.traverse_util.unflatten_dict(converted)
-
-
-def official_from_params(params: dict) -> dict[str, np.ndarray]:
-  """The official PyTorch state dict of Flax parameters (for export back to PyTorch users)."""
-  flat = flax.traverse_util.flatten_dict(jax.device_get(params))
-  return dict(_official_entry(path, np.asarray(value)) for path, value in flat.items())
-
-
-def _count(state_dict, prefix: str) -> int:
-  pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
-  return len({m.group(1) for m in map(pattern.match, state_dict) if m})
-
-
-def config_from_official(state_dict: dict[str, np.ndarray], num_frames: int | None = None,
-                         **overrides) -> model_lib.XCLIPConfig:
-  """Reads the architecture off an official X-CLIP or OpenAI CLIP (ViT) state dict, as the official build_model does.
-
-  For a CLIP state dict the X-CLIP parts take the official defaults (or `overrides`), and `num_frames` (default 8).
-  """
-  if "visual.proj" not in state_dict or "visual.conv1.weight" not in state_dict:
-    found = sorted(state_dict)[:5]
-    raise CheckpointMismatchError("not a ViT X-CLIP/CLIP state dict: 'visual.proj' and 'visual.conv1.weight' are "
-                                  f"missing (ResNet CLIP backbones are not supported by X-CLIP); first keys: {found}")
-  conv = state_dict["visual.conv1.weight"]
-  grid = round((state_dict["visual.positional_embedding"].shape[0] - 1) ** 0.5)
-  text_width = state_dict["ln_final.weight"].shape[0]
-  values = dict(
-      embed_dim=state_dict["text_projection"].shape[1],
-      image_resolution=conv.shape[-1] * grid,
-      vision_layers=_count(state_dict, "visual.transformer.resblocks."),
-      vision_width=conv.shape[0],
-      vision_patch_size=conv.shape[-1],
-      context_length=state_dict["positional_embedding"].shape[0],
-      vocab_size=state_dict["token_embedding.weight"].shape[0],
-      transformer_width=text_width,
-      transformer_heads=text_width // 64,
-      transformer_layers=_count(state_dict, "transformer.resblocks."),
-  )
-  if "mit.positional_embedding" in state_dict:
-    values.update(num_frames=state_dict["mit.positional_embedding"].shape[1],
-                  mit_layers=_count(state_dict, "mit.resblocks."),
-                  prompts_layers=_count(state_dict, "prompts_generator.decoder."))
-  elif num_frames is not None:
-    values["num_frames"] = num_frames
-  values.update(overrides)
-  return model_lib.XCLIPConfig(**values)
-
-
-def interpolate_temporal_embedding(embedding: np.ndarray, num_frames: int) -> np.ndarray:
-  """Linearly resamples the MIT position embedding (1, T, D) to `num_frames` positions (align_corners=True)."""
-  source = embedding.shape[1]
-  if source == num_frames:
-    return embedding
-  positions = np.linspace(0, source - 1, num_frames)
-  lower = np.floor(positions).astype(int)
-  upper = np.minimum(lower + 1, source - 1)
-  weight = (positions - lower)[None, :, None]
-  return (embedding[:, lower] * (1 - weight) + embedding[:, upper] * weight).astype(embedding.dtype)
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,152 @@
+"""Loading X-CLIP from any supported checkpoint, and the inference wrapper used by evaluation and the demo."""
+import functools
+import json
+import logging
+import pathlib
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from xclip_jax import official
+from xclip_jax import hf_xclip
+from xclip_jax import model as model_lib
+from xclip_jax import torch_io
+
+# A converted checkpoint is a directory holding this file (the architecture) and an orbax checkpoint of the params.
+CONFIG_FILE = "xclip_config.json"
+PARAMS_DIR = "params"
+FORMAT_NAME = "xclip-jax"
+
+
+class XCLIPModel:
+  """An X-CLIP model with its parameters; jit-compiled inference methods.
+
+  Video is (B, T, H, W, 3) float32, normalised with the CLIP mean and std; text is token ids from `tokenize`.
+  """
+
+  def __init__(self, config: model_lib.XCLIPConfig, params):
+    self.config = config
+    self.params = params
+    self.module = model_lib.XCLIP(config)
+
+  @functools.cached_property
+  def _apply(self):
+    # One compiled function per method; shapes (batch, classes) recompile as usual.
+    return {name: jax.jit(functools.partial(self.module.apply, method=getattr(model_lib.XCLIP, name)))
+            for name in ("encode_text", "encode_frames", "encode_video", "logits_from_features")}
+
+  def _variables(self):
+    return {"params": self.params}
+
+  def encode_text(self, text_ids) -> jax.Array:
+    """(K, 77) token ids -> (K, D) text features, without video conditioning."""
+    return self._apply["encode_text"](self._variables(), jnp.asarray(text_ids, jnp.int32))
+
+  def encode_frames(self, video) -> tuple[jax.Array, jax.Array]:
+    """(B, T, D) per-frame class features and (B, T, N, D) prompt visual tokens."""
+    return self._apply["encode_frames"](self._variables(), jnp.asarray(video, jnp.float32))
+
+  def encode_video(self, video) -> tuple[jax.Array, jax.Array]:
+    """(B, D) video features (before normalisation) and (B, T, N, D) prompt visual tokens."""
+    return self._apply["encode_video"](self._variables(), jnp.asarray(video, jnp.float32))
+
+  def logits(self, video, text_ids=None, *, text_features=None) -> jax.Array:
+    """(B, K) logits of each video against K class texts, given as token ids or as `encode_text` features.
+
+    Encode the class texts once with `encode_text` and pass `text_features=` to classify many videos.
+    """
+    if (text_ids is None) == (text_features is None):
+      raise ValueError("pass exactly one of text_ids and text_features")
+    if text_features is None:
+      text_features = self.encode_text(text_ids)
+    return self._apply["logits_from_features"](self._variables(), jnp.asarray(video, jnp.float32),
+                                               jnp.asarray(text_features, jnp.float32))
+
+  def save(self, directory) -> pathlib.Path:
+    """Writes the converted checkpoint: `xclip_config.json` and an orbax checkpoint of the params."""
+    directory = pathlib.Path(directory).absolute()
+    directory.mkdir(parents=True, exist_ok=True)
+    config = {k: v for k, v in self.config.to_dict().items() if k not in ("droppath", "remat", "dtype")}
+    (directory / CONFIG_FILE).write_text(json.dumps({"format": FORMAT_NAME, "config": config}, indent=2) + "\n")
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(directory / PARAMS_DIR, self.params, force=True)
+    checkpointer.wait_until_finished()
+    return directory
+
+
+def _read_converted(directory: pathlib.Path, **overrides):
+  meta = json.loads((directory / CONFIG_FILE).read_text())
+  if meta.get("format") != FORMAT_NAME:
+    raise ValueError(f"{directory / CONFIG_FILE} is not an xclip-jax checkpoint config (format "
+                     f"{meta.get('format')!r})")
+  config = model_lib.XCLIPConfig.from_dict(meta["config"])
+  abstract = official.abstract_params(config)
+  params = ocp.StandardCheckpointer().restore(directory / PARAMS_DIR, abstract)
+  return config.replace(**overrides), params
+
+
+def _resize_frames(config, params, num_frames):
+  if num_frames is None or num_frames == config.num_frames:
+    return config, params
+  embedding = np.asarray(params["mit"]["positional_embedding"])
+  logging.info("Interpolating the MIT temporal position embedding from %d to %d frames.", config.num_frames,
+               num_frames)
+  params = flax.traverse_util.unflatten_dict({
+      **flax.traverse_util.flatten_dict(params),
+      ("mit", "positional_embedding"): jnp.asarray(official.interpolate_temporal_embedding(embedding, num_frames)),
+  })
+  return config.replace(num_frames=num_frames), params
+
+
+def load_pretrained(path, num_frames: int | None = None, *, dtype: str = "float32", droppath: float = 0.0,
+                    remat: bool = False, seed: int = 0) -> XCLIPModel:
+  """Loads X-CLIP from any supported checkpoint, reading the architecture from it.
+
+  Supported: an official X-CLIP `.pth` (training layout or bare state dict, `module.` prefix or not); OpenAI CLIP
+  (TorchScript archive or state dict), which initialises the X-CLIP modules as the official code does (with
+  `seed`); a Hugging Face X-CLIP directory (`config.json` + `model.safetensors` or `pytorch_model.bin`); a directory
+  written by `python -m xclip_jax.convert`. Nothing in the file is executed.
+
+  Args:
+    path: the checkpoint file or directory.
+    num_frames: frames per video; if it differs from the checkpoint's, the MIT temporal position embedding is
+      linearly interpolated (a 32-frame model can run at 8 frames). Default: the checkpoint's (8 for CLIP).
+    dtype: compute dtype, 'float32' or 'bfloat16' (parameters stay float32).
+    droppath: stochastic depth rate of the video encoder, for fine-tuning.
+    remat: rematerialise the video encoder blocks in the backward pass (saves memory in training).
+    seed: initialisation seed of the X-CLIP modules when loading a CLIP checkpoint.
+  """
+  path = pathlib.Path(path)
+  overrides = dict(dtype=dtype, droppath=droppath, remat=remat)
+  if not path.exists():
+    raise FileNotFoundError(f"no checkpoint at {path}")
+  if path.is_dir():
+    if (path / CONFIG_FILE).exists():
+      config, params = _read_converted(path, **overrides)
+    elif hf_xclip.is_hf_checkpoint(path):
+      state_dict, arch = hf_xclip.read_hf_checkpoint(path)
+      config = model_lib.XCLIPConfig(**arch, **overrides)
+      params = official.params_from_official(state_dict, config)
+    else:
+      raise ValueError(f"{path} is a directory but neither an xclip-jax checkpoint ({CONFIG_FILE}) nor a Hugging "
+                       "Face X-CLIP model (config.json with model.safetensors or pytorch_model.bin)")
+  else:
+    state_dict, _ = torch_io.read_state_dict(path)
+    if "mit.positional_embedding" in state_dict:
+      config = official.config_from_official(state_dict, **overrides)
+      params = official.params_from_official(state_dict, config)
+    else:
+      # A CLIP checkpoint: X-CLIP's own modules start from their official initialisation.
+      config = official.config_from_official(state_dict, num_frames=num_frames or 8, **overrides)
+      logging.info("%s is a CLIP checkpoint: initialising the X-CLIP modules (MIT, prompts, message tokens).", path)
+      params = official.params_from_official(state_dict, config, base_params=official.init_params(config, seed))
+  config, params = _resize_frames(config, params, num_frames)
+  return XCLIPModel(config, jax.tree.map(jnp.asarray, params))
+
+
+def from_config(config: model_lib.XCLIPConfig, seed: int = 0) -> XCLIPModel:
+  """A randomly initialised model (e.g. from `model.preset('ViT-B/32')`), without any file."""
+  return XCLIPModel(config, official.init_params(config, seed))
