@@ -1,0 +1,1 @@
+"""Video input pipeline: sources, decoding, sampling, augmentation, datasets."""
