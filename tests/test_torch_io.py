@@ -1,4 +1,5 @@
 """Tests for xclip_jax.torch_io: torch checkpoints read and written without torch."""
+import collections
 import os
 import subprocess
 import sys
@@ -205,10 +206,25 @@ def test_saved_state_dict_loads_in_torch_bit_exactly(tmp_path):
     _assert_bitwise_equal(ours[name], array)
 
 
+def test_saved_training_checkpoint_loads_in_torch(tmp_path):
+  weights = np.arange(6, dtype=np.float32).reshape(2, 3)
+  checkpoint = {"model": collections.OrderedDict(w=weights), "epoch": 3, "max_accuracy": 81.25,
+                "config": {"MODEL": {"ARCH": "ViT-B/32"}, "DROPOUT": None, "AMP": True}}
+  path = tmp_path / "official.pth"
+
+  torch_io.save_torch_checkpoint(checkpoint, path)
+  loaded = torch.load(path, weights_only=True)
+
+  assert isinstance(loaded["model"], collections.OrderedDict)
+  np.testing.assert_array_equal(loaded["model"]["w"].numpy(), weights)
+  assert {key: value for key, value in loaded.items() if key != "model"} == {
+      key: value for key, value in checkpoint.items() if key != "model"}
+
+
 def test_save_rejects_what_torch_cannot_hold(tmp_path):
-  with pytest.raises(ValueError, match="'counts' has dtype uint32"):
+  with pytest.raises(ValueError, match=r"\['counts'\] has dtype uint32"):
     torch_io.save_torch_state_dict({"counts": np.zeros(2, np.uint32)}, tmp_path / "x.pth")
-  with pytest.raises(ValueError, match="key 3 is not a string"):
+  with pytest.raises(ValueError, match="key 3 in the checkpoint is not a string"):
     torch_io.save_torch_state_dict({3: np.zeros(2, np.float32)}, tmp_path / "x.pth")
 
 

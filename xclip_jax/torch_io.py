@@ -650,27 +650,47 @@ def load_torchscript_state_dict(path) -> dict[str, np.ndarray]:
 
 
 class _PickleWriter:
-  """Emits the protocol-2 opcodes of a torch.save state dict by hand.
+  """Emits the protocol-2 opcodes of a torch.save checkpoint by hand.
 
   torch is not importable here, so `torch._utils._rebuild_tensor_v2` and the
-  storage classes are written as GLOBAL opcodes naming them.
+  storage classes are written as GLOBAL opcodes naming them. Every array becomes
+  its own storage; `arrays` collects them, in storage-key order.
   """
 
-  def __init__(self):
+  def __init__(self, path):
+    self._path = path
     self._out = io.BytesIO()
     self._out.write(pickle.PROTO + bytes([_PICKLE_PROTOCOL]))
+    self.arrays = []
 
   def getvalue(self) -> bytes:
     return self._out.getvalue() + pickle.STOP
 
-  def global_(self, module: str, name: str):
+  def value(self, value, where: str):
+    """Writes a checkpoint value; `where` names it in errors."""
+    if value is None:
+      self._out.write(pickle.NONE)
+    elif isinstance(value, (bool, np.bool_)):
+      self._out.write(pickle.NEWTRUE if value else pickle.NEWFALSE)
+    elif isinstance(value, (int, np.integer)):
+      self._integer(int(value))
+    elif isinstance(value, (float, np.floating)):
+      self._out.write(pickle.BINFLOAT + struct.pack(">d", float(value)))
+    elif isinstance(value, str):
+      self._string(value)
+    elif isinstance(value, Mapping):
+      self._mapping(value, where)
+    else:
+      self._tensor(np.asarray(value), where)
+
+  def _global(self, module: str, name: str):
     self._out.write(pickle.GLOBAL + f"{module}\n{name}\n".encode("ascii"))
 
-  def string(self, text: str):
+  def _string(self, text: str):
     encoded = text.encode("utf-8")
     self._out.write(pickle.BINUNICODE + struct.pack("<I", len(encoded)) + encoded)
 
-  def integer(self, value: int):
+  def _integer(self, value: int):
     if 0 <= value < 1 << 8:
       self._out.write(pickle.BININT1 + struct.pack("<B", value))
     elif 0 <= value < 1 << 16:
@@ -681,43 +701,57 @@ class _PickleWriter:
       encoded = pickle.encode_long(value)
       self._out.write(pickle.LONG1 + struct.pack("<B", len(encoded)) + encoded)
 
-  def int_tuple(self, values):
-    if not values:
-      self._out.write(pickle.EMPTY_TUPLE)
-      return
+  def _int_tuple(self, values):
     self._out.write(pickle.MARK)
     for value in values:
-      self.integer(value)
+      self._integer(value)
     self._out.write(pickle.TUPLE)
 
-  def empty_ordered_dict(self):
-    self.global_("collections", "OrderedDict")
+  def _ordered_dict(self):
+    self._global("collections", "OrderedDict")
     self._out.write(pickle.EMPTY_TUPLE + pickle.REDUCE)
 
-  def tensor(self, storage_name: str, storage_key: str, shape, strides):
+  def _mapping(self, mapping: Mapping, where: str):
+    if isinstance(mapping, collections.OrderedDict):
+      self._ordered_dict()  # What torch's state_dict() returns.
+    else:
+      self._out.write(pickle.EMPTY_DICT)
+    items = list(mapping.items())
+    # SETITEMS batches of 1000, as pickle itself does, bound the unpickler's stack.
+    for batch_start in range(0, len(items), 1000):
+      self._out.write(pickle.MARK)
+      for key, item in items[batch_start:batch_start + 1000]:
+        if not isinstance(key, str):
+          raise ValueError(f"{self._path}: key {key!r} in {where} is not a string")
+        self._string(key)
+        self.value(item, f"{where}['{key}']")
+      self._out.write(pickle.SETITEMS)
+
+  def _tensor(self, array: np.ndarray, where: str):
     """_rebuild_tensor_v2(storage, 0, shape, strides, False, OrderedDict())."""
-    self.global_("torch._utils", "_rebuild_tensor_v2")
+    if array.dtype not in _STORAGE_NAME_BY_DTYPE:
+      raise ValueError(
+          f"{self._path}: {where} has dtype {array.dtype}, which torch.save's "
+          f"typed storages cannot hold (supported: "
+          f"{sorted(str(d) for d in _STORAGE_NAME_BY_DTYPE)})")
+    storage_key = str(len(self.arrays))
+    self.arrays.append(array)
+    self._global("torch._utils", "_rebuild_tensor_v2")
     self._out.write(pickle.MARK)
     # Persistent id ('storage', torch.<X>Storage, key, 'cpu', numel).
     self._out.write(pickle.MARK)
-    self.string("storage")
-    self.global_("torch", storage_name)
-    self.string(storage_key)
-    self.string("cpu")
-    self.integer(int(np.prod(shape)))
+    self._string("storage")
+    self._global("torch", _STORAGE_NAME_BY_DTYPE[array.dtype])
+    self._string(storage_key)
+    self._string("cpu")
+    self._integer(array.size)
     self._out.write(pickle.TUPLE + pickle.BINPERSID)
-    self.integer(0)
-    self.int_tuple(shape)
-    self.int_tuple(strides)
+    self._integer(0)
+    self._int_tuple(array.shape)
+    self._int_tuple(_contiguous_strides(array.shape))
     self._out.write(pickle.NEWFALSE)
-    self.empty_ordered_dict()
+    self._ordered_dict()
     self._out.write(pickle.TUPLE + pickle.REDUCE)
-
-  def mark(self):
-    self._out.write(pickle.MARK)
-
-  def setitems(self):
-    self._out.write(pickle.SETITEMS)
 
 
 def _aligned_zip_info(zip_file: zipfile.ZipFile, name: str) -> zipfile.ZipInfo:
@@ -731,55 +765,50 @@ def _aligned_zip_info(zip_file: zipfile.ZipFile, name: str) -> zipfile.ZipInfo:
   return info
 
 
-def save_torch_state_dict(state_dict: Mapping[str, Any], path) -> None:
-  """Writes `state_dict` in the torch.save zip format, without torch.
+def save_torch_checkpoint(checkpoint: Mapping[str, Any], path) -> None:
+  """Writes a checkpoint in the torch.save zip format, without torch.
 
-  The file loads with `torch.load(path, weights_only=True)` as an OrderedDict of
-  CPU tensors equal, bit for bit, to the arrays.
+  `torch.load(path, weights_only=True)` loads it, with every array as a CPU tensor
+  equal to it bit for bit. The official X-CLIP code expects `{'model': state_dict}`.
 
   Args:
-    state_dict: {name: array}; arrays of float64/32/16, bfloat16, (u)int8,
-      int16/32/64, bool or complex64/128 (anything `np.asarray` accepts).
+    checkpoint: nested mappings with string keys (OrderedDicts stay OrderedDicts)
+      whose leaves are arrays (anything `np.asarray` takes, of float64/32/16,
+      bfloat16, (u)int8, int16/32/64, bool or complex64/128), Python or numpy
+      scalars, strings or None.
     path: the file to write.
 
   Raises:
     ValueError: a key is not a string or an array's dtype has no torch storage type.
   """
   path = pathlib.Path(path)
-  arrays = {}
-  for name, value in state_dict.items():
-    if not isinstance(name, str):
-      raise ValueError(f"state dict key {name!r} is not a string")
-    array = np.asarray(value)
-    if array.dtype not in _STORAGE_NAME_BY_DTYPE:
-      raise ValueError(
-          f"state dict entry '{name}' has dtype {array.dtype}, which torch.save's "
-          f"typed storages cannot hold (supported: "
-          f"{sorted(str(d) for d in _STORAGE_NAME_BY_DTYPE)})")
-    arrays[name] = array
-
-  writer = _PickleWriter()
-  writer.empty_ordered_dict()
-  names = list(arrays)
-  # SETITEMS batches of 1000, as pickle itself does, bound the unpickler's stack.
-  for batch_start in range(0, len(names), 1000):
-    writer.mark()
-    for index in range(batch_start, min(batch_start + 1000, len(names))):
-      array = arrays[names[index]]
-      writer.string(names[index])
-      writer.tensor(_STORAGE_NAME_BY_DTYPE[array.dtype], str(index),
-                    array.shape, _contiguous_strides(array.shape))
-    writer.setitems()
-
+  writer = _PickleWriter(path)
+  writer.value(checkpoint, "the checkpoint")
   archive = "archive/"
   with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as out:
     out.writestr(_aligned_zip_info(out, archive + "data.pkl"), writer.getvalue())
     out.writestr(_aligned_zip_info(out, archive + "byteorder"), b"little")
-    for index, name in enumerate(names):
-      little_endian = arrays[name].astype(arrays[name].dtype.newbyteorder("<"))
-      out.writestr(_aligned_zip_info(out, f"{archive}data/{index}"),
-                   np.ascontiguousarray(little_endian).tobytes())
+    for key, array in enumerate(writer.arrays):
+      little_endian = np.ascontiguousarray(array, array.dtype.newbyteorder("<"))
+      out.writestr(_aligned_zip_info(out, f"{archive}data/{key}"),
+                   little_endian.tobytes())
     out.writestr(_aligned_zip_info(out, archive + "version"), b"3\n")
+
+
+def save_torch_state_dict(state_dict: Mapping[str, Any], path) -> None:
+  """Writes a bare state dict (`torch.load` gives an OrderedDict of tensors).
+
+  Args:
+    state_dict: {name: array}; see `save_torch_checkpoint` for the dtypes.
+    path: the file to write.
+
+  Raises:
+    ValueError: a key is not a string or an array's dtype has no torch storage type.
+  """
+  save_torch_checkpoint(
+      collections.OrderedDict(
+          (name, np.asarray(value)) for name, value in state_dict.items()),
+      path)
 
 
 # Top-level entries of a training checkpoint that hold optimiser state, not weights.
