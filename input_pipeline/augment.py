@@ -87,31 +87,85 @@ def _blend(frames, other, factor):
   return tf.clip_by_value(factor * frames + (1. - factor) * other, 0., 255.)
 
 
-def _color_jitter(frames: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-  """torchvision ColorJitter(.4, .4, .2, .1) with one draw for the clip."""
-  seeds = tf.random.experimental.stateless_split(seed, 5)
-
-  def uniform(i, bounds):
-    return tf.random.stateless_uniform([], seeds[i], *bounds)
-
-  brightness = uniform(0, _BRIGHTNESS)
-  contrast = uniform(1, _CONTRAST)
-  saturation = uniform(2, _SATURATION)
-  hue = uniform(3, _HUE)
-  # Like torchvision, the four operations run in a random order.
-  order = tf.argsort(tf.random.stateless_uniform([4], seeds[4]))
+def _color_jitter(frames: tf.Tensor, params: dict[str, tf.Tensor]):
+  """torchvision ColorJitter(.4, .4, .2, .1) with the clip's factors."""
   operations = [
-      lambda x: tf.clip_by_value(x * brightness, 0., 255.),
+      lambda x: tf.clip_by_value(x * params['brightness'], 0., 255.),
       # Contrast blends with the mean grey level of each frame.
       lambda x: _blend(x, tf.reduce_mean(_luma(x), axis=(1, 2, 3),
-                                         keepdims=True), contrast),
-      lambda x: _blend(x, _luma(x), saturation),
-      lambda x: tf.image.adjust_hue(x / 255., hue) * 255.,
+                                         keepdims=True), params['contrast']),
+      lambda x: _blend(x, _luma(x), params['saturation']),
+      lambda x: tf.image.adjust_hue(x / 255., params['hue']) * 255.,
   ]
-  for step in range(4):
-    frames = tf.switch_case(order[step],
+  for step in range(len(operations)):
+    frames = tf.switch_case(params['jitter_order'][step],
                             [lambda op=op: op(frames) for op in operations])
   return frames
+
+
+def sample_train_params(seed: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
+                        input_size: int = 224) -> dict[str, tf.Tensor]:
+  """Draws the random decisions for one clip of frames height x width.
+
+  Args:
+    seed: shape [2] integer stateless seed.
+    height: frame height after the short-side resize.
+    width: frame width after the short-side resize.
+    input_size: side of the square output.
+
+  Returns:
+    crop_box: int32 [top, left, crop height, crop width] (MultiScaleCrop);
+    flip, jitter, grayscale: bool, whether each is applied;
+    brightness, contrast, saturation, hue: float32 jitter factors;
+    jitter_order: int32 [4], the order of the four jitter operations
+      (0 brightness, 1 contrast, 2 saturation, 3 hue).
+  """
+  seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 10)
+
+  def uniform(i, minval=0., maxval=1.):
+    return tf.random.stateless_uniform([], seeds[i], minval, maxval)
+
+  def integer(i, maxval):
+    return tf.random.stateless_uniform([], seeds[i], 0, maxval, tf.int32)
+
+  crop_sizes = multi_scale_crop_sizes(input_size)
+  crop_width, crop_height = tf.unstack(
+      tf.constant(crop_sizes, tf.int32)[integer(0, len(crop_sizes))])
+  # The five fixed offsets of MultiScaleCrop, in quarters of the slack:
+  # upper left, upper right, lower left, lower right, centre.
+  offsets = tf.constant([[0, 0], [4, 0], [0, 4], [4, 4], [2, 2]], tf.int32)
+  offset = offsets[integer(1, 5)]
+  top = offset[1] * ((tf.cast(height, tf.int32) - crop_height) // 4)
+  left = offset[0] * ((tf.cast(width, tf.int32) - crop_width) // 4)
+  return {
+      'crop_box': tf.stack([top, left, crop_height, crop_width]),
+      'flip': uniform(2) < _FLIP_PROB,
+      'jitter': uniform(3) < _JITTER_PROB,
+      'brightness': uniform(4, *_BRIGHTNESS),
+      'contrast': uniform(5, *_CONTRAST),
+      'saturation': uniform(6, *_SATURATION),
+      'hue': uniform(7, *_HUE),
+      # Like torchvision, the jitter operations run in a random order.
+      'jitter_order': tf.argsort(
+          tf.random.stateless_uniform([4], seeds[8])),
+      'grayscale': uniform(9) < _GRAYSCALE_PROB,
+  }
+
+
+def apply_train_params(frames: tf.Tensor, params: dict[str, tf.Tensor],
+                       input_size: int = 224) -> tf.Tensor:
+  """Augments frames already resized to the short side resize_scale(S)."""
+  top, left, crop_height, crop_width = tf.unstack(params['crop_box'])
+  frames = frames[:, top:top + crop_height, left:left + crop_width]
+  frames = _resize(frames, [input_size, input_size])
+  frames = tf.cond(params['flip'], lambda: tf.reverse(frames, axis=[2]),
+                   lambda: frames)
+  frames = tf.cond(params['jitter'], lambda: _color_jitter(frames, params),
+                   lambda: frames)
+  frames = tf.cond(params['grayscale'],
+                   lambda: tf.tile(_luma(frames), [1, 1, 1, 3]),
+                   lambda: frames)
+  return _normalize(tf.ensure_shape(frames, [None, input_size, input_size, 3]))
 
 
 def train_augment(frames: tf.Tensor, seed: tf.Tensor,
@@ -127,38 +181,11 @@ def train_augment(frames: tf.Tensor, seed: tf.Tensor,
   Returns:
     float32 (T, input_size, input_size, 3), normalised with MEAN_RGB/STD_RGB.
   """
-  seed = tf.cast(seed, tf.int64)
-  seeds = tf.random.experimental.stateless_split(seed, 6)
   frames = _resize_short_side(tf.cast(frames, tf.float32),
                               resize_scale(input_size))
-
-  crop_sizes = multi_scale_crop_sizes(input_size)
-  size_choice = tf.random.stateless_uniform(
-      [], seeds[0], 0, len(crop_sizes), dtype=tf.int32)
-  crop_width, crop_height = tf.unstack(
-      tf.constant(crop_sizes, tf.int32)[size_choice])
   shape = tf.shape(frames)
-  x_step = (shape[2] - crop_width) // 4
-  y_step = (shape[1] - crop_height) // 4
-  # The five fixed offsets of MultiScaleCrop in units of a quarter of the
-  # slack: upper left, upper right, lower left, lower right, centre.
-  offsets = tf.constant([[0, 0], [4, 0], [0, 4], [4, 4], [2, 2]], tf.int32)
-  offset = offsets[tf.random.stateless_uniform(
-      [], seeds[1], 0, 5, dtype=tf.int32)]
-  frames = frames[:, offset[1] * y_step:offset[1] * y_step + crop_height,
-                  offset[0] * x_step:offset[0] * x_step + crop_width]
-  frames = _resize(frames, [input_size, input_size])
-
-  frames = tf.cond(
-      tf.random.stateless_uniform([], seeds[2]) < _FLIP_PROB,
-      lambda: tf.reverse(frames, axis=[2]), lambda: frames)
-  frames = tf.cond(
-      tf.random.stateless_uniform([], seeds[3]) < _JITTER_PROB,
-      lambda: _color_jitter(frames, seeds[4]), lambda: frames)
-  frames = tf.cond(
-      tf.random.stateless_uniform([], seeds[5]) < _GRAYSCALE_PROB,
-      lambda: tf.tile(_luma(frames), [1, 1, 1, 3]), lambda: frames)
-  return _normalize(tf.ensure_shape(frames, [None, input_size, input_size, 3]))
+  params = sample_train_params(seed, shape[1], shape[2], input_size)
+  return apply_train_params(frames, params, input_size)
 
 
 def eval_augment(frames: tf.Tensor, input_size: int = 224,

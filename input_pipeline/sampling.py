@@ -26,8 +26,9 @@ def train_frame_indices(num_frames: int, num_segments: int,
   """One random frame per segment (SampleFrames._get_train_clips).
 
   Videos shorter than num_segments follow the official fallback: the
-  segments then shrink below one frame and take frame round(i * n / T), so
-  frames repeat and no randomness is used.
+  segments then shrink below one frame and take frame round(i * n / T)
+  modulo n (the official 'loop' for indices past the end), so frames repeat
+  and no randomness is used.
 
   Args:
     num_frames: frames in the video (>= 1).
@@ -35,7 +36,7 @@ def train_frame_indices(num_frames: int, num_segments: int,
     rng: source of the per-segment offsets.
 
   Returns:
-    int64 indices, shape (num_segments,), non-decreasing.
+    int64 indices, shape (num_segments,).
   """
   _check(num_frames, num_segments)
   segment_length = num_frames // num_segments
@@ -43,8 +44,10 @@ def train_frame_indices(num_frames: int, num_segments: int,
     starts = np.arange(num_segments) * segment_length
     return starts + rng.integers(segment_length, size=num_segments)
   # np.around rounds halves to even, as the official code does.
+  # With n <= T / 2 the last index rounds up to n and loops back to 0.
   ratio = num_frames / num_segments
-  return np.around(np.arange(num_segments) * ratio).astype(np.int64)
+  indices = np.around(np.arange(num_segments) * ratio).astype(np.int64)
+  return indices % num_frames
 
 
 def eval_frame_indices(num_frames: int, num_segments: int, num_clips: int = 1,
