@@ -1,4 +1,5 @@
 """Tests for xclip_jax.torch_io: torch checkpoints read and written without torch."""
+import argparse
 import collections
 import os
 import subprocess
@@ -73,6 +74,18 @@ def test_read_state_dict_splits_training_checkpoint(golden_dir):
   assert extras["config"]["MODEL"]["ARCH"] == "random-tiny"
   assert extras["epoch"] == 0
   assert "optimizer" not in extras and "lr_scheduler" not in extras
+
+
+def test_argparse_namespace_becomes_dict(tmp_path):
+  path = tmp_path / "with_args.pth"
+  torch.save({"state_dict": {"w": torch.ones(2)},
+              "args": argparse.Namespace(lr=0.5, arch="ViT-B/16", frames=[8, 16])}, path)
+
+  state_dict, extras = torch_io.read_state_dict(path)
+
+  assert list(state_dict) == ["w"]
+  assert type(extras["args"]) is dict
+  assert extras["args"] == {"lr": 0.5, "arch": "ViT-B/16", "frames": [8, 16]}
 
 
 def test_read_state_dict_strips_data_parallel_prefix(tmp_path):
