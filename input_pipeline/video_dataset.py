@@ -79,7 +79,7 @@ def _load_inputs(annotation_file, video_root, label_list):
   return records, video_decode.VideoSource(video_root)
 
 
-def _check_process(process_index, process_count):
+def check_process(process_index, process_count):
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index {process_index} is not in '
                      f'[0, process_count={process_count})')
@@ -124,7 +124,7 @@ class TrainOrder:
 
   def __init__(self, num_videos: int, seed: int, process_index: int,
                process_count: int):
-    _check_process(process_index, process_count)
+    check_process(process_index, process_count)
     self.slots_per_epoch = num_videos // process_count
     if not self.slots_per_epoch:
       raise ValueError(f'{num_videos} videos cannot feed {process_count} '
@@ -225,6 +225,22 @@ def eval_batches_per_process(num_videos: int, batch_size: int,
   return -(-per_process // batch_size)
 
 
+def eval_views(frames: tf.Tensor, num_frames: int, input_size: int,
+               num_clips: int, num_crops: int) -> tf.Tensor:
+  """(num_clips * num_crops, T, S, S, 3) evaluation views, clip-major.
+
+  frames: uint8 (num_clips * T, H, W, 3), the clips one after the other.
+  """
+  frames = tf.ensure_shape(frames, [num_clips * num_frames, None, None, 3])
+  crops = augment.eval_augment(frames, input_size, num_crops)
+  # (crop, clip * T, ...) -> (clip * crop, T, ...): views clip-major.
+  crops = tf.reshape(crops, [num_crops, num_clips, num_frames, input_size,
+                             input_size, 3])
+  return tf.reshape(tf.transpose(crops, [1, 0, 2, 3, 4, 5]),
+                    [num_clips * num_crops, num_frames, input_size,
+                     input_size, 3])
+
+
 def make_eval_dataset(
     annotation_file: str, video_root: str, label_list: str, *,
     num_frames: int, input_size: int, batch_size: int,
@@ -244,7 +260,7 @@ def make_eval_dataset(
     padding and for videos that failed), 'index': (b,) int64 line of the
     video in the annotation file, counting videos from 0 (-1 for padding)}.
   """
-  _check_process(process_index, process_count)
+  check_process(process_index, process_count)
   records, source = _load_inputs(annotation_file, video_root, label_list)
   indices = np.arange(process_index, len(records), process_count)
   config = _Config(records, source, failures or FailureLog(),
@@ -271,14 +287,7 @@ def make_eval_dataset(
   def decode_and_crop(index):
     frames, label, ok = tf.numpy_function(
         load, [index], [tf.uint8, tf.int32, tf.bool], stateful=False)
-    frames = tf.ensure_shape(frames, [num_clips * num_frames, None, None, 3])
-    crops = augment.eval_augment(frames, input_size, num_crops)
-    # (crop, clip * T, ...) -> (clip * crop, T, ...): views clip-major.
-    crops = tf.reshape(crops, [num_crops, num_clips, num_frames, input_size,
-                               input_size, 3])
-    views = tf.reshape(tf.transpose(crops, [1, 0, 2, 3, 4, 5]),
-                       [num_clips * num_crops, num_frames, input_size,
-                        input_size, 3])
+    views = eval_views(frames, num_frames, input_size, num_clips, num_crops)
     return {'video': views, 'label': tf.ensure_shape(label, []),
             'mask': tf.ensure_shape(ok, []), 'index': index}
 
