@@ -8,7 +8,7 @@ GOLDEN = SHARED / "golden"
 LABELS = SHARED / "labels"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def golden_dir():
   path = GOLDEN / "xclip_tiny"
   if not path.is_dir():
@@ -16,7 +16,7 @@ def golden_dir():
   return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tokenizer_golden_dir():
   path = GOLDEN / "tokenizer"
   if not path.is_dir():
@@ -24,7 +24,7 @@ def tokenizer_golden_dir():
   return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def labels_dir():
   if not LABELS.is_dir():
     pytest.skip(f"label lists not found at {LABELS} (../shared is absent)")
