@@ -491,6 +491,8 @@ def _load_legacy(path: pathlib.Path):
       magic = header_unpickler.load()
       version = header_unpickler.load()
       sys_info = header_unpickler.load()
+    except UnsafeCheckpointError:
+      raise  # a plain pickle with a dangerous global: say that, not "bad format"
     except Exception as error:
       raise CheckpointFormatError(
           f"{path}: neither a torch zip archive nor a legacy torch.save "

@@ -1,0 +1,157 @@
+"""Checkpoint conversion: official X-CLIP and OpenAI CLIP files in, xclip-jax and official files out."""
+import numpy as np
+import pytest
+
+import xclip_jax
+from xclip_jax import convert
+from xclip_jax import official
+from xclip_jax import torch_io
+
+
+@pytest.fixture(scope="module")
+def golden(golden_dir):
+  state_dict, _ = torch_io.read_state_dict(golden_dir / "xclip_official.pth")
+  return golden_dir, state_dict, dict(np.load(golden_dir / "io.npz"))
+
+
+def clip_only(state_dict):
+  return {k: v for k, v in state_dict.items()
+          if not k.startswith(official.XCLIP_ONLY_PREFIXES) and ".message_" not in k}
+
+
+def test_round_trip_official_to_jax_to_official_is_bit_exact(golden, tmp_path):
+  path, state_dict, _ = golden
+  convert.convert(path / "xclip_official.pth", tmp_path / "jax")
+  convert.convert(tmp_path / "jax", tmp_path / "back.pth", to="official")
+  exported = torch_io.load_torch_file(tmp_path / "back.pth")
+  assert set(exported) == {"model"}
+  assert set(exported["model"]) == set(state_dict)
+  for name, value in state_dict.items():
+    assert exported["model"][name].dtype == value.dtype, name
+    np.testing.assert_array_equal(exported["model"][name], value, err_msg=name)
+
+
+def test_exported_checkpoint_loads_in_torch_with_weights_only(golden, tmp_path):
+  torch = pytest.importorskip("torch")
+  path, state_dict, _ = golden
+  convert.convert(path / "xclip_official.pth", tmp_path / "back.pth", to="official")
+  loaded = torch.load(tmp_path / "back.pth", weights_only=True)["model"]
+  for name, value in state_dict.items():
+    np.testing.assert_array_equal(loaded[name].numpy(), value, err_msg=name)
+
+
+def test_converted_directory_reproduces_the_official_logits(golden, tmp_path):
+  path, _, io = golden
+  convert.convert(path / "xclip_official.pth", tmp_path / "jax")
+  model = xclip_jax.load_pretrained(tmp_path / "jax")
+  logits = model.logits(io["video"].transpose(0, 1, 3, 4, 2), io["text"])
+  np.testing.assert_allclose(logits, io["logits"], rtol=1e-4, atol=1e-4)
+
+
+def test_bare_state_dict_with_module_prefix_loads(golden, tmp_path):
+  _, state_dict, io = golden
+  torch_io.save_torch_state_dict({f"module.{k}": v for k, v in state_dict.items()}, tmp_path / "bare.pth")
+  model = xclip_jax.load_pretrained(tmp_path / "bare.pth")
+  np.testing.assert_allclose(model.encode_text(io["text"]), io["text_features"], rtol=1e-4, atol=1e-4)
+
+
+def test_clip_state_dict_initialises_xclip_with_clip_text_encoder(golden, tmp_path):
+  _, state_dict, io = golden
+  clip = clip_only(state_dict)
+  clip.update(input_resolution=np.array(32), context_length=np.array(77), vocab_size=np.array(49408))
+  torch_io.save_torch_state_dict(clip, tmp_path / "clip.pt")
+  model = xclip_jax.load_pretrained(tmp_path / "clip.pt", num_frames=6)
+  np.testing.assert_allclose(model.encode_text(io["text"]), io["text_features"], rtol=1e-4, atol=1e-4)
+  assert model.config.num_frames == 6 and model.config.mit_layers == 1 and model.config.prompts_layers == 2
+  # The new modules start as the official code initialises them.
+  np.testing.assert_array_equal(model.params["prompts_generator"]["alpha"], np.full(64, 0.1, np.float32))
+  assert model.params["mit"]["positional_embedding"].shape == (1, 6, 64)
+  assert 0.01 < float(np.std(model.params["mit"]["positional_embedding"])) < 0.03
+  np.testing.assert_array_equal(model.params["prompts_visual_ln"]["scale"], np.ones(128, np.float32))
+  np.testing.assert_array_equal(model.params["visual"]["conv1"]["kernel"],
+                                state_dict["visual.conv1.weight"].transpose(2, 3, 1, 0))
+  video = np.zeros((1, 6, 32, 32, 3), np.float32)
+  assert np.isfinite(model.logits(video, io["text"])).all()
+
+
+def test_torchscript_clip_archive_with_fp16_weights_loads(golden, tmp_path):
+  torch = pytest.importorskip("torch")
+  _, state_dict, io = golden
+  clip = clip_only(state_dict)
+
+  class Holder(torch.nn.Module):
+
+    def forward(self, x):
+      return x
+
+  root = Holder()
+  for name, value in clip.items():
+    *parents, leaf = name.split(".")
+    module = root
+    for part in parents:
+      if not hasattr(module, part):
+        module.add_module(part, Holder())
+      module = getattr(module, part)
+    module.register_parameter(leaf, torch.nn.Parameter(torch.from_numpy(value.copy())))
+  root.register_buffer("input_resolution", torch.tensor(32))
+  torch.jit.save(torch.jit.script(root.half()), str(tmp_path / "ViT-tiny.pt"))
+
+  model = xclip_jax.load_pretrained(tmp_path / "ViT-tiny.pt", num_frames=4)
+  rounded = {k: v.astype(np.float16).astype(np.float32) for k, v in clip.items()}
+  torch_io.save_torch_state_dict(rounded, tmp_path / "rounded.pt")
+  reference = xclip_jax.load_pretrained(tmp_path / "rounded.pt", num_frames=4)
+  # fp16 weights widen exactly to float32: the archive gives the same model as the rounded state dict.
+  np.testing.assert_array_equal(model.encode_text(io["text"]), reference.encode_text(io["text"]))
+  np.testing.assert_allclose(model.encode_text(io["text"]), io["text_features"], rtol=0.05, atol=0.05)
+
+
+def test_wrong_shape_names_the_entry_and_both_shapes(golden, tmp_path):
+  _, state_dict, _ = golden
+  broken = dict(state_dict)
+  broken["visual.transformer.resblocks.1.mlp.c_fc.weight"] = np.zeros((256, 128), np.float32)
+  torch_io.save_torch_state_dict(broken, tmp_path / "broken.pth")
+  with pytest.raises(official.CheckpointMismatchError,
+                     match=r"visual\.transformer\.resblocks\.1\.mlp\.c_fc\.weight.*\(256, 128\).*\(512, 128\)"):
+    xclip_jax.load_pretrained(tmp_path / "broken.pth")
+
+
+def test_missing_and_unknown_entries_are_named(golden):
+  _, state_dict, _ = golden
+  config = official.config_from_official(state_dict)
+  missing = {k: v for k, v in state_dict.items() if k != "mit.resblocks.0.ln_2.bias"}
+  with pytest.raises(official.CheckpointMismatchError, match=r"mit\.resblocks\.0\.ln_2\.bias"):
+    official.params_from_official(missing, config)
+  extra = {**state_dict, "visual.extra_head.weight": np.zeros((2, 2), np.float32)}
+  with pytest.raises(official.CheckpointMismatchError, match=r"visual\.extra_head\.weight"):
+    official.params_from_official(extra, config)
+
+
+def test_checkpoint_of_another_architecture_is_refused(tmp_path):
+  resnet_clip = {"visual.layer1.0.conv1.weight": np.zeros((64, 64, 1, 1), np.float32),
+                 "text_projection": np.zeros((512, 1024), np.float32)}
+  torch_io.save_torch_state_dict(resnet_clip, tmp_path / "RN50.pt")
+  with pytest.raises(official.CheckpointMismatchError, match="not a ViT"):
+    xclip_jax.load_pretrained(tmp_path / "RN50.pt")
+
+
+def test_pickle_that_would_run_a_command_is_refused_by_load_pretrained(tmp_path):
+  import pickle
+  marker = tmp_path / "pwned"
+
+  class Exploit:
+
+    def __reduce__(self):
+      import os
+      return os.system, (f"touch {marker}",)
+
+  (tmp_path / "evil.pth").write_bytes(pickle.dumps({"model": Exploit()}))
+  with pytest.raises(torch_io.UnsafeCheckpointError, match="system"):
+    xclip_jax.load_pretrained(tmp_path / "evil.pth")
+  assert not marker.exists()
+
+
+def test_missing_path_and_unknown_directory_are_refused(tmp_path):
+  with pytest.raises(FileNotFoundError):
+    xclip_jax.load_pretrained(tmp_path / "nope.pth")
+  with pytest.raises(ValueError, match="neither an xclip-jax checkpoint"):
+    xclip_jax.load_pretrained(tmp_path)
