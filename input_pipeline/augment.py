@@ -67,7 +67,8 @@ def _resize_short_side(frames: tf.Tensor, short_side: int) -> tf.Tensor:
   factor = short_side / tf.minimum(height, width)
   # mmcv.rescale_size: int(side * factor + 0.5).
   new_size = tf.cast(tf.stack([height, width]) * factor + 0.5, tf.int32)
-  return _resize(frames, new_size)
+  return tf.cond(tf.reduce_all(new_size == shape[1:3]), lambda: frames,
+                 lambda: _resize(frames, new_size))
 
 
 def _resize(frames: tf.Tensor, size) -> tf.Tensor:
@@ -152,12 +153,11 @@ def sample_train_params(seed: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
   }
 
 
-def apply_train_params(frames: tf.Tensor, params: dict[str, tf.Tensor],
-                       input_size: int = 224) -> tf.Tensor:
-  """Augments frames already resized to the short side resize_scale(S)."""
-  top, left, crop_height, crop_width = tf.unstack(params['crop_box'])
-  frames = frames[:, top:top + crop_height, left:left + crop_width]
-  frames = _resize(frames, [input_size, input_size])
+# XLA fuses the per-pixel colour operations into a few passes over the clip:
+# about 6x faster than running them op by op on CPU (6.5 vs 37 ms for 8
+# frames of 224x224 with every colour operation on).
+@tf.function(jit_compile=True)
+def _flip_colour_normalize(frames: tf.Tensor, params: dict[str, tf.Tensor]):
   frames = tf.cond(params['flip'], lambda: tf.reverse(frames, axis=[2]),
                    lambda: frames)
   frames = tf.cond(params['jitter'], lambda: _color_jitter(frames, params),
@@ -165,7 +165,17 @@ def apply_train_params(frames: tf.Tensor, params: dict[str, tf.Tensor],
   frames = tf.cond(params['grayscale'],
                    lambda: tf.tile(_luma(frames), [1, 1, 1, 3]),
                    lambda: frames)
-  return _normalize(tf.ensure_shape(frames, [None, input_size, input_size, 3]))
+  return _normalize(frames)
+
+
+def apply_train_params(frames: tf.Tensor, params: dict[str, tf.Tensor],
+                       input_size: int = 224) -> tf.Tensor:
+  """Augments frames already resized to the short side resize_scale(S)."""
+  top, left, crop_height, crop_width = tf.unstack(params['crop_box'])
+  frames = frames[:, top:top + crop_height, left:left + crop_width]
+  frames = tf.ensure_shape(_resize(frames, [input_size, input_size]),
+                           [None, input_size, input_size, 3])
+  return _flip_colour_normalize(frames, params)
 
 
 def train_augment(frames: tf.Tensor, seed: tf.Tensor,
