@@ -405,14 +405,13 @@ def build_split(*, annotations_path: str, root: str, labels_path: str,
 
 
 _ANNOTATIONS = flags.DEFINE_string(
-    "annotations", None, "`relative/path.mp4 label` lines.", required=True)
+    "annotations", None, "`relative/path.mp4 label` lines.")
 _ROOT = flags.DEFINE_string(
-    "root", None, "Folder or uncompressed .tar holding the videos.",
-    required=True)
+    "root", None, "Folder or uncompressed .tar holding the videos.")
 _LABELS = flags.DEFINE_string(
-    "labels", None, "`id,name` CSV of the classes.", required=True)
+    "labels", None, "`id,name` CSV of the classes.")
 _OUTPUT_DIR = flags.DEFINE_string(
-    "output_dir", None, "Dataset folder (local or gs://).", required=True)
+    "output_dir", None, "Dataset folder (local or gs://).")
 _SPLIT = flags.DEFINE_string("split", "train", "TFDS split name.")
 _NAME = flags.DEFINE_string("name", "videos", "TFDS dataset name.")
 _SHORT_SIDE = flags.DEFINE_integer(
@@ -443,4 +442,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  flags.mark_flags_as_required(["annotations", "root", "labels", "output_dir"])
   app.run(main)
