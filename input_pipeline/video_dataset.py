@@ -21,17 +21,26 @@ Every batch carries `resume_position` (the same value for each example):
 the position to pass as start_position to continue with exactly the batches
 that would have come next. Restoring skips to it without decoding anything.
 
+Exiting. tf.data keeps calling Python from its own threads while an
+iterator is alive; if one of them is inside (or entering) such a call when
+the interpreter finalises, the process hangs (a TensorFlow limitation that
+any numpy_function pipeline has). At exit we therefore make new calls fail
+fast and wait until none is running, so that training scripts end normally.
+
 Bad videos. A video that is missing, unreadable, truncated or without frames
 is logged with its path and counted in a FailureLog; training skips it (the
 batch takes the next video), evaluation masks it out. When more distinct
 videos than max_failure_fraction of a process's list have failed, the
 pipeline stops with TooManyFailuresError.
 """
+import atexit
 from collections.abc import Sequence
+import contextlib
 import dataclasses
 import functools
 import logging
 import threading
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -44,6 +53,46 @@ from input_pipeline import video_decode
 
 class TooManyFailuresError(RuntimeError):
   """More videos failed to decode than the configured share allows."""
+
+
+class _PythonCalls:
+  """Tracks tf.data's calls into Python so that the process can exit."""
+
+  def __init__(self):
+    self._lock = threading.Lock()
+    self._running = 0
+    self._closing = threading.Event()
+
+  @contextlib.contextmanager
+  def call(self):
+    if self._closing.is_set():
+      raise RuntimeError('the interpreter is exiting')
+    with self._lock:
+      self._running += 1
+    try:
+      yield
+    finally:
+      with self._lock:
+        self._running -= 1
+
+  def close(self, quiet_seconds=0.1, timeout_seconds=30.):
+    """Refuses new calls, then waits until none ran for quiet_seconds."""
+    self._closing.set()
+    deadline = time.monotonic() + timeout_seconds
+    quiet_since = time.monotonic()
+    while time.monotonic() < deadline:
+      with self._lock:
+        running = self._running
+      now = time.monotonic()
+      if running:
+        quiet_since = now
+      elif now - quiet_since >= quiet_seconds:
+        return
+      time.sleep(0.01)
+
+
+_python_calls = _PythonCalls()
+atexit.register(_python_calls.close)
 
 
 class FailureLog:
@@ -175,6 +224,7 @@ def make_train_dataset(
   config = _Config(records, source, failures or FailureLog(),
                    max_failure_fraction * order.slots_per_epoch, num_frames)
 
+  @_python_calls.call()
   def load(position):
     epoch, slot, record_index = order.locate(int(position))
     sampling_rng, augment_seed = clip_seeds(seed, epoch, slot)
@@ -275,6 +325,7 @@ def make_eval_dataset(
         sampling.eval_frame_indices(num_video_frames, num_frames, num_clips, k)
         for k in range(num_clips)])
 
+  @_python_calls.call()
   def load(index):
     frames = (None if index < 0 else
               _decode_or_skip(config, int(index), choose))

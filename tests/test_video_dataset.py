@@ -1,5 +1,8 @@
 """Decoding, sources, hosts, bad input and resuming of the tf.data pipelines."""
 import itertools
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -290,3 +293,28 @@ def test_train_clips_follow_the_training_sampling_rule(data):
       _train(data, annotation, batch_size=1).as_numpy_iterator(), 6):
     video = batch['video'][0]
     assert (np.diff(video.mean(axis=(1, 2, 3))) > 0).all()
+
+
+def test_process_exits_while_a_training_iterator_is_alive(data):
+  # A tf.data thread inside a Python call while the interpreter finalises
+  # hangs the process; slow decoding makes sure calls are running at exit.
+  script = f'''
+import sys, time
+sys.path.insert(0, {str(pathlib.Path(__file__).parents[1])!r})
+from input_pipeline import video_dataset, video_decode
+decode = video_decode.decode_sampled_frames
+def slow_decode(*args):
+  time.sleep(0.3)
+  return decode(*args)
+video_decode.decode_sampled_frames = slow_decode
+dataset = video_dataset.make_train_dataset(
+    {str(data["good"])!r}, {str(data["folder"])!r}, {str(data["labels"])!r},
+    num_frames={T}, input_size={SIZE}, batch_size=1, seed=0)
+iterator = iter(dataset)
+next(iterator)
+print('one batch')
+'''
+  result = subprocess.run([sys.executable, '-c', script], capture_output=True,
+                          text=True, timeout=60)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert 'one batch' in result.stdout

@@ -27,7 +27,7 @@ def frame_index_of(frame: np.ndarray) -> int:
   return int(round((float(np.mean(frame)) - _LEVEL_OFFSET) / _LEVEL_STEP))
 
 
-def _write(path, frames, fps, codec, keyframe_interval):
+def _write(path, frames, fps, codec, keyframe_interval, bit_rate=None):
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   with av.open(str(path), mode='w') as container:
@@ -35,8 +35,8 @@ def _write(path, frames, fps, codec, keyframe_interval):
     stream.height, stream.width = (
         frames[0].shape[:2] if frames else (_EMPTY_HEIGHT, _EMPTY_WIDTH))
     stream.pix_fmt = 'yuv420p'
-    # High quality, so that flat grey levels survive the lossy coding.
-    stream.bit_rate = 4_000_000
+    if bit_rate:
+      stream.bit_rate = bit_rate
     if keyframe_interval:
       stream.codec_context.gop_size = keyframe_interval
     # Writes the header even when no frame follows (a zero-frame video).
@@ -62,7 +62,9 @@ def write_indexed_video(path, num_frames: int, width: int = 64,
     raise ValueError(f'at most {MAX_INDEXED_FRAMES} indexed frames')
   frames = [np.full((height, width, 3), frame_level(i), np.uint8)
             for i in range(num_frames)]
-  return _write(path, frames, fps, codec, keyframe_interval)
+  # High quality, so that flat grey levels survive the lossy coding.
+  return _write(path, frames, fps, codec, keyframe_interval,
+                bit_rate=4_000_000)
 
 
 def write_textured_video(path, num_frames: int = 300, width: int = 340,
