@@ -56,12 +56,12 @@ class RecordIndex:
   @classmethod
   def load(cls, data_dir: str, split: str) -> 'RecordIndex':
     builder = tfds.builder_from_directory(data_dir)
-    split_info = builder.info.splits[split]
     metadata = builder.info.metadata
     if metadata is None or split not in metadata:
       raise ValueError(f'{data_dir}: no build_tfds metadata for split '
                        f'{split!r} in metadata.json; convert the videos with '
                        'python -m input_pipeline.build_tfds')
+    split_info = builder.info.splits[split]
     count = metadata[split]['annotation_count']
     per_shard = metadata[split]['videos_per_shard']
     skipped = {v['annotation_index']: (v['path'], v['reason'])
