@@ -162,6 +162,7 @@ def make_train_dataset(
   failures = failures or video_dataset.FailureLog()
   max_failures = max_failure_fraction * order.slots_per_epoch
 
+  @video_dataset.python_calls.call()
   def locate(position):
     epoch, slot, line = order.locate(int(position))
     if line in index.skipped:
@@ -175,6 +176,7 @@ def make_train_dataset(
     return {'position': position, 'epoch': epoch, 'slot': slot,
             'annotation_index': line, 'shard': shard, 'offset': offset}
 
+  @video_dataset.python_calls.call()
   def choose(epoch, slot, num_video_frames):
     sampling_rng, augment_seed = video_dataset.clip_seeds(
         seed, int(epoch), int(slot))
@@ -242,6 +244,7 @@ def make_eval_dataset(
       index.num_videos, batch_size, process_count)
   padded = np.concatenate([lines, np.full(total - len(lines), -1, np.int64)])
 
+  @video_dataset.python_calls.call()
   def locate(line):
     if line in index.skipped:
       _skip_video(failures, max_failures, *index.skipped[line])
@@ -254,6 +257,7 @@ def make_eval_dataset(
                                       stateful=False)
     return {'annotation_index': line, 'shard': shard, 'offset': offset}
 
+  @video_dataset.python_calls.call()
   def choose(num_video_frames):
     return np.concatenate([
         sampling.eval_frame_indices(int(num_video_frames), num_frames,

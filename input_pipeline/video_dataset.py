@@ -91,8 +91,10 @@ class _PythonCalls:
       time.sleep(0.01)
 
 
-_python_calls = _PythonCalls()
-atexit.register(_python_calls.close)
+# Every numpy_function callback of an input pipeline runs inside
+# python_calls.call(), here and in tfds_dataset.
+python_calls = _PythonCalls()
+atexit.register(python_calls.close)
 
 
 class FailureLog:
@@ -224,7 +226,7 @@ def make_train_dataset(
   config = _Config(records, source, failures or FailureLog(),
                    max_failure_fraction * order.slots_per_epoch, num_frames)
 
-  @_python_calls.call()
+  @python_calls.call()
   def load(position):
     epoch, slot, record_index = order.locate(int(position))
     sampling_rng, augment_seed = clip_seeds(seed, epoch, slot)
@@ -325,7 +327,7 @@ def make_eval_dataset(
         sampling.eval_frame_indices(num_video_frames, num_frames, num_clips, k)
         for k in range(num_clips)])
 
-  @_python_calls.call()
+  @python_calls.call()
   def load(index):
     frames = (None if index < 0 else
               _decode_or_skip(config, int(index), choose))
