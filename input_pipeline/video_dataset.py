@@ -37,7 +37,6 @@ import atexit
 from collections.abc import Sequence
 import contextlib
 import dataclasses
-import functools
 import logging
 import threading
 import time
@@ -116,12 +115,11 @@ class FailureLog:
 
 @dataclasses.dataclass(frozen=True)
 class _Config:
-  """What the decoding functions need; shared by train and eval."""
+  """What decoding a record needs; shared by train and eval."""
   records: Sequence[annotations.VideoRecord]
   source: video_decode.VideoSource
   failures: FailureLog
   max_failures: float
-  num_frames: int
 
 
 def _load_inputs(annotation_file, video_root, label_list):
@@ -184,10 +182,16 @@ class TrainOrder:
     self._seed = seed
     self._process_index = process_index
     self._process_count = process_count
+    # Parallel readers straddle at most two epochs at a time.
+    self._permutations: dict[int, np.ndarray] = {}
 
-  @functools.lru_cache(maxsize=2)
   def _permutation(self, epoch: int) -> np.ndarray:
-    return epoch_permutation(self._num_videos, self._seed, epoch)
+    permutation = self._permutations.get(epoch)
+    if permutation is None:
+      permutation = epoch_permutation(self._num_videos, self._seed, epoch)
+      recent = {e: p for e, p in self._permutations.items() if e >= epoch - 1}
+      self._permutations = {**recent, epoch: permutation}
+    return permutation
 
   def locate(self, position: int) -> tuple[int, int, int]:
     epoch, step = divmod(position, self.slots_per_epoch)
@@ -224,7 +228,7 @@ def make_train_dataset(
   records, source = _load_inputs(annotation_file, video_root, label_list)
   order = TrainOrder(len(records), seed, process_index, process_count)
   config = _Config(records, source, failures or FailureLog(),
-                   max_failure_fraction * order.slots_per_epoch, num_frames)
+                   max_failure_fraction * order.slots_per_epoch)
 
   @python_calls.call()
   def load(position):
@@ -316,7 +320,7 @@ def make_eval_dataset(
   records, source = _load_inputs(annotation_file, video_root, label_list)
   indices = np.arange(process_index, len(records), process_count)
   config = _Config(records, source, failures or FailureLog(),
-                   max_failure_fraction * len(indices), num_frames)
+                   max_failure_fraction * len(indices))
   total = batch_size * eval_batches_per_process(len(records), batch_size,
                                                 process_count)
   padded = np.concatenate(
