@@ -1,4 +1,4 @@
-"""tfds_dataset: training and evaluation batches read from build_tfds records."""
+"""tfds_dataset: training and evaluation batches from build_tfds records."""
 import numpy as np
 import pytest
 import tensorflow as tf
