@@ -87,16 +87,6 @@ class RecordIndex:
         skipped=skipped)
 
 
-def _skip_video(failures: video_dataset.FailureLog, max_failures: float,
-                path: str, reason: str):
-  """Counts a video without a record; stops when too many have failed."""
-  num_failed = failures.add(path, reason)
-  if num_failed > max_failures:
-    raise video_dataset.TooManyFailuresError(
-        f'{num_failed} videos failed to decode, more than the allowed '
-        f'{max_failures:g}; the last was {path}: {reason}')
-
-
 def _read_records(elements: tf.data.Dataset,
                   index: RecordIndex) -> tf.data.Dataset:
   """Adds 'record' (serialized example) to elements with 'shard', 'offset'.
@@ -166,7 +156,7 @@ def make_train_dataset(
   def locate(position):
     epoch, slot, line = order.locate(int(position))
     if line in index.skipped:
-      _skip_video(failures, max_failures, *index.skipped[line])
+      failures.add(*index.skipped[line], max_failures)
     return (np.int64(epoch), np.int64(slot), np.int64(line),
             np.int64(index.shard[line]), np.int64(index.offset[line]))
 
@@ -247,7 +237,7 @@ def make_eval_dataset(
   @video_dataset.python_calls.call()
   def locate(line):
     if line in index.skipped:
-      _skip_video(failures, max_failures, *index.skipped[line])
+      failures.add(*index.skipped[line], max_failures)
     if line < 0:
       return np.int64(-1), np.int64(-1)
     return np.int64(index.shard[line]), np.int64(index.offset[line])

@@ -104,13 +104,17 @@ class FailureLog:
     self.count = 0
     self.paths: set[str] = set()
 
-  def add(self, path: str, reason: str) -> int:
-    """Records a failure; returns the number of distinct failed paths."""
+  def add(self, path: str, reason: str, max_failures: float):
+    """Records a failure; raises once more than max_failures videos failed."""
     logging.warning('skipping video %s: %s', path, reason)
     with self._lock:
       self.count += 1
       self.paths.add(path)
-      return len(self.paths)
+      num_failed = len(self.paths)
+    if num_failed > max_failures:
+      raise TooManyFailuresError(
+          f'{num_failed} videos failed to decode, more than the allowed '
+          f'{max_failures:g}; the last was {path}: {reason}')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,11 +146,7 @@ def _decode_or_skip(config: _Config, record_index: int, choose_indices):
     frames, _ = video_decode.decode_sampled_frames(video_bytes, choose_indices)
     return frames
   except video_decode.VideoDecodeError as e:
-    num_failed = config.failures.add(record.path, str(e))
-    if num_failed > config.max_failures:
-      raise TooManyFailuresError(
-          f'{num_failed} videos failed to decode, more than the allowed '
-          f'{config.max_failures:g}; the last was {record.path}: {e}') from e
+    config.failures.add(record.path, str(e), config.max_failures)
     return None
 
 
