@@ -187,19 +187,13 @@ def make_train_dataset(
         'position': element['position'],
     }
 
-  def add_resume_position(batch):
-    position = batch.pop('position')
-    batch['resume_position'] = tf.fill(tf.shape(position),
-                                       tf.reduce_max(position) + 1)
-    return batch
-
   dataset = tf.data.Dataset.counter(start_position).map(to_element)
   dataset = dataset.filter(lambda element: element['shard'] >= 0)
   dataset = _read_records(dataset, index)
   dataset = dataset.map(decode_and_augment,
                         num_parallel_calls=tf.data.AUTOTUNE)
   dataset = dataset.batch(batch_size, drop_remainder=True)
-  dataset = dataset.map(add_resume_position)
+  dataset = dataset.map(video_dataset.add_resume_position)
   return dataset.prefetch(tf.data.AUTOTUNE)
 
 
@@ -249,10 +243,8 @@ def make_eval_dataset(
 
   @video_dataset.python_calls.call()
   def choose(num_video_frames):
-    return np.concatenate([
-        sampling.eval_frame_indices(int(num_video_frames), num_frames,
-                                    num_clips, k)
-        for k in range(num_clips)])
+    return video_dataset.eval_clips_frame_indices(int(num_video_frames),
+                                                  num_frames, num_clips)
 
   def decode(element):
     example = _parse(element, index)

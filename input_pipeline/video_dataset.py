@@ -199,6 +199,14 @@ class TrainOrder:
     return epoch, slot, int(self._permutation(epoch)[slot])
 
 
+def add_resume_position(batch):
+  """Replaces a batch's stream positions by the position that follows it."""
+  position = batch.pop('position')
+  batch['resume_position'] = tf.fill(tf.shape(position),
+                                     tf.reduce_max(position) + 1)
+  return batch
+
+
 def make_train_dataset(
     annotation_file: str, video_root: str, label_list: str, *,
     num_frames: int, input_size: int, batch_size: int, seed: int,
@@ -259,12 +267,6 @@ def make_train_dataset(
         'position': example['position'],
     }
 
-  def add_resume_position(batch):
-    position = batch.pop('position')
-    batch['resume_position'] = tf.fill(tf.shape(position),
-                                       tf.reduce_max(position) + 1)
-    return batch
-
   dataset = tf.data.Dataset.counter(start_position)
   dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
   dataset = dataset.filter(lambda example: example['ok'])
@@ -279,6 +281,14 @@ def eval_batches_per_process(num_videos: int, batch_size: int,
   """Batches every process yields so that all videos fit, padded."""
   per_process = -(-num_videos // process_count)
   return -(-per_process // batch_size)
+
+
+def eval_clips_frame_indices(num_video_frames: int, num_frames: int,
+                             num_clips: int) -> np.ndarray:
+  """Frame indices of every evaluation clip of a video, clip after clip."""
+  return np.concatenate([
+      sampling.eval_frame_indices(num_video_frames, num_frames, num_clips, k)
+      for k in range(num_clips)])
 
 
 def eval_views(frames: tf.Tensor, num_frames: int, input_size: int,
@@ -327,9 +337,7 @@ def make_eval_dataset(
       [indices, np.full(total - len(indices), -1, np.int64)])
 
   def choose(num_video_frames):
-    return np.concatenate([
-        sampling.eval_frame_indices(num_video_frames, num_frames, num_clips, k)
-        for k in range(num_clips)])
+    return eval_clips_frame_indices(num_video_frames, num_frames, num_clips)
 
   @python_calls.call()
   def load(index):
