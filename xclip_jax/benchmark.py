@@ -17,12 +17,7 @@ import numpy as np
 from xclip_jax import model as model_lib
 from xclip_jax import pretrained
 
-_ARCH = flags.DEFINE_enum("arch", "ViT-B/32", list(model_lib.PRESETS), "Backbone.")
-_FRAMES = flags.DEFINE_integer("frames", 8, "Frames per video.")
-_BATCH = flags.DEFINE_integer("batch", 1, "Videos per call.")
-_CLASSES = flags.DEFINE_integer("classes", 400, "Class texts.")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
-_REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls (after warm-up).")
+FLAGS = flags.FLAGS
 
 
 def benchmark(arch: str, frames: int, batch: int, classes: int, dtype: str, repeats: int) -> dict:
@@ -54,9 +49,20 @@ def benchmark(arch: str, frames: int, batch: int, classes: int, dtype: str, repe
 
 def main(argv):
   del argv
-  print(json.dumps(benchmark(_ARCH.value, _FRAMES.value, _BATCH.value, _CLASSES.value, _DTYPE.value,
-                             _REPEATS.value)))
+  print(json.dumps(benchmark(FLAGS.arch, FLAGS.frames, FLAGS.batch, FLAGS.classes, FLAGS.dtype,
+                             FLAGS.repeats)))
+
+
+def define_flags():
+  """Command-line flags, defined only when run as a program so that importing defines none."""
+  flags.DEFINE_enum("arch", "ViT-B/32", list(model_lib.PRESETS), "Backbone.")
+  flags.DEFINE_integer("frames", 8, "Frames per video.")
+  flags.DEFINE_integer("batch", 1, "Videos per call.")
+  flags.DEFINE_integer("classes", 400, "Class texts.")
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+  flags.DEFINE_integer("repeats", 20, "Timed calls (after warm-up).")
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

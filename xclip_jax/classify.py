@@ -20,11 +20,7 @@ from input_pipeline import video_decode
 from xclip_jax import pretrained
 from xclip_jax import tokenizer
 
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Any checkpoint `load_pretrained` reads.", required=True)
-_LABELS = flags.DEFINE_string("labels", None, "An `id,name` CSV of class names.")
-_CLASSES = flags.DEFINE_list("classes", None, "Comma-separated class names (instead of --labels).")
-_NUM_FRAMES = flags.DEFINE_integer("num_frames", None, "Frames per video (default: the checkpoint's).")
-_TOP_K = flags.DEFINE_integer("top_k", 5, "Classes to print per video.")
+FLAGS = flags.FLAGS
 
 
 def load_clip(path, num_frames: int, input_size: int) -> np.ndarray:
@@ -51,15 +47,25 @@ def main(argv):
   videos = argv[1:]
   if not videos:
     raise app.UsageError("name at least one video file")
-  if (_LABELS.value is None) == (_CLASSES.value is None):
+  if (FLAGS.labels is None) == (FLAGS.classes is None):
     raise app.UsageError("pass exactly one of --labels and --classes")
-  class_names = annotations.read_label_list(_LABELS.value) if _LABELS.value else _CLASSES.value
-  model = pretrained.load_pretrained(_CHECKPOINT.value, num_frames=_NUM_FRAMES.value)
-  for video, top in zip(videos, classify(model, videos, class_names, _TOP_K.value)):
+  class_names = annotations.read_label_list(FLAGS.labels) if FLAGS.labels else FLAGS.classes
+  model = pretrained.load_pretrained(FLAGS.checkpoint, num_frames=FLAGS.num_frames)
+  for video, top in zip(videos, classify(model, videos, class_names, FLAGS.top_k)):
     print(video)
     for name, probability in top:
       print(f"  {probability:7.2%}  {name}")
 
 
+def define_flags():
+  """Command-line flags, defined only when run as a program so that importing defines none."""
+  flags.DEFINE_string("checkpoint", None, "Any checkpoint `load_pretrained` reads.", required=True)
+  flags.DEFINE_string("labels", None, "An `id,name` CSV of class names.")
+  flags.DEFINE_list("classes", None, "Comma-separated class names (instead of --labels).")
+  flags.DEFINE_integer("num_frames", None, "Frames per video (default: the checkpoint's).")
+  flags.DEFINE_integer("top_k", 5, "Classes to print per video.")
+
+
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

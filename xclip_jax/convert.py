@@ -16,9 +16,7 @@ from xclip_jax import official
 from xclip_jax import pretrained
 from xclip_jax import torch_io
 
-_TO = flags.DEFINE_enum("to", "jax", ["jax", "official"],
-                        "jax: an xclip-jax checkpoint directory; official: a .pth the official PyTorch code loads.")
-_NUM_FRAMES = flags.DEFINE_integer("num_frames", None, "Frames per video (default: the checkpoint's).")
+FLAGS = flags.FLAGS
 
 
 def convert(src, dst, to: str = "jax", num_frames: int | None = None) -> pathlib.Path:
@@ -38,8 +36,16 @@ def convert(src, dst, to: str = "jax", num_frames: int | None = None) -> pathlib
 def main(argv):
   if len(argv) != 3:
     raise app.UsageError("usage: python -m xclip_jax.convert SRC DST [--to=jax|official] [--num_frames=N]")
-  convert(argv[1], argv[2], _TO.value, _NUM_FRAMES.value)
+  convert(argv[1], argv[2], FLAGS.to, FLAGS.num_frames)
+
+
+def define_flags():
+  """Command-line flags, defined only when run as a program so that importing defines none."""
+  flags.DEFINE_enum("to", "jax", ["jax", "official"],
+                    "jax: an xclip-jax checkpoint directory; official: a .pth the official PyTorch code loads.")
+  flags.DEFINE_integer("num_frames", None, "Frames per video (default: the checkpoint's).")
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
