@@ -268,9 +268,13 @@ def make_train_dataset(
     }
 
   dataset = tf.data.Dataset.counter(start_position)
-  dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+  # deterministic=True keeps the order (and so resuming exact) even where
+  # tf.data options allow reordering.
+  dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE,
+                        deterministic=True)
   dataset = dataset.filter(lambda example: example['ok'])
-  dataset = dataset.map(augment_clip, num_parallel_calls=tf.data.AUTOTUNE)
+  dataset = dataset.map(augment_clip, num_parallel_calls=tf.data.AUTOTUNE,
+                        deterministic=True)
   dataset = dataset.batch(batch_size, drop_remainder=True)
   dataset = dataset.map(add_resume_position)
   return dataset.prefetch(tf.data.AUTOTUNE)
@@ -357,6 +361,7 @@ def make_eval_dataset(
             'mask': tf.ensure_shape(ok, []), 'index': index}
 
   dataset = tf.data.Dataset.from_tensor_slices(padded)
-  dataset = dataset.map(decode_and_crop, num_parallel_calls=tf.data.AUTOTUNE)
+  dataset = dataset.map(decode_and_crop, num_parallel_calls=tf.data.AUTOTUNE,
+                        deterministic=True)
   dataset = dataset.batch(batch_size, drop_remainder=True)
   return dataset.prefetch(tf.data.AUTOTUNE)
