@@ -5,9 +5,9 @@ Decoder choice: PyAV (libavcodec). Measured on the 2-core dev machine with a
 0.10-0.12 s in one thread, and two Python threads decoding two videos reach
 17 videos/s because libav releases the GIL while decoding (a process pool
 reached 15 videos/s, paying for pickling the frames). decord, which the
-official code uses, is unmaintained and has no wheel for Python 3.11 on every
-platform, and it decodes the same libavcodec stream. So we decode with PyAV
-in tf.data worker threads and keep the per-video Python work small:
+official code uses, has had no release since 2021 (0.6.0, wheels for Linux
+x86_64 only) and decodes with the same libavcodec. So we decode with PyAV in
+tf.data worker threads and keep the per-video Python work small:
 
 * the packets are demuxed once; their presentation timestamps give the exact
   frame count and the index of every frame, so no second pass is needed;
