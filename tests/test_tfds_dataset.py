@@ -1,4 +1,8 @@
 """tfds_dataset: training and evaluation batches from build_tfds records."""
+import pathlib
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -118,3 +122,27 @@ def test_a_split_that_build_tfds_did_not_write_is_refused(records):
                      "'validation'"):
     tfds_dataset.make_train_dataset(records['good'], 'validation',
                                     batch_size=1, seed=0, **CLIP)
+
+
+def test_process_exits_while_a_training_iterator_is_alive(records):
+  # Slow frame choice keeps tf.data threads inside Python calls at exit,
+  # which hangs the interpreter (2 runs in 3 here) unless they run inside
+  # video_dataset.python_calls.
+  script = f"""
+import sys, time
+sys.path.insert(0, {str(pathlib.Path(__file__).parents[1])!r})
+from input_pipeline import sampling, tfds_dataset
+train_frame_indices = sampling.train_frame_indices
+def slow_frame_indices(*args):
+  time.sleep(0.05)
+  return train_frame_indices(*args)
+sampling.train_frame_indices = slow_frame_indices
+dataset = tfds_dataset.make_train_dataset(
+    {records['good']!r}, batch_size=2, seed=0, num_frames=4, input_size=32)
+next(iter(dataset))
+print('one batch')
+"""
+  result = subprocess.run([sys.executable, '-c', script], capture_output=True,
+                          text=True, timeout=60)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert 'one batch' in result.stdout
