@@ -129,6 +129,16 @@ def test_folder_and_tar_give_the_same_bytes(data):
     folder.read_bytes('class_0/missing.mp4')
 
 
+def test_root_must_be_a_folder_or_a_tar(tmp_path):
+  (tmp_path / 'videos.zip').write_bytes(b'PK')
+  for root in (tmp_path / 'absent', tmp_path / 'videos.zip'):
+    with pytest.raises(ValueError, match='neither a folder nor a .tar'):
+      video_decode.VideoSource(root)
+  (tmp_path / 'broken.tar').write_bytes(b'not a tar' * 100)
+  with pytest.raises(ValueError, match=r'broken\.tar: not an uncompressed tar'):
+    video_decode.VideoSource(tmp_path / 'broken.tar')
+
+
 def test_tar_members_are_found_by_base_name_as_officially(data, tmp_path):
   # The official code looks up only the file name inside the tar.
   flat = video_fixtures.write_tar(tmp_path / 'flat.tar',
