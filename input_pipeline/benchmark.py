@@ -3,13 +3,12 @@ r"""Training-clip throughput: mp4s decoded on the fly vs. build_tfds records.
   python -m input_pipeline.benchmark [--num_videos=16] [--num_batches=40]
 
 Run from the repository root. Writes --num_videos synthetic 10 s, 340x256,
-30 fps H.264 mp4s (tests/video_fixtures.write_textured_video: moving smooth
-patterns with noise, about the bit rate of Kinetics clips) to a temporary
-folder. They keep libx264's default keyframe interval of 250 frames, the
-interval of Kinetics clips as they are usually cut and re-encoded with
-ffmpeg's defaults, so a random frame costs decoding up to 8 s of video; that
-is why the on-the-fly decoder reads each video once per clip and keeps all T
-frames of it. The records store every frame (short side 256, JPEG quality 90).
+30 fps H.264 mp4s of about 0.5 MB (tests/video_fixtures.write_textured_video:
+moving smooth patterns with noise) to a temporary folder. They keep libx264's
+default keyframe interval of 250 frames (plus scene cuts), the interval of
+Kinetics clips as they are usually cut and re-encoded with ffmpeg's defaults:
+a clip whose 8 frames span the video decodes almost all of it. The records
+store every frame (short side 256, JPEG quality 90).
 
 Measures training clips per second (8 frames, 224x224, full augmentation,
 batches of 8, after warm-up batches) of
