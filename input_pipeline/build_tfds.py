@@ -135,11 +135,11 @@ class VideoEncoder:
     index, record = task
     try:
       video = self._source.read_bytes(record.path)
-      num_frames = video_decode.count_frames(video)
       source_fps = _frame_rate(video) if self._config.fps else None
-      indices = stored_frame_indices(num_frames, source_fps, self._config.fps,
-                                     self._config.max_frames)
-      frames = video_decode.decode_frames(video, indices)
+      frames, _ = video_decode.decode_sampled_frames(
+          video, lambda num_frames: stored_frame_indices(
+              num_frames, source_fps, self._config.fps,
+              self._config.max_frames))
     except video_decode.VideoDecodeError as error:
       return None, str(error)
     size = resized_shape(*frames.shape[1:3], self._config.short_side)
