@@ -34,6 +34,7 @@ import io
 import json
 import multiprocessing
 import os
+import re
 from typing import Iterator, Optional, Sequence
 
 from absl import app
@@ -321,9 +322,14 @@ def _check_labels_match_other_splits(output_dir: str, config: BuildConfig):
           f"'{other['name']}' of split '{other['split']}' ({path}).")
 
 
-def _check_settings(*, short_side, fps, max_frames, jpeg_quality,
+def _check_settings(*, name, split, short_side, fps, max_frames, jpeg_quality,
                     videos_per_shard, max_bad_fraction):
   problems = []
+  # Both end up in shard file names that TFDS parses back.
+  if not re.fullmatch(r'[a-z][a-z0-9_]*', name):
+    problems.append(f'name={name!r} must be a lower_snake_case identifier')
+  if not re.fullmatch(r'[A-Za-z0-9_]+', split):
+    problems.append(f'split={split!r} must be letters, digits and _')
   if short_side < 1:
     problems.append(f'short_side={short_side} must be positive')
   if fps is not None and fps <= 0:
@@ -367,8 +373,9 @@ def build_split(*, annotations_path: str, root: str, labels_path: str,
   Returns:
     The TFDS builder of `output_dir`, once its metadata is written.
   """
-  _check_settings(short_side=short_side, fps=fps, max_frames=max_frames,
-                  jpeg_quality=jpeg_quality, videos_per_shard=videos_per_shard,
+  _check_settings(name=name, split=split, short_side=short_side, fps=fps,
+                  max_frames=max_frames, jpeg_quality=jpeg_quality,
+                  videos_per_shard=videos_per_shard,
                   max_bad_fraction=max_bad_fraction)
   label_names = annotations.read_label_list(labels_path)
   records = annotations.read_annotations(annotations_path, len(label_names))

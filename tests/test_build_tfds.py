@@ -174,6 +174,13 @@ def test_resuming_with_other_settings_is_refused(videos, tmp_path):
     _build(videos, tmp_path, jpeg_quality=80)
 
 
+def test_bad_settings_are_refused_before_converting(videos, tmp_path):
+  with pytest.raises(ValueError, match=r"name='K-400' must be .*; "
+                     r'jpeg_quality=0 must be in \[1, 100\]'):
+    _build(videos, tmp_path, name='K-400', jpeg_quality=0)
+  assert not list(tmp_path.iterdir())
+
+
 def test_splits_share_the_folder_and_its_label_list(videos, tmp_path):
   _build(videos, tmp_path)
   builder = _build(videos, tmp_path, annotations='with_bad.txt',
