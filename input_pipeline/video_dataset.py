@@ -31,7 +31,8 @@ Bad videos. A video that is missing, unreadable, truncated or without frames
 is logged with its path and counted in a FailureLog; training skips it (the
 batch takes the next video), evaluation masks it out. When more distinct
 videos than max_failure_fraction of a process's list have failed, the
-pipeline stops with TooManyFailuresError.
+pipeline stops: the iterator raises a tf.errors.OpError whose message is the
+TooManyFailuresError's (count, allowed share, last path and reason).
 """
 import atexit
 from collections.abc import Sequence
