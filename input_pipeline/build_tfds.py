@@ -305,8 +305,9 @@ def _published_splits(output_dir: str) -> tuple[list[tfds.core.SplitInfo],
 
 def _check_labels_match_other_splits(output_dir: str, config: BuildConfig):
   """All splits of one dataset share the label list stored in features.json."""
-  for path in tf.io.gfile.glob(os.path.join(output_dir, '_build', '*',
-                                            'config.json')):
+  # Sorted, so that the split an error names does not depend on the file system.
+  for path in sorted(tf.io.gfile.glob(os.path.join(output_dir, '_build', '*',
+                                                   'config.json'))):
     with tf.io.gfile.GFile(path) as f:
       other = json.load(f)
     if other['split'] == config.split:
