@@ -8,24 +8,22 @@ GOLDEN = SHARED / "golden"
 LABELS = SHARED / "labels"
 
 
+def _shared(path: pathlib.Path, what: str) -> pathlib.Path:
+  if not path.is_dir():
+    pytest.skip(f"{what} not found at {path} (../shared is absent)")
+  return path
+
+
 @pytest.fixture(scope="session")
 def golden_dir():
-  path = GOLDEN / "xclip_tiny"
-  if not path.is_dir():
-    pytest.skip(f"reference outputs not found at {path} (../shared is absent)")
-  return path
+  return _shared(GOLDEN / "xclip_tiny", "reference outputs")
 
 
 @pytest.fixture(scope="session")
 def tokenizer_golden_dir():
-  path = GOLDEN / "tokenizer"
-  if not path.is_dir():
-    pytest.skip(f"reference token ids not found at {path} (../shared is absent)")
-  return path
+  return _shared(GOLDEN / "tokenizer", "reference token ids")
 
 
 @pytest.fixture(scope="session")
 def labels_dir():
-  if not LABELS.is_dir():
-    pytest.skip(f"label lists not found at {LABELS} (../shared is absent)")
-  return LABELS
+  return _shared(LABELS, "label lists")
