@@ -1,0 +1,17 @@
+r"""X-CLIP architectures as configs, to build a model without a checkpoint file.
+
+  configs/model.py:arch=ViT-B/16,frames=16     (arch: ViT-B/32, ViT-B/16, ViT-L/14, ViT-L/14-336)
+
+  config = get_config("arch=ViT-B/16,frames=16")
+  model = xclip_jax.from_config(xclip_jax.XCLIPConfig.from_dict(config.to_dict()))
+"""
+import ml_collections
+
+from configs import common
+from xclip_jax import model as model_lib
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  options = common.parse_arg(arg, arch="ViT-B/32", frames=8)
+  preset = model_lib.preset(options["arch"], num_frames=options["frames"])
+  return ml_collections.ConfigDict(preset.to_dict(), type_safe=True).lock()
