@@ -205,9 +205,9 @@ class ResidualAttentionBlock(nn.Module):
   @nn.compact
   def __call__(self, x, mask=None):
     inits = self.inits or {}
-    attn = MultiheadAttention(self.num_heads, self.dtype, name="attn",
-                              **{k: inits[v] for k, v in (("in_proj_init", "in_proj"), ("out_proj_init", "out_proj"))
-                                 if v in inits})
+    attn = MultiheadAttention(self.num_heads, self.dtype,
+                              in_proj_init=inits.get("in_proj", nn.initializers.xavier_uniform()),
+                              out_proj_init=inits.get("out_proj"), name="attn")
     x = x + attn(layer_norm("ln_1", self.dtype)(x), mask)
     mlp = MLP(self.dtype, fc_init=inits.get("c_fc"), proj_init=inits.get("c_proj"), name="mlp")
     return x + mlp(layer_norm("ln_2", self.dtype)(x))
