@@ -244,7 +244,7 @@ class CrossFrameAttentionBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, deterministic: bool = True):
-    batch, frames, length, width = x.shape
+    length, width = x.shape[2:]
     # Official layouts are (L, B*T, D) for frame tokens and (T, B, D) for message tokens.
     token_drop = DropPath(self.droppath, axis=2)
     message_drop = DropPath(self.droppath, axis=1)
