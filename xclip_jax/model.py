@@ -11,6 +11,7 @@ import dataclasses
 import math
 from typing import Any
 
+import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -262,6 +263,23 @@ class CrossFrameAttentionBlock(nn.Module):
     return x + token_drop(mlp(layer_norm("ln_2", self.dtype)(x)), deterministic)
 
 
+class PatchEmbedding(nn.Module):
+  """`conv1`: the p x p, stride p convolution without bias, as one matmul over flattened patches (faster on CPU).
+
+  (..., H, W, 3) -> (..., H/p * W/p, width), patches in row-major order as the official flatten gives them.
+  """
+  width: int
+  patch_size: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images):
+    p = self.patch_size
+    kernel = self.param("kernel", torch_linear_kernel_init(), (p, p, 3, self.width))
+    patches = einops.rearrange(images, "... (h p) (w q) c -> ... (h w) (p q c)", p=p, q=p)
+    return patches @ kernel.reshape(p * p * 3, self.width).astype(self.dtype)
+
+
 class CrossFrameTransformer(nn.Module):
   """The stack of CCT blocks (`visual.transformer.resblocks.*`)."""
   layers: int
@@ -298,12 +316,9 @@ class CrossFrameCommunicationTransformer(nn.Module):
 
   @nn.compact
   def __call__(self, video, deterministic: bool = True):
-    batch, frames, height, width_px, _ = video.shape
+    batch, frames = video.shape[:2]
     scale = self.width ** -0.5
-    patches = nn.Conv(self.width, (self.patch_size, self.patch_size), strides=self.patch_size, padding="VALID",
-                      use_bias=False, dtype=self.dtype, kernel_init=nn.initializers.kaiming_uniform(),
-                      name="conv1")(video.reshape(batch * frames, height, width_px, 3).astype(self.dtype))
-    patches = patches.reshape(batch, frames, -1, self.width)
+    patches = PatchEmbedding(self.width, self.patch_size, self.dtype, name="conv1")(video.astype(self.dtype))
     class_embedding = self.param("class_embedding", nn.initializers.normal(scale), (self.width,))
     positional_embedding = self.param("positional_embedding", nn.initializers.normal(scale),
                                       (patches.shape[2] + 1, self.width))
