@@ -48,11 +48,9 @@ class XCLIPConfig:
 
   def __post_init__(self):
     for name, width in (("vision_heads", self.vision_width), ("mit_heads", self.embed_dim),
-                        ("prompts_heads", self.embed_dim)):
-      if not getattr(self, name):
-        object.__setattr__(self, name, max(width // 64, 1))
-    for name, width in (("vision_heads", self.vision_width), ("mit_heads", self.embed_dim),
                         ("prompts_heads", self.embed_dim), ("transformer_heads", self.transformer_width)):
+      if not getattr(self, name):  # 0: the official rule
+        object.__setattr__(self, name, max(width // 64, 1))
       if width % getattr(self, name):
         raise ValueError(f"{name}={getattr(self, name)} does not divide the width {width}")
     if self.image_resolution % self.vision_patch_size:
@@ -147,13 +145,13 @@ class MultiheadAttention(nn.Module):
   """Self-attention with the parameters of torch.nn.MultiheadAttention (fused `in_proj`, `out_proj`)."""
   num_heads: int
   dtype: Any = jnp.float32
-  in_proj_init: Any = nn.initializers.xavier_uniform()
-  out_proj_init: Any = None
+  in_proj_init: Any = None  # None: torch's xavier_uniform
+  out_proj_init: Any = None  # None: torch's nn.Linear default
 
   @nn.compact
   def __call__(self, x, mask=None):
     width = x.shape[-1]
-    qkv = nn.Dense(3 * width, dtype=self.dtype, kernel_init=self.in_proj_init, bias_init=nn.initializers.zeros,
+    qkv = nn.Dense(3 * width, dtype=self.dtype, kernel_init=self.in_proj_init or nn.initializers.xavier_uniform(), bias_init=nn.initializers.zeros,
                    name="in_proj")(x)
     q, k, v = jnp.split(qkv, 3, axis=-1)
     out = dot_product_attention(q, k, v, self.num_heads, mask)
@@ -207,7 +205,7 @@ class ResidualAttentionBlock(nn.Module):
   def __call__(self, x, mask=None):
     inits = self.inits or {}
     attn = MultiheadAttention(self.num_heads, self.dtype,
-                              in_proj_init=inits.get("in_proj", nn.initializers.xavier_uniform()),
+                              in_proj_init=inits.get("in_proj"),
                               out_proj_init=inits.get("out_proj"), name="attn")
     x = x + attn(layer_norm("ln_1", self.dtype)(x), mask)
     mlp = MLP(self.dtype, fc_init=inits.get("c_fc"), proj_init=inits.get("c_proj"), name="mlp")

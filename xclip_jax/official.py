@@ -7,6 +7,7 @@ of the official PyTorch model. The mapping to Flax is mechanical:
   - Linear `weight` (out, in) -> `kernel` (in, out); Conv2d `weight` (O, I, kh, kw) -> `kernel` (kh, kw, I, O);
   - LayerNorm `weight` -> `scale`; Embedding `weight` -> `embedding`; raw parameters keep their name and layout.
 """
+import functools
 import re
 
 import flax
@@ -62,21 +63,16 @@ def _official_entry(path: tuple[str, ...], value: np.ndarray) -> tuple[str, np.n
   return name, value
 
 
-def abstract_params(config: model_lib.XCLIPConfig) -> dict:
-  """The parameter tree of `config` as ShapeDtypeStructs, without allocating anything."""
-  xclip = model_lib.XCLIP(config)
-  video = jax.ShapeDtypeStruct((1, config.num_frames, config.image_resolution, config.image_resolution, 3),
-                               jnp.float32)
-  text = jax.ShapeDtypeStruct((1, config.context_length), jnp.int32)
-  return jax.eval_shape(xclip.init, jax.random.key(0), video, text)["params"]
-
-
 def init_params(config: model_lib.XCLIPConfig, seed: int = 0) -> dict:
   """Freshly initialised parameters (the official initialisation's distributions)."""
-  xclip = model_lib.XCLIP(config)
   video = jnp.zeros((1, config.num_frames, config.image_resolution, config.image_resolution, 3), jnp.float32)
   text = jnp.zeros((1, config.context_length), jnp.int32)
-  return jax.jit(xclip.init)(jax.random.key(seed), video, text)["params"]
+  return jax.jit(model_lib.XCLIP(config).init)(jax.random.key(seed), video, text)["params"]
+
+
+def abstract_params(config: model_lib.XCLIPConfig) -> dict:
+  """The parameter tree of `config` as ShapeDtypeStructs, without allocating anything."""
+  return jax.eval_shape(functools.partial(init_params, config))
 
 
 def params_from_official(state_dict: dict[str, np.ndarray], config: model_lib.XCLIPConfig,
