@@ -68,8 +68,7 @@ def test_clip_state_dict_initialises_xclip_with_clip_text_encoder(golden, tmp_pa
   assert model.params["mit"]["positional_embedding"].shape == (1, 6, 64)
   assert 0.01 < float(np.std(model.params["mit"]["positional_embedding"])) < 0.03
   np.testing.assert_array_equal(model.params["prompts_visual_ln"]["scale"], np.ones(128, np.float32))
-  np.testing.assert_array_equal(model.params["visual"]["conv1"]["kernel"],
-                                state_dict["visual.conv1.weight"].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(model.params["visual"]["conv1"]["weight"], state_dict["visual.conv1.weight"])
   video = np.zeros((1, 6, 32, 32, 3), np.float32)
   assert np.isfinite(model.logits(video, io["text"])).all()
 

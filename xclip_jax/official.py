@@ -1,11 +1,10 @@
 """Official PyTorch X-CLIP state dicts <-> Flax parameters.
 
 Every checkpoint format is first read into an *official state dict*: `{name: np.ndarray}` with the names and layouts
-of the official PyTorch model. The mapping to Flax is mechanical:
+of the official PyTorch model. The mapping to Flax is a renaming; every array keeps its layout:
   - `a.resblocks.0.b` -> `a/resblocks_0/b` (likewise `decoder.N`, `mlp.N`);
-  - `in_proj_weight` / `in_proj_bias` -> `in_proj/kernel` / `in_proj/bias`;
-  - Linear `weight` (out, in) -> `kernel` (in, out); Conv2d `weight` (O, I, kh, kw) -> `kernel` (kh, kw, I, O);
-  - LayerNorm `weight` -> `scale`; Embedding `weight` -> `embedding`; raw parameters keep their name and layout.
+  - `in_proj_weight` / `in_proj_bias` -> `in_proj/weight` / `in_proj/bias`;
+  - LayerNorm `weight` -> `scale`; Embedding `weight` -> `embedding`; everything else keeps its name.
 """
 import functools
 import re
@@ -41,10 +40,6 @@ def _flax_entry(name: str, value: np.ndarray) -> tuple[tuple[str, ...], np.ndarr
       parts[-1] = "embedding"
     elif value.ndim == 1:
       parts[-1] = "scale"
-    elif value.ndim == 2:
-      parts[-1], value = "kernel", value.T
-    elif value.ndim == 4:
-      parts[-1], value = "kernel", value.transpose(2, 3, 1, 0)
   return tuple(parts), value
 
 
@@ -52,9 +47,6 @@ def _official_entry(path: tuple[str, ...], value: np.ndarray) -> tuple[str, np.n
   parts = list(path)
   if parts[-1] in ("scale", "embedding"):
     parts[-1] = "weight"
-  elif parts[-1] == "kernel":
-    parts[-1] = "weight"
-    value = value.T if value.ndim == 2 else value.transpose(3, 2, 0, 1)
   names = []
   for part in parts:
     match = _SEQUENCE_PART.match(part)
