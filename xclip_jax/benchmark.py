@@ -7,13 +7,20 @@ r"""Times the X-CLIP evaluation forward pass and prints JSON.
 The class texts are encoded once beforehand (as in evaluation, where the official code caches them); the timed call
 is the video encoder, the prompt generator and the logits. Weights are random: speed does not depend on them.
 
+The JSON also gives `matmul_gflop` and `matmul_only_s`: the floating-point work of the forward's matrix multiplies
+and the time of those multiplies alone (every dot_general of the traced forward, with its shapes, in one jit-compiled
+function and nothing else), a floor for any XLA formulation of the model on this machine.
+
 With `--official_code` (the X-CLIP folder of a microsoft/VideoX checkout; needs PyTorch, e.g. `pip install
 torch==2.13.0`), the official model is built with the same weights by its own `build_model`, its logits are checked
 against ours, and the two forward passes are timed in alternation in one process, so that both see the same machine
 load. The official eval forward runs under `torch.no_grad()` with its text cache filled, as in its `validate`.
 """
+import functools
+import importlib.util
 import json
 import logging
+import math
 import pathlib
 import sys
 import time
@@ -22,6 +29,7 @@ import types
 from absl import app
 from absl import flags
 import jax
+import jax.extend as jex
 import numpy as np
 
 from xclip_jax import model as model_lib
@@ -43,9 +51,7 @@ def _import_official_build_model(code_dir: pathlib.Path):
     raise SystemExit("--official_code needs PyTorch: pip install torch==2.13.0") from e
   if not (code_dir / "models" / "xclip.py").is_file() or not (code_dir / "clip" / "model.py").is_file():
     raise SystemExit(f"{code_dir} is not the X-CLIP folder of microsoft/VideoX (models/xclip.py, clip/model.py)")
-  try:
-    import timm.models.layers  # pylint: disable=g-import-not-at-top,unused-import
-  except ImportError:
+  if importlib.util.find_spec("timm") is None:
     layers = types.ModuleType("timm.models.layers")
     layers.trunc_normal_ = torch.nn.init.trunc_normal_
     sys.modules.update({"timm": types.ModuleType("timm"), "timm.models": types.ModuleType("timm.models"),
@@ -56,6 +62,41 @@ def _import_official_build_model(code_dir: pathlib.Path):
   sys.path.insert(0, str(code_dir))
   from models import xclip  # pylint: disable=g-import-not-at-top
   return xclip.build_model
+
+
+def _matmuls(fn, *args) -> list[tuple]:
+  """(lhs aval, rhs aval, dot_general params) of every dot_general of fn's jaxpr, in program order."""
+  found = []
+
+  def visit(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == "dot_general":
+        found.append((eqn.invars[0].aval, eqn.invars[1].aval, eqn.params))
+      for sub in jex.core.jaxprs_in_params(eqn.params):
+        visit(sub)
+
+  visit(jax.make_jaxpr(fn)(*args).jaxpr)
+  return found
+
+
+def _flops(lhs_shape, rhs_shape, dimension_numbers) -> int:
+  """2 x batch x lhs free x rhs free x contracted sizes."""
+  (_, rhs_contract), (_, rhs_batch) = dimension_numbers
+  shared = math.prod(rhs_shape[j] for j in (*rhs_contract, *rhs_batch))
+  return 2 * math.prod(lhs_shape) * math.prod(rhs_shape) // shared
+
+
+def _median_of_alternating(calls: dict, repeats: int) -> dict:
+  for call in calls.values():  # warm-up
+    for _ in range(3):
+      call()
+  times = {name: [] for name in calls}
+  for _ in range(repeats):  # alternate so that all see the same machine load
+    for name, call in calls.items():
+      start = time.perf_counter()
+      call()
+      times[name].append(time.perf_counter() - start)
+  return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def benchmark(arch: str, frames: int, batch: int, classes: int, dtype: str, repeats: int,
@@ -70,10 +111,20 @@ def benchmark(arch: str, frames: int, batch: int, classes: int, dtype: str, repe
   video = rng.standard_normal((batch, frames, size, size, 3), dtype=np.float32)
   ours = lambda: jax.block_until_ready(model.logits(video, text_features=text_features))
 
+  forward = functools.partial(model.module.apply, method=model_lib.XCLIP.logits_from_features)
+  matmuls = _matmuls(forward, {"params": model.params}, video, text_features)
+  operands = [(rng.standard_normal(lhs.shape, np.float32), rng.standard_normal(rhs.shape, np.float32))
+              for lhs, rhs, _ in matmuls]
+  matmul_only = jax.jit(lambda ops: [
+      jax.lax.dot_general(a.astype(lhs.dtype), b.astype(rhs.dtype), params["dimension_numbers"],
+                          preferred_element_type=params["preferred_element_type"])
+      for (a, b), (lhs, rhs, params) in zip(ops, matmuls)])
+  device_operands = jax.device_put(operands)
+
   start = time.perf_counter()
   our_logits = np.asarray(ours())
   compile_s = time.perf_counter() - start
-  calls = {"ours": ours}
+  calls = {"ours": ours, "matmul_only": lambda: jax.block_until_ready(matmul_only(device_operands))}
   result = {"arch": arch, "frames": frames, "batch": batch, "classes": classes, "dtype": dtype,
             "device": str(jax.devices()[0].device_kind)}
 
@@ -96,20 +147,13 @@ def benchmark(arch: str, frames: int, batch: int, classes: int, dtype: str, repe
     result["official_torch_threads"] = torch.get_num_threads()
     result["max_abs_logit_difference"] = float(np.abs(official_logits - our_logits).max())
 
-  for call in calls.values():  # warm-up
-    for _ in range(3):
-      call()
-  times = {name: [] for name in calls}
-  for _ in range(repeats):  # alternate so that both see the same machine load
-    for name, call in calls.items():
-      start = time.perf_counter()
-      call()
-      times[name].append(time.perf_counter() - start)
-  result.update(median_s=float(np.median(times["ours"])), min_s=float(np.min(times["ours"])), repeats=repeats,
-                first_call_s=compile_s)
+  medians = _median_of_alternating(calls, repeats)
+  result.update(median_s=medians["ours"], repeats=repeats, first_call_s=compile_s,
+                matmul_gflop=sum(_flops(lhs.shape, rhs.shape, params["dimension_numbers"])
+                                 for lhs, rhs, params in matmuls) / 1e9,
+                matmul_only_s=medians["matmul_only"])
   if official_code:
-    result["official_median_s"] = float(np.median(times["official"]))
-    result["ratio_to_official"] = result["median_s"] / result["official_median_s"]
+    result.update(official_median_s=medians["official"], ratio_to_official=medians["ours"] / medians["official"])
   return result
 
 
