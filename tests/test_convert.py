@@ -1,4 +1,6 @@
 """Checkpoint conversion: official X-CLIP and OpenAI CLIP files in, xclip-jax and official files out."""
+import json
+
 import numpy as np
 import pytest
 
@@ -154,3 +156,15 @@ def test_missing_path_and_unknown_directory_are_refused(tmp_path):
     xclip_jax.load_pretrained(tmp_path / "nope.pth")
   with pytest.raises(ValueError, match="neither an xclip-jax checkpoint"):
     xclip_jax.load_pretrained(tmp_path)
+
+
+def test_converted_directory_of_another_format_version_is_refused_with_advice(tmp_path):
+  config = xclip_jax.XCLIPConfig(embed_dim=64, image_resolution=64, vision_layers=1, vision_width=64,
+                                 vision_patch_size=32, transformer_width=64, transformer_heads=1, transformer_layers=1)
+  directory = xclip_jax.from_config(config).save(tmp_path / "jax")
+  meta = json.loads((directory / "xclip_config.json").read_text())
+  assert xclip_jax.load_pretrained(directory).config.vision_width == 64
+  del meta["version"]  # as written before weights kept PyTorch's layout
+  (directory / "xclip_config.json").write_text(json.dumps(meta))
+  with pytest.raises(ValueError, match="checkpoint format 1.*convert the original checkpoint again"):
+    xclip_jax.load_pretrained(directory)

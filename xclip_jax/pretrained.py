@@ -19,6 +19,8 @@ from xclip_jax import torch_io
 CONFIG_FILE = "xclip_config.json"
 PARAMS_DIR = "params"
 FORMAT_NAME = "xclip-jax"
+# 2: Linear and conv weights in PyTorch's layout (`weight`); version 1 (no version field) stored Flax `kernel`s.
+FORMAT_VERSION = 2
 
 
 class XCLIPModel:
@@ -70,7 +72,8 @@ class XCLIPModel:
     directory = pathlib.Path(directory).absolute()
     directory.mkdir(parents=True, exist_ok=True)
     config = {k: v for k, v in self.config.to_dict().items() if k not in ("droppath", "remat", "dtype")}
-    (directory / CONFIG_FILE).write_text(json.dumps({"format": FORMAT_NAME, "config": config}, indent=2) + "\n")
+    meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "config": config}
+    (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(directory / PARAMS_DIR, self.params, force=True)
     checkpointer.wait_until_finished()
@@ -82,6 +85,10 @@ def _read_converted(directory: pathlib.Path, **overrides):
   if meta.get("format") != FORMAT_NAME:
     raise ValueError(f"{directory / CONFIG_FILE} is not an xclip-jax checkpoint config (format "
                      f"{meta.get('format')!r})")
+  if meta.get("version", 1) != FORMAT_VERSION:
+    raise ValueError(f"{directory} was written by another xclip-jax version (checkpoint format "
+                     f"{meta.get('version', 1)}, this version reads {FORMAT_VERSION}); convert the original checkpoint "
+                     "again with `python -m xclip_jax.convert SRC DST`")
   config = model_lib.XCLIPConfig.from_dict(meta["config"])
   abstract = official.abstract_params(config)
   params = ocp.StandardCheckpointer().restore(directory / PARAMS_DIR, abstract)
