@@ -119,12 +119,17 @@ TRUNC_NORMAL_02 = nn.initializers.truncated_normal(stddev=0.02)
 XAVIER_UNIFORM = nn.initializers.xavier_uniform(in_axis=1, out_axis=0)
 
 
-class Linear(nn.Module):
-  """torch.nn.Linear: `weight` in PyTorch's (out, in) layout and `bias`.
+def apply_weight(x, weight):
+  """x @ weight.T for a weight in PyTorch's (out, in) layout.
 
-  Besides making conversion a renaming, x @ weight.T (both operands contracted on their last axis) runs about 3%
-  faster than x @ kernel with Flax's (in, out) layout in XLA's CPU matmul.
+  Contracting both operands on their last axis runs about 3% faster in XLA's CPU matmul than x @ kernel with Flax's
+  (in, out) layout; keeping PyTorch's layout also makes conversion a renaming.
   """
+  return jnp.einsum("...i,oi->...o", x, weight)
+
+
+class Linear(nn.Module):
+  """torch.nn.Linear: `weight` in PyTorch's (out, in) layout and `bias`."""
   features: int
   use_bias: bool = True
   dtype: Any = jnp.float32
@@ -134,7 +139,7 @@ class Linear(nn.Module):
   @nn.compact
   def __call__(self, x):
     weight = self.param("weight", self.weight_init, (self.features, x.shape[-1]))
-    y = jnp.einsum("...i,oi->...o", x.astype(self.dtype), weight.astype(self.dtype))
+    y = apply_weight(x.astype(self.dtype), weight.astype(self.dtype))
     if self.use_bias:
       y = y + self.param("bias", self.bias_init, (self.features,)).astype(self.dtype)
     return y
@@ -304,7 +309,7 @@ class PatchEmbedding(nn.Module):
     p = self.patch_size
     weight = self.param("weight", torch_linear_weight_init(), (self.width, 3, p, p))
     patches = einops.rearrange(images, "... (h p) (w q) c -> ... (h w) (c p q)", p=p, q=p)
-    return jnp.einsum("...i,oi->...o", patches, weight.reshape(self.width, -1).astype(self.dtype))
+    return apply_weight(patches, weight.reshape(self.width, -1).astype(self.dtype))
 
 
 class CrossFrameTransformer(nn.Module):
