@@ -1,10 +1,11 @@
 r"""X-CLIP architectures as configs, to build a model without a checkpoint file.
 
-  configs/model.py:arch=ViT-B/16,frames=16     (arch: ViT-B/32, ViT-B/16, ViT-L/14, ViT-L/14-336)
+configs/model.py:arch=ViT-B/16,frames=16     (arch: ViT-B/32, ViT-B/16, ViT-L/14, ViT-L/14-336)
 
-  config = get_config("arch=ViT-B/16,frames=16")
-  model = xclip_jax.from_config(xclip_jax.XCLIPConfig.from_dict(config.to_dict()))
+config = get_config("arch=ViT-B/16,frames=16")
+model = xclip_jax.from_config(xclip_jax.XCLIPConfig.from_dict(config.to_dict()))
 """
+
 import ml_collections
 
 from configs import common

@@ -5,6 +5,7 @@ ids 0..N-1 in order (names may contain commas when quoted).
 Annotation file: one `relative/path.mp4 label` line per video.
 Problems are refused when the files are read, naming file and line.
 """
+
 import csv
 import dataclasses
 import os
@@ -19,52 +20,48 @@ class VideoRecord:
 def read_label_list(csv_path: str | os.PathLike[str]) -> list[str]:
   """Returns the class names of an `id,name` CSV, indexed by id."""
   csv_path = os.fspath(csv_path)
-  with open(csv_path, newline='', encoding='utf-8') as f:
+  with open(csv_path, newline="", encoding="utf-8") as f:
     rows = list(csv.reader(f))
-  if not rows or [cell.strip() for cell in rows[0]] != ['id', 'name']:
+  if not rows or [cell.strip() for cell in rows[0]] != ["id", "name"]:
     raise ValueError(f'{csv_path}:1: expected the header "id,name"')
   names = []
   for line_number, row in enumerate(rows[1:], start=2):
     if not row:
       continue
     if len(row) != 2:
-      raise ValueError(
-          f'{csv_path}:{line_number}: expected "id,name", got {row!r}')
+      raise ValueError(f'{csv_path}:{line_number}: expected "id,name", got {row!r}')
     class_id, name = row[0].strip(), row[1].strip()
     if class_id != str(len(names)):
-      raise ValueError(f'{csv_path}:{line_number}: expected id {len(names)} '
-                       f'(ids must run 0..N-1 in order), got {class_id!r}')
+      raise ValueError(
+        f"{csv_path}:{line_number}: expected id {len(names)} (ids must run 0..N-1 in order), got {class_id!r}"
+      )
     if not name:
-      raise ValueError(f'{csv_path}:{line_number}: empty class name')
+      raise ValueError(f"{csv_path}:{line_number}: empty class name")
     names.append(name)
   if not names:
-    raise ValueError(f'{csv_path}: the label list has no classes')
+    raise ValueError(f"{csv_path}: the label list has no classes")
   return names
 
 
-def read_annotations(path: str | os.PathLike[str],
-                     num_classes: int) -> list[VideoRecord]:
+def read_annotations(path: str | os.PathLike[str], num_classes: int) -> list[VideoRecord]:
   """Reads `relative/path label` lines; labels must be in [0, num_classes)."""
   path = os.fspath(path)
   records = []
-  with open(path, encoding='utf-8') as f:
+  with open(path, encoding="utf-8") as f:
     for line_number, line in enumerate(f, start=1):
       fields = line.split()
       if not fields:
         continue
       if len(fields) != 2:
-        raise ValueError(f'{path}:{line_number}: expected "relative/path '
-                         f'label", got {line.rstrip()!r}')
+        raise ValueError(f'{path}:{line_number}: expected "relative/path label", got {line.rstrip()!r}')
       video_path, label_text = fields
       try:
         label = int(label_text)
       except ValueError:
-        raise ValueError(f'{path}:{line_number}: label {label_text!r} is not '
-                         'an integer') from None
+        raise ValueError(f"{path}:{line_number}: label {label_text!r} is not an integer") from None
       if not 0 <= label < num_classes:
-        raise ValueError(f'{path}:{line_number}: label {label} is outside the '
-                         f'label list of {num_classes} classes')
+        raise ValueError(f"{path}:{line_number}: label {label} is outside the label list of {num_classes} classes")
       records.append(VideoRecord(video_path, label))
   if not records:
-    raise ValueError(f'{path}: the annotation file lists no videos')
+    raise ValueError(f"{path}: the annotation file lists no videos")
   return records

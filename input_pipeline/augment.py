@@ -19,11 +19,12 @@ Differences from the official code, on purpose:
 Bilinear resizing uses half-pixel centres without antialiasing, as OpenCV's
 INTER_LINEAR that mmcv calls.
 """
+
 import tensorflow as tf
 
 MEAN_RGB = (123.675, 116.28, 103.53)
 STD_RGB = (58.395, 57.12, 57.375)
-CROP_SCALES = (1, .875, .75, .66)
+CROP_SCALES = (1, 0.875, 0.75, 0.66)
 # ITU-R 601-2 luma, as PIL's convert('L') used by the official grayscale.
 _LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 _BRIGHTNESS = (0.6, 1.4)
@@ -53,9 +54,7 @@ def multi_scale_crop_sizes(input_size: int) -> list[tuple[int, int]]:
   for i, height in enumerate(sides):
     for j, width in enumerate(sides):
       if abs(i - j) <= 1:
-        sizes.append(tuple(
-            input_size if abs(side - input_size) < 3 else side
-            for side in (width, height)))
+        sizes.append(tuple(input_size if abs(side - input_size) < 3 else side for side in (width, height)))
   return sizes
 
 
@@ -67,13 +66,12 @@ def _resize_short_side(frames: tf.Tensor, short_side: int) -> tf.Tensor:
   factor = short_side / tf.minimum(height, width)
   # mmcv.rescale_size: int(side * factor + 0.5).
   new_size = tf.cast(tf.stack([height, width]) * factor + 0.5, tf.int32)
-  return tf.cond(tf.reduce_all(new_size == shape[1:3]), lambda: frames,
-                 lambda: _resize(frames, new_size))
+  return tf.cond(tf.reduce_all(new_size == shape[1:3]), lambda: frames, lambda: _resize(frames, new_size))
 
 
 def _resize(frames: tf.Tensor, size) -> tf.Tensor:
-  resized = tf.image.resize(frames, size, method='bilinear', antialias=False)
-  return tf.clip_by_value(tf.round(resized), 0., 255.)
+  resized = tf.image.resize(frames, size, method="bilinear", antialias=False)
+  return tf.clip_by_value(tf.round(resized), 0.0, 255.0)
 
 
 def _normalize(frames: tf.Tensor) -> tf.Tensor:
@@ -85,27 +83,26 @@ def _luma(frames: tf.Tensor) -> tf.Tensor:
 
 
 def _blend(frames, other, factor):
-  return tf.clip_by_value(factor * frames + (1. - factor) * other, 0., 255.)
+  return tf.clip_by_value(factor * frames + (1.0 - factor) * other, 0.0, 255.0)
 
 
 def _color_jitter(frames: tf.Tensor, params: dict[str, tf.Tensor]):
   """torchvision ColorJitter(.4, .4, .2, .1) with the clip's factors."""
   operations = [
-      lambda x: tf.clip_by_value(x * params['brightness'], 0., 255.),
-      # Contrast blends with the mean grey level of each frame.
-      lambda x: _blend(x, tf.reduce_mean(_luma(x), axis=(1, 2, 3),
-                                         keepdims=True), params['contrast']),
-      lambda x: _blend(x, _luma(x), params['saturation']),
-      lambda x: tf.image.adjust_hue(x / 255., params['hue']) * 255.,
+    lambda x: tf.clip_by_value(x * params["brightness"], 0.0, 255.0),
+    # Contrast blends with the mean grey level of each frame.
+    lambda x: _blend(x, tf.reduce_mean(_luma(x), axis=(1, 2, 3), keepdims=True), params["contrast"]),
+    lambda x: _blend(x, _luma(x), params["saturation"]),
+    lambda x: tf.image.adjust_hue(x / 255.0, params["hue"]) * 255.0,
   ]
   for step in range(len(operations)):
-    frames = tf.switch_case(params['jitter_order'][step],
-                            [lambda op=op: op(frames) for op in operations])
+    frames = tf.switch_case(params["jitter_order"][step], [lambda op=op: op(frames) for op in operations])
   return frames
 
 
-def sample_train_params(seed: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
-                        input_size: int = 224) -> dict[str, tf.Tensor]:
+def sample_train_params(
+  seed: tf.Tensor, height: tf.Tensor, width: tf.Tensor, input_size: int = 224
+) -> dict[str, tf.Tensor]:
   """Draws the random decisions for one clip of frames height x width.
 
   Args:
@@ -123,15 +120,14 @@ def sample_train_params(seed: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
   """
   seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 10)
 
-  def uniform(i, minval=0., maxval=1.):
+  def uniform(i, minval=0.0, maxval=1.0):
     return tf.random.stateless_uniform([], seeds[i], minval, maxval)
 
   def integer(i, maxval):
     return tf.random.stateless_uniform([], seeds[i], 0, maxval, tf.int32)
 
   crop_sizes = multi_scale_crop_sizes(input_size)
-  crop_width, crop_height = tf.unstack(
-      tf.constant(crop_sizes, tf.int32)[integer(0, len(crop_sizes))])
+  crop_width, crop_height = tf.unstack(tf.constant(crop_sizes, tf.int32)[integer(0, len(crop_sizes))])
   # The five fixed offsets of MultiScaleCrop, in quarters of the slack:
   # upper left, upper right, lower left, lower right, centre.
   offsets = tf.constant([[0, 0], [4, 0], [0, 4], [4, 4], [2, 2]], tf.int32)
@@ -139,17 +135,16 @@ def sample_train_params(seed: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
   top = offset[1] * ((tf.cast(height, tf.int32) - crop_height) // 4)
   left = offset[0] * ((tf.cast(width, tf.int32) - crop_width) // 4)
   return {
-      'crop_box': tf.stack([top, left, crop_height, crop_width]),
-      'flip': uniform(2) < _FLIP_PROB,
-      'jitter': uniform(3) < _JITTER_PROB,
-      'brightness': uniform(4, *_BRIGHTNESS),
-      'contrast': uniform(5, *_CONTRAST),
-      'saturation': uniform(6, *_SATURATION),
-      'hue': uniform(7, *_HUE),
-      # Like torchvision, the jitter operations run in a random order.
-      'jitter_order': tf.argsort(
-          tf.random.stateless_uniform([4], seeds[8])),
-      'grayscale': uniform(9) < _GRAYSCALE_PROB,
+    "crop_box": tf.stack([top, left, crop_height, crop_width]),
+    "flip": uniform(2) < _FLIP_PROB,
+    "jitter": uniform(3) < _JITTER_PROB,
+    "brightness": uniform(4, *_BRIGHTNESS),
+    "contrast": uniform(5, *_CONTRAST),
+    "saturation": uniform(6, *_SATURATION),
+    "hue": uniform(7, *_HUE),
+    # Like torchvision, the jitter operations run in a random order.
+    "jitter_order": tf.argsort(tf.random.stateless_uniform([4], seeds[8])),
+    "grayscale": uniform(9) < _GRAYSCALE_PROB,
   }
 
 
@@ -158,28 +153,21 @@ def sample_train_params(seed: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
 # frames of 224x224 with every colour operation on).
 @tf.function(jit_compile=True)
 def _flip_colour_normalize(frames: tf.Tensor, params: dict[str, tf.Tensor]):
-  frames = tf.cond(params['flip'], lambda: tf.reverse(frames, axis=[2]),
-                   lambda: frames)
-  frames = tf.cond(params['jitter'], lambda: _color_jitter(frames, params),
-                   lambda: frames)
-  frames = tf.cond(params['grayscale'],
-                   lambda: tf.tile(_luma(frames), [1, 1, 1, 3]),
-                   lambda: frames)
+  frames = tf.cond(params["flip"], lambda: tf.reverse(frames, axis=[2]), lambda: frames)
+  frames = tf.cond(params["jitter"], lambda: _color_jitter(frames, params), lambda: frames)
+  frames = tf.cond(params["grayscale"], lambda: tf.tile(_luma(frames), [1, 1, 1, 3]), lambda: frames)
   return _normalize(frames)
 
 
-def apply_train_params(frames: tf.Tensor, params: dict[str, tf.Tensor],
-                       input_size: int = 224) -> tf.Tensor:
+def apply_train_params(frames: tf.Tensor, params: dict[str, tf.Tensor], input_size: int = 224) -> tf.Tensor:
   """Augments frames already resized to the short side resize_scale(S)."""
-  top, left, crop_height, crop_width = tf.unstack(params['crop_box'])
-  frames = frames[:, top:top + crop_height, left:left + crop_width]
-  frames = tf.ensure_shape(_resize(frames, [input_size, input_size]),
-                           [None, input_size, input_size, 3])
+  top, left, crop_height, crop_width = tf.unstack(params["crop_box"])
+  frames = frames[:, top : top + crop_height, left : left + crop_width]
+  frames = tf.ensure_shape(_resize(frames, [input_size, input_size]), [None, input_size, input_size, 3])
   return _flip_colour_normalize(frames, params)
 
 
-def train_augment(frames: tf.Tensor, seed: tf.Tensor,
-                  input_size: int = 224) -> tf.Tensor:
+def train_augment(frames: tf.Tensor, seed: tf.Tensor, input_size: int = 224) -> tf.Tensor:
   """Training augmentation of one clip.
 
   Args:
@@ -191,15 +179,13 @@ def train_augment(frames: tf.Tensor, seed: tf.Tensor,
   Returns:
     float32 (T, input_size, input_size, 3), normalised with MEAN_RGB/STD_RGB.
   """
-  frames = _resize_short_side(tf.cast(frames, tf.float32),
-                              resize_scale(input_size))
+  frames = _resize_short_side(tf.cast(frames, tf.float32), resize_scale(input_size))
   shape = tf.shape(frames)
   params = sample_train_params(seed, shape[1], shape[2], input_size)
   return apply_train_params(frames, params, input_size)
 
 
-def eval_augment(frames: tf.Tensor, input_size: int = 224,
-                 num_crops: int = 1) -> tf.Tensor:
+def eval_augment(frames: tf.Tensor, input_size: int = 224, num_crops: int = 1) -> tf.Tensor:
   """Evaluation crops of one clip: (num_crops, T, S, S, 3) float32, normalised.
 
   num_crops=1: short side to int(256 / 224 * S), centre crop S.
@@ -207,27 +193,25 @@ def eval_augment(frames: tf.Tensor, input_size: int = 224,
   long side (the official ThreeCrop order).
   """
   if num_crops not in (1, 3):
-    raise ValueError(f'num_crops must be 1 or 3, got {num_crops}')
+    raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
   frames = tf.cast(frames, tf.float32)
   if num_crops == 1:
     frames = _resize_short_side(frames, resize_scale(input_size))
     shape = tf.shape(frames)
     top = (shape[1] - input_size) // 2
     left = (shape[2] - input_size) // 2
-    crops = [frames[:, top:top + input_size, left:left + input_size]]
+    crops = [frames[:, top : top + input_size, left : left + input_size]]
   else:
     frames = _resize_short_side(frames, input_size)
     shape = tf.shape(frames)
     # Along the width when the frame is landscape (or square), else along
     # the height, as ThreeCrop checks which side equals the crop size.
     along_width = tf.equal(shape[1], input_size)
-    step = tf.where(along_width, shape[2] - input_size,
-                    shape[1] - input_size) // 2
+    step = tf.where(along_width, shape[2] - input_size, shape[1] - input_size) // 2
     crops = []
     for position in (0, 2, 1):
       left = tf.where(along_width, position * step, 0)
       top = tf.where(along_width, 0, position * step)
-      crops.append(frames[:, top:top + input_size, left:left + input_size])
-  crops = tf.ensure_shape(tf.stack(crops),
-                          [num_crops, None, input_size, input_size, 3])
+      crops.append(frames[:, top : top + input_size, left : left + input_size])
+  crops = tf.ensure_shape(tf.stack(crops), [num_crops, None, input_size, input_size, 3])
   return _normalize(crops)

@@ -21,6 +21,7 @@ of the segment-sampled frames, short-side resize, random crop, flip and
 normalisation with PIL/numpy. The issue quotes 7.8 clips/s for the official
 pipeline on the 2-core dev machine.
 """
+
 import json
 import os
 import tempfile
@@ -40,10 +41,9 @@ from input_pipeline import tfds_dataset
 from input_pipeline import video_dataset
 from tests import video_fixtures
 
-_NUM_VIDEOS = flags.DEFINE_integer('num_videos', 16, 'Synthetic videos.')
-_NUM_BATCHES = flags.DEFINE_integer('num_batches', 40, 'Timed batches.')
-_WARMUP_BATCHES = flags.DEFINE_integer(
-    'warmup_batches', 4, 'Batches read before timing starts.')
+_NUM_VIDEOS = flags.DEFINE_integer("num_videos", 16, "Synthetic videos.")
+_NUM_BATCHES = flags.DEFINE_integer("num_batches", 40, "Timed batches.")
+_WARMUP_BATCHES = flags.DEFINE_integer("warmup_batches", 4, "Batches read before timing starts.")
 _BATCH_SIZE = 8
 _NUM_FRAMES = 8
 _INPUT_SIZE = 224
@@ -74,15 +74,14 @@ def decord_clips_per_second(paths, num_clips: int) -> float | None:
     indices = sampling.train_frame_indices(len(reader), _NUM_FRAMES, rng)
     frames = reader.get_batch(list(indices)).asnumpy()
     height, width = frames.shape[1:3]
-    size = (round(width * scale / min(height, width)),
-            round(height * scale / min(height, width)))
+    size = (round(width * scale / min(height, width)), round(height * scale / min(height, width)))
     top = rng.integers(0, size[1] - _INPUT_SIZE + 1)
     left = rng.integers(0, size[0] - _INPUT_SIZE + 1)
     flip = rng.random() < 0.5
     clip = []
     for frame in frames:
       image = np.asarray(Image.fromarray(frame).resize(size, Image.BILINEAR))
-      image = image[top:top + _INPUT_SIZE, left:left + _INPUT_SIZE]
+      image = image[top : top + _INPUT_SIZE, left : left + _INPUT_SIZE]
       clip.append(image[:, ::-1] if flip else image)
     ((np.stack(clip).astype(np.float32) - mean) / std).astype(np.float32)
   return num_clips / (time.perf_counter() - start)
@@ -91,59 +90,58 @@ def decord_clips_per_second(paths, num_clips: int) -> float | None:
 def main(argv):
   del argv
   num_videos = _NUM_VIDEOS.value
-  timing = dict(num_batches=_NUM_BATCHES.value,
-                warmup_batches=_WARMUP_BATCHES.value)
-  clip = dict(num_frames=_NUM_FRAMES, input_size=_INPUT_SIZE,
-              batch_size=_BATCH_SIZE, seed=0)
+  timing = dict(num_batches=_NUM_BATCHES.value, warmup_batches=_WARMUP_BATCHES.value)
+  clip = dict(num_frames=_NUM_FRAMES, input_size=_INPUT_SIZE, batch_size=_BATCH_SIZE, seed=0)
   with tempfile.TemporaryDirectory() as workdir:
-    video_dir = os.path.join(workdir, 'videos')
-    annotations = os.path.join(workdir, 'train.txt')
-    labels = os.path.join(workdir, 'labels.csv')
-    logging.info('Writing %d videos to %s', num_videos, video_dir)
-    with open(annotations, 'w') as f:
+    video_dir = os.path.join(workdir, "videos")
+    annotations = os.path.join(workdir, "train.txt")
+    labels = os.path.join(workdir, "labels.csv")
+    logging.info("Writing %d videos to %s", num_videos, video_dir)
+    with open(annotations, "w") as f:
       for i in range(num_videos):
-        video_fixtures.write_textured_video(
-            os.path.join(video_dir, f'{i}.mp4'), seed=i)
-        f.write(f'{i}.mp4 {i % 2}\n')
-    with open(labels, 'w') as f:
-      f.write('id,name\n0,even\n1,odd\n')
+        video_fixtures.write_textured_video(os.path.join(video_dir, f"{i}.mp4"), seed=i)
+        f.write(f"{i}.mp4 {i % 2}\n")
+    with open(labels, "w") as f:
+      f.write("id,name\n0,even\n1,odd\n")
     mp4_bytes = sum(entry.stat().st_size for entry in os.scandir(video_dir))
 
-    on_the_fly = clips_per_second(
-        video_dataset.make_train_dataset(annotations, video_dir, labels,
-                                         **clip), **timing)
+    on_the_fly = clips_per_second(video_dataset.make_train_dataset(annotations, video_dir, labels, **clip), **timing)
 
     decord_recipe = decord_clips_per_second(
-        [os.path.join(video_dir, f'{i}.mp4') for i in range(num_videos)],
-        num_clips=_NUM_BATCHES.value * _BATCH_SIZE // 4)
+      [os.path.join(video_dir, f"{i}.mp4") for i in range(num_videos)], num_clips=_NUM_BATCHES.value * _BATCH_SIZE // 4
+    )
 
-    records_dir = os.path.join(workdir, 'records')
+    records_dir = os.path.join(workdir, "records")
     start = time.perf_counter()
     builder = build_tfds.build_split(
-        annotations_path=annotations, root=video_dir, labels_path=labels,
-        output_dir=records_dir, num_workers=os.cpu_count())
+      annotations_path=annotations,
+      root=video_dir,
+      labels_path=labels,
+      output_dir=records_dir,
+      num_workers=os.cpu_count(),
+    )
     build_seconds = time.perf_counter() - start
-    from_records = clips_per_second(
-        tfds_dataset.make_train_dataset(records_dir, 'train', **clip),
-        **timing)
+    from_records = clips_per_second(tfds_dataset.make_train_dataset(records_dir, "train", **clip), **timing)
 
-    print(json.dumps({
-        'cpu_cores': os.cpu_count(),
-        'videos': f'{num_videos} x 10 s, 340x256, 30 fps H.264, keyframe '
-                  'every 250 frames',
-        'clip': f'{_NUM_FRAMES} frames, {_INPUT_SIZE}x{_INPUT_SIZE}, train '
-                f'augmentation, batches of {_BATCH_SIZE}',
-        'on_the_fly_mp4_clips_per_s': round(on_the_fly, 1),
-        'tfds_records_clips_per_s': round(from_records, 1),
-        'decord_one_process_clips_per_s': (
-            round(decord_recipe, 1) if decord_recipe is not None else
-            'not measured: decord is not installed'),
-        'build_tfds_videos_per_s': round(num_videos / build_seconds, 2),
-        'mp4_mb_per_video': round(mp4_bytes / num_videos / 2**20, 2),
-        'record_mb_per_video': round(
-            builder.info.splits['train'].num_bytes / num_videos / 2**20, 2),
-    }, indent=2))
+    print(
+      json.dumps(
+        {
+          "cpu_cores": os.cpu_count(),
+          "videos": f"{num_videos} x 10 s, 340x256, 30 fps H.264, keyframe every 250 frames",
+          "clip": f"{_NUM_FRAMES} frames, {_INPUT_SIZE}x{_INPUT_SIZE}, train augmentation, batches of {_BATCH_SIZE}",
+          "on_the_fly_mp4_clips_per_s": round(on_the_fly, 1),
+          "tfds_records_clips_per_s": round(from_records, 1),
+          "decord_one_process_clips_per_s": (
+            round(decord_recipe, 1) if decord_recipe is not None else "not measured: decord is not installed"
+          ),
+          "build_tfds_videos_per_s": round(num_videos / build_seconds, 2),
+          "mp4_mb_per_video": round(mp4_bytes / num_videos / 2**20, 2),
+          "record_mb_per_video": round(builder.info.splits["train"].num_bytes / num_videos / 2**20, 2),
+        },
+        indent=2,
+      )
+    )
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
   app.run(main)

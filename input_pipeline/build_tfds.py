@@ -27,6 +27,7 @@ A video that cannot be read or decoded, or has no frames, is logged with its
 path, left out and listed in its shard's marker; more than `--max_bad_fraction`
 of them stops the build with an error before the metadata is written.
 """
+
 from concurrent import futures
 import dataclasses
 import hashlib
@@ -49,13 +50,14 @@ import tqdm
 from input_pipeline import annotations
 from input_pipeline import video_decode
 
-DATASET_VERSION = '1.0.0'
-FILENAME_TEMPLATE = '{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}'
+DATASET_VERSION = "1.0.0"
+FILENAME_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 
 
 @dataclasses.dataclass(frozen=True)
 class BuildConfig:
   """Everything that decides the content of a split's shards."""
+
   name: str
   split: str
   annotations_sha256: str
@@ -68,19 +70,20 @@ class BuildConfig:
 
 
 def features(label_names: Sequence[str]) -> tfds.features.FeaturesDict:
-  return tfds.features.FeaturesDict({
-      'frames': tfds.features.Sequence(
-          tfds.features.Image(shape=(None, None, 3), encoding_format='jpeg')),
-      'num_frames': tfds.features.Scalar(np.int64),
-      'label': tfds.features.ClassLabel(names=label_names),
-      'path': tfds.features.Text(),
-      'annotation_index': tfds.features.Scalar(np.int64),
-  })
+  return tfds.features.FeaturesDict(
+    {
+      "frames": tfds.features.Sequence(tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg")),
+      "num_frames": tfds.features.Scalar(np.int64),
+      "label": tfds.features.ClassLabel(names=label_names),
+      "path": tfds.features.Text(),
+      "annotation_index": tfds.features.Scalar(np.int64),
+    }
+  )
 
 
-def stored_frame_indices(num_frames: int, source_fps: Optional[float],
-                         fps: Optional[float],
-                         max_frames: Optional[int]) -> np.ndarray:
+def stored_frame_indices(
+  num_frames: int, source_fps: Optional[float], fps: Optional[float], max_frames: Optional[int]
+) -> np.ndarray:
   """Frames kept from a video: all, or every frame of an fps cap, then a cap.
 
   The fps cap keeps the frame shown at each tick of the lower rate
@@ -114,46 +117,48 @@ def _frame_rate(video_bytes: bytes) -> Optional[float]:
 class VideoEncoder:
   """Turns an annotation record into a serialized TFDS example."""
 
-  def __init__(self, root: str, config: BuildConfig,
-               label_names: Sequence[str]):
+  def __init__(self, root: str, config: BuildConfig, label_names: Sequence[str]):
     self._source = video_decode.VideoSource(root)
     self._config = config
     self._features = features(label_names)
     self._encode_jpegs = tf.function(
-        lambda frames: tf.map_fn(
-            lambda frame: tf.io.encode_jpeg(frame, quality=config.jpeg_quality),
-            frames, fn_output_signature=tf.string),
-        input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
+      lambda frames: tf.map_fn(
+        lambda frame: tf.io.encode_jpeg(frame, quality=config.jpeg_quality), frames, fn_output_signature=tf.string
+      ),
+      input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)],
+    )
     self._resize = tf.function(
-        lambda frames, size: tf.cast(tf.clip_by_value(tf.round(
-            tf.image.resize(frames, size, antialias=True)), 0, 255), tf.uint8),
-        input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8),
-                         tf.TensorSpec([2], tf.int32)])
+      lambda frames, size: tf.cast(
+        tf.clip_by_value(tf.round(tf.image.resize(frames, size, antialias=True)), 0, 255), tf.uint8
+      ),
+      input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8), tf.TensorSpec([2], tf.int32)],
+    )
 
-  def __call__(self, task: tuple[int, annotations.VideoRecord]
-               ) -> tuple[Optional[bytes], Optional[str]]:
+  def __call__(self, task: tuple[int, annotations.VideoRecord]) -> tuple[Optional[bytes], Optional[str]]:
     """Returns (serialized example, None) or (None, why it was skipped)."""
     index, record = task
     try:
       video = self._source.read_bytes(record.path)
       source_fps = _frame_rate(video) if self._config.fps else None
       frames, _ = video_decode.decode_sampled_frames(
-          video, lambda num_frames: stored_frame_indices(
-              num_frames, source_fps, self._config.fps,
-              self._config.max_frames))
+        video,
+        lambda num_frames: stored_frame_indices(num_frames, source_fps, self._config.fps, self._config.max_frames),
+      )
     except video_decode.VideoDecodeError as error:
       return None, str(error)
     size = resized_shape(*frames.shape[1:3], self._config.short_side)
     if size != frames.shape[1:3]:
       frames = self._resize(frames, size)
     jpegs = self._encode_jpegs(frames).numpy()
-    return self._features.serialize_example({
-        'frames': list(jpegs),
-        'num_frames': len(jpegs),
-        'label': record.label,
-        'path': record.path,
-        'annotation_index': index,
-    }), None
+    return self._features.serialize_example(
+      {
+        "frames": list(jpegs),
+        "num_frames": len(jpegs),
+        "label": record.label,
+        "path": record.path,
+        "annotation_index": index,
+      }
+    ), None
 
 
 _worker_encoder: Optional[VideoEncoder] = None
@@ -175,26 +180,23 @@ def _encode_in_worker(task):
 class SplitWriter:
   """Paths and markers of one split's conversion under `output_dir`."""
 
-  def __init__(self, output_dir: str, config: BuildConfig,
-               records: Sequence[annotations.VideoRecord]):
+  def __init__(self, output_dir: str, config: BuildConfig, records: Sequence[annotations.VideoRecord]):
     self.output_dir = output_dir
     self.config = config
     self.records = records
     self.num_videos = len(records)
     self.num_shards = -(-self.num_videos // config.videos_per_shard)
-    self.build_dir = os.path.join(output_dir, '_build', config.split)
+    self.build_dir = os.path.join(output_dir, "_build", config.split)
 
   def shard_name(self, shard: int) -> str:
-    return (f'{self.config.name}-{self.config.split}.tfrecord-'
-            f'{shard:05d}-of-{self.num_shards:05d}')
+    return f"{self.config.name}-{self.config.split}.tfrecord-{shard:05d}-of-{self.num_shards:05d}"
 
   def shard_range(self, shard: int) -> range:
     start = shard * self.config.videos_per_shard
-    return range(start, min(start + self.config.videos_per_shard,
-                            self.num_videos))
+    return range(start, min(start + self.config.videos_per_shard, self.num_videos))
 
   def marker_path(self, shard: int) -> str:
-    return os.path.join(self.build_dir, self.shard_name(shard) + '.done.json')
+    return os.path.join(self.build_dir, self.shard_name(shard) + ".done.json")
 
   def staged_path(self, shard: int) -> str:
     return os.path.join(self.build_dir, self.shard_name(shard))
@@ -210,30 +212,28 @@ class SplitWriter:
 
   def check_or_save_config(self):
     """Refuses to resume a conversion made with other settings."""
-    path = os.path.join(self.build_dir, 'config.json')
+    path = os.path.join(self.build_dir, "config.json")
     wanted = dataclasses.asdict(self.config)
     if tf.io.gfile.exists(path):
       with tf.io.gfile.GFile(path) as f:
         found = json.load(f)
-      changed = {k: (found.get(k), v) for k, v in wanted.items()
-                 if found.get(k) != v}
+      changed = {k: (found.get(k), v) for k, v in wanted.items() if found.get(k) != v}
       if changed:
         raise ValueError(
-            f'{path}: this split was started with other settings '
-            f'(setting: (then, now)) {changed}; rerun with the earlier flags '
-            'or use another --output_dir.')
+          f"{path}: this split was started with other settings "
+          f"(setting: (then, now)) {changed}; rerun with the earlier flags "
+          "or use another --output_dir."
+        )
       return
     tf.io.gfile.makedirs(self.build_dir)
-    with tf.io.gfile.GFile(path, 'w') as f:
+    with tf.io.gfile.GFile(path, "w") as f:
       json.dump(wanted, f, indent=2)
 
-  def write_shard(self, shard: int,
-                  results: Iterator[tuple[Optional[bytes], Optional[str]]],
-                  progress: tqdm.tqdm):
+  def write_shard(self, shard: int, results: Iterator[tuple[Optional[bytes], Optional[str]]], progress: tqdm.tqdm):
     """Writes a shard from its videos' results, then marks it done."""
     staged = self.staged_path(shard)
     num_examples, skipped = 0, []
-    with tf.io.TFRecordWriter(staged + '.tmp') as writer:
+    with tf.io.TFRecordWriter(staged + ".tmp") as writer:
       for index in self.shard_range(shard):
         example, reason = next(results)
         if reason is None:
@@ -241,37 +241,32 @@ class SplitWriter:
           num_examples += 1
         else:
           path = self.records[index].path
-          logging.warning('Skipping video %s: %s', path, reason)
-          skipped.append(
-              {'annotation_index': index, 'path': path, 'reason': reason})
+          logging.warning("Skipping video %s: %s", path, reason)
+          skipped.append({"annotation_index": index, "path": path, "reason": reason})
         progress.update()
-    tf.io.gfile.rename(staged + '.tmp', staged, overwrite=True)
-    marker = {'num_examples': num_examples,
-              'num_bytes': tf.io.gfile.stat(staged).length,
-              'skipped': skipped}
-    with tf.io.gfile.GFile(self.marker_path(shard), 'w') as f:
+    tf.io.gfile.rename(staged + ".tmp", staged, overwrite=True)
+    marker = {"num_examples": num_examples, "num_bytes": tf.io.gfile.stat(staged).length, "skipped": skipped}
+    with tf.io.gfile.GFile(self.marker_path(shard), "w") as f:
       json.dump(marker, f, indent=2)
 
   def publish(self):
     """Moves the finished shards next to the other splits."""
     for shard in range(self.num_shards):
       if tf.io.gfile.exists(self.staged_path(shard)):
-        tf.io.gfile.rename(self.staged_path(shard), self.final_path(shard),
-                           overwrite=True)
-    with tf.io.gfile.GFile(os.path.join(self.build_dir, 'published'), 'w') as f:
-      f.write('The shards of this split are in the dataset folder.\n')
+        tf.io.gfile.rename(self.staged_path(shard), self.final_path(shard), overwrite=True)
+    with tf.io.gfile.GFile(os.path.join(self.build_dir, "published"), "w") as f:
+      f.write("The shards of this split are in the dataset folder.\n")
 
   def is_published(self) -> bool:
-    return tf.io.gfile.exists(os.path.join(self.build_dir, 'published'))
+    return tf.io.gfile.exists(os.path.join(self.build_dir, "published"))
 
 
 def _sha256(path: str) -> str:
-  with tf.io.gfile.GFile(path, 'rb') as f:
+  with tf.io.gfile.GFile(path, "rb") as f:
     return hashlib.sha256(f.read()).hexdigest()
 
 
-def _published_splits(output_dir: str) -> tuple[list[tfds.core.SplitInfo],
-                                                dict[str, dict]]:
+def _published_splits(output_dir: str) -> tuple[list[tfds.core.SplitInfo], dict[str, dict]]:
   """Split infos and read-back metadata of every finished split, from markers.
 
   The metadata of a split (metadata.json) lets a reader find the record of an
@@ -279,26 +274,24 @@ def _published_splits(output_dir: str) -> tuple[list[tfds.core.SplitInfo],
   shard, and the `skipped` ones (with path and reason) that have no record.
   """
   split_infos, metadata = [], {}
-  for path in sorted(tf.io.gfile.glob(
-      os.path.join(output_dir, '_build', '*', 'published'))):
+  for path in sorted(tf.io.gfile.glob(os.path.join(output_dir, "_build", "*", "published"))):
     build_dir = os.path.dirname(path)
-    with tf.io.gfile.GFile(os.path.join(build_dir, 'config.json')) as f:
+    with tf.io.gfile.GFile(os.path.join(build_dir, "config.json")) as f:
       config = json.load(f)
     shards = []
-    for marker in sorted(tf.io.gfile.glob(
-        os.path.join(build_dir, '*.done.json'))):
+    for marker in sorted(tf.io.gfile.glob(os.path.join(build_dir, "*.done.json"))):
       with tf.io.gfile.GFile(marker) as f:
         shards.append(json.load(f))
-    split = config['split']
-    split_infos.append(tfds.core.SplitInfo(
-        name=split,
-        shard_lengths=[s['num_examples'] for s in shards],
-        num_bytes=sum(s['num_bytes'] for s in shards)))
+    split = config["split"]
+    split_infos.append(
+      tfds.core.SplitInfo(
+        name=split, shard_lengths=[s["num_examples"] for s in shards], num_bytes=sum(s["num_bytes"] for s in shards)
+      )
+    )
     metadata[split] = {
-        'annotation_count': sum(s['num_examples'] + len(s['skipped'])
-                                for s in shards),
-        'videos_per_shard': config['videos_per_shard'],
-        'skipped': [v for s in shards for v in s['skipped']],
+      "annotation_count": sum(s["num_examples"] + len(s["skipped"]) for s in shards),
+      "videos_per_shard": config["videos_per_shard"],
+      "skipped": [v for s in shards for v in s["skipped"]],
     }
   return split_infos, metadata
 
@@ -306,53 +299,62 @@ def _published_splits(output_dir: str) -> tuple[list[tfds.core.SplitInfo],
 def _check_labels_match_other_splits(output_dir: str, config: BuildConfig):
   """All splits of one dataset share the label list stored in features.json."""
   # Sorted, so that the split an error names does not depend on the file system.
-  for path in sorted(tf.io.gfile.glob(os.path.join(output_dir, '_build', '*',
-                                                   'config.json'))):
+  for path in sorted(tf.io.gfile.glob(os.path.join(output_dir, "_build", "*", "config.json"))):
     with tf.io.gfile.GFile(path) as f:
       other = json.load(f)
-    if other['split'] == config.split:
+    if other["split"] == config.split:
       continue
-    if other['labels_sha256'] != config.labels_sha256:
+    if other["labels_sha256"] != config.labels_sha256:
       raise ValueError(
-          f'--labels differs from the label list that split '
-          f"'{other['split']}' was converted with ({path}); one dataset "
-          'folder holds one label list.')
-    if other['name'] != config.name:
+        f"--labels differs from the label list that split "
+        f"'{other['split']}' was converted with ({path}); one dataset "
+        "folder holds one label list."
+      )
+    if other["name"] != config.name:
       raise ValueError(
-          f'--name={config.name} differs from the name '
-          f"'{other['name']}' of split '{other['split']}' ({path}).")
+        f"--name={config.name} differs from the name '{other['name']}' of split '{other['split']}' ({path})."
+      )
 
 
-def _check_settings(*, name, split, short_side, fps, max_frames, jpeg_quality,
-                    videos_per_shard, max_bad_fraction):
+def _check_settings(*, name, split, short_side, fps, max_frames, jpeg_quality, videos_per_shard, max_bad_fraction):
   problems = []
   # Both end up in shard file names that TFDS parses back.
-  if not re.fullmatch(r'[a-z][a-z0-9_]*', name):
-    problems.append(f'name={name!r} must be a lower_snake_case identifier')
-  if not re.fullmatch(r'[A-Za-z0-9_]+', split):
-    problems.append(f'split={split!r} must be letters, digits and _')
+  if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+    problems.append(f"name={name!r} must be a lower_snake_case identifier")
+  if not re.fullmatch(r"[A-Za-z0-9_]+", split):
+    problems.append(f"split={split!r} must be letters, digits and _")
   if short_side < 1:
-    problems.append(f'short_side={short_side} must be positive')
+    problems.append(f"short_side={short_side} must be positive")
   if fps is not None and fps <= 0:
-    problems.append(f'fps={fps} must be positive')
+    problems.append(f"fps={fps} must be positive")
   if max_frames is not None and max_frames < 1:
-    problems.append(f'max_frames={max_frames} must be positive')
+    problems.append(f"max_frames={max_frames} must be positive")
   if not 1 <= jpeg_quality <= 100:
-    problems.append(f'jpeg_quality={jpeg_quality} must be in [1, 100]')
+    problems.append(f"jpeg_quality={jpeg_quality} must be in [1, 100]")
   if videos_per_shard < 1:
-    problems.append(f'videos_per_shard={videos_per_shard} must be positive')
+    problems.append(f"videos_per_shard={videos_per_shard} must be positive")
   if not 0 <= max_bad_fraction <= 1:
-    problems.append(f'max_bad_fraction={max_bad_fraction} must be in [0, 1]')
+    problems.append(f"max_bad_fraction={max_bad_fraction} must be in [0, 1]")
   if problems:
-    raise ValueError('; '.join(problems))
+    raise ValueError("; ".join(problems))
 
 
-def build_split(*, annotations_path: str, root: str, labels_path: str,
-                output_dir: str, split: str = 'train', name: str = 'videos',
-                short_side: int = 256, fps: Optional[float] = None,
-                max_frames: Optional[int] = None, jpeg_quality: int = 90,
-                videos_per_shard: int = 64, num_workers: int = 0,
-                max_bad_fraction: float = 0.01) -> tfds.core.DatasetBuilder:
+def build_split(
+  *,
+  annotations_path: str,
+  root: str,
+  labels_path: str,
+  output_dir: str,
+  split: str = "train",
+  name: str = "videos",
+  short_side: int = 256,
+  fps: Optional[float] = None,
+  max_frames: Optional[int] = None,
+  jpeg_quality: int = 90,
+  videos_per_shard: int = 64,
+  num_workers: int = 0,
+  max_bad_fraction: float = 0.01,
+) -> tfds.core.DatasetBuilder:
   """Converts one split (resuming where a previous run stopped).
 
   Args:
@@ -374,34 +376,42 @@ def build_split(*, annotations_path: str, root: str, labels_path: str,
   Returns:
     The TFDS builder of `output_dir`, once its metadata is written.
   """
-  _check_settings(name=name, split=split, short_side=short_side, fps=fps,
-                  max_frames=max_frames, jpeg_quality=jpeg_quality,
-                  videos_per_shard=videos_per_shard,
-                  max_bad_fraction=max_bad_fraction)
+  _check_settings(
+    name=name,
+    split=split,
+    short_side=short_side,
+    fps=fps,
+    max_frames=max_frames,
+    jpeg_quality=jpeg_quality,
+    videos_per_shard=videos_per_shard,
+    max_bad_fraction=max_bad_fraction,
+  )
   label_names = annotations.read_label_list(labels_path)
   records = annotations.read_annotations(annotations_path, len(label_names))
   config = BuildConfig(
-      name=name, split=split,
-      annotations_sha256=_sha256(annotations_path),
-      labels_sha256=_sha256(labels_path), short_side=short_side, fps=fps,
-      max_frames=max_frames, jpeg_quality=jpeg_quality,
-      videos_per_shard=videos_per_shard)
+    name=name,
+    split=split,
+    annotations_sha256=_sha256(annotations_path),
+    labels_sha256=_sha256(labels_path),
+    short_side=short_side,
+    fps=fps,
+    max_frames=max_frames,
+    jpeg_quality=jpeg_quality,
+    videos_per_shard=videos_per_shard,
+  )
   writer = SplitWriter(output_dir, config, records)
   _check_labels_match_other_splits(output_dir, config)
   writer.check_or_save_config()
 
   if not writer.is_published():
-    todo = [s for s in range(writer.num_shards)
-            if writer.read_marker(s) is None]
+    todo = [s for s in range(writer.num_shards) if writer.read_marker(s) is None]
     tasks = [(i, records[i]) for s in todo for i in writer.shard_range(s)]
-    progress = tqdm.tqdm(total=len(records),
-                         initial=len(records) - len(tasks), unit='video',
-                         desc=f'{name}/{split}')
+    progress = tqdm.tqdm(total=len(records), initial=len(records) - len(tasks), unit="video", desc=f"{name}/{split}")
     if num_workers:
       # Spawned, not forked: TensorFlow's threads do not survive a fork.
       pool = futures.ProcessPoolExecutor(
-          num_workers, multiprocessing.get_context('spawn'), _init_worker,
-          (root, config, label_names))
+        num_workers, multiprocessing.get_context("spawn"), _init_worker, (root, config, label_names)
+      )
       results = pool.map(_encode_in_worker, tasks)
     else:
       pool = None
@@ -415,63 +425,66 @@ def build_split(*, annotations_path: str, root: str, labels_path: str,
         pool.shutdown(cancel_futures=True)
 
     markers = [writer.read_marker(s) for s in range(writer.num_shards)]
-    skipped = [f for m in markers for f in m['skipped']]
+    skipped = [f for m in markers for f in m["skipped"]]
     if len(skipped) > max_bad_fraction * len(records):
       raise RuntimeError(
-          f'{len(skipped)} of {len(records)} videos of {annotations_path} '
-          f'could not be converted (more than --max_bad_fraction='
-          f'{max_bad_fraction}), e.g. {skipped[:3]}. All are listed in '
-          f'{writer.build_dir}/*.done.json; finished shards are kept: delete '
-          'the markers of shards to convert again, or raise '
-          '--max_bad_fraction and rerun.')
+        f"{len(skipped)} of {len(records)} videos of {annotations_path} "
+        f"could not be converted (more than --max_bad_fraction="
+        f"{max_bad_fraction}), e.g. {skipped[:3]}. All are listed in "
+        f"{writer.build_dir}/*.done.json; finished shards are kept: delete "
+        "the markers of shards to convert again, or raise "
+        "--max_bad_fraction and rerun."
+      )
     writer.publish()
 
   split_infos, metadata = _published_splits(output_dir)
   tfds.folder_dataset.write_metadata(
-      data_dir=output_dir, features=features(label_names),
-      split_infos=split_infos, filename_template=FILENAME_TEMPLATE,
-      version=DATASET_VERSION, metadata=tfds.core.MetadataDict(metadata),
-      description='Videos as JPEG frames, by input_pipeline.build_tfds.')
+    data_dir=output_dir,
+    features=features(label_names),
+    split_infos=split_infos,
+    filename_template=FILENAME_TEMPLATE,
+    version=DATASET_VERSION,
+    metadata=tfds.core.MetadataDict(metadata),
+    description="Videos as JPEG frames, by input_pipeline.build_tfds.",
+  )
   return tfds.builder_from_directory(output_dir)
 
 
-_ANNOTATIONS = flags.DEFINE_string(
-    'annotations', None, '`relative/path.mp4 label` lines.')
-_ROOT = flags.DEFINE_string(
-    'root', None, 'Folder or uncompressed .tar holding the videos.')
-_LABELS = flags.DEFINE_string(
-    'labels', None, '`id,name` CSV of the classes.')
-_OUTPUT_DIR = flags.DEFINE_string(
-    'output_dir', None, 'Dataset folder (local or gs://).')
-_SPLIT = flags.DEFINE_string('split', 'train', 'TFDS split name.')
-_NAME = flags.DEFINE_string('name', 'videos', 'TFDS dataset name.')
-_SHORT_SIDE = flags.DEFINE_integer(
-    'short_side', 256, 'Resize frames down to this short side.')
-_FPS = flags.DEFINE_float('fps', None, 'Keep at most this many frames/s.')
-_MAX_FRAMES = flags.DEFINE_integer(
-    'max_frames', None, 'Keep at most this many frames per video.')
-_JPEG_QUALITY = flags.DEFINE_integer('jpeg_quality', 90, 'JPEG quality.')
-_VIDEOS_PER_SHARD = flags.DEFINE_integer(
-    'videos_per_shard', 64, 'Annotation lines per shard.')
-_NUM_WORKERS = flags.DEFINE_integer(
-    'num_workers', os.cpu_count(), 'Conversion processes (0: in-process).')
-_MAX_BAD_FRACTION = flags.DEFINE_float(
-    'max_bad_fraction', 0.01, 'Share of bad videos that stops the build.')
+_ANNOTATIONS = flags.DEFINE_string("annotations", None, "`relative/path.mp4 label` lines.")
+_ROOT = flags.DEFINE_string("root", None, "Folder or uncompressed .tar holding the videos.")
+_LABELS = flags.DEFINE_string("labels", None, "`id,name` CSV of the classes.")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Dataset folder (local or gs://).")
+_SPLIT = flags.DEFINE_string("split", "train", "TFDS split name.")
+_NAME = flags.DEFINE_string("name", "videos", "TFDS dataset name.")
+_SHORT_SIDE = flags.DEFINE_integer("short_side", 256, "Resize frames down to this short side.")
+_FPS = flags.DEFINE_float("fps", None, "Keep at most this many frames/s.")
+_MAX_FRAMES = flags.DEFINE_integer("max_frames", None, "Keep at most this many frames per video.")
+_JPEG_QUALITY = flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality.")
+_VIDEOS_PER_SHARD = flags.DEFINE_integer("videos_per_shard", 64, "Annotation lines per shard.")
+_NUM_WORKERS = flags.DEFINE_integer("num_workers", os.cpu_count(), "Conversion processes (0: in-process).")
+_MAX_BAD_FRACTION = flags.DEFINE_float("max_bad_fraction", 0.01, "Share of bad videos that stops the build.")
 
 
 def main(argv):
   del argv
   builder = build_split(
-      annotations_path=_ANNOTATIONS.value, root=_ROOT.value,
-      labels_path=_LABELS.value, output_dir=_OUTPUT_DIR.value,
-      split=_SPLIT.value, name=_NAME.value, short_side=_SHORT_SIDE.value,
-      fps=_FPS.value, max_frames=_MAX_FRAMES.value,
-      jpeg_quality=_JPEG_QUALITY.value,
-      videos_per_shard=_VIDEOS_PER_SHARD.value, num_workers=_NUM_WORKERS.value,
-      max_bad_fraction=_MAX_BAD_FRACTION.value)
-  logging.info('Wrote %s: %s', _OUTPUT_DIR.value, builder.info.splits)
+    annotations_path=_ANNOTATIONS.value,
+    root=_ROOT.value,
+    labels_path=_LABELS.value,
+    output_dir=_OUTPUT_DIR.value,
+    split=_SPLIT.value,
+    name=_NAME.value,
+    short_side=_SHORT_SIDE.value,
+    fps=_FPS.value,
+    max_frames=_MAX_FRAMES.value,
+    jpeg_quality=_JPEG_QUALITY.value,
+    videos_per_shard=_VIDEOS_PER_SHARD.value,
+    num_workers=_NUM_WORKERS.value,
+    max_bad_fraction=_MAX_BAD_FRACTION.value,
+  )
+  logging.info("Wrote %s: %s", _OUTPUT_DIR.value, builder.info.splits)
 
 
-if __name__ == '__main__':
-  flags.mark_flags_as_required(['annotations', 'root', 'labels', 'output_dir'])
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["annotations", "root", "labels", "output_dir"])
   app.run(main)

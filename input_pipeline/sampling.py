@@ -11,18 +11,18 @@ every segment, the frame at fraction (k + 1/2) / K of the segment, i.e. the
 K clips stratify each segment the way K random draws cover it on average.
 With K = 1 this is exactly the official centre rule.
 """
+
 import numpy as np
 
 
 def _check(num_frames: int, num_segments: int):
   if num_frames < 1:
-    raise ValueError(f'cannot sample from a video of {num_frames} frames')
+    raise ValueError(f"cannot sample from a video of {num_frames} frames")
   if num_segments < 1:
-    raise ValueError(f'num_segments must be positive, got {num_segments}')
+    raise ValueError(f"num_segments must be positive, got {num_segments}")
 
 
-def train_frame_indices(num_frames: int, num_segments: int,
-                        rng: np.random.Generator) -> np.ndarray:
+def train_frame_indices(num_frames: int, num_segments: int, rng: np.random.Generator) -> np.ndarray:
   """One random frame per segment (SampleFrames._get_train_clips).
 
   Videos shorter than num_segments follow the official fallback: the
@@ -50,8 +50,7 @@ def train_frame_indices(num_frames: int, num_segments: int,
   return indices % num_frames
 
 
-def eval_frame_indices(num_frames: int, num_segments: int, num_clips: int = 1,
-                       clip_index: int = 0) -> np.ndarray:
+def eval_frame_indices(num_frames: int, num_segments: int, num_clips: int = 1, clip_index: int = 0) -> np.ndarray:
   """Frame of each segment for clip clip_index of num_clips (see module doc).
 
   For num_clips=1 this is SampleFrames._get_test_clips: the centre of each of
@@ -62,8 +61,7 @@ def eval_frame_indices(num_frames: int, num_segments: int, num_clips: int = 1,
   """
   _check(num_frames, num_segments)
   if not 0 <= clip_index < num_clips:
-    raise ValueError(
-        f'clip_index {clip_index} is not in [0, num_clips={num_clips})')
+    raise ValueError(f"clip_index {clip_index} is not in [0, num_clips={num_clips})")
   segment_length = num_frames / num_segments
   offset = segment_length * (clip_index + 0.5) / num_clips
   return (np.arange(num_segments) * segment_length + offset).astype(np.int64)

@@ -20,6 +20,7 @@ Videos that the build skipped (listed in the dataset's metadata.json) have no
 record: they are logged, counted in the FailureLog and skipped, or masked
 out in evaluation, exactly as an unreadable mp4 is.
 """
+
 from collections.abc import Sequence
 import dataclasses
 import os
@@ -43,6 +44,7 @@ class RecordIndex:
   shard[i], offset[i]: file and position of line i's record (-1 if skipped);
   skipped: annotation line -> (path, reason) of the videos without a record.
   """
+
   filepaths: Sequence[str]
   features: tfds.features.FeaturesDict
   shard: np.ndarray
@@ -54,41 +56,43 @@ class RecordIndex:
     return len(self.shard)
 
   @classmethod
-  def load(cls, data_dir: str, split: str) -> 'RecordIndex':
+  def load(cls, data_dir: str, split: str) -> "RecordIndex":
     builder = tfds.builder_from_directory(data_dir)
     metadata = builder.info.metadata
     if metadata is None or split not in metadata:
-      raise ValueError(f'{data_dir}: no build_tfds metadata for split '
-                       f'{split!r} in metadata.json; convert the videos with '
-                       'python -m input_pipeline.build_tfds')
+      raise ValueError(
+        f"{data_dir}: no build_tfds metadata for split "
+        f"{split!r} in metadata.json; convert the videos with "
+        "python -m input_pipeline.build_tfds"
+      )
     split_info = builder.info.splits[split]
-    count = metadata[split]['annotation_count']
-    per_shard = metadata[split]['videos_per_shard']
-    skipped = {v['annotation_index']: (v['path'], v['reason'])
-               for v in metadata[split]['skipped']}
+    count = metadata[split]["annotation_count"]
+    per_shard = metadata[split]["videos_per_shard"]
+    skipped = {v["annotation_index"]: (v["path"], v["reason"]) for v in metadata[split]["skipped"]}
     present = np.ones(count, bool)
     present[list(skipped)] = False
     shard_lengths = split_info.shard_lengths
     if present.sum() != sum(shard_lengths):
       raise ValueError(
-          f'{data_dir}: split {split!r} has {sum(shard_lengths)} records but '
-          f'its metadata accounts for {present.sum()} (of {count} lines, '
-          f'{len(skipped)} skipped)')
+        f"{data_dir}: split {split!r} has {sum(shard_lengths)} records but "
+        f"its metadata accounts for {present.sum()} (of {count} lines, "
+        f"{len(skipped)} skipped)"
+      )
     lines = np.arange(count)
     shard = lines // per_shard
     # Rank of each record in the split minus the records of earlier shards.
     first_rank = np.concatenate([[0], np.cumsum(shard_lengths)])[shard]
     offset = np.cumsum(present) - 1 - first_rank
     return cls(
-        filepaths=[os.fspath(p) for p in split_info.filepaths],
-        features=builder.info.features,
-        shard=np.where(present, shard, -1),
-        offset=np.where(present, offset, -1),
-        skipped=skipped)
+      filepaths=[os.fspath(p) for p in split_info.filepaths],
+      features=builder.info.features,
+      shard=np.where(present, shard, -1),
+      offset=np.where(present, offset, -1),
+      skipped=skipped,
+    )
 
 
-def _read_records(elements: tf.data.Dataset,
-                  index: RecordIndex) -> tf.data.Dataset:
+def _read_records(elements: tf.data.Dataset, index: RecordIndex) -> tf.data.Dataset:
   """Adds 'record' (serialized example) to elements with 'shard', 'offset'.
 
   Elements with shard -1 get an empty record; the order is kept.
@@ -96,43 +100,49 @@ def _read_records(elements: tf.data.Dataset,
   filepaths = tf.constant(index.filepaths)
 
   def read(element):
-    present = element['shard'] >= 0
-    records = tf.data.TFRecordDataset(
-        filepaths[tf.maximum(element['shard'], 0)])
-    records = records.skip(element['offset']).take(tf.cast(present, tf.int64))
-    records = records.concatenate(tf.data.Dataset.from_tensors(''))
-    return records.take(1).map(lambda record: {**element, 'record': record})
+    present = element["shard"] >= 0
+    records = tf.data.TFRecordDataset(filepaths[tf.maximum(element["shard"], 0)])
+    records = records.skip(element["offset"]).take(tf.cast(present, tf.int64))
+    records = records.concatenate(tf.data.Dataset.from_tensors(""))
+    return records.take(1).map(lambda record: {**element, "record": record})
 
-  return elements.interleave(read, cycle_length=_READ_CYCLE,
-                             num_parallel_calls=tf.data.AUTOTUNE,
-                             deterministic=True)
+  return elements.interleave(read, cycle_length=_READ_CYCLE, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def _parse(element, index: RecordIndex) -> dict[str, tf.Tensor]:
   """The record's fields, its frames still JPEG-encoded."""
-  example = index.features.deserialize_example(
-      element['record'], decoders={'frames': tfds.decode.SkipDecoding()})
+  example = index.features.deserialize_example(element["record"], decoders={"frames": tfds.decode.SkipDecoding()})
   tf.debugging.assert_equal(
-      example['annotation_index'], element['annotation_index'],
-      message='record does not belong to its annotation line: '
-              'metadata.json does not match the shards')
+    example["annotation_index"],
+    element["annotation_index"],
+    message="record does not belong to its annotation line: metadata.json does not match the shards",
+  )
   return example
 
 
 def _decode_jpegs(jpegs: tf.Tensor, frame_indices: tf.Tensor) -> tf.Tensor:
   """uint8 (len(frame_indices), H, W, 3): decodes only the chosen frames."""
-  return tf.map_fn(lambda jpeg: tf.io.decode_jpeg(jpeg, channels=3),
-                   tf.gather(jpegs, frame_indices),
-                   fn_output_signature=tf.TensorSpec([None, None, 3],
-                                                     tf.uint8))
+  return tf.map_fn(
+    lambda jpeg: tf.io.decode_jpeg(jpeg, channels=3),
+    tf.gather(jpegs, frame_indices),
+    fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8),
+  )
 
 
 def make_train_dataset(
-    data_dir: str, split: str = 'train', *,
-    num_frames: int, input_size: int, batch_size: int, seed: int,
-    process_index: int = 0, process_count: int = 1,
-    max_failure_fraction: float = 0.01, start_position: int = 0,
-    failures: video_dataset.FailureLog | None = None) -> tf.data.Dataset:
+  data_dir: str,
+  split: str = "train",
+  *,
+  num_frames: int,
+  input_size: int,
+  batch_size: int,
+  seed: int,
+  process_index: int = 0,
+  process_count: int = 1,
+  max_failure_fraction: float = 0.01,
+  start_position: int = 0,
+  failures: video_dataset.FailureLog | None = None,
+) -> tf.data.Dataset:
   """Endless stream of this process's training batches, from records.
 
   Args:
@@ -147,8 +157,7 @@ def make_train_dataset(
     'resume_position': (b,) int64}, as video_dataset.make_train_dataset.
   """
   index = RecordIndex.load(data_dir, split)
-  order = video_dataset.TrainOrder(index.num_videos, seed, process_index,
-                                   process_count)
+  order = video_dataset.TrainOrder(index.num_videos, seed, process_index, process_count)
   failures = failures or video_dataset.FailureLog()
   max_failures = max_failure_fraction * order.slots_per_epoch
 
@@ -157,53 +166,59 @@ def make_train_dataset(
     epoch, slot, line = order.locate(int(position))
     if line in index.skipped:
       failures.add(*index.skipped[line], max_failures)
-    return (np.int64(epoch), np.int64(slot), np.int64(line),
-            np.int64(index.shard[line]), np.int64(index.offset[line]))
+    return (np.int64(epoch), np.int64(slot), np.int64(line), np.int64(index.shard[line]), np.int64(index.offset[line]))
 
   def to_element(position):
-    epoch, slot, line, shard, offset = tf.numpy_function(
-        locate, [position], [tf.int64] * 5, stateful=False)
-    return {'position': position, 'epoch': epoch, 'slot': slot,
-            'annotation_index': line, 'shard': shard, 'offset': offset}
+    epoch, slot, line, shard, offset = tf.numpy_function(locate, [position], [tf.int64] * 5, stateful=False)
+    return {
+      "position": position,
+      "epoch": epoch,
+      "slot": slot,
+      "annotation_index": line,
+      "shard": shard,
+      "offset": offset,
+    }
 
   @video_dataset.python_calls.call()
   def choose(epoch, slot, num_video_frames):
-    sampling_rng, augment_seed = video_dataset.clip_seeds(
-        seed, int(epoch), int(slot))
-    return (sampling.train_frame_indices(int(num_video_frames), num_frames,
-                                         sampling_rng), augment_seed)
+    sampling_rng, augment_seed = video_dataset.clip_seeds(seed, int(epoch), int(slot))
+    return (sampling.train_frame_indices(int(num_video_frames), num_frames, sampling_rng), augment_seed)
 
   def decode_and_augment(element):
     example = _parse(element, index)
     frame_indices, augment_seed = tf.numpy_function(
-        choose, [element['epoch'], element['slot'], example['num_frames']],
-        [tf.int64, tf.int64], stateful=False)
-    frames = _decode_jpegs(example['frames'],
-                           tf.ensure_shape(frame_indices, [num_frames]))
+      choose, [element["epoch"], element["slot"], example["num_frames"]], [tf.int64, tf.int64], stateful=False
+    )
+    frames = _decode_jpegs(example["frames"], tf.ensure_shape(frame_indices, [num_frames]))
     return {
-        'video': augment.train_augment(
-            frames, tf.ensure_shape(augment_seed, [2]), input_size),
-        'label': tf.cast(example['label'], tf.int32),
-        'position': element['position'],
+      "video": augment.train_augment(frames, tf.ensure_shape(augment_seed, [2]), input_size),
+      "label": tf.cast(example["label"], tf.int32),
+      "position": element["position"],
     }
 
   dataset = tf.data.Dataset.counter(start_position).map(to_element)
-  dataset = dataset.filter(lambda element: element['shard'] >= 0)
+  dataset = dataset.filter(lambda element: element["shard"] >= 0)
   dataset = _read_records(dataset, index)
-  dataset = dataset.map(decode_and_augment,
-                        num_parallel_calls=tf.data.AUTOTUNE)
+  dataset = dataset.map(decode_and_augment, num_parallel_calls=tf.data.AUTOTUNE)
   dataset = dataset.batch(batch_size, drop_remainder=True)
   dataset = dataset.map(video_dataset.add_resume_position)
   return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 def make_eval_dataset(
-    data_dir: str, split: str, *,
-    num_frames: int, input_size: int, batch_size: int,
-    num_clips: int = 1, num_crops: int = 1,
-    process_index: int = 0, process_count: int = 1,
-    max_failure_fraction: float = 0.01,
-    failures: video_dataset.FailureLog | None = None) -> tf.data.Dataset:
+  data_dir: str,
+  split: str,
+  *,
+  num_frames: int,
+  input_size: int,
+  batch_size: int,
+  num_clips: int = 1,
+  num_crops: int = 1,
+  process_index: int = 0,
+  process_count: int = 1,
+  max_failure_fraction: float = 0.01,
+  failures: video_dataset.FailureLog | None = None,
+) -> tf.data.Dataset:
   """This process's evaluation batches, one pass, every video once overall.
 
   Args:
@@ -224,8 +239,7 @@ def make_eval_dataset(
   lines = np.arange(process_index, index.num_videos, process_count)
   failures = failures or video_dataset.FailureLog()
   max_failures = max_failure_fraction * len(lines)
-  total = batch_size * video_dataset.eval_batches_per_process(
-      index.num_videos, batch_size, process_count)
+  total = batch_size * video_dataset.eval_batches_per_process(index.num_videos, batch_size, process_count)
   padded = np.concatenate([lines, np.full(total - len(lines), -1, np.int64)])
 
   @video_dataset.python_calls.call()
@@ -237,34 +251,31 @@ def make_eval_dataset(
     return np.int64(index.shard[line]), np.int64(index.offset[line])
 
   def to_element(line):
-    shard, offset = tf.numpy_function(locate, [line], [tf.int64] * 2,
-                                      stateful=False)
-    return {'annotation_index': line, 'shard': shard, 'offset': offset}
+    shard, offset = tf.numpy_function(locate, [line], [tf.int64] * 2, stateful=False)
+    return {"annotation_index": line, "shard": shard, "offset": offset}
 
   @video_dataset.python_calls.call()
   def choose(num_video_frames):
-    return video_dataset.eval_clips_frame_indices(int(num_video_frames),
-                                                  num_frames, num_clips)
+    return video_dataset.eval_clips_frame_indices(int(num_video_frames), num_frames, num_clips)
 
   def decode(element):
     example = _parse(element, index)
-    frame_indices = tf.numpy_function(choose, [example['num_frames']],
-                                      tf.int64, stateful=False)
-    frames = _decode_jpegs(example['frames'], tf.ensure_shape(
-        frame_indices, [num_clips * num_frames]))
-    return frames, tf.cast(example['label'], tf.int32)
+    frame_indices = tf.numpy_function(choose, [example["num_frames"]], tf.int64, stateful=False)
+    frames = _decode_jpegs(example["frames"], tf.ensure_shape(frame_indices, [num_clips * num_frames]))
+    return frames, tf.cast(example["label"], tf.int32)
 
   def blank():
-    return (tf.zeros([num_clips * num_frames, input_size, input_size, 3],
-                     tf.uint8), tf.constant(-1, tf.int32))
+    return (tf.zeros([num_clips * num_frames, input_size, input_size, 3], tf.uint8), tf.constant(-1, tf.int32))
 
   def decode_and_crop(element):
-    present = element['shard'] >= 0
+    present = element["shard"] >= 0
     frames, label = tf.cond(present, lambda: decode(element), blank)
-    return {'video': video_dataset.eval_views(frames, num_frames, input_size,
-                                              num_clips, num_crops),
-            'label': label, 'mask': present,
-            'index': element['annotation_index']}
+    return {
+      "video": video_dataset.eval_views(frames, num_frames, input_size, num_clips, num_crops),
+      "label": label,
+      "mask": present,
+      "index": element["annotation_index"],
+    }
 
   dataset = tf.data.Dataset.from_tensor_slices(padded).map(to_element)
   dataset = _read_records(dataset, index)

@@ -34,6 +34,7 @@ videos than max_failure_fraction of a process's list have failed, the
 pipeline stops: the iterator raises a tf.errors.OpError whose message is the
 TooManyFailuresError's (count, allowed share, last path and reason).
 """
+
 import atexit
 from collections.abc import Sequence
 import contextlib
@@ -66,7 +67,7 @@ class _PythonCalls:
   @contextlib.contextmanager
   def call(self):
     if self._closing.is_set():
-      raise RuntimeError('the interpreter is exiting')
+      raise RuntimeError("the interpreter is exiting")
     with self._lock:
       self._running += 1
     try:
@@ -75,7 +76,7 @@ class _PythonCalls:
       with self._lock:
         self._running -= 1
 
-  def close(self, quiet_seconds=0.1, timeout_seconds=30.):
+  def close(self, quiet_seconds=0.1, timeout_seconds=30.0):
     """Refuses new calls, then waits until none ran for quiet_seconds."""
     self._closing.set()
     deadline = time.monotonic() + timeout_seconds
@@ -107,20 +108,21 @@ class FailureLog:
 
   def add(self, path: str, reason: str, max_failures: float):
     """Records a failure; raises once more than max_failures videos failed."""
-    logging.warning('skipping video %s: %s', path, reason)
+    logging.warning("skipping video %s: %s", path, reason)
     with self._lock:
       self.count += 1
       self.paths.add(path)
       num_failed = len(self.paths)
     if num_failed > max_failures:
       raise TooManyFailuresError(
-          f'{num_failed} videos failed to decode, more than the allowed '
-          f'{max_failures:g}; the last was {path}: {reason}')
+        f"{num_failed} videos failed to decode, more than the allowed {max_failures:g}; the last was {path}: {reason}"
+      )
 
 
 @dataclasses.dataclass(frozen=True)
 class _Config:
   """What decoding a record needs; shared by train and eval."""
+
   records: Sequence[annotations.VideoRecord]
   source: video_decode.VideoSource
   failures: FailureLog
@@ -135,8 +137,7 @@ def _load_inputs(annotation_file, video_root, label_list):
 
 def check_process(process_index, process_count):
   if not 0 <= process_index < process_count:
-    raise ValueError(f'process_index {process_index} is not in '
-                     f'[0, process_count={process_count})')
+    raise ValueError(f"process_index {process_index} is not in [0, process_count={process_count})")
 
 
 def _decode_or_skip(config: _Config, record_index: int, choose_indices):
@@ -156,29 +157,24 @@ def epoch_permutation(num_videos: int, seed: int, epoch: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(num_videos)
 
 
-def clip_seeds(seed: int, epoch: int,
-               slot: int) -> tuple[np.random.Generator, np.ndarray]:
+def clip_seeds(seed: int, epoch: int, slot: int) -> tuple[np.random.Generator, np.ndarray]:
   """Frame-sampling generator and augmentation seed of one training clip.
 
   slot is the index into epoch_permutation, so the clip does not depend on
   the number of processes or on the source the video is read from.
   """
-  sampling_seed, augment_seed = np.random.SeedSequence(
-      [seed, epoch, slot]).spawn(2)
-  return (np.random.default_rng(sampling_seed),
-          augment_seed.generate_state(2).astype(np.int64))
+  sampling_seed, augment_seed = np.random.SeedSequence([seed, epoch, slot]).spawn(2)
+  return (np.random.default_rng(sampling_seed), augment_seed.generate_state(2).astype(np.int64))
 
 
 class TrainOrder:
   """Maps a process's stream position to (epoch, slot, record index)."""
 
-  def __init__(self, num_videos: int, seed: int, process_index: int,
-               process_count: int):
+  def __init__(self, num_videos: int, seed: int, process_index: int, process_count: int):
     check_process(process_index, process_count)
     self.slots_per_epoch = num_videos // process_count
     if not self.slots_per_epoch:
-      raise ValueError(f'{num_videos} videos cannot feed {process_count} '
-                       'processes')
+      raise ValueError(f"{num_videos} videos cannot feed {process_count} processes")
     self._num_videos = num_videos
     self._seed = seed
     self._process_index = process_index
@@ -202,18 +198,26 @@ class TrainOrder:
 
 def add_resume_position(batch):
   """Replaces a batch's stream positions by the position that follows it."""
-  position = batch.pop('position')
-  batch['resume_position'] = tf.fill(tf.shape(position),
-                                     tf.reduce_max(position) + 1)
+  position = batch.pop("position")
+  batch["resume_position"] = tf.fill(tf.shape(position), tf.reduce_max(position) + 1)
   return batch
 
 
 def make_train_dataset(
-    annotation_file: str, video_root: str, label_list: str, *,
-    num_frames: int, input_size: int, batch_size: int, seed: int,
-    process_index: int = 0, process_count: int = 1,
-    max_failure_fraction: float = 0.01, start_position: int = 0,
-    failures: FailureLog | None = None) -> tf.data.Dataset:
+  annotation_file: str,
+  video_root: str,
+  label_list: str,
+  *,
+  num_frames: int,
+  input_size: int,
+  batch_size: int,
+  seed: int,
+  process_index: int = 0,
+  process_count: int = 1,
+  max_failure_fraction: float = 0.01,
+  start_position: int = 0,
+  failures: FailureLog | None = None,
+) -> tf.data.Dataset:
   """Endless stream of this process's training batches.
 
   Args:
@@ -236,68 +240,62 @@ def make_train_dataset(
   """
   records, source = _load_inputs(annotation_file, video_root, label_list)
   order = TrainOrder(len(records), seed, process_index, process_count)
-  config = _Config(records, source, failures or FailureLog(),
-                   max_failure_fraction * order.slots_per_epoch)
+  config = _Config(records, source, failures or FailureLog(), max_failure_fraction * order.slots_per_epoch)
 
   @python_calls.call()
   def load(position):
     epoch, slot, record_index = order.locate(int(position))
     sampling_rng, augment_seed = clip_seeds(seed, epoch, slot)
-    frames = _decode_or_skip(
-        config, record_index,
-        lambda n: sampling.train_frame_indices(n, num_frames, sampling_rng))
+    frames = _decode_or_skip(config, record_index, lambda n: sampling.train_frame_indices(n, num_frames, sampling_rng))
     if frames is None:
-      return (np.zeros((num_frames, 1, 1, 3), np.uint8), np.int32(-1),
-              augment_seed, False)
+      return (np.zeros((num_frames, 1, 1, 3), np.uint8), np.int32(-1), augment_seed, False)
     return frames, np.int32(records[record_index].label), augment_seed, True
 
   def decode(position):
     frames, label, augment_seed, ok = tf.numpy_function(
-        load, [position], [tf.uint8, tf.int32, tf.int64, tf.bool],
-        stateful=False)
+      load, [position], [tf.uint8, tf.int32, tf.int64, tf.bool], stateful=False
+    )
     frames = tf.ensure_shape(frames, [num_frames, None, None, 3])
-    return {'frames': frames, 'label': tf.ensure_shape(label, []),
-            'augment_seed': tf.ensure_shape(augment_seed, [2]),
-            'ok': tf.ensure_shape(ok, []), 'position': position}
+    return {
+      "frames": frames,
+      "label": tf.ensure_shape(label, []),
+      "augment_seed": tf.ensure_shape(augment_seed, [2]),
+      "ok": tf.ensure_shape(ok, []),
+      "position": position,
+    }
 
   def augment_clip(example):
     return {
-        'video': augment.train_augment(example['frames'],
-                                       example['augment_seed'], input_size),
-        'label': example['label'],
-        'position': example['position'],
+      "video": augment.train_augment(example["frames"], example["augment_seed"], input_size),
+      "label": example["label"],
+      "position": example["position"],
     }
 
   dataset = tf.data.Dataset.counter(start_position)
   # deterministic=True keeps the order (and so resuming exact) even where
   # tf.data options allow reordering.
-  dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE,
-                        deterministic=True)
-  dataset = dataset.filter(lambda example: example['ok'])
-  dataset = dataset.map(augment_clip, num_parallel_calls=tf.data.AUTOTUNE,
-                        deterministic=True)
+  dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  dataset = dataset.filter(lambda example: example["ok"])
+  dataset = dataset.map(augment_clip, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   dataset = dataset.batch(batch_size, drop_remainder=True)
   dataset = dataset.map(add_resume_position)
   return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def eval_batches_per_process(num_videos: int, batch_size: int,
-                             process_count: int) -> int:
+def eval_batches_per_process(num_videos: int, batch_size: int, process_count: int) -> int:
   """Batches every process yields so that all videos fit, padded."""
   per_process = -(-num_videos // process_count)
   return -(-per_process // batch_size)
 
 
-def eval_clips_frame_indices(num_video_frames: int, num_frames: int,
-                             num_clips: int) -> np.ndarray:
+def eval_clips_frame_indices(num_video_frames: int, num_frames: int, num_clips: int) -> np.ndarray:
   """Frame indices of every evaluation clip of a video, clip after clip."""
-  return np.concatenate([
-      sampling.eval_frame_indices(num_video_frames, num_frames, num_clips, k)
-      for k in range(num_clips)])
+  return np.concatenate(
+    [sampling.eval_frame_indices(num_video_frames, num_frames, num_clips, k) for k in range(num_clips)]
+  )
 
 
-def eval_views(frames: tf.Tensor, num_frames: int, input_size: int,
-               num_clips: int, num_crops: int) -> tf.Tensor:
+def eval_views(frames: tf.Tensor, num_frames: int, input_size: int, num_clips: int, num_crops: int) -> tf.Tensor:
   """(num_clips * num_crops, T, S, S, 3) evaluation views, clip-major.
 
   frames: uint8 (num_clips * T, H, W, 3), the clips one after the other.
@@ -305,20 +303,27 @@ def eval_views(frames: tf.Tensor, num_frames: int, input_size: int,
   frames = tf.ensure_shape(frames, [num_clips * num_frames, None, None, 3])
   crops = augment.eval_augment(frames, input_size, num_crops)
   # (crop, clip * T, ...) -> (clip * crop, T, ...): views clip-major.
-  crops = tf.reshape(crops, [num_crops, num_clips, num_frames, input_size,
-                             input_size, 3])
-  return tf.reshape(tf.transpose(crops, [1, 0, 2, 3, 4, 5]),
-                    [num_clips * num_crops, num_frames, input_size,
-                     input_size, 3])
+  crops = tf.reshape(crops, [num_crops, num_clips, num_frames, input_size, input_size, 3])
+  return tf.reshape(
+    tf.transpose(crops, [1, 0, 2, 3, 4, 5]), [num_clips * num_crops, num_frames, input_size, input_size, 3]
+  )
 
 
 def make_eval_dataset(
-    annotation_file: str, video_root: str, label_list: str, *,
-    num_frames: int, input_size: int, batch_size: int,
-    num_clips: int = 1, num_crops: int = 1,
-    process_index: int = 0, process_count: int = 1,
-    max_failure_fraction: float = 0.01,
-    failures: FailureLog | None = None) -> tf.data.Dataset:
+  annotation_file: str,
+  video_root: str,
+  label_list: str,
+  *,
+  num_frames: int,
+  input_size: int,
+  batch_size: int,
+  num_clips: int = 1,
+  num_crops: int = 1,
+  process_index: int = 0,
+  process_count: int = 1,
+  max_failure_fraction: float = 0.01,
+  failures: FailureLog | None = None,
+) -> tf.data.Dataset:
   """This process's evaluation batches, one pass, every video once overall.
 
   Views are clip-major: view v is clip v // num_crops, crop v % num_crops
@@ -334,35 +339,27 @@ def make_eval_dataset(
   check_process(process_index, process_count)
   records, source = _load_inputs(annotation_file, video_root, label_list)
   indices = np.arange(process_index, len(records), process_count)
-  config = _Config(records, source, failures or FailureLog(),
-                   max_failure_fraction * len(indices))
-  total = batch_size * eval_batches_per_process(len(records), batch_size,
-                                                process_count)
-  padded = np.concatenate(
-      [indices, np.full(total - len(indices), -1, np.int64)])
+  config = _Config(records, source, failures or FailureLog(), max_failure_fraction * len(indices))
+  total = batch_size * eval_batches_per_process(len(records), batch_size, process_count)
+  padded = np.concatenate([indices, np.full(total - len(indices), -1, np.int64)])
 
   def choose(num_video_frames):
     return eval_clips_frame_indices(num_video_frames, num_frames, num_clips)
 
   @python_calls.call()
   def load(index):
-    frames = (None if index < 0 else
-              _decode_or_skip(config, int(index), choose))
+    frames = None if index < 0 else _decode_or_skip(config, int(index), choose)
     if frames is None:
-      blank = np.zeros((num_clips * num_frames, input_size, input_size, 3),
-                       np.uint8)
+      blank = np.zeros((num_clips * num_frames, input_size, input_size, 3), np.uint8)
       return blank, np.int32(-1), False
     return frames, np.int32(records[index].label), True
 
   def decode_and_crop(index):
-    frames, label, ok = tf.numpy_function(
-        load, [index], [tf.uint8, tf.int32, tf.bool], stateful=False)
+    frames, label, ok = tf.numpy_function(load, [index], [tf.uint8, tf.int32, tf.bool], stateful=False)
     views = eval_views(frames, num_frames, input_size, num_clips, num_crops)
-    return {'video': views, 'label': tf.ensure_shape(label, []),
-            'mask': tf.ensure_shape(ok, []), 'index': index}
+    return {"video": views, "label": tf.ensure_shape(label, []), "mask": tf.ensure_shape(ok, []), "index": index}
 
   dataset = tf.data.Dataset.from_tensor_slices(padded)
-  dataset = dataset.map(decode_and_crop, num_parallel_calls=tf.data.AUTOTUNE,
-                        deterministic=True)
+  dataset = dataset.map(decode_and_crop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   dataset = dataset.batch(batch_size, drop_remainder=True)
   return dataset.prefetch(tf.data.AUTOTUNE)

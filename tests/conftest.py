@@ -1,4 +1,5 @@
 """Shared test fixtures: where the reference material lives."""
+
 import pathlib
 
 import pytest

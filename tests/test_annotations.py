@@ -1,4 +1,5 @@
 """Label lists and annotation files: read, and refused with file and line."""
+
 import pytest
 
 from input_pipeline import annotations
@@ -11,52 +12,54 @@ def _write(tmp_path, name, text):
 
 
 def test_reads_the_official_label_lists(labels_dir):
-  names = annotations.read_label_list(labels_dir / 'kinetics_400_labels.csv')
+  names = annotations.read_label_list(labels_dir / "kinetics_400_labels.csv")
   assert len(names) == 400
-  assert names[0] == 'abseiling'
-  assert len(annotations.read_label_list(
-      labels_dir / 'hmdb_51_labels.csv')) == 51
+  assert names[0] == "abseiling"
+  assert len(annotations.read_label_list(labels_dir / "hmdb_51_labels.csv")) == 51
 
 
 def test_label_list_ids_must_run_in_order(tmp_path):
-  path = _write(tmp_path, 'labels.csv', 'id,name\n0,run\n2,jump\n')
-  with pytest.raises(ValueError, match=r'labels\.csv:3: expected id 1'):
+  path = _write(tmp_path, "labels.csv", "id,name\n0,run\n2,jump\n")
+  with pytest.raises(ValueError, match=r"labels\.csv:3: expected id 1"):
     annotations.read_label_list(path)
 
 
 def test_label_list_needs_its_header_and_classes(tmp_path):
-  with pytest.raises(ValueError, match=r'headless\.csv:1: .*id,name'):
-    annotations.read_label_list(_write(tmp_path, 'headless.csv', '0,run\n'))
-  with pytest.raises(ValueError, match='no classes'):
-    annotations.read_label_list(_write(tmp_path, 'empty.csv', 'id,name\n'))
+  with pytest.raises(ValueError, match=r"headless\.csv:1: .*id,name"):
+    annotations.read_label_list(_write(tmp_path, "headless.csv", "0,run\n"))
+  with pytest.raises(ValueError, match="no classes"):
+    annotations.read_label_list(_write(tmp_path, "empty.csv", "id,name\n"))
 
 
 def test_label_names_may_hold_quoted_commas(tmp_path):
-  path = _write(tmp_path, 'labels.csv', 'id,name\n0,"cooking, outdoors"\n')
-  assert annotations.read_label_list(path) == ['cooking, outdoors']
+  path = _write(tmp_path, "labels.csv", 'id,name\n0,"cooking, outdoors"\n')
+  assert annotations.read_label_list(path) == ["cooking, outdoors"]
 
 
 def test_reads_annotation_lines(tmp_path):
-  path = _write(tmp_path, 'train.txt', 'a/x.mp4 0\n\nb/y.mp4 2\n')
+  path = _write(tmp_path, "train.txt", "a/x.mp4 0\n\nb/y.mp4 2\n")
   assert annotations.read_annotations(path, num_classes=3) == [
-      annotations.VideoRecord('a/x.mp4', 0),
-      annotations.VideoRecord('b/y.mp4', 2)]
+    annotations.VideoRecord("a/x.mp4", 0),
+    annotations.VideoRecord("b/y.mp4", 2),
+  ]
 
 
-@pytest.mark.parametrize('bad_line,message', [
-    ('c.mp4 3', r'train\.txt:3: label 3 is outside the label list of 3'),
-    ('c.mp4 -1', r'train\.txt:3: label -1 is outside'),
-    ('c.mp4', r'train\.txt:3: expected "relative/path label"'),
-    ('c.mp4 1 2', r'train\.txt:3: expected "relative/path label"'),
-    ('c.mp4 one', r"train\.txt:3: label 'one' is not an integer"),
-])
-def test_bad_annotation_line_is_refused_with_its_line_number(
-    tmp_path, bad_line, message):
-  path = _write(tmp_path, 'train.txt', f'a.mp4 0\nb.mp4 1\n{bad_line}\n')
+@pytest.mark.parametrize(
+  "bad_line,message",
+  [
+    ("c.mp4 3", r"train\.txt:3: label 3 is outside the label list of 3"),
+    ("c.mp4 -1", r"train\.txt:3: label -1 is outside"),
+    ("c.mp4", r'train\.txt:3: expected "relative/path label"'),
+    ("c.mp4 1 2", r'train\.txt:3: expected "relative/path label"'),
+    ("c.mp4 one", r"train\.txt:3: label 'one' is not an integer"),
+  ],
+)
+def test_bad_annotation_line_is_refused_with_its_line_number(tmp_path, bad_line, message):
+  path = _write(tmp_path, "train.txt", f"a.mp4 0\nb.mp4 1\n{bad_line}\n")
   with pytest.raises(ValueError, match=message):
     annotations.read_annotations(path, num_classes=3)
 
 
 def test_empty_annotation_file_is_refused(tmp_path):
-  with pytest.raises(ValueError, match=r'val\.txt: the annotation file lists'):
-    annotations.read_annotations(_write(tmp_path, 'val.txt', '\n'), 3)
+  with pytest.raises(ValueError, match=r"val\.txt: the annotation file lists"):
+    annotations.read_annotations(_write(tmp_path, "val.txt", "\n"), 3)

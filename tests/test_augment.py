@@ -1,4 +1,5 @@
 """Crops, flips, colours and normalisation against the official rules."""
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -13,8 +14,7 @@ INPUT_SIZE = 28
 
 def _known_clip(num_frames=3, height=32, width=48):
   """Pixel (y, x) of frame t is (4x + t, 4y + t, 200 - 2x): all distinct."""
-  t, y, x = np.meshgrid(np.arange(num_frames), np.arange(height),
-                        np.arange(width), indexing='ij')
+  t, y, x = np.meshgrid(np.arange(num_frames), np.arange(height), np.arange(width), indexing="ij")
   return np.stack([4 * x + t, 4 * y + t, 200 - 2 * x], -1).astype(np.uint8)
 
 
@@ -29,9 +29,16 @@ def _sample(seed, height, width):
 
 def _params(**changes):
   params = {
-      'crop_box': [0, 0, INPUT_SIZE, INPUT_SIZE], 'flip': False,
-      'jitter': False, 'brightness': 1., 'contrast': 1., 'saturation': 1.,
-      'hue': 0., 'jitter_order': [0, 1, 2, 3], 'grayscale': False}
+    "crop_box": [0, 0, INPUT_SIZE, INPUT_SIZE],
+    "flip": False,
+    "jitter": False,
+    "brightness": 1.0,
+    "contrast": 1.0,
+    "saturation": 1.0,
+    "hue": 0.0,
+    "jitter_order": [0, 1, 2, 3],
+    "grayscale": False,
+  }
   params.update(changes)
   return {k: tf.constant(v) for k, v in params.items()}
 
@@ -39,12 +46,30 @@ def _params(**changes):
 def test_multi_scale_crop_sizes_follow_the_official_candidates():
   # base 256: int(256 * s) = 256, 224, 192, 168; |i - j| <= 1; 224 snaps.
   assert augment.multi_scale_crop_sizes(224) == [
-      (256, 256), (224, 256), (256, 224), (224, 224), (192, 224),
-      (224, 192), (192, 192), (168, 192), (192, 168), (168, 168)]
+    (256, 256),
+    (224, 256),
+    (256, 224),
+    (224, 224),
+    (192, 224),
+    (224, 192),
+    (192, 192),
+    (168, 192),
+    (192, 168),
+    (168, 168),
+  ]
   # base 36: 36, 31, 27, 23; 31 is within 2 pixels of 32 and snaps to it.
   assert augment.multi_scale_crop_sizes(32) == [
-      (36, 36), (32, 36), (36, 32), (32, 32), (27, 32), (32, 27), (27, 27),
-      (23, 27), (27, 23), (23, 23)]
+    (36, 36),
+    (32, 36),
+    (36, 32),
+    (32, 32),
+    (27, 32),
+    (32, 27),
+    (27, 27),
+    (23, 27),
+    (27, 23),
+    (23, 23),
+  ]
 
 
 def test_crop_boxes_use_the_fixed_grid_and_every_candidate():
@@ -53,11 +78,10 @@ def test_crop_boxes_use_the_fixed_grid_and_every_candidate():
   seen_sizes, seen_offsets = set(), set()
   for i in range(300):
     params = _sample(tf.constant([i, 3]), height, width)
-    top, left, crop_height, crop_width = params['crop_box'].numpy().tolist()
+    top, left, crop_height, crop_width = params["crop_box"].numpy().tolist()
     assert (crop_width, crop_height) in sizes
     x_step, y_step = (width - crop_width) // 4, (height - crop_height) // 4
-    grid = {(i * x_step, j * y_step): (i, j)
-            for i, j in [(0, 0), (4, 0), (0, 4), (4, 4), (2, 2)]}
+    grid = {(i * x_step, j * y_step): (i, j) for i, j in [(0, 0), (4, 0), (0, 4), (4, 4), (2, 2)]}
     assert (left, top) in grid
     seen_sizes.add((crop_width, crop_height))
     if x_step and y_step:  # Otherwise offsets coincide.
@@ -69,22 +93,24 @@ def test_crop_boxes_use_the_fixed_grid_and_every_candidate():
 def test_decision_rates_match_the_official_probabilities():
   draws = [_sample(tf.constant([i, 11]), 36, 48) for i in range(400)]
   rate = lambda key: np.mean([bool(d[key]) for d in draws])
-  assert 0.42 < rate('flip') < 0.58
-  assert 0.72 < rate('jitter') < 0.88
-  assert 0.13 < rate('grayscale') < 0.27
-  for key, (low, high) in [('brightness', (.6, 1.4)), ('contrast', (.6, 1.4)),
-                           ('saturation', (.8, 1.2)), ('hue', (-.1, .1))]:
+  assert 0.42 < rate("flip") < 0.58
+  assert 0.72 < rate("jitter") < 0.88
+  assert 0.13 < rate("grayscale") < 0.27
+  for key, (low, high) in [
+    ("brightness", (0.6, 1.4)),
+    ("contrast", (0.6, 1.4)),
+    ("saturation", (0.8, 1.2)),
+    ("hue", (-0.1, 0.1)),
+  ]:
     values = np.array([float(d[key]) for d in draws])
     assert values.min() >= low and values.max() <= high
     assert values.max() - values.min() > 0.8 * (high - low)
-  assert all(sorted(d['jitter_order'].numpy()) == [0, 1, 2, 3] for d in draws)
+  assert all(sorted(d["jitter_order"].numpy()) == [0, 1, 2, 3] for d in draws)
 
 
 def test_crop_and_normalisation_on_a_known_frame():
   clip = _known_clip()
-  video = augment.apply_train_params(
-      tf.constant(clip, tf.float32), _params(crop_box=[4, 12, 28, 28]),
-      INPUT_SIZE)
+  video = augment.apply_train_params(tf.constant(clip, tf.float32), _params(crop_box=[4, 12, 28, 28]), INPUT_SIZE)
   expected = (clip[:, 4:32, 12:40].astype(np.float32) - MEAN) / STD
   np.testing.assert_allclose(video, expected, atol=1e-5)
 
@@ -93,23 +119,17 @@ def test_flip_grayscale_and_brightness_on_a_known_frame():
   clip = _known_clip().astype(np.float32)
   crop = clip[:, 0:28, 0:28]
   flipped = augment.apply_train_params(clip, _params(flip=True), INPUT_SIZE)
-  np.testing.assert_allclose(_denormalize(flipped), crop[:, :, ::-1],
-                             atol=1e-3)
+  np.testing.assert_allclose(_denormalize(flipped), crop[:, :, ::-1], atol=1e-3)
   gray = augment.apply_train_params(clip, _params(grayscale=True), INPUT_SIZE)
   luma = crop @ np.array([0.299, 0.587, 0.114], np.float32)
-  np.testing.assert_allclose(_denormalize(gray),
-                             np.repeat(luma[..., None], 3, -1), atol=1e-3)
-  bright = augment.apply_train_params(
-      clip, _params(jitter=True, brightness=1.3), INPUT_SIZE)
-  np.testing.assert_allclose(_denormalize(bright),
-                             np.minimum(crop * 1.3, 255.), atol=1e-3)
+  np.testing.assert_allclose(_denormalize(gray), np.repeat(luma[..., None], 3, -1), atol=1e-3)
+  bright = augment.apply_train_params(clip, _params(jitter=True, brightness=1.3), INPUT_SIZE)
+  np.testing.assert_allclose(_denormalize(bright), np.minimum(crop * 1.3, 255.0), atol=1e-3)
 
 
 def test_smaller_crop_is_resized_bilinearly_to_the_input_size():
   clip = _known_clip()
-  video = augment.apply_train_params(
-      tf.constant(clip, tf.float32), _params(crop_box=[0, 0, 14, 14]),
-      INPUT_SIZE)
+  video = augment.apply_train_params(tf.constant(clip, tf.float32), _params(crop_box=[0, 0, 14, 14]), INPUT_SIZE)
   # Upsampling by 2 with half-pixel centres: output pixel 2k+1 sits at
   # 0.75 * source k + 0.25 * source k+1, so the x-ramp 4x + t gives
   # 8k + 1 + t; results are rounded as the official 8-bit resize does.
@@ -142,11 +162,10 @@ def test_eval_centre_crop_on_a_known_frame():
   video = augment.eval_augment(clip, INPUT_SIZE, num_crops=1)
   assert video.shape == (1, 3, INPUT_SIZE, INPUT_SIZE, 3)
   # top = (32 - 28) // 2, left = (48 - 28) // 2.
-  np.testing.assert_allclose(_denormalize(video[0]), clip[:, 2:30, 10:38],
-                             atol=1e-3)
+  np.testing.assert_allclose(_denormalize(video[0]), clip[:, 2:30, 10:38], atol=1e-3)
 
 
-@pytest.mark.parametrize('height,width', [(28, 48), (48, 28)])
+@pytest.mark.parametrize("height,width", [(28, 48), (48, 28)])
 def test_eval_three_crops_along_the_long_side(height, width):
   clip = _known_clip(height=height, width=width)
   crops = _denormalize(augment.eval_augment(clip, INPUT_SIZE, num_crops=3))
@@ -154,8 +173,7 @@ def test_eval_three_crops_along_the_long_side(height, width):
   step = (max(height, width) - INPUT_SIZE) // 2
   # Official ThreeCrop order: start, end, middle of the long side.
   for crop, start in zip(crops, (0, 2 * step, step)):
-    window = (clip[:, :, start:start + INPUT_SIZE] if width > height else
-              clip[:, start:start + INPUT_SIZE])
+    window = clip[:, :, start : start + INPUT_SIZE] if width > height else clip[:, start : start + INPUT_SIZE]
     np.testing.assert_allclose(crop, window, atol=1e-3)
 
 
@@ -166,12 +184,11 @@ def test_eval_resizes_the_short_side_like_mmcv():
   video = _denormalize(augment.eval_augment(clip, INPUT_SIZE, num_crops=1))
   # Centre crop of a 32x48 frame starts at x = 10: the edge at 24 lands on
   # crop column 14.
-  np.testing.assert_allclose(video[0, 0, 0, :14, 0], 0., atol=1e-3)
-  np.testing.assert_allclose(video[0, 0, 0, 14:, 0], 255., atol=1e-3)
+  np.testing.assert_allclose(video[0, 0, 0, :14, 0], 0.0, atol=1e-3)
+  np.testing.assert_allclose(video[0, 0, 0, 14:, 0], 255.0, atol=1e-3)
 
 
 def test_normalisation_uses_the_official_mean_and_std():
   clip = np.full((1, 32, 32, 3), 128, np.uint8)
   video = augment.eval_augment(clip, INPUT_SIZE)
-  np.testing.assert_allclose(video[0, 0, 0, 0], (128. - MEAN) / STD,
-                             rtol=1e-6)
+  np.testing.assert_allclose(video[0, 0, 0, 0], (128.0 - MEAN) / STD, rtol=1e-6)

@@ -1,4 +1,5 @@
 """The benchmark's matmul census, which its matmul-only floor is built from."""
+
 import jax
 import jax.numpy as jnp
 import pytest

@@ -1,4 +1,5 @@
 """`python -m xclip_jax.classify`: a user's video scored against class names."""
+
 import json
 
 import numpy as np

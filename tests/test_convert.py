@@ -1,4 +1,5 @@
 """Checkpoint conversion: official X-CLIP and OpenAI CLIP files in, xclip-jax and official files out."""
+
 import json
 
 import numpy as np
@@ -17,8 +18,9 @@ def golden(golden_dir):
 
 
 def clip_only(state_dict):
-  return {k: v for k, v in state_dict.items()
-          if not k.startswith(official.XCLIP_ONLY_PREFIXES) and ".message_" not in k}
+  return {
+    k: v for k, v in state_dict.items() if not k.startswith(official.XCLIP_ONLY_PREFIXES) and ".message_" not in k
+  }
 
 
 def test_round_trip_official_to_jax_to_official_is_bit_exact(golden, tmp_path):
@@ -81,7 +83,6 @@ def test_torchscript_clip_archive_with_fp16_weights_loads(golden, tmp_path):
   clip = clip_only(state_dict)
 
   class Holder(torch.nn.Module):
-
     def forward(self, x):
       return x
 
@@ -111,8 +112,10 @@ def test_wrong_shape_names_the_entry_and_both_shapes(golden, tmp_path):
   broken = dict(state_dict)
   broken["visual.transformer.resblocks.1.mlp.c_fc.weight"] = np.zeros((256, 128), np.float32)
   torch_io.save_torch_state_dict(broken, tmp_path / "broken.pth")
-  with pytest.raises(official.CheckpointMismatchError,
-                     match=r"visual\.transformer\.resblocks\.1\.mlp\.c_fc\.weight.*\(256, 128\).*\(512, 128\)"):
+  with pytest.raises(
+    official.CheckpointMismatchError,
+    match=r"visual\.transformer\.resblocks\.1\.mlp\.c_fc\.weight.*\(256, 128\).*\(512, 128\)",
+  ):
     xclip_jax.load_pretrained(tmp_path / "broken.pth")
 
 
@@ -128,8 +131,10 @@ def test_missing_and_unknown_entries_are_named(golden):
 
 
 def test_checkpoint_of_another_architecture_is_refused(tmp_path):
-  resnet_clip = {"visual.layer1.0.conv1.weight": np.zeros((64, 64, 1, 1), np.float32),
-                 "text_projection": np.zeros((512, 1024), np.float32)}
+  resnet_clip = {
+    "visual.layer1.0.conv1.weight": np.zeros((64, 64, 1, 1), np.float32),
+    "text_projection": np.zeros((512, 1024), np.float32),
+  }
   torch_io.save_torch_state_dict(resnet_clip, tmp_path / "RN50.pt")
   with pytest.raises(official.CheckpointMismatchError, match="not a ViT"):
     xclip_jax.load_pretrained(tmp_path / "RN50.pt")
@@ -137,12 +142,13 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
 
 def test_pickle_that_would_run_a_command_is_refused_by_load_pretrained(tmp_path):
   import pickle
+
   marker = tmp_path / "pwned"
 
   class Exploit:
-
     def __reduce__(self):
       import os
+
       return os.system, (f"touch {marker}",)
 
   (tmp_path / "evil.pth").write_bytes(pickle.dumps({"model": Exploit()}))
@@ -159,8 +165,16 @@ def test_missing_path_and_unknown_directory_are_refused(tmp_path):
 
 
 def test_converted_directory_of_another_format_version_is_refused_with_advice(tmp_path):
-  config = xclip_jax.XCLIPConfig(embed_dim=64, image_resolution=64, vision_layers=1, vision_width=64,
-                                 vision_patch_size=32, transformer_width=64, transformer_heads=1, transformer_layers=1)
+  config = xclip_jax.XCLIPConfig(
+    embed_dim=64,
+    image_resolution=64,
+    vision_layers=1,
+    vision_width=64,
+    vision_patch_size=32,
+    transformer_width=64,
+    transformer_heads=1,
+    transformer_layers=1,
+  )
   directory = xclip_jax.from_config(config).save(tmp_path / "jax")
   meta = json.loads((directory / "xclip_config.json").read_text())
   assert xclip_jax.load_pretrained(directory).config.vision_width == 64

@@ -1,4 +1,5 @@
 """configs/model.py: the architecture presets as locked ml_collections configs."""
+
 import pytest
 
 import xclip_jax

@@ -1,4 +1,5 @@
 """The Flax X-CLIP reproduces the official PyTorch X-CLIP (../shared/golden/xclip_tiny) from its checkpoint."""
+
 import json
 
 import jax
@@ -107,8 +108,9 @@ def test_drop_path_is_random_in_training_and_off_in_evaluation(golden, golden_mo
   video, text = io["video_channels_last"], io["text"]
   evaluation = module.apply(variables, video, text)
   np.testing.assert_allclose(evaluation, io["logits"], rtol=1e-4, atol=1e-4)
-  train = lambda seed: module.apply(variables, video, text, deterministic=False,
-                                    rngs={"droppath": jax.random.key(seed)})
+  train = lambda seed: module.apply(
+    variables, video, text, deterministic=False, rngs={"droppath": jax.random.key(seed)}
+  )
   np.testing.assert_array_equal(train(0), train(0))
   assert not np.allclose(train(0), train(1))
   assert not np.allclose(train(0), evaluation)
@@ -128,8 +130,10 @@ def test_remat_gives_the_same_values_and_gradients(golden, golden_model):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), remat_grad, plain_grad)
 
 
-@pytest.mark.parametrize("arch, positions, width", [("ViT-B/32", 50, 768), ("ViT-B/16", 197, 768),
-                                                    ("ViT-L/14", 257, 1024), ("ViT-L/14-336", 577, 1024)])
+@pytest.mark.parametrize(
+  "arch, positions, width",
+  [("ViT-B/32", 50, 768), ("ViT-B/16", 197, 768), ("ViT-L/14", 257, 1024), ("ViT-L/14-336", 577, 1024)],
+)
 def test_presets_build_the_published_backbones(arch, positions, width):
   params = official.abstract_params(xclip_jax.preset(arch))
   assert params["visual"]["positional_embedding"].shape == (positions, width)

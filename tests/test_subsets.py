@@ -1,4 +1,5 @@
 """Few-shot lists and zero-shot class subsets."""
+
 import collections
 
 import pytest
@@ -8,48 +9,50 @@ from input_pipeline import subsets
 
 
 def _records(videos_per_class):
-  return [annotations.VideoRecord(f'c{label}/v{i}.mp4', label)
-          for label, count in enumerate(videos_per_class)
-          for i in range(count)]
+  return [
+    annotations.VideoRecord(f"c{label}/v{i}.mp4", label)
+    for label, count in enumerate(videos_per_class)
+    for i in range(count)
+  ]
 
 
 def test_k_shot_takes_k_videos_of_every_class_deterministically():
   records = _records([5, 7, 3, 9])
   subset = subsets.k_shot_subset(records, 4, shots=2, seed=1)
-  assert collections.Counter(r.label for r in subset) == {0: 2, 1: 2, 2: 2,
-                                                         3: 2}
+  assert collections.Counter(r.label for r in subset) == {0: 2, 1: 2, 2: 2, 3: 2}
   assert set(subset) <= set(records)
   assert subset == sorted(subset, key=records.index)
   assert subset == subsets.k_shot_subset(records, 4, shots=2, seed=1)
-  others = [subsets.k_shot_subset(records, 4, shots=2, seed=s)
-            for s in range(2, 6)]
+  others = [subsets.k_shot_subset(records, 4, shots=2, seed=s) for s in range(2, 6)]
   assert any(other != subset for other in others)
 
 
 def test_k_shot_refuses_a_class_with_too_few_videos():
-  with pytest.raises(ValueError, match='class 2 has 3 videos'):
+  with pytest.raises(ValueError, match="class 2 has 3 videos"):
     subsets.k_shot_subset(_records([5, 7, 3]), 3, shots=4, seed=0)
-  with pytest.raises(ValueError, match='class 3 has 0 videos'):
+  with pytest.raises(ValueError, match="class 3 has 0 videos"):
     subsets.k_shot_subset(_records([5, 7, 3]), 4, shots=1, seed=0)
 
 
 def test_restrict_to_classes_renumbers_labels_in_subset_order():
   records = _records([1, 2, 1, 1])
   restricted = subsets.restrict_to_classes(records, [3, 1])
-  assert restricted == [annotations.VideoRecord('c1/v0.mp4', 1),
-                        annotations.VideoRecord('c1/v1.mp4', 1),
-                        annotations.VideoRecord('c3/v0.mp4', 0)]
-  with pytest.raises(ValueError, match='repeat'):
+  assert restricted == [
+    annotations.VideoRecord("c1/v0.mp4", 1),
+    annotations.VideoRecord("c1/v1.mp4", 1),
+    annotations.VideoRecord("c3/v0.mp4", 0),
+  ]
+  with pytest.raises(ValueError, match="repeat"):
     subsets.restrict_to_classes(records, [1, 1])
 
 
 def test_kinetics_600_novel_classes_and_splits(labels_dir):
-  k400 = annotations.read_label_list(labels_dir / 'kinetics_400_labels.csv')
-  k600 = annotations.read_label_list(labels_dir / 'kinetics_600_labels.csv')
+  k400 = annotations.read_label_list(labels_dir / "kinetics_400_labels.csv")
+  k600 = annotations.read_label_list(labels_dir / "kinetics_600_labels.csv")
   novel = subsets.novel_classes(k400, k600)
   assert len(novel) == 232
   assert not {k600[i] for i in novel} & set(k400)
-  assert 'dyeing hair' in {k600[i] for i in novel}
+  assert "dyeing hair" in {k600[i] for i in novel}
   splits = subsets.random_class_splits(novel, seed=0)
   assert len(splits) == 3
   for split in splits:
@@ -61,5 +64,5 @@ def test_kinetics_600_novel_classes_and_splits(labels_dir):
 
 
 def test_split_larger_than_the_classes_is_refused():
-  with pytest.raises(ValueError, match='cannot draw 160 of 100'):
+  with pytest.raises(ValueError, match="cannot draw 160 of 100"):
     subsets.random_class_splits(list(range(100)))

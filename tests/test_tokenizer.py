@@ -1,4 +1,5 @@
 """The CLIP tokenizer gives the official ids, cleaning and framing included."""
+
 import gzip
 import json
 
@@ -16,34 +17,37 @@ END = tokenizer_lib.END_TOKEN
 # repository: `whitespace_clean(basic_clean(text)).lower()` and
 # `SimpleTokenizer().encode(text)`.
 OFFICIAL_CASES = [
-    ("&amp;quot;Rock&amp;quot; climbing", '"rock" climbing',
-     [257, 2172, 257, 9877]),
-    ("&lt;b&gt;tai chi&lt;/b&gt; &amp;amp; yoga", "<b>tai chi</b> & yoga",
-     [283, 321, 285, 13040, 4039, 34308, 321, 285, 261, 5523]),
-    # With a "<" in the text ftfy leaves entities alone: both unescapes count.
-    ("x < y &amp;amp; z", "x < y & z", [343, 283, 344, 261, 345]),
-    # Case-insensitive contractions: "'ſ" (long s) matches "'s".
-    ("it'ſ fine", "it'ſ fine", [585, 6, 129, 379, 3797]),
-    ("  air\tdrumming\n\nbass\u00a0guitar \u2003\u3000 ",
-     "air drumming bass guitar", [1922, 35480, 5992, 5084]),
-    ("Playing CELLO", "playing cello", [1629, 23013]),
-    ("café crème brûlée in Zürich", "café crème brûlée in zürich",
-     [15304, 1075, 12138, 614, 711, 127, 119, 75, 13489, 530, 89, 6522, 4021]),
-    ("İstanbul ﬁsh", "i\u0307stanbul fish", [328, 16384, 11231, 2759]),
-    ("打太极拳", "打太极拳",
-     [162, 231, 241, 23170, 103, 162, 252, 223, 162, 233, 367]),
-    ("dancing 💃 🎉🎉 👍🏽", "dancing 💃 🎉🎉 👍🏽", [6226, 14333, 13450, 43722]),
-    ("The Mona Lisa doesnÃ¢â‚¬â„¢t have eyebrows.",
-     "the mona lisa doesn't have eyebrows.",
-     [518, 19143, 7424, 2503, 713, 720, 19923, 269]),
-    ("crÃ¨me brÃ»lÃ©e", "crème brûlée",
-     [1075, 12138, 614, 711, 127, 119, 75, 13489]),
-    ("ＡＢＣ１２３", "abc123", [5334, 272, 273, 274]),
-    ("top 10 moves of 2024", "top 10 moves of 2024",
-     [1253, 272, 271, 6880, 539, 273, 271, 273, 275]),
-    ("<|endoftext|> hi", "<|endoftext|> hi", [49407, 1883]),
-    ("", "", []),
-    (" \t\n ", "", []),
+  ("&amp;quot;Rock&amp;quot; climbing", '"rock" climbing', [257, 2172, 257, 9877]),
+  (
+    "&lt;b&gt;tai chi&lt;/b&gt; &amp;amp; yoga",
+    "<b>tai chi</b> & yoga",
+    [283, 321, 285, 13040, 4039, 34308, 321, 285, 261, 5523],
+  ),
+  # With a "<" in the text ftfy leaves entities alone: both unescapes count.
+  ("x < y &amp;amp; z", "x < y & z", [343, 283, 344, 261, 345]),
+  # Case-insensitive contractions: "'ſ" (long s) matches "'s".
+  ("it'ſ fine", "it'ſ fine", [585, 6, 129, 379, 3797]),
+  ("  air\tdrumming\n\nbass\u00a0guitar \u2003\u3000 ", "air drumming bass guitar", [1922, 35480, 5992, 5084]),
+  ("Playing CELLO", "playing cello", [1629, 23013]),
+  (
+    "café crème brûlée in Zürich",
+    "café crème brûlée in zürich",
+    [15304, 1075, 12138, 614, 711, 127, 119, 75, 13489, 530, 89, 6522, 4021],
+  ),
+  ("İstanbul ﬁsh", "i\u0307stanbul fish", [328, 16384, 11231, 2759]),
+  ("打太极拳", "打太极拳", [162, 231, 241, 23170, 103, 162, 252, 223, 162, 233, 367]),
+  ("dancing 💃 🎉🎉 👍🏽", "dancing 💃 🎉🎉 👍🏽", [6226, 14333, 13450, 43722]),
+  (
+    "The Mona Lisa doesnÃ¢â‚¬â„¢t have eyebrows.",
+    "the mona lisa doesn't have eyebrows.",
+    [518, 19143, 7424, 2503, 713, 720, 19923, 269],
+  ),
+  ("crÃ¨me brÃ»lÃ©e", "crème brûlée", [1075, 12138, 614, 711, 127, 119, 75, 13489]),
+  ("ＡＢＣ１２３", "abc123", [5334, 272, 273, 274]),
+  ("top 10 moves of 2024", "top 10 moves of 2024", [1253, 272, 271, 6880, 539, 273, 271, 273, 275]),
+  ("<|endoftext|> hi", "<|endoftext|> hi", [49407, 1883]),
+  ("", "", []),
+  (" \t\n ", "", []),
 ]
 OFFICIAL_CASE_IDS = [repr(text)[:40] for text, _, _ in OFFICIAL_CASES]
 
@@ -53,10 +57,8 @@ def tokenizer():
   return tokenizer_lib.default_tokenizer()
 
 
-@pytest.mark.parametrize(
-    "name", ["hmdb_51", "kinetics_400", "kinetics_600", "ucf_101"])
-def test_tokenize_reproduces_official_ids_of_label_lists(
-    tokenizer_golden_dir, name):
+@pytest.mark.parametrize("name", ["hmdb_51", "kinetics_400", "kinetics_600", "ucf_101"])
+def test_tokenize_reproduces_official_ids_of_label_lists(tokenizer_golden_dir, name):
   texts = json.loads((tokenizer_golden_dir / "texts.json").read_text())[name]
   with np.load(tokenizer_golden_dir / "token_ids.npz") as golden:
     expected = golden[name]
@@ -67,15 +69,13 @@ def test_tokenize_reproduces_official_ids_of_label_lists(
   np.testing.assert_array_equal(ids, expected)
 
 
-@pytest.mark.parametrize(
-    "text, cleaned, expected_ids", OFFICIAL_CASES, ids=OFFICIAL_CASE_IDS)
+@pytest.mark.parametrize("text, cleaned, expected_ids", OFFICIAL_CASES, ids=OFFICIAL_CASE_IDS)
 def test_clean_text_matches_official(text, cleaned, expected_ids):
   del expected_ids  # Checked by the encode test.
   assert tokenizer_lib.clean_text(text) == cleaned
 
 
-@pytest.mark.parametrize(
-    "text, cleaned, expected_ids", OFFICIAL_CASES, ids=OFFICIAL_CASE_IDS)
+@pytest.mark.parametrize("text, cleaned, expected_ids", OFFICIAL_CASES, ids=OFFICIAL_CASE_IDS)
 def test_encode_matches_official(tokenizer, text, cleaned, expected_ids):
   del cleaned  # Checked by the cleaning test.
   assert tokenizer.encode(text) == expected_ids
@@ -101,8 +101,7 @@ def test_tokenize_frames_ids_with_start_end_and_zero_padding(tokenizer):
 
 
 def test_tokenize_accepts_single_string():
-  np.testing.assert_array_equal(
-      tokenize("air drumming"), tokenize(["air drumming"]))
+  np.testing.assert_array_equal(tokenize("air drumming"), tokenize(["air drumming"]))
   assert tokenize("air drumming").shape == (1, 77)
 
 
@@ -155,17 +154,19 @@ def test_truncate_cuts_text_and_keeps_end_token_last(tokenizer):
 
 
 def test_truncate_leaves_short_text_unchanged():
-  np.testing.assert_array_equal(
-      tokenize("air drumming", truncate=True), tokenize("air drumming"))
+  np.testing.assert_array_equal(tokenize("air drumming", truncate=True), tokenize("air drumming"))
 
 
-@pytest.mark.parametrize("text", [
+@pytest.mark.parametrize(
+  "text",
+  [
     "air drumming",
     "playing cello",
     "café crème brûlée in zürich",
     "打太极拳 dancing 💃 🎉🎉 👍🏽",
     "<|startoftext|> hi <|endoftext|>",
-])
+  ],
+)
 def test_decode_inverts_encode_for_cleaned_text(tokenizer, text):
   assert tokenizer.decode(tokenizer.encode(text)) == text
 

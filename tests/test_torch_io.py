@@ -1,4 +1,5 @@
 """Tests for xclip_jax.torch_io: torch checkpoints read and written without torch."""
+
 import argparse
 import collections
 import os
@@ -29,7 +30,8 @@ def _assert_bitwise_equal(ours: np.ndarray, reference: np.ndarray):
   assert ours.shape == reference.shape
   if ours.size:
     np.testing.assert_array_equal(
-        ours.reshape(-1).view(np.uint8), np.ascontiguousarray(reference).reshape(-1).view(np.uint8))
+      ours.reshape(-1).view(np.uint8), np.ascontiguousarray(reference).reshape(-1).view(np.uint8)
+    )
 
 
 @pytest.fixture
@@ -59,8 +61,7 @@ def test_golden_checkpoint_matches_torch_load(golden_dir, fake_yacs):
     _assert_bitwise_equal(ours["model"][name], _as_numpy(tensor))
   assert type(ours["config"]) is dict
   assert type(ours["config"]["MODEL"]) is dict
-  assert ours["config"] == {"MODEL": {"ARCH": "random-tiny"},
-                            "DATA": {"NUM_FRAMES": 4, "INPUT_SIZE": 32}}
+  assert ours["config"] == {"MODEL": {"ARCH": "random-tiny"}, "DATA": {"NUM_FRAMES": 4, "INPUT_SIZE": 32}}
   assert ours["epoch"] == reference["epoch"]
   assert ours["max_accuracy"] == reference["max_accuracy"]
 
@@ -78,8 +79,9 @@ def test_read_state_dict_splits_training_checkpoint(golden_dir):
 
 def test_argparse_namespace_becomes_dict(tmp_path):
   path = tmp_path / "with_args.pth"
-  torch.save({"state_dict": {"w": torch.ones(2)},
-              "args": argparse.Namespace(lr=0.5, arch="ViT-B/16", frames=[8, 16])}, path)
+  torch.save(
+    {"state_dict": {"w": torch.ones(2)}, "args": argparse.Namespace(lr=0.5, arch="ViT-B/16", frames=[8, 16])}, path
+  )
 
   state_dict, extras = torch_io.read_state_dict(path)
 
@@ -112,8 +114,11 @@ class _RunsCommand:
 def test_pickled_command_is_refused_and_not_run(tmp_path, zip_format):
   marker = tmp_path / "pwned"
   path = tmp_path / "evil.pth"
-  torch.save({"weight": torch.ones(2), "payload": _RunsCommand(f"touch {marker}")},
-             path, _use_new_zipfile_serialization=zip_format)
+  torch.save(
+    {"weight": torch.ones(2), "payload": _RunsCommand(f"touch {marker}")},
+    path,
+    _use_new_zipfile_serialization=zip_format,
+  )
 
   with pytest.raises(torch_io.UnsafeCheckpointError) as error:
     torch_io.load_torch_file(path)
@@ -126,18 +131,18 @@ def test_pickled_command_is_refused_and_not_run(tmp_path, zip_format):
 @pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
 def test_dtypes_round_trip(tmp_path, zip_format):
   tensors = {
-      "float32": torch.randn(3, 4),
-      "float16": torch.randn(5).half(),
-      "bfloat16": torch.randn(2, 3).bfloat16(),
-      "float64": torch.randn(2).double(),
-      "int64": torch.arange(-3, 3),
-      "int32": torch.arange(4, dtype=torch.int32),
-      "int8": torch.arange(-2, 2, dtype=torch.int8),
-      "uint8": torch.arange(4, dtype=torch.uint8),
-      "bool": torch.tensor([True, False, True]),
-      "scalar": torch.tensor(2.5),
-      "empty": torch.zeros(0, 3),
-      "parameter": torch.nn.Parameter(torch.randn(2, 2)),
+    "float32": torch.randn(3, 4),
+    "float16": torch.randn(5).half(),
+    "bfloat16": torch.randn(2, 3).bfloat16(),
+    "float64": torch.randn(2).double(),
+    "int64": torch.arange(-3, 3),
+    "int32": torch.arange(4, dtype=torch.int32),
+    "int8": torch.arange(-2, 2, dtype=torch.int8),
+    "uint8": torch.arange(4, dtype=torch.uint8),
+    "bool": torch.tensor([True, False, True]),
+    "scalar": torch.tensor(2.5),
+    "empty": torch.zeros(0, 3),
+    "parameter": torch.nn.Parameter(torch.randn(2, 2)),
   }
   if zip_format:  # Saved as an UntypedStorage plus a dtype (_rebuild_tensor_v3).
     tensors["uint16"] = torch.tensor([1, 60000], dtype=torch.uint16)
@@ -163,18 +168,17 @@ def test_dtypes_round_trip(tmp_path, zip_format):
 def test_views_of_shared_storages_come_out_right(tmp_path, zip_format):
   base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
   tensors = {
-      "base": base,
-      "transposed": base.t(),
-      "column": base[:, 2],
-      "strided": base[1:, ::2],
-      "offset_row": base[3],
-      "expanded": base[0, :1].expand(3, 5),
-      "half_view": torch.arange(8, dtype=torch.float16)[2:6],
+    "base": base,
+    "transposed": base.t(),
+    "column": base[:, 2],
+    "strided": base[1:, ::2],
+    "offset_row": base[3],
+    "expanded": base[0, :1].expand(3, 5),
+    "half_view": torch.arange(8, dtype=torch.float16)[2:6],
   }
   tied = {"a": base, "b": base}
   path = tmp_path / "views.pth"
-  torch.save({"views": tensors, "tied": tied}, path,
-             _use_new_zipfile_serialization=zip_format)
+  torch.save({"views": tensors, "tied": tied}, path, _use_new_zipfile_serialization=zip_format)
 
   loaded = torch_io.load_torch_file(path)
 
@@ -191,16 +195,16 @@ def test_views_of_shared_storages_come_out_right(tmp_path, zip_format):
 def test_saved_state_dict_loads_in_torch_bit_exactly(tmp_path):
   rng = np.random.default_rng(0)
   state_dict = {
-      "visual.conv1.weight": rng.standard_normal((8, 3, 4, 4)).astype(np.float32),
-      "token_embedding.weight": rng.standard_normal((10, 4)).astype(np.float16),
-      "bf16": rng.standard_normal((3, 5)).astype(ml_dtypes.bfloat16),
-      "float64": rng.standard_normal(3),
-      "int64": np.array([-(2**40), 0, 2**62], np.int64),
-      "int32": np.arange(-5, 5, dtype=np.int32),
-      "bool": np.array([True, False]),
-      "logit_scale": np.array(4.6052, np.float32),
-      "empty": np.zeros((0, 2), np.float32),
-      "non_contiguous": np.arange(12, dtype=np.float32).reshape(3, 4).T,
+    "visual.conv1.weight": rng.standard_normal((8, 3, 4, 4)).astype(np.float32),
+    "token_embedding.weight": rng.standard_normal((10, 4)).astype(np.float16),
+    "bf16": rng.standard_normal((3, 5)).astype(ml_dtypes.bfloat16),
+    "float64": rng.standard_normal(3),
+    "int64": np.array([-(2**40), 0, 2**62], np.int64),
+    "int32": np.arange(-5, 5, dtype=np.int32),
+    "bool": np.array([True, False]),
+    "logit_scale": np.array(4.6052, np.float32),
+    "empty": np.zeros((0, 2), np.float32),
+    "non_contiguous": np.arange(12, dtype=np.float32).reshape(3, 4).T,
   }
   path = tmp_path / "exported.pth"
 
@@ -212,8 +216,7 @@ def test_saved_state_dict_loads_in_torch_bit_exactly(tmp_path):
     _assert_bitwise_equal(_as_numpy(loaded[name]), array)
   # torch's memory-mapped loading requires the 64-byte record alignment.
   mapped = torch.load(path, weights_only=True, mmap=True)
-  np.testing.assert_array_equal(mapped["visual.conv1.weight"].numpy(),
-                                state_dict["visual.conv1.weight"])
+  np.testing.assert_array_equal(mapped["visual.conv1.weight"].numpy(), state_dict["visual.conv1.weight"])
   ours = torch_io.load_torch_file(path)
   for name, array in state_dict.items():
     _assert_bitwise_equal(ours[name], array)
@@ -221,8 +224,12 @@ def test_saved_state_dict_loads_in_torch_bit_exactly(tmp_path):
 
 def test_saved_training_checkpoint_loads_in_torch(tmp_path):
   weights = np.arange(6, dtype=np.float32).reshape(2, 3)
-  checkpoint = {"model": collections.OrderedDict(w=weights), "epoch": 3, "max_accuracy": 81.25,
-                "config": {"MODEL": {"ARCH": "ViT-B/32"}, "DROPOUT": None, "AMP": True}}
+  checkpoint = {
+    "model": collections.OrderedDict(w=weights),
+    "epoch": 3,
+    "max_accuracy": 81.25,
+    "config": {"MODEL": {"ARCH": "ViT-B/32"}, "DROPOUT": None, "AMP": True},
+  }
   path = tmp_path / "official.pth"
 
   torch_io.save_torch_checkpoint(checkpoint, path)
@@ -231,7 +238,8 @@ def test_saved_training_checkpoint_loads_in_torch(tmp_path):
   assert isinstance(loaded["model"], collections.OrderedDict)
   np.testing.assert_array_equal(loaded["model"]["w"].numpy(), weights)
   assert {key: value for key, value in loaded.items() if key != "model"} == {
-      key: value for key, value in checkpoint.items() if key != "model"}
+    key: value for key, value in checkpoint.items() if key != "model"
+  }
 
 
 def test_save_rejects_what_torch_cannot_hold(tmp_path):
@@ -242,7 +250,6 @@ def test_save_rejects_what_torch_cannot_hold(tmp_path):
 
 
 class _TinyBlock(torch.nn.Module):
-
   def __init__(self):
     super().__init__()
     self.attn = torch.nn.MultiheadAttention(8, 2)
@@ -257,7 +264,6 @@ class _TinyBlock(torch.nn.Module):
 
 
 class _TinyNet(torch.nn.Module):
-
   def __init__(self):
     super().__init__()
     self.proj = torch.nn.Parameter(torch.randn(8, 4))
@@ -311,8 +317,7 @@ def test_torchscript_and_torch_save_are_told_apart(tmp_path, scripted_archive):
     torch_io.load_torchscript_state_dict(saved_path)
 
 
-def test_loads_without_torch_or_yacs_installed(tmp_path, golden_dir, scripted_archive,
-                                              fake_yacs):
+def test_loads_without_torch_or_yacs_installed(tmp_path, golden_dir, scripted_archive, fake_yacs):
   archive_path, module = scripted_archive
   golden_state_dict = torch.load(golden_dir / "xclip_official.pth", weights_only=False)["model"]
   script = textwrap.dedent(f"""
@@ -329,8 +334,9 @@ def test_loads_without_torch_or_yacs_installed(tmp_path, golden_dir, scripted_ar
       assert "torch" not in [name for name, mod in sys.modules.items() if mod is not None]
       print(len(state_dict), len(scripted))
   """)
-  result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=120, check=False)
+  result = subprocess.run(
+    [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False
+  )
 
   assert result.returncode == 0, result.stderr
   assert result.stdout.split() == [str(len(golden_state_dict)), str(len(module.state_dict()))]
@@ -340,11 +346,10 @@ def test_loads_without_torch_or_yacs_installed(tmp_path, golden_dir, scripted_ar
 @pytest.mark.parametrize("keep_fraction", [0.1, 0.5, 0.9])
 def test_truncated_file_raises_error_naming_it(tmp_path, zip_format, keep_fraction):
   path = tmp_path / "whole.pth"
-  torch.save({"w": torch.randn(64, 64), "b": torch.randn(64)}, path,
-             _use_new_zipfile_serialization=zip_format)
+  torch.save({"w": torch.randn(64, 64), "b": torch.randn(64)}, path, _use_new_zipfile_serialization=zip_format)
   data = path.read_bytes()
   truncated = tmp_path / "truncated.pth"
-  truncated.write_bytes(data[:int(len(data) * keep_fraction)])
+  truncated.write_bytes(data[: int(len(data) * keep_fraction)])
 
   with pytest.raises(torch_io.CheckpointFormatError, match="truncated.pth"):
     torch_io.load_torch_file(truncated)

@@ -16,6 +16,7 @@ torch==2.13.0`), the official model is built with the same weights by its own `b
 against ours, and the two forward passes are timed in alternation in one process, so that both see the same machine
 load. The official eval forward runs under `torch.no_grad()` with its text cache filled, as in its `validate`.
 """
+
 import functools
 import importlib.util
 import json
@@ -54,13 +55,15 @@ def _import_official_build_model(code_dir: pathlib.Path):
   if importlib.util.find_spec("timm") is None:
     layers = types.ModuleType("timm.models.layers")
     layers.trunc_normal_ = torch.nn.init.trunc_normal_
-    sys.modules.update({"timm": types.ModuleType("timm"), "timm.models": types.ModuleType("timm.models"),
-                        "timm.models.layers": layers})
+    sys.modules.update(
+      {"timm": types.ModuleType("timm"), "timm.models": types.ModuleType("timm.models"), "timm.models.layers": layers}
+    )
   clip_package = types.ModuleType("clip")
   clip_package.__path__ = [str(code_dir / "clip")]
   sys.modules["clip"] = clip_package
   sys.path.insert(0, str(code_dir))
   from models import xclip  # pylint: disable=g-import-not-at-top
+
   return xclip.build_model
 
 
@@ -99,8 +102,9 @@ def _median_of_alternating(calls: dict, repeats: int) -> dict:
   return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def benchmark(arch: str, frames: int, batch: int, classes: int, dtype: str, repeats: int,
-              official_code: str | None = None) -> dict:
+def benchmark(
+  arch: str, frames: int, batch: int, classes: int, dtype: str, repeats: int, official_code: str | None = None
+) -> dict:
   config = model_lib.preset(arch, num_frames=frames, dtype=dtype)
   model = pretrained.from_config(config)
   rng = np.random.default_rng(0)
@@ -113,28 +117,48 @@ def benchmark(arch: str, frames: int, batch: int, classes: int, dtype: str, repe
 
   forward = functools.partial(model.module.apply, method=model_lib.XCLIP.logits_from_features)
   matmuls = _matmuls(forward, {"params": model.params}, video, text_features)
-  operands = [(rng.standard_normal(lhs.shape, np.float32), rng.standard_normal(rhs.shape, np.float32))
-              for lhs, rhs, _ in matmuls]
-  matmul_only = jax.jit(lambda ops: [
-      jax.lax.dot_general(a.astype(lhs.dtype), b.astype(rhs.dtype), params["dimension_numbers"],
-                          preferred_element_type=params["preferred_element_type"])
-      for (a, b), (lhs, rhs, params) in zip(ops, matmuls)])
+  operands = [
+    (rng.standard_normal(lhs.shape, np.float32), rng.standard_normal(rhs.shape, np.float32)) for lhs, rhs, _ in matmuls
+  ]
+  matmul_only = jax.jit(
+    lambda ops: [
+      jax.lax.dot_general(
+        a.astype(lhs.dtype),
+        b.astype(rhs.dtype),
+        params["dimension_numbers"],
+        preferred_element_type=params["preferred_element_type"],
+      )
+      for (a, b), (lhs, rhs, params) in zip(ops, matmuls)
+    ]
+  )
   device_operands = jax.device_put(operands)
 
   start = time.perf_counter()
   our_logits = np.asarray(ours())
   compile_s = time.perf_counter() - start
   calls = {"ours": ours, "matmul_only": lambda: jax.block_until_ready(matmul_only(device_operands))}
-  result = {"arch": arch, "frames": frames, "batch": batch, "classes": classes, "dtype": dtype,
-            "device": str(jax.devices()[0].device_kind)}
+  result = {
+    "arch": arch,
+    "frames": frames,
+    "batch": batch,
+    "classes": classes,
+    "dtype": dtype,
+    "device": str(jax.devices()[0].device_kind),
+  }
 
   if official_code:
     import torch  # pylint: disable=g-import-not-at-top
+
     build_model = _import_official_build_model(pathlib.Path(official_code).absolute())
     state_dict = {k: torch.from_numpy(np.array(v)) for k, v in official.official_from_params(model.params).items()}
-    official_model = build_model(state_dict, T=frames, prompts_alpha=config.prompts_alpha,
-                                 prompts_layers=config.prompts_layers, mit_layers=config.mit_layers,
-                                 logger=logging.getLogger("official"))
+    official_model = build_model(
+      state_dict,
+      T=frames,
+      prompts_alpha=config.prompts_alpha,
+      prompts_layers=config.prompts_layers,
+      mit_layers=config.mit_layers,
+      logger=logging.getLogger("official"),
+    )
     torch_video = torch.from_numpy(video.transpose(0, 1, 4, 2, 3).copy())  # (B, T, 3, H, W)
     torch_ids = torch.from_numpy(text_ids.astype(np.int64))
 
@@ -148,10 +172,13 @@ def benchmark(arch: str, frames: int, batch: int, classes: int, dtype: str, repe
     result["max_abs_logit_difference"] = float(np.abs(official_logits - our_logits).max())
 
   medians = _median_of_alternating(calls, repeats)
-  result.update(median_s=medians["ours"], repeats=repeats, first_call_s=compile_s,
-                matmul_gflop=sum(_flops(lhs.shape, rhs.shape, params["dimension_numbers"])
-                                 for lhs, rhs, params in matmuls) / 1e9,
-                matmul_only_s=medians["matmul_only"])
+  result.update(
+    median_s=medians["ours"],
+    repeats=repeats,
+    first_call_s=compile_s,
+    matmul_gflop=sum(_flops(lhs.shape, rhs.shape, params["dimension_numbers"]) for lhs, rhs, params in matmuls) / 1e9,
+    matmul_only_s=medians["matmul_only"],
+  )
   if official_code:
     result.update(official_median_s=medians["official"], ratio_to_official=medians["ours"] / medians["official"])
   return result
@@ -159,8 +186,11 @@ def benchmark(arch: str, frames: int, batch: int, classes: int, dtype: str, repe
 
 def main(argv):
   del argv
-  print(json.dumps(benchmark(FLAGS.arch, FLAGS.frames, FLAGS.batch, FLAGS.classes, FLAGS.dtype, FLAGS.repeats,
-                             FLAGS.official_code)))
+  print(
+    json.dumps(
+      benchmark(FLAGS.arch, FLAGS.frames, FLAGS.batch, FLAGS.classes, FLAGS.dtype, FLAGS.repeats, FLAGS.official_code)
+    )
+  )
 
 
 def define_flags():
@@ -171,8 +201,11 @@ def define_flags():
   flags.DEFINE_integer("classes", 400, "Class texts.")
   flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
   flags.DEFINE_integer("repeats", 20, "Timed calls (after warm-up).")
-  flags.DEFINE_string("official_code", None, "The X-CLIP folder of a microsoft/VideoX checkout: time the official "
-                      "PyTorch model side by side (needs PyTorch).")
+  flags.DEFINE_string(
+    "official_code",
+    None,
+    "The X-CLIP folder of a microsoft/VideoX checkout: time the official PyTorch model side by side (needs PyTorch).",
+  )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ r"""Classifies videos by text with an X-CLIP checkpoint.
 Each video is sampled as the official evaluation does (the centre frame of each of T segments), resized and
 centre-cropped to the model's input size, and scored against the class names (used as text, as X-CLIP does).
 """
+
 import pathlib
 
 from absl import app
@@ -26,8 +27,7 @@ FLAGS = flags.FLAGS
 def load_clip(path, num_frames: int, input_size: int) -> np.ndarray:
   """The evaluation view of one video file: (T, S, S, 3) float32, normalised."""
   data = pathlib.Path(path).read_bytes()
-  frames, _ = video_decode.decode_sampled_frames(
-      data, lambda total: sampling.eval_frame_indices(total, num_frames))
+  frames, _ = video_decode.decode_sampled_frames(data, lambda total: sampling.eval_frame_indices(total, num_frames))
   return augment.eval_augment(frames, input_size, num_crops=1).numpy()[0]
 
 

@@ -6,6 +6,7 @@ r"""Converts an X-CLIP or CLIP checkpoint for xclip-jax, or exports one back to 
 
 SRC is anything `xclip_jax.load_pretrained` reads; the conversion never executes code from it and needs no PyTorch.
 """
+
 import pathlib
 
 from absl import app
@@ -41,8 +42,12 @@ def main(argv):
 
 def define_flags():
   """Command-line flags, defined only when run as a program so that importing defines none."""
-  flags.DEFINE_enum("to", "jax", ["jax", "official"],
-                    "jax: an xclip-jax checkpoint directory; official: a .pth the official PyTorch code loads.")
+  flags.DEFINE_enum(
+    "to",
+    "jax",
+    ["jax", "official"],
+    "jax: an xclip-jax checkpoint directory; official: a .pth the official PyTorch code loads.",
+  )
   flags.DEFINE_integer("num_frames", None, "Frames per video (default: the checkpoint's).")
 
 

@@ -8,6 +8,7 @@ PyTorch's layouts, so that weight conversion is a renaming (`visual.transformer.
 Parameters are float32; `XCLIPConfig.dtype` sets the compute dtype. LayerNorm statistics and softmax always run in
 float32.
 """
+
 import dataclasses
 import math
 from typing import Any
@@ -25,6 +26,7 @@ LAYER_NORM_EPS = 1e-5
 @dataclasses.dataclass(frozen=True)
 class XCLIPConfig:
   """Architecture of an X-CLIP model; the defaults are those of the official X-CLIP configs."""
+
   embed_dim: int
   image_resolution: int
   vision_layers: int
@@ -48,15 +50,20 @@ class XCLIPConfig:
   dtype: str = "float32"
 
   def __post_init__(self):
-    for name, width in (("vision_heads", self.vision_width), ("mit_heads", self.embed_dim),
-                        ("prompts_heads", self.embed_dim), ("transformer_heads", self.transformer_width)):
+    for name, width in (
+      ("vision_heads", self.vision_width),
+      ("mit_heads", self.embed_dim),
+      ("prompts_heads", self.embed_dim),
+      ("transformer_heads", self.transformer_width),
+    ):
       if not getattr(self, name):  # 0: the official rule
         object.__setattr__(self, name, max(width // 64, 1))
       if width % getattr(self, name):
         raise ValueError(f"{name}={getattr(self, name)} does not divide the width {width}")
     if self.image_resolution % self.vision_patch_size:
-      raise ValueError(f"image_resolution {self.image_resolution} is not a multiple of the patch size "
-                       f"{self.vision_patch_size}")
+      raise ValueError(
+        f"image_resolution {self.image_resolution} is not a multiple of the patch size {self.vision_patch_size}"
+      )
     if self.dtype not in ("float32", "bfloat16"):
       raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
 
@@ -85,14 +92,46 @@ class XCLIPConfig:
 
 # The CLIP backbones X-CLIP starts from; X-CLIP parts use the official defaults (1 MIT layer, 2 prompt layers).
 PRESETS = {
-    "ViT-B/32": dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=32,
-                     transformer_width=512, transformer_heads=8, transformer_layers=12),
-    "ViT-B/16": dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=16,
-                     transformer_width=512, transformer_heads=8, transformer_layers=12),
-    "ViT-L/14": dict(embed_dim=768, image_resolution=224, vision_layers=24, vision_width=1024, vision_patch_size=14,
-                     transformer_width=768, transformer_heads=12, transformer_layers=12),
-    "ViT-L/14-336": dict(embed_dim=768, image_resolution=336, vision_layers=24, vision_width=1024,
-                         vision_patch_size=14, transformer_width=768, transformer_heads=12, transformer_layers=12),
+  "ViT-B/32": dict(
+    embed_dim=512,
+    image_resolution=224,
+    vision_layers=12,
+    vision_width=768,
+    vision_patch_size=32,
+    transformer_width=512,
+    transformer_heads=8,
+    transformer_layers=12,
+  ),
+  "ViT-B/16": dict(
+    embed_dim=512,
+    image_resolution=224,
+    vision_layers=12,
+    vision_width=768,
+    vision_patch_size=16,
+    transformer_width=512,
+    transformer_heads=8,
+    transformer_layers=12,
+  ),
+  "ViT-L/14": dict(
+    embed_dim=768,
+    image_resolution=224,
+    vision_layers=24,
+    vision_width=1024,
+    vision_patch_size=14,
+    transformer_width=768,
+    transformer_heads=12,
+    transformer_layers=12,
+  ),
+  "ViT-L/14-336": dict(
+    embed_dim=768,
+    image_resolution=336,
+    vision_layers=24,
+    vision_width=1024,
+    vision_patch_size=14,
+    transformer_width=768,
+    transformer_heads=12,
+    transformer_layers=12,
+  ),
 }
 
 
@@ -130,6 +169,7 @@ def apply_weight(x, weight):
 
 class Linear(nn.Module):
   """torch.nn.Linear: `weight` in PyTorch's (out, in) layout and `bias`."""
+
   features: int
   use_bias: bool = True
   dtype: Any = jnp.float32
@@ -150,7 +190,6 @@ def layer_norm(name: str, dtype) -> nn.LayerNorm:
 
 
 class QuickGELU(nn.Module):
-
   @nn.compact
   def __call__(self, x):
     return x * jax.nn.sigmoid(1.702 * x)
@@ -165,7 +204,7 @@ def dot_product_attention(q, k, v, num_heads: int, mask=None):
   *batch, q_len, width = q.shape
   head_dim = width // num_heads
   heads_first = lambda t: jnp.moveaxis(t.reshape(*t.shape[:-1], num_heads, head_dim), -2, -3)
-  q, k, v = heads_first(q * (head_dim ** -0.5)), heads_first(k), heads_first(v)
+  q, k, v = heads_first(q * (head_dim**-0.5)), heads_first(k), heads_first(v)
   logits = jnp.matmul(q, jnp.swapaxes(k, -1, -2), preferred_element_type=jnp.float32)
   if mask is not None:
     logits = jnp.where(mask, logits, -jnp.inf)
@@ -176,6 +215,7 @@ def dot_product_attention(q, k, v, num_heads: int, mask=None):
 
 class MultiheadAttention(nn.Module):
   """Self-attention with the parameters of torch.nn.MultiheadAttention (fused `in_proj`, `out_proj`)."""
+
   num_heads: int
   dtype: Any = jnp.float32
   in_proj_init: Any = None  # None: torch's xavier_uniform
@@ -188,12 +228,14 @@ class MultiheadAttention(nn.Module):
     qkv = Linear(3 * width, dtype=self.dtype, weight_init=self.in_proj_init or XAVIER_UNIFORM, name="in_proj")(x)
     q, k, v = jnp.split(qkv, 3, axis=-1)
     out = dot_product_attention(q[..., :num_queries, :], k, v, self.num_heads, mask)
-    return Linear(width, dtype=self.dtype, weight_init=self.out_proj_init or torch_linear_weight_init(),
-                  name="out_proj")(out)
+    return Linear(
+      width, dtype=self.dtype, weight_init=self.out_proj_init or torch_linear_weight_init(), name="out_proj"
+    )(out)
 
 
 class MLP(nn.Module):
   """`c_fc` -> QuickGELU -> `c_proj`, as in CLIP's residual blocks."""
+
   dtype: Any = jnp.float32
   fc_init: Any = None
   proj_init: Any = None
@@ -201,11 +243,21 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x):
     width = x.shape[-1]
-    x = Linear(4 * width, dtype=self.dtype, weight_init=self.fc_init or torch_linear_weight_init(),
-               bias_init=torch_linear_bias_init(width), name="c_fc")(x)
+    x = Linear(
+      4 * width,
+      dtype=self.dtype,
+      weight_init=self.fc_init or torch_linear_weight_init(),
+      bias_init=torch_linear_bias_init(width),
+      name="c_fc",
+    )(x)
     x = QuickGELU()(x)
-    return Linear(width, dtype=self.dtype, weight_init=self.proj_init or torch_linear_weight_init(),
-                  bias_init=torch_linear_bias_init(4 * width), name="c_proj")(x)
+    return Linear(
+      width,
+      dtype=self.dtype,
+      weight_init=self.proj_init or torch_linear_weight_init(),
+      bias_init=torch_linear_bias_init(4 * width),
+      name="c_proj",
+    )(x)
 
 
 class DropPath(nn.Module):
@@ -214,6 +266,7 @@ class DropPath(nn.Module):
   The official DropPath draws one decision per entry of the first axis of a sequence-first (L, N, D) tensor, that is
   per token position (and, for message tokens, per frame), shared across the batch. `axis` names that axis here.
   """
+
   rate: float
   axis: int
 
@@ -230,6 +283,7 @@ class DropPath(nn.Module):
 
 class ResidualAttentionBlock(nn.Module):
   """CLIP's pre-LN transformer block (text encoder and MIT)."""
+
   num_heads: int
   dtype: Any = jnp.float32
   inits: dict | None = None  # optional {'in_proj', 'out_proj', 'c_fc', 'c_proj'} initialisers
@@ -237,9 +291,9 @@ class ResidualAttentionBlock(nn.Module):
   @nn.compact
   def __call__(self, x, mask=None):
     inits = self.inits or {}
-    attn = MultiheadAttention(self.num_heads, self.dtype,
-                              in_proj_init=inits.get("in_proj"),
-                              out_proj_init=inits.get("out_proj"), name="attn")
+    attn = MultiheadAttention(
+      self.num_heads, self.dtype, in_proj_init=inits.get("in_proj"), out_proj_init=inits.get("out_proj"), name="attn"
+    )
     x = x + attn(layer_norm("ln_1", self.dtype)(x), mask)
     mlp = MLP(self.dtype, fc_init=inits.get("c_fc"), proj_init=inits.get("c_proj"), name="mlp")
     return x + mlp(layer_norm("ln_2", self.dtype)(x))
@@ -247,6 +301,7 @@ class ResidualAttentionBlock(nn.Module):
 
 class TextTransformer(nn.Module):
   """CLIP's causal text transformer (`transformer.resblocks_*`)."""
+
   width: int
   layers: int
   heads: int
@@ -257,9 +312,13 @@ class TextTransformer(nn.Module):
     length = x.shape[-2]
     causal = jnp.tril(jnp.ones((length, length), bool))
     # CLIP.initialize_parameters.
-    proj_std = self.width ** -0.5 * (2 * self.layers) ** -0.5
-    inits = dict(in_proj=nn.initializers.normal(self.width ** -0.5), out_proj=nn.initializers.normal(proj_std),
-                 c_fc=nn.initializers.normal((2 * self.width) ** -0.5), c_proj=nn.initializers.normal(proj_std))
+    proj_std = self.width**-0.5 * (2 * self.layers) ** -0.5
+    inits = dict(
+      in_proj=nn.initializers.normal(self.width**-0.5),
+      out_proj=nn.initializers.normal(proj_std),
+      c_fc=nn.initializers.normal((2 * self.width) ** -0.5),
+      c_proj=nn.initializers.normal(proj_std),
+    )
     for i in range(self.layers):
       x = ResidualAttentionBlock(self.heads, self.dtype, inits, name=f"resblocks_{i}")(x, causal)
     return x
@@ -270,6 +329,7 @@ class CrossFrameAttentionBlock(nn.Module):
 
   x: (B, T, L, D) tokens of every frame (class token first).
   """
+
   num_heads: int
   droppath: float = 0.0
   dtype: Any = jnp.float32
@@ -300,6 +360,7 @@ class PatchEmbedding(nn.Module):
   (..., H, W, 3) -> (..., H/p * W/p, width), patches in row-major order as the official flatten gives them. The
   weight has Conv2d's (out, 3, p, p) layout.
   """
+
   width: int
   patch_size: int
   dtype: Any = jnp.float32
@@ -314,6 +375,7 @@ class PatchEmbedding(nn.Module):
 
 class CrossFrameTransformer(nn.Module):
   """The stack of CCT blocks (`visual.transformer.resblocks.*`)."""
+
   layers: int
   heads: int
   droppath: float = 0.0
@@ -337,6 +399,7 @@ class CrossFrameCommunicationTransformer(nn.Module):
   Returns the per-frame class features after `ln_post` and `proj`, (B, T, output_dim), and the patch tokens of the
   last block without `ln_post`, (B, T, N, width).
   """
+
   patch_size: int
   width: int
   layers: int
@@ -349,17 +412,19 @@ class CrossFrameCommunicationTransformer(nn.Module):
   @nn.compact
   def __call__(self, video, deterministic: bool = True):
     batch, frames = video.shape[:2]
-    scale = self.width ** -0.5
+    scale = self.width**-0.5
     patches = PatchEmbedding(self.width, self.patch_size, self.dtype, name="conv1")(video.astype(self.dtype))
     class_embedding = self.param("class_embedding", nn.initializers.normal(scale), (self.width,))
-    positional_embedding = self.param("positional_embedding", nn.initializers.normal(scale),
-                                      (patches.shape[2] + 1, self.width))
+    positional_embedding = self.param(
+      "positional_embedding", nn.initializers.normal(scale), (patches.shape[2] + 1, self.width)
+    )
     cls = jnp.broadcast_to(class_embedding.astype(self.dtype), (batch, frames, 1, self.width))
     x = jnp.concatenate([cls, patches], axis=2) + positional_embedding.astype(self.dtype)
     x = layer_norm("ln_pre", self.dtype)(x)
 
-    x = CrossFrameTransformer(self.layers, self.heads, self.droppath, self.remat, self.dtype,
-                              name="transformer")(x, deterministic)
+    x = CrossFrameTransformer(self.layers, self.heads, self.droppath, self.remat, self.dtype, name="transformer")(
+      x, deterministic
+    )
 
     cls_features = layer_norm("ln_post", self.dtype)(x[:, :, 0])
     proj = self.param("proj", nn.initializers.normal(scale), (self.width, self.output_dim))
@@ -368,6 +433,7 @@ class CrossFrameCommunicationTransformer(nn.Module):
 
 class MultiframeIntegrationTransformer(nn.Module):
   """MIT (`mit`): temporal transformer over the per-frame features, residual, then the mean over frames."""
+
   num_frames: int
   layers: int
   heads: int
@@ -378,8 +444,10 @@ class MultiframeIntegrationTransformer(nn.Module):
     batch, frames, width = frame_features.shape
     positional_embedding = self.param("positional_embedding", TRUNC_NORMAL_02, (1, self.num_frames, width))
     if frames != self.num_frames:
-      raise ValueError(f"the model was built for {self.num_frames} frames but the video has {frames}; load it with "
-                       f"num_frames={frames} to interpolate the temporal position embedding")
+      raise ValueError(
+        f"the model was built for {self.num_frames} frames but the video has {frames}; load it with "
+        f"num_frames={frames} to interpolate the temporal position embedding"
+      )
     x = frame_features + positional_embedding.astype(frame_features.dtype)
     # The official MIT initialises every Linear (out_proj included) with trunc_normal(0.02) and zero bias.
     inits = dict(out_proj=TRUNC_NORMAL_02, c_fc=TRUNC_NORMAL_02, c_proj=TRUNC_NORMAL_02)
@@ -390,6 +458,7 @@ class MultiframeIntegrationTransformer(nn.Module):
 
 class CrossAttention(nn.Module):
   """The prompt generator's attention (`cross_attn`): separate q/k/v projections without bias, then `proj`."""
+
   num_heads: int
   dtype: Any = jnp.float32
 
@@ -397,8 +466,9 @@ class CrossAttention(nn.Module):
   def __call__(self, queries, memory):
     width = queries.shape[-1]
     dense = lambda name, bias: Linear(width, use_bias=bias, dtype=self.dtype, weight_init=TRUNC_NORMAL_02, name=name)
-    out = dot_product_attention(dense("q_proj", False)(queries), dense("k_proj", False)(memory),
-                                dense("v_proj", False)(memory), self.num_heads)
+    out = dot_product_attention(
+      dense("q_proj", False)(queries), dense("k_proj", False)(memory), dense("v_proj", False)(memory), self.num_heads
+    )
     return dense("proj", True)(out)
 
 
@@ -409,11 +479,13 @@ class PromptGeneratorLayer(nn.Module):
   @nn.compact
   def __call__(self, text, visual):
     width = text.shape[-1]
-    text = text + CrossAttention(self.num_heads, self.dtype, name="cross_attn")(layer_norm("norm1", self.dtype)(text),
-                                                                                  visual)
+    text = text + CrossAttention(self.num_heads, self.dtype, name="cross_attn")(
+      layer_norm("norm1", self.dtype)(text), visual
+    )
     # Official names: mlp.0 (Linear), mlp.1 (QuickGELU), mlp.2 (Dropout), mlp.3 (Linear).
     hidden = Linear(4 * width, dtype=self.dtype, weight_init=TRUNC_NORMAL_02, name="mlp_0")(
-        layer_norm("norm3", self.dtype)(text))
+      layer_norm("norm3", self.dtype)(text)
+    )
     return text + Linear(width, dtype=self.dtype, weight_init=TRUNC_NORMAL_02, name="mlp_3")(QuickGELU()(hidden))
 
 
@@ -422,6 +494,7 @@ class VideoSpecificPrompt(nn.Module):
 
   text: (B, K, D) text features; visual: (B, N, D) visual tokens. Returns the prompt offsets alpha * text', (B, K, D).
   """
+
   layers: int
   heads: int
   alpha: float
@@ -450,33 +523,43 @@ class XCLIP(nn.Module):
     encode_video(video)                     -> (B, D) video features (MIT output), (B, T, N, D) prompt visual tokens
     logits_from_features(video, text_features) -> logits (B, K) against precomputed `encode_text` features
   """
+
   config: XCLIPConfig
 
   def setup(self):
     cfg = self.config
     dtype = cfg.compute_dtype
     self.visual = CrossFrameCommunicationTransformer(
-        cfg.vision_patch_size, cfg.vision_width, cfg.vision_layers, cfg.vision_heads, cfg.embed_dim, cfg.droppath,
-        cfg.remat, dtype)
+      cfg.vision_patch_size,
+      cfg.vision_width,
+      cfg.vision_layers,
+      cfg.vision_heads,
+      cfg.embed_dim,
+      cfg.droppath,
+      cfg.remat,
+      dtype,
+    )
     self.transformer = TextTransformer(cfg.transformer_width, cfg.transformer_layers, cfg.transformer_heads, dtype)
     self.token_embedding = nn.Embed(cfg.vocab_size, cfg.transformer_width, embedding_init=nn.initializers.normal(0.02))
-    self.positional_embedding = self.param("positional_embedding", nn.initializers.normal(0.01),
-                                           (cfg.context_length, cfg.transformer_width))
+    self.positional_embedding = self.param(
+      "positional_embedding", nn.initializers.normal(0.01), (cfg.context_length, cfg.transformer_width)
+    )
     self.ln_final = layer_norm("ln_final", dtype)
-    self.text_projection = self.param("text_projection", nn.initializers.normal(cfg.transformer_width ** -0.5),
-                                      (cfg.transformer_width, cfg.embed_dim))
+    self.text_projection = self.param(
+      "text_projection", nn.initializers.normal(cfg.transformer_width**-0.5), (cfg.transformer_width, cfg.embed_dim)
+    )
     self.logit_scale = self.param("logit_scale", nn.initializers.constant(np.log(1 / 0.07)), ())
     self.mit = MultiframeIntegrationTransformer(cfg.num_frames, cfg.mit_layers, cfg.mit_heads, dtype)
     self.prompts_generator = VideoSpecificPrompt(cfg.prompts_layers, cfg.prompts_heads, cfg.prompts_alpha, dtype)
     self.prompts_visual_ln = layer_norm("prompts_visual_ln", dtype)
-    self.prompts_visual_proj = self.param("prompts_visual_proj", nn.initializers.normal(1.0),
-                                          (cfg.vision_width, cfg.embed_dim))
+    self.prompts_visual_proj = self.param(
+      "prompts_visual_proj", nn.initializers.normal(1.0), (cfg.vision_width, cfg.embed_dim)
+    )
 
   def encode_text(self, text_ids):
     cfg = self.config
     if text_ids.shape[-1] != cfg.context_length:
-      raise ValueError(f"text ids have length {text_ids.shape[-1]}, the model's context length is "
-                       f"{cfg.context_length}")
+      raise ValueError(f"text ids have length {text_ids.shape[-1]}, the model's context length is {cfg.context_length}")
     x = self.token_embedding(text_ids).astype(cfg.compute_dtype) + self.positional_embedding.astype(cfg.compute_dtype)
     x = self.ln_final(self.transformer(x))
     # The end-of-text token has the largest id of the vocabulary, so argmax finds it.

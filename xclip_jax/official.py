@@ -6,6 +6,7 @@ of the official PyTorch model. The mapping to Flax is a renaming; every array ke
   - `in_proj_weight` / `in_proj_bias` -> `in_proj/weight` / `in_proj/bias`;
   - LayerNorm `weight` -> `scale`; Embedding `weight` -> `embedding`; everything else keeps its name.
 """
+
 import functools
 import re
 
@@ -67,8 +68,9 @@ def abstract_params(config: model_lib.XCLIPConfig) -> dict:
   return jax.eval_shape(functools.partial(init_params, config))
 
 
-def params_from_official(state_dict: dict[str, np.ndarray], config: model_lib.XCLIPConfig,
-                         base_params: dict | None = None) -> dict:
+def params_from_official(
+  state_dict: dict[str, np.ndarray], config: model_lib.XCLIPConfig, base_params: dict | None = None
+) -> dict:
   """Flax parameters from an official state dict, checked name by name and shape by shape against `config`.
 
   With `base_params`, names absent from `state_dict` keep their value there (loading CLIP into X-CLIP); without,
@@ -81,19 +83,24 @@ def params_from_official(state_dict: dict[str, np.ndarray], config: model_lib.XC
       continue
     path, value = _flax_entry(name, np.asarray(value))
     if path not in expected:
-      raise CheckpointMismatchError(f"checkpoint entry {name!r} (shape {tuple(value.shape)}) has no counterpart in "
-                                    f"the model (looked for {'/'.join(path)})")
+      raise CheckpointMismatchError(
+        f"checkpoint entry {name!r} (shape {tuple(value.shape)}) has no counterpart in "
+        f"the model (looked for {'/'.join(path)})"
+      )
     if tuple(value.shape) != tuple(expected[path].shape):
       want_name, want = _official_entry(path, np.zeros(expected[path].shape, np.int8))
-      raise CheckpointMismatchError(f"checkpoint entry {name!r} has shape {tuple(np.shape(state_dict[name]))} but the "
-                                    f"model expects {tuple(want.shape)} for {want_name!r}")
+      raise CheckpointMismatchError(
+        f"checkpoint entry {name!r} has shape {tuple(np.shape(state_dict[name]))} but the "
+        f"model expects {tuple(want.shape)} for {want_name!r}"
+      )
     converted[path] = np.asarray(value, np.float32)
   missing = [path for path in expected if path not in converted]
   if missing:
     if base_params is None:
       names = [_official_entry(path, np.zeros(expected[path].shape))[0] for path in missing]
-      raise CheckpointMismatchError(f"checkpoint lacks {len(names)} parameters of the model, first {names[0]!r}; "
-                                    f"all: {names}")
+      raise CheckpointMismatchError(
+        f"checkpoint lacks {len(names)} parameters of the model, first {names[0]!r}; all: {names}"
+      )
     base = flax.traverse_util.flatten_dict(base_params)
     converted.update({path: base[path] for path in missing})
   return flax.traverse_util.unflatten_dict(converted)
@@ -110,35 +117,40 @@ def _count(state_dict, prefix: str) -> int:
   return len({m.group(1) for m in map(pattern.match, state_dict) if m})
 
 
-def config_from_official(state_dict: dict[str, np.ndarray], num_frames: int | None = None,
-                         **overrides) -> model_lib.XCLIPConfig:
+def config_from_official(
+  state_dict: dict[str, np.ndarray], num_frames: int | None = None, **overrides
+) -> model_lib.XCLIPConfig:
   """Reads the architecture off an official X-CLIP or OpenAI CLIP (ViT) state dict, as the official build_model does.
 
   For a CLIP state dict the X-CLIP parts take the official defaults (or `overrides`), and `num_frames` (default 8).
   """
   if "visual.proj" not in state_dict or "visual.conv1.weight" not in state_dict:
     found = sorted(state_dict)[:5]
-    raise CheckpointMismatchError("not a ViT X-CLIP/CLIP state dict: 'visual.proj' and 'visual.conv1.weight' are "
-                                  f"missing (ResNet CLIP backbones are not supported by X-CLIP); first keys: {found}")
+    raise CheckpointMismatchError(
+      "not a ViT X-CLIP/CLIP state dict: 'visual.proj' and 'visual.conv1.weight' are "
+      f"missing (ResNet CLIP backbones are not supported by X-CLIP); first keys: {found}"
+    )
   conv = state_dict["visual.conv1.weight"]
   grid = round((state_dict["visual.positional_embedding"].shape[0] - 1) ** 0.5)
   text_width = state_dict["ln_final.weight"].shape[0]
   values = dict(
-      embed_dim=state_dict["text_projection"].shape[1],
-      image_resolution=conv.shape[-1] * grid,
-      vision_layers=_count(state_dict, "visual.transformer.resblocks."),
-      vision_width=conv.shape[0],
-      vision_patch_size=conv.shape[-1],
-      context_length=state_dict["positional_embedding"].shape[0],
-      vocab_size=state_dict["token_embedding.weight"].shape[0],
-      transformer_width=text_width,
-      transformer_heads=text_width // 64,
-      transformer_layers=_count(state_dict, "transformer.resblocks."),
+    embed_dim=state_dict["text_projection"].shape[1],
+    image_resolution=conv.shape[-1] * grid,
+    vision_layers=_count(state_dict, "visual.transformer.resblocks."),
+    vision_width=conv.shape[0],
+    vision_patch_size=conv.shape[-1],
+    context_length=state_dict["positional_embedding"].shape[0],
+    vocab_size=state_dict["token_embedding.weight"].shape[0],
+    transformer_width=text_width,
+    transformer_heads=text_width // 64,
+    transformer_layers=_count(state_dict, "transformer.resblocks."),
   )
   if "mit.positional_embedding" in state_dict:
-    values.update(num_frames=state_dict["mit.positional_embedding"].shape[1],
-                  mit_layers=_count(state_dict, "mit.resblocks."),
-                  prompts_layers=_count(state_dict, "prompts_generator.decoder."))
+    values.update(
+      num_frames=state_dict["mit.positional_embedding"].shape[1],
+      mit_layers=_count(state_dict, "mit.resblocks."),
+      prompts_layers=_count(state_dict, "prompts_generator.decoder."),
+    )
   elif num_frames is not None:
     values["num_frames"] = num_frames
   values.update(overrides)

@@ -1,4 +1,5 @@
 """Loading X-CLIP from any supported checkpoint, and the inference wrapper used by evaluation and the demo."""
+
 import functools
 import json
 import logging
@@ -37,8 +38,10 @@ class XCLIPModel:
   @functools.cached_property
   def _apply(self):
     # One compiled function per method; shapes (batch, classes) recompile as usual.
-    return {name: jax.jit(functools.partial(self.module.apply, method=getattr(model_lib.XCLIP, name)))
-            for name in ("encode_text", "encode_frames", "encode_video", "logits_from_features")}
+    return {
+      name: jax.jit(functools.partial(self.module.apply, method=getattr(model_lib.XCLIP, name)))
+      for name in ("encode_text", "encode_frames", "encode_video", "logits_from_features")
+    }
 
   def _variables(self):
     return {"params": self.params}
@@ -64,8 +67,9 @@ class XCLIPModel:
       raise ValueError("pass exactly one of text_ids and text_features")
     if text_features is None:
       text_features = self.encode_text(text_ids)
-    return self._apply["logits_from_features"](self._variables(), jnp.asarray(video, jnp.float32),
-                                               jnp.asarray(text_features, jnp.float32))
+    return self._apply["logits_from_features"](
+      self._variables(), jnp.asarray(video, jnp.float32), jnp.asarray(text_features, jnp.float32)
+    )
 
   def save(self, directory) -> pathlib.Path:
     """Writes the converted checkpoint: `xclip_config.json` and an orbax checkpoint of the params."""
@@ -83,12 +87,13 @@ class XCLIPModel:
 def _read_converted(directory: pathlib.Path, **overrides):
   meta = json.loads((directory / CONFIG_FILE).read_text())
   if meta.get("format") != FORMAT_NAME:
-    raise ValueError(f"{directory / CONFIG_FILE} is not an xclip-jax checkpoint config (format "
-                     f"{meta.get('format')!r})")
+    raise ValueError(f"{directory / CONFIG_FILE} is not an xclip-jax checkpoint config (format {meta.get('format')!r})")
   if meta.get("version", 1) != FORMAT_VERSION:
-    raise ValueError(f"{directory} was written by another xclip-jax version (checkpoint format "
-                     f"{meta.get('version', 1)}, this version reads {FORMAT_VERSION}); convert the original checkpoint "
-                     "again with `python -m xclip_jax.convert SRC DST`")
+    raise ValueError(
+      f"{directory} was written by another xclip-jax version (checkpoint format "
+      f"{meta.get('version', 1)}, this version reads {FORMAT_VERSION}); convert the original checkpoint "
+      "again with `python -m xclip_jax.convert SRC DST`"
+    )
   config = model_lib.XCLIPConfig.from_dict(meta["config"])
   abstract = official.abstract_params(config)
   params = ocp.StandardCheckpointer().restore(directory / PARAMS_DIR, abstract)
@@ -99,17 +104,25 @@ def _resize_frames(config, params, num_frames):
   if num_frames is None or num_frames == config.num_frames:
     return config, params
   embedding = np.asarray(params["mit"]["positional_embedding"])
-  logging.info("Interpolating the MIT temporal position embedding from %d to %d frames.", config.num_frames,
-               num_frames)
-  params = flax.traverse_util.unflatten_dict({
+  logging.info("Interpolating the MIT temporal position embedding from %d to %d frames.", config.num_frames, num_frames)
+  params = flax.traverse_util.unflatten_dict(
+    {
       **flax.traverse_util.flatten_dict(params),
       ("mit", "positional_embedding"): jnp.asarray(official.interpolate_temporal_embedding(embedding, num_frames)),
-  })
+    }
+  )
   return config.replace(num_frames=num_frames), params
 
 
-def load_pretrained(path, num_frames: int | None = None, *, dtype: str = "float32", droppath: float = 0.0,
-                    remat: bool = False, seed: int = 0) -> XCLIPModel:
+def load_pretrained(
+  path,
+  num_frames: int | None = None,
+  *,
+  dtype: str = "float32",
+  droppath: float = 0.0,
+  remat: bool = False,
+  seed: int = 0,
+) -> XCLIPModel:
   """Loads X-CLIP from any supported checkpoint, reading the architecture from it.
 
   Supported: an official X-CLIP `.pth` (training layout or bare state dict, `module.` prefix or not); OpenAI CLIP
@@ -138,8 +151,10 @@ def load_pretrained(path, num_frames: int | None = None, *, dtype: str = "float3
       config = model_lib.XCLIPConfig(**arch, **overrides)
       params = official.params_from_official(state_dict, config)
     else:
-      raise ValueError(f"{path} is a directory but neither an xclip-jax checkpoint ({CONFIG_FILE}) nor a Hugging "
-                       "Face X-CLIP model (config.json with model.safetensors or pytorch_model.bin)")
+      raise ValueError(
+        f"{path} is a directory but neither an xclip-jax checkpoint ({CONFIG_FILE}) nor a Hugging "
+        "Face X-CLIP model (config.json with model.safetensors or pytorch_model.bin)"
+      )
   else:
     state_dict, _ = torch_io.read_state_dict(path)
     if "mit.positional_embedding" in state_dict:

@@ -13,6 +13,7 @@ open_clip_torch 3.3.0 wheel on PyPI (MIT licence; sha256
 924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a, the same
 bytes as openai/CLIP's copy).
 """
+
 from collections.abc import Iterable, Sequence
 import functools
 import gzip
@@ -24,8 +25,7 @@ import ftfy
 import numpy as np
 import regex
 
-DEFAULT_BPE_PATH = pathlib.Path(__file__).with_name(
-    "bpe_simple_vocab_16e6.txt.gz")
+DEFAULT_BPE_PATH = pathlib.Path(__file__).with_name("bpe_simple_vocab_16e6.txt.gz")
 START_OF_TEXT = "<|startoftext|>"
 END_OF_TEXT = "<|endoftext|>"
 START_TOKEN = 49406
@@ -42,9 +42,10 @@ _NUM_MERGES = VOCAB_SIZE - 2 * 256 - 2
 # (not re) is needed for \p{...}, and its \s also decides whitespace cleaning.
 # IGNORECASE still matters after lower-casing: "'ſ" (long s) matches "'s".
 _PRE_TOKEN_PATTERN = regex.compile(
-    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d"
-    r"|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+",
-    regex.IGNORECASE)
+  r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d"
+  r"|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+",
+  regex.IGNORECASE,
+)
 _WHITESPACE_RUN = regex.compile(r"\s+")
 
 
@@ -68,11 +69,9 @@ def _byte_symbols() -> list[tuple[int, str]]:
     (byte, character) pairs in vocabulary order: the printable bytes first,
     then the moved ones. Single-byte symbols have these ids.
   """
-  printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-               *range(ord("®"), ord("ÿ") + 1)]
+  printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
   moved = [byte for byte in range(256) if byte not in set(printable)]
-  return ([(byte, chr(byte)) for byte in printable] +
-          [(byte, chr(256 + offset)) for offset, byte in enumerate(moved)])
+  return [(byte, chr(byte)) for byte in printable] + [(byte, chr(256 + offset)) for offset, byte in enumerate(moved)]
 
 
 def clean_text(text: str) -> str:
@@ -98,16 +97,12 @@ def _read_merges(bpe_path: pathlib.Path) -> list[tuple[str, str]]:
     lines = f.read().split("\n")
   # Line 1 is a version header; CLIP uses the next _NUM_MERGES lines.
   if len(lines) < _NUM_MERGES + 1:
-    raise ValueError(
-        f"{bpe_path}: has {len(lines) - 1} merge lines, CLIP needs "
-        f"{_NUM_MERGES}")
+    raise ValueError(f"{bpe_path}: has {len(lines) - 1} merge lines, CLIP needs {_NUM_MERGES}")
   merges = []
-  for line_number, line in enumerate(lines[1:_NUM_MERGES + 1], start=2):
+  for line_number, line in enumerate(lines[1 : _NUM_MERGES + 1], start=2):
     parts = line.split()
     if len(parts) != 2:
-      raise ValueError(
-          f"{bpe_path}, line {line_number}: expected two symbols separated "
-          f"by a space, got {line!r}")
+      raise ValueError(f"{bpe_path}, line {line_number}: expected two symbols separated by a space, got {line!r}")
     merges.append((parts[0], parts[1]))
   return merges
 
@@ -128,9 +123,12 @@ class Tokenizer:
     merges = _read_merges(pathlib.Path(bpe_path))
     byte_symbols = _byte_symbols()
     single_bytes = [char for _, char in byte_symbols]
-    self.vocab = (single_bytes + [s + _END_OF_WORD for s in single_bytes] +
-                  [first + second for first, second in merges] +
-                  [START_OF_TEXT, END_OF_TEXT])
+    self.vocab = (
+      single_bytes
+      + [s + _END_OF_WORD for s in single_bytes]
+      + [first + second for first, second in merges]
+      + [START_OF_TEXT, END_OF_TEXT]
+    )
     self._token_to_id = {token: i for i, token in enumerate(self.vocab)}
     self._merge_rank = {merge: rank for rank, merge in enumerate(merges)}
     self._byte_to_char = dict(byte_symbols)
@@ -138,16 +136,15 @@ class Tokenizer:
     # Decoding turns `</w>` into a space; special tokens are whole words too.
     self._id_to_bytes = []
     for token in self.vocab:
-      token_bytes = bytes(
-          char_to_byte[char] for char in token.removesuffix(_END_OF_WORD))
+      token_bytes = bytes(char_to_byte[char] for char in token.removesuffix(_END_OF_WORD))
       if token.endswith(_END_OF_WORD) or token in (START_OF_TEXT, END_OF_TEXT):
         token_bytes += b" "
       self._id_to_bytes.append(token_bytes)
     # Words repeat a lot (class names, prompt templates), and BPE is the slow
     # part, so the ids of each pre-token are memoised.
     self._pre_token_ids = {
-        START_OF_TEXT: [START_TOKEN],
-        END_OF_TEXT: [END_TOKEN],
+      START_OF_TEXT: [START_TOKEN],
+      END_OF_TEXT: [END_TOKEN],
     }
 
   def encode(self, text: str) -> list[int]:
@@ -163,8 +160,7 @@ class Tokenizer:
       The BPE ids, in text order.
     """
     if not isinstance(text, str):
-      raise TypeError(f"encode expects a str, got {type(text).__name__}: "
-                      f"{text!r}")
+      raise TypeError(f"encode expects a str, got {type(text).__name__}: {text!r}")
     ids = []
     for pre_token in _PRE_TOKEN_PATTERN.findall(clean_text(text)):
       cached = self._pre_token_ids.get(pre_token)
@@ -192,8 +188,9 @@ class Tokenizer:
     for position, token_id in enumerate(ids):
       token_id = operator.index(token_id)
       if not 0 <= token_id < len(self.vocab):
-        raise ValueError(f"decode: id {token_id} at position {position} is "
-                         f"outside the vocabulary [0, {len(self.vocab)})")
+        raise ValueError(
+          f"decode: id {token_id} at position {position} is outside the vocabulary [0, {len(self.vocab)})"
+        )
       decoded.append(self._id_to_bytes[token_id])
     return b"".join(decoded).decode("utf-8", errors="replace").removesuffix(" ")
 
@@ -202,10 +199,7 @@ class Tokenizer:
     chars = [self._byte_to_char[b] for b in pre_token.encode("utf-8")]
     symbols = chars[:-1] + [chars[-1] + _END_OF_WORD]
     while len(symbols) > 1:
-      ranks = [
-          self._merge_rank.get(pair, _NUM_MERGES)
-          for pair in zip(symbols[:-1], symbols[1:])
-      ]
+      ranks = [self._merge_rank.get(pair, _NUM_MERGES) for pair in zip(symbols[:-1], symbols[1:])]
       best_rank = min(ranks)
       if best_rank == _NUM_MERGES:
         break
@@ -216,8 +210,7 @@ class Tokenizer:
       merged = []
       i = 0
       while i < len(symbols):
-        if (i + 1 < len(symbols) and symbols[i] == first and
-            symbols[i + 1] == second):
+        if i + 1 < len(symbols) and symbols[i] == first and symbols[i + 1] == second:
           merged.append(first + second)
           i += 2
         else:
@@ -233,9 +226,9 @@ def default_tokenizer() -> Tokenizer:
   return Tokenizer()
 
 
-def tokenize(texts: str | Sequence[str],
-             context_length: int = DEFAULT_CONTEXT_LENGTH,
-             truncate: bool = False) -> np.ndarray:
+def tokenize(
+  texts: str | Sequence[str], context_length: int = DEFAULT_CONTEXT_LENGTH, truncate: bool = False
+) -> np.ndarray:
   """Token ids of texts framed by start/end tokens and zero-padded, like CLIP.
 
   Args:
@@ -258,21 +251,20 @@ def tokenize(texts: str | Sequence[str],
     texts = [texts]
   texts = list(texts)
   if context_length < 2:
-    raise ValueError(f"context_length must be at least 2 (start and end "
-                     f"tokens), got {context_length}")
+    raise ValueError(f"context_length must be at least 2 (start and end tokens), got {context_length}")
   tokenizer = default_tokenizer()
   result = np.zeros((len(texts), context_length), np.int32)
   for row, text in enumerate(texts):
     if not isinstance(text, str):
-      raise TypeError(f"texts[{row}] is a {type(text).__name__}, not a str: "
-                      f"{text!r}")
+      raise TypeError(f"texts[{row}] is a {type(text).__name__}, not a str: {text!r}")
     ids = [START_TOKEN] + tokenizer.encode(text) + [END_TOKEN]
     if len(ids) > context_length:
       if not truncate:
         raise TextTooLongError(
-            f"text {row} is {len(ids)} tokens long with start and end tokens, "
-            f"more than the context length {context_length} (pass "
-            f"truncate=True to cut it): {text!r}")
-      ids = ids[:context_length - 1] + [END_TOKEN]
-    result[row, :len(ids)] = ids
+          f"text {row} is {len(ids)} tokens long with start and end tokens, "
+          f"more than the context length {context_length} (pass "
+          f"truncate=True to cut it): {text!r}"
+        )
+      ids = ids[: context_length - 1] + [END_TOKEN]
+    result[row, : len(ids)] = ids
   return result

@@ -17,6 +17,7 @@ parameter/buffer names each class declares in the archive's `code/` listing
 (`__parameters__ = [...]`, `__buffers__ = [...]`, read as text) select what
 `module.state_dict()` would return.
 """
+
 import ast
 import collections
 import io
@@ -51,43 +52,43 @@ class CheckpointFormatError(ValueError):
 
 # Legacy typed-storage classes name the element type of a storage.
 _STORAGE_DTYPES = {
-    "DoubleStorage": np.dtype(np.float64),
-    "FloatStorage": np.dtype(np.float32),
-    "HalfStorage": np.dtype(np.float16),
-    "BFloat16Storage": np.dtype(ml_dtypes.bfloat16),
-    "LongStorage": np.dtype(np.int64),
-    "IntStorage": np.dtype(np.int32),
-    "ShortStorage": np.dtype(np.int16),
-    "CharStorage": np.dtype(np.int8),
-    "ByteStorage": np.dtype(np.uint8),
-    "BoolStorage": np.dtype(np.bool_),
-    "ComplexFloatStorage": np.dtype(np.complex64),
-    "ComplexDoubleStorage": np.dtype(np.complex128),
+  "DoubleStorage": np.dtype(np.float64),
+  "FloatStorage": np.dtype(np.float32),
+  "HalfStorage": np.dtype(np.float16),
+  "BFloat16Storage": np.dtype(ml_dtypes.bfloat16),
+  "LongStorage": np.dtype(np.int64),
+  "IntStorage": np.dtype(np.int32),
+  "ShortStorage": np.dtype(np.int16),
+  "CharStorage": np.dtype(np.int8),
+  "ByteStorage": np.dtype(np.uint8),
+  "BoolStorage": np.dtype(np.bool_),
+  "ComplexFloatStorage": np.dtype(np.complex64),
+  "ComplexDoubleStorage": np.dtype(np.complex128),
 }
 _STORAGE_NAME_BY_DTYPE = {dtype: name for name, dtype in _STORAGE_DTYPES.items()}
 
 # dtypes newer than the typed-storage classes are saved as an UntypedStorage plus a
 # `torch.<dtype>` global (see `_rebuild_tensor_v3`).
 _TORCH_DTYPES = {
-    "float64": np.dtype(np.float64),
-    "float32": np.dtype(np.float32),
-    "float16": np.dtype(np.float16),
-    "bfloat16": np.dtype(ml_dtypes.bfloat16),
-    "float8_e4m3fn": np.dtype(ml_dtypes.float8_e4m3fn),
-    "float8_e4m3fnuz": np.dtype(ml_dtypes.float8_e4m3fnuz),
-    "float8_e5m2": np.dtype(ml_dtypes.float8_e5m2),
-    "float8_e5m2fnuz": np.dtype(ml_dtypes.float8_e5m2fnuz),
-    "int64": np.dtype(np.int64),
-    "int32": np.dtype(np.int32),
-    "int16": np.dtype(np.int16),
-    "int8": np.dtype(np.int8),
-    "uint64": np.dtype(np.uint64),
-    "uint32": np.dtype(np.uint32),
-    "uint16": np.dtype(np.uint16),
-    "uint8": np.dtype(np.uint8),
-    "bool": np.dtype(np.bool_),
-    "complex64": np.dtype(np.complex64),
-    "complex128": np.dtype(np.complex128),
+  "float64": np.dtype(np.float64),
+  "float32": np.dtype(np.float32),
+  "float16": np.dtype(np.float16),
+  "bfloat16": np.dtype(ml_dtypes.bfloat16),
+  "float8_e4m3fn": np.dtype(ml_dtypes.float8_e4m3fn),
+  "float8_e4m3fnuz": np.dtype(ml_dtypes.float8_e4m3fnuz),
+  "float8_e5m2": np.dtype(ml_dtypes.float8_e5m2),
+  "float8_e5m2fnuz": np.dtype(ml_dtypes.float8_e5m2fnuz),
+  "int64": np.dtype(np.int64),
+  "int32": np.dtype(np.int32),
+  "int16": np.dtype(np.int16),
+  "int8": np.dtype(np.int8),
+  "uint64": np.dtype(np.uint64),
+  "uint32": np.dtype(np.uint32),
+  "uint16": np.dtype(np.uint16),
+  "uint8": np.dtype(np.uint8),
+  "bool": np.dtype(np.bool_),
+  "complex64": np.dtype(np.complex64),
+  "complex128": np.dtype(np.complex128),
 }
 
 
@@ -161,28 +162,28 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
   def _allowed_globals(self) -> dict[tuple[str, str], Any]:
     allowed = {
-        ("collections", "OrderedDict"): collections.OrderedDict,
-        ("torch._utils", "_rebuild_tensor"): self._rebuild_tensor,
-        ("torch._utils", "_rebuild_tensor_v2"): self._rebuild_tensor_v2,
-        ("torch._utils", "_rebuild_tensor_v3"): self._rebuild_tensor_v3,
-        ("torch._utils", "_rebuild_parameter"): _identity,
-        ("torch._utils", "_rebuild_parameter_with_state"): _identity,
-        ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
-        ("torch._tensor", "Tensor"): _TensorClassMarker,
-        ("torch", "Tensor"): _TensorClassMarker,
-        ("torch.nn.parameter", "Parameter"): _TensorClassMarker,
-        ("torch", "Size"): tuple,
-        ("torch.storage", "UntypedStorage"): _StorageType(np.dtype(np.uint8)),
-        ("torch", "UntypedStorage"): _StorageType(np.dtype(np.uint8)),
-        ("yacs.config", "CfgNode"): _ConfigNode,
-        ("argparse", "Namespace"): _Namespace,
-        ("_codecs", "encode"): _codecs_encode,
-        ("numpy", "dtype"): np.dtype,
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy.core.multiarray", "scalar"): _numpy_scalar,
-        ("numpy._core.multiarray", "scalar"): _numpy_scalar,
-        ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
+      ("collections", "OrderedDict"): collections.OrderedDict,
+      ("torch._utils", "_rebuild_tensor"): self._rebuild_tensor,
+      ("torch._utils", "_rebuild_tensor_v2"): self._rebuild_tensor_v2,
+      ("torch._utils", "_rebuild_tensor_v3"): self._rebuild_tensor_v3,
+      ("torch._utils", "_rebuild_parameter"): _identity,
+      ("torch._utils", "_rebuild_parameter_with_state"): _identity,
+      ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
+      ("torch._tensor", "Tensor"): _TensorClassMarker,
+      ("torch", "Tensor"): _TensorClassMarker,
+      ("torch.nn.parameter", "Parameter"): _TensorClassMarker,
+      ("torch", "Size"): tuple,
+      ("torch.storage", "UntypedStorage"): _StorageType(np.dtype(np.uint8)),
+      ("torch", "UntypedStorage"): _StorageType(np.dtype(np.uint8)),
+      ("yacs.config", "CfgNode"): _ConfigNode,
+      ("argparse", "Namespace"): _Namespace,
+      ("_codecs", "encode"): _codecs_encode,
+      ("numpy", "dtype"): np.dtype,
+      ("numpy", "ndarray"): np.ndarray,
+      ("numpy.core.multiarray", "scalar"): _numpy_scalar,
+      ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+      ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
+      ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
     }
     for name, dtype in _STORAGE_DTYPES.items():
       allowed[("torch", name)] = _StorageType(dtype)
@@ -193,8 +194,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
       for container in (set, frozenset, list, dict, tuple, bytearray, complex):
         allowed[(module, container.__name__)] = container
     # TorchScript tags container types with these no-op builders.
-    for name in ("build_intlist", "build_doublelist", "build_boollist",
-                 "build_tensorlist", "restore_type_tag"):
+    for name in ("build_intlist", "build_doublelist", "build_boollist", "build_tensorlist", "restore_type_tag"):
       allowed[("torch.jit._pickle", name)] = _identity
     return allowed
 
@@ -208,17 +208,17 @@ class _RestrictedUnpickler(pickle.Unpickler):
       return self._globals[(module, name)]
     except KeyError:
       raise UnsafeCheckpointError(
-          f"{self._path}: refusing to load global '{module}.{name}': it is not "
-          "on the allowlist of plain tensor/config data, and unpickling it could "
-          "run arbitrary code.") from None
+        f"{self._path}: refusing to load global '{module}.{name}': it is not "
+        "on the allowlist of plain tensor/config data, and unpickling it could "
+        "run arbitrary code."
+      ) from None
 
   def persistent_load(self, pid):
     # ('storage', storage_type, key, location, numel[, view_metadata]).
-    if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage"
-            and isinstance(pid[1], _StorageType)):
+    if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage" and isinstance(pid[1], _StorageType)):
       raise CheckpointFormatError(
-          f"{self._path}: unsupported persistent id {pid!r} (expected a tensor "
-          "storage reference)")
+        f"{self._path}: unsupported persistent id {pid!r} (expected a tensor storage reference)"
+      )
     storage_type, key, numel = pid[1], str(pid[2]), pid[4]
     view_metadata = pid[5] if len(pid) == 6 else None
     if key not in self._storages:
@@ -229,32 +229,28 @@ class _RestrictedUnpickler(pickle.Unpickler):
       return storage
     # Legacy files could reference a slice of another storage.
     view_key, offset, view_numel = view_metadata
-    return _Storage(f"{key}/{view_key}",
-                    storage.elements[offset:offset + view_numel])
+    return _Storage(f"{key}/{view_key}", storage.elements[offset : offset + view_numel])
 
   def _rebuild_tensor(self, storage, storage_offset, size, stride):
     if not isinstance(storage, _Storage):
-      raise CheckpointFormatError(
-          f"{self._path}: tensor rebuilt from {type(storage).__name__}, "
-          "not from a storage")
-    return self._tensor_from_storage(storage, storage.elements.dtype,
-                                     storage_offset, size, stride)
+      raise CheckpointFormatError(f"{self._path}: tensor rebuilt from {type(storage).__name__}, not from a storage")
+    return self._tensor_from_storage(storage, storage.elements.dtype, storage_offset, size, stride)
 
-  def _rebuild_tensor_v2(self, storage, storage_offset, size, stride,
-                         requires_grad=False, backward_hooks=None,
-                         metadata=None):
+  def _rebuild_tensor_v2(
+    self, storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None
+  ):
     del requires_grad, backward_hooks, metadata  # Training-only state.
     return self._rebuild_tensor(storage, storage_offset, size, stride)
 
-  def _rebuild_tensor_v3(self, storage, storage_offset, size, stride,
-                         requires_grad, backward_hooks, dtype, metadata=None):
+  def _rebuild_tensor_v3(
+    self, storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype, metadata=None
+  ):
     del requires_grad, backward_hooks, metadata  # Training-only state.
     if not isinstance(storage, _Storage) or not isinstance(dtype, np.dtype):
       raise CheckpointFormatError(
-          f"{self._path}: malformed _rebuild_tensor_v3 arguments "
-          f"({type(storage).__name__}, {dtype!r})")
-    return self._tensor_from_storage(storage, dtype, storage_offset, size,
-                                     stride)
+        f"{self._path}: malformed _rebuild_tensor_v3 arguments ({type(storage).__name__}, {dtype!r})"
+      )
+    return self._tensor_from_storage(storage, dtype, storage_offset, size, stride)
 
   def _tensor_from_storage(self, storage, dtype, offset, size, stride):
     """Returns the numpy array the (offset, size, stride) view describes."""
@@ -263,36 +259,39 @@ class _RestrictedUnpickler(pickle.Unpickler):
     if elements.dtype != dtype:
       if elements.dtype != np.uint8:
         raise CheckpointFormatError(
-            f"{self._path}: storage {storage.key} holds {elements.dtype}, "
-            f"a tensor reads it as {dtype}")
+          f"{self._path}: storage {storage.key} holds {elements.dtype}, a tensor reads it as {dtype}"
+        )
       if elements.size % dtype.itemsize:
         raise CheckpointFormatError(
-            f"{self._path}: storage {storage.key} has {elements.size} bytes, "
-            f"not a whole number of {dtype} elements")
+          f"{self._path}: storage {storage.key} has {elements.size} bytes, not a whole number of {dtype} elements"
+        )
       elements = elements.view(dtype)
     if len(size) != len(stride) or any(s < 0 for s in size + stride):
-      raise CheckpointFormatError(
-          f"{self._path}: bad tensor geometry size={size} stride={stride}")
+      raise CheckpointFormatError(f"{self._path}: bad tensor geometry size={size} stride={stride}")
     if 0 in size:
       return np.zeros(size, dtype)
     last = offset + sum((n - 1) * s for n, s in zip(size, stride))
     if offset < 0 or last >= elements.size:
       raise CheckpointFormatError(
-          f"{self._path}: tensor (offset {offset}, size {size}, stride "
-          f"{stride}) reaches past the end of storage {storage.key} "
-          f"({elements.size} elements)")
+        f"{self._path}: tensor (offset {offset}, size {size}, stride "
+        f"{stride}) reaches past the end of storage {storage.key} "
+        f"({elements.size} elements)"
+      )
     numel = int(np.prod(size))
-    if (offset == 0 and numel == elements.size
-        and stride == _contiguous_strides(size)
-        and storage.key not in self._storages_given_whole):
+    if (
+      offset == 0
+      and numel == elements.size
+      and stride == _contiguous_strides(size)
+      and storage.key not in self._storages_given_whole
+    ):
       # The common case: the tensor is its whole storage; hand it over uncopied.
       self._storages_given_whole.add(storage.key)
       return elements.reshape(size)
     # Views of a shared storage get their own copy, so outputs never alias.
     itemsize = elements.itemsize
     view = np.lib.stride_tricks.as_strided(
-        elements[offset:], shape=size,
-        strides=tuple(s * itemsize for s in stride), writeable=False)
+      elements[offset:], shape=size, strides=tuple(s * itemsize for s in stride), writeable=False
+    )
     return np.array(view, copy=True)
 
 
@@ -349,15 +348,13 @@ class _ZipArchive:
       self._zip = zipfile.ZipFile(path)
       names = self._zip.namelist()
     except (zipfile.BadZipFile, OSError, EOFError) as error:
-      raise CheckpointFormatError(
-          f"{path}: not a readable torch zip archive ({error})") from error
-    pickles = [name for name in names
-               if name.endswith("/data.pkl") and name.count("/") == 1]
+      raise CheckpointFormatError(f"{path}: not a readable torch zip archive ({error})") from error
+    pickles = [name for name in names if name.endswith("/data.pkl") and name.count("/") == 1]
     if len(pickles) != 1:
       raise CheckpointFormatError(
-          f"{path}: expected exactly one '<archive>/data.pkl' record, found "
-          f"{pickles or 'none'}")
-    self.prefix = pickles[0][:-len("data.pkl")]
+        f"{path}: expected exactly one '<archive>/data.pkl' record, found {pickles or 'none'}"
+      )
+    self.prefix = pickles[0][: -len("data.pkl")]
     self._names = set(names)
 
   def close(self):
@@ -367,8 +364,7 @@ class _ZipArchive:
     return self.prefix + record in self._names
 
   def record_names(self) -> list[str]:
-    return [name[len(self.prefix):] for name in self._zip.namelist()
-            if name.startswith(self.prefix)]
+    return [name[len(self.prefix) :] for name in self._zip.namelist() if name.startswith(self.prefix)]
 
   def read(self, record: str) -> bytes:
     name = self.prefix + record
@@ -377,8 +373,7 @@ class _ZipArchive:
     try:
       return self._zip.read(name)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
-      raise CheckpointFormatError(
-          f"{self.path}: record '{name}' is corrupt ({error})") from error
+      raise CheckpointFormatError(f"{self.path}: record '{name}' is corrupt ({error})") from error
 
   def byteorder(self) -> str:
     if not self.has("byteorder"):
@@ -395,8 +390,9 @@ class _ZipArchive:
       raw = self.read(f"data/{key}")
       if len(raw) < numel * dtype.itemsize:
         raise CheckpointFormatError(
-            f"{self.path}: storage record data/{key} has {len(raw)} bytes, "
-            f"expected {numel} x {dtype} = {numel * dtype.itemsize}")
+          f"{self.path}: storage record data/{key} has {len(raw)} bytes, "
+          f"expected {numel} x {dtype} = {numel * dtype.itemsize}"
+        )
       stored = dtype.newbyteorder("<" if order == "little" else ">")
       elements = np.frombuffer(raw, dtype=stored, count=numel)
       # A writable native-order copy, so the arrays behave like any numpy array.
@@ -406,9 +402,11 @@ class _ZipArchive:
 
   def unpickle(self, record: str, allow_script_objects=False):
     unpickler = _RestrictedUnpickler(
-        io.BytesIO(self.read(record)), path=self.path,
-        storage_loader=self.storage_loader(),
-        allow_script_objects=allow_script_objects)
+      io.BytesIO(self.read(record)),
+      path=self.path,
+      storage_loader=self.storage_loader(),
+      allow_script_objects=allow_script_objects,
+    )
     return _unpickle(unpickler, self.path, record)
 
 
@@ -417,16 +415,21 @@ def _unpickle(unpickler: _RestrictedUnpickler, path, what: str):
     return _to_plain_data(unpickler.load())
   except (UnsafeCheckpointError, CheckpointFormatError):
     raise
-  except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError,
-          AttributeError, IndexError, struct.error) as error:
-    raise CheckpointFormatError(
-        f"{path}: cannot unpickle {what}: {type(error).__name__}: {error}"
-    ) from error
+  except (
+    pickle.UnpicklingError,
+    EOFError,
+    ValueError,
+    TypeError,
+    KeyError,
+    AttributeError,
+    IndexError,
+    struct.error,
+  ) as error:
+    raise CheckpointFormatError(f"{path}: cannot unpickle {what}: {type(error).__name__}: {error}") from error
 
 
 def _is_torchscript(archive: _ZipArchive) -> bool:
-  return archive.has("constants.pkl") and any(
-      name.startswith("code/") for name in archive.record_names())
+  return archive.has("constants.pkl") and any(name.startswith("code/") for name in archive.record_names())
 
 
 def is_torchscript_archive(path) -> bool:
@@ -469,16 +472,14 @@ def load_torch_file(path) -> Any:
     archive = _ZipArchive(path)
     try:
       if _is_torchscript(archive):
-        raise CheckpointFormatError(
-            f"{path} is a TorchScript archive; read it with "
-            "load_torchscript_state_dict")
+        raise CheckpointFormatError(f"{path} is a TorchScript archive; read it with load_torchscript_state_dict")
       return archive.unpickle("data.pkl")
     finally:
       archive.close()
   if tarfile.is_tarfile(path):
     raise CheckpointFormatError(
-        f"{path}: the pre-2018 tar checkpoint format is not supported; "
-        "re-save it with a recent torch.save")
+      f"{path}: the pre-2018 tar checkpoint format is not supported; re-save it with a recent torch.save"
+    )
   return _load_legacy(path)
 
 
@@ -486,8 +487,7 @@ def _load_legacy(path: pathlib.Path):
   """Reads the pre-1.6 format: magic, version, sys_info, object, keys, storages."""
   with open(path, "rb") as file:
     try:
-      header_unpickler = _RestrictedUnpickler(file, path=path,
-                                              storage_loader=None)
+      header_unpickler = _RestrictedUnpickler(file, path=path, storage_loader=None)
       magic = header_unpickler.load()
       version = header_unpickler.load()
       sys_info = header_unpickler.load()
@@ -495,17 +495,14 @@ def _load_legacy(path: pathlib.Path):
       raise  # a plain pickle with a dangerous global: say that, not "bad format"
     except Exception as error:
       raise CheckpointFormatError(
-          f"{path}: neither a torch zip archive nor a legacy torch.save "
-          f"file ({type(error).__name__}: {error})") from error
+        f"{path}: neither a torch zip archive nor a legacy torch.save file ({type(error).__name__}: {error})"
+      ) from error
     if magic != _LEGACY_MAGIC_NUMBER:
-      raise CheckpointFormatError(
-          f"{path}: not a torch checkpoint (bad magic number)")
+      raise CheckpointFormatError(f"{path}: not a torch checkpoint (bad magic number)")
     if version != _LEGACY_PROTOCOL_VERSION:
-      raise CheckpointFormatError(
-          f"{path}: unsupported legacy protocol version {version}")
+      raise CheckpointFormatError(f"{path}: unsupported legacy protocol version {version}")
     if not (isinstance(sys_info, dict) and sys_info.get("little_endian", True)):
-      raise CheckpointFormatError(
-          f"{path}: big-endian legacy files are not supported")
+      raise CheckpointFormatError(f"{path}: big-endian legacy files are not supported")
 
     # The storages come after the object's pickle, so a first pass over it
     # learns each storage's dtype (handing out zero-filled placeholders) and the
@@ -517,11 +514,9 @@ def _load_legacy(path: pathlib.Path):
       dtypes[key] = dtype
       return np.zeros(numel, dtype)
 
-    _unpickle(_RestrictedUnpickler(file, path=path, storage_loader=placeholder),
-              path, "the saved object")
+    _unpickle(_RestrictedUnpickler(file, path=path, storage_loader=placeholder), path, "the saved object")
     object_end = file.tell()
-    keys = _unpickle(_RestrictedUnpickler(file, path=path, storage_loader=None),
-                     path, "the storage key list")
+    keys = _unpickle(_RestrictedUnpickler(file, path=path, storage_loader=None), path, "the storage key list")
     offsets = {}
     for key in keys:
       header = file.read(8)
@@ -537,9 +532,7 @@ def _load_legacy(path: pathlib.Path):
         raise CheckpointFormatError(f"{path}: storage {key} is missing")
       offset, stored_numel = offsets[key]
       if stored_numel < numel:
-        raise CheckpointFormatError(
-            f"{path}: storage {key} has {stored_numel} elements, the pickle "
-            f"needs {numel}")
+        raise CheckpointFormatError(f"{path}: storage {key} has {stored_numel} elements, the pickle needs {numel}")
       file.seek(offset)
       raw = file.read(numel * dtype.itemsize)
       if len(raw) != numel * dtype.itemsize:
@@ -550,8 +543,7 @@ def _load_legacy(path: pathlib.Path):
     # in-memory copy of the object's pickle.
     file.seek(object_start)
     object_pickle = io.BytesIO(file.read(object_end - object_start))
-    unpickler = _RestrictedUnpickler(object_pickle, path=path,
-                                     storage_loader=load)
+    unpickler = _RestrictedUnpickler(object_pickle, path=path, storage_loader=load)
     return _unpickle(unpickler, path, "the saved object")
 
 
@@ -575,7 +567,7 @@ def _declared_state_names(archive: _ZipArchive) -> dict[str, list[str]]:
     if not (record.startswith("code/") and record.endswith(".py")):
       continue
     # code/__torch__/torch/nn/modules/linear.py defines __torch__.torch.nn.modules.linear.*
-    module = record[len("code/"):-len(".py")].replace("/", ".")
+    module = record[len("code/") : -len(".py")].replace("/", ".")
     class_name = None
     for line in archive.read(record).decode("utf-8", "replace").splitlines():
       class_match = _CLASS_LINE.match(line)
@@ -585,23 +577,20 @@ def _declared_state_names(archive: _ZipArchive) -> dict[str, list[str]]:
         continue
       names_match = _DECLARED_NAMES_LINE.match(line)
       if class_name and names_match:
-        declared[class_name][names_match.group(1)] = ast.literal_eval(
-            names_match.group(2))
-  return {name: names["__parameters__"] + names["__buffers__"]
-          for name, names in declared.items()}
+        declared[class_name][names_match.group(1)] = ast.literal_eval(names_match.group(2))
+  return {name: names["__parameters__"] + names["__buffers__"] for name, names in declared.items()}
 
 
-def _flatten_script_module(module: _ScriptObject, prefix: str,
-                           declared: Mapping[str, list[str]],
-                           state_dict: dict[str, np.ndarray]) -> None:
+def _flatten_script_module(
+  module: _ScriptObject, prefix: str, declared: Mapping[str, list[str]], state_dict: dict[str, np.ndarray]
+) -> None:
   """Adds a module's parameters and buffers, then its children's, like state_dict()."""
   attributes = getattr(module, "attributes", {})
   names = declared.get(module.qualified_name)
   if names is None:
     # No declaration in code/: every tensor attribute is taken, which may include
     # plain tensor attributes (e.g. an attention mask) that state_dict() skips.
-    names = [name for name, value in attributes.items()
-             if isinstance(value, np.ndarray)]
+    names = [name for name, value in attributes.items() if isinstance(value, np.ndarray)]
   for name in names:
     value = attributes.get(name)
     if isinstance(value, np.ndarray):  # None: an absent optional parameter.
@@ -637,15 +626,14 @@ def load_torchscript_state_dict(path) -> dict[str, np.ndarray]:
   try:
     if not _is_torchscript(archive):
       raise CheckpointFormatError(
-          f"{path} is not a TorchScript archive (no constants.pkl and code/); "
-          "read it with load_torch_file")
+        f"{path} is not a TorchScript archive (no constants.pkl and code/); read it with load_torch_file"
+      )
     declared = _declared_state_names(archive)
     root = archive.unpickle("data.pkl", allow_script_objects=True)
   finally:
     archive.close()
   if not isinstance(root, _ScriptObject):
-    raise CheckpointFormatError(
-        f"{path}: data.pkl holds {type(root).__name__}, not a scripted module")
+    raise CheckpointFormatError(f"{path}: data.pkl holds {type(root).__name__}, not a scripted module")
   state_dict = {}
   _flatten_script_module(root, "", declared, state_dict)
   return state_dict
@@ -722,7 +710,7 @@ class _PickleWriter:
     # SETITEMS batches of 1000, as pickle itself does, bound the unpickler's stack.
     for batch_start in range(0, len(items), 1000):
       self._out.write(pickle.MARK)
-      for key, item in items[batch_start:batch_start + 1000]:
+      for key, item in items[batch_start : batch_start + 1000]:
         if not isinstance(key, str):
           raise ValueError(f"{self._path}: key {key!r} in {where} is not a string")
         self._string(key)
@@ -733,9 +721,10 @@ class _PickleWriter:
     """_rebuild_tensor_v2(storage, 0, shape, strides, False, OrderedDict())."""
     if array.dtype not in _STORAGE_NAME_BY_DTYPE:
       raise ValueError(
-          f"{self._path}: {where} has dtype {array.dtype}, which torch.save's "
-          f"typed storages cannot hold (supported: "
-          f"{sorted(str(d) for d in _STORAGE_NAME_BY_DTYPE)})")
+        f"{self._path}: {where} has dtype {array.dtype}, which torch.save's "
+        f"typed storages cannot hold (supported: "
+        f"{sorted(str(d) for d in _STORAGE_NAME_BY_DTYPE)})"
+      )
     storage_key = str(len(self.arrays))
     self.arrays.append(array)
     self._global("torch._utils", "_rebuild_tensor_v2")
@@ -792,8 +781,7 @@ def save_torch_checkpoint(checkpoint: Mapping[str, Any], path) -> None:
     out.writestr(_aligned_zip_info(out, archive + "byteorder"), b"little")
     for key, array in enumerate(writer.arrays):
       little_endian = np.ascontiguousarray(array, array.dtype.newbyteorder("<"))
-      out.writestr(_aligned_zip_info(out, f"{archive}data/{key}"),
-                   little_endian.tobytes())
+      out.writestr(_aligned_zip_info(out, f"{archive}data/{key}"), little_endian.tobytes())
     out.writestr(_aligned_zip_info(out, archive + "version"), b"3\n")
 
 
@@ -807,10 +795,7 @@ def save_torch_state_dict(state_dict: Mapping[str, Any], path) -> None:
   Raises:
     ValueError: a key is not a string or an array's dtype has no torch storage type.
   """
-  save_torch_checkpoint(
-      collections.OrderedDict(
-          (name, np.asarray(value)) for name, value in state_dict.items()),
-      path)
+  save_torch_checkpoint(collections.OrderedDict((name, np.asarray(value)) for name, value in state_dict.items()), path)
 
 
 # Top-level entries of a training checkpoint that hold optimiser state, not weights.
@@ -844,24 +829,18 @@ def read_state_dict(path) -> tuple[dict[str, np.ndarray], dict]:
     return load_torchscript_state_dict(path), {}
   loaded = load_torch_file(path)
   if not isinstance(loaded, dict):
-    raise ValueError(
-        f"{path}: holds a {type(loaded).__name__}, not a state dict or a "
-        "training checkpoint")
-  state_dict_key = next((key for key in _STATE_DICT_KEYS
-                         if isinstance(loaded.get(key), dict)), None)
+    raise ValueError(f"{path}: holds a {type(loaded).__name__}, not a state dict or a training checkpoint")
+  state_dict_key = next((key for key in _STATE_DICT_KEYS if isinstance(loaded.get(key), dict)), None)
   if state_dict_key is None:
     state_dict, extras = loaded, {}
   else:
     state_dict = loaded[state_dict_key]
-    extras = {key: value for key, value in loaded.items()
-              if key != state_dict_key and key not in _TRAINING_STATE_KEYS}
+    extras = {key: value for key, value in loaded.items() if key != state_dict_key and key not in _TRAINING_STATE_KEYS}
   arrays = {}
   for name, value in state_dict.items():
     if isinstance(value, (int, float)) and not isinstance(value, bool):
       value = np.asarray(value)
     if not isinstance(value, np.ndarray):
-      raise ValueError(
-          f"{path}: state dict entry '{name}' is a {type(value).__name__}, "
-          "not a tensor")
+      raise ValueError(f"{path}: state dict entry '{name}' is a {type(value).__name__}, not a tensor")
     arrays[name.removeprefix("module.")] = value
   return arrays, extras
