@@ -96,7 +96,8 @@ def _color_jitter(frames: tf.Tensor, params: dict[str, tf.Tensor]):
     lambda x: tf.image.adjust_hue(x / 255.0, params["hue"]) * 255.0,
   ]
   for step in range(len(operations)):
-    frames = tf.switch_case(params["jitter_order"][step], [lambda op=op: op(frames) for op in operations])
+    # switch_case calls the branch it picks right away, so each lambda sees this step's `frames`.
+    frames = tf.switch_case(params["jitter_order"][step], [lambda op=op: op(frames) for op in operations])  # noqa: B023
   return frames
 
 

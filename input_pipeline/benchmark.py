@@ -27,12 +27,11 @@ import os
 import tempfile
 import time
 
-import numpy as np
-from PIL import Image
-
 from absl import app
 from absl import flags
 from absl import logging
+import numpy as np
+from PIL import Image
 
 from input_pipeline import augment
 from input_pipeline import build_tfds

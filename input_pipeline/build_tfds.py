@@ -28,6 +28,7 @@ path, left out and listed in its shard's marker; more than `--max_bad_fraction`
 of them stops the build with an error before the metadata is written.
 """
 
+from collections.abc import Iterator, Sequence
 from concurrent import futures
 import dataclasses
 import hashlib
@@ -36,7 +37,6 @@ import json
 import multiprocessing
 import os
 import re
-from typing import Iterator, Optional, Sequence
 
 from absl import app
 from absl import flags
@@ -63,8 +63,8 @@ class BuildConfig:
   annotations_sha256: str
   labels_sha256: str
   short_side: int
-  fps: Optional[float]
-  max_frames: Optional[int]
+  fps: float | None
+  max_frames: int | None
   jpeg_quality: int
   videos_per_shard: int
 
@@ -82,7 +82,7 @@ def features(label_names: Sequence[str]) -> tfds.features.FeaturesDict:
 
 
 def stored_frame_indices(
-  num_frames: int, source_fps: Optional[float], fps: Optional[float], max_frames: Optional[int]
+  num_frames: int, source_fps: float | None, fps: float | None, max_frames: int | None
 ) -> np.ndarray:
   """Frames kept from a video: all, or every frame of an fps cap, then a cap.
 
@@ -107,7 +107,7 @@ def resized_shape(height: int, width: int, short_side: int) -> tuple[int, int]:
   return round(height * scale), round(width * scale)
 
 
-def _frame_rate(video_bytes: bytes) -> Optional[float]:
+def _frame_rate(video_bytes: bytes) -> float | None:
   """Frames per second; None where the container does not say (no fps cap)."""
   with av.open(io.BytesIO(video_bytes)) as container:
     rate = container.streams.video[0].average_rate
@@ -134,7 +134,7 @@ class VideoEncoder:
       input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8), tf.TensorSpec([2], tf.int32)],
     )
 
-  def __call__(self, task: tuple[int, annotations.VideoRecord]) -> tuple[Optional[bytes], Optional[str]]:
+  def __call__(self, task: tuple[int, annotations.VideoRecord]) -> tuple[bytes | None, str | None]:
     """Returns (serialized example, None) or (None, why it was skipped)."""
     index, record = task
     try:
@@ -161,7 +161,7 @@ class VideoEncoder:
     ), None
 
 
-_worker_encoder: Optional[VideoEncoder] = None
+_worker_encoder: VideoEncoder | None = None
 
 
 def _init_worker(root, config, label_names):
@@ -204,7 +204,7 @@ class SplitWriter:
   def final_path(self, shard: int) -> str:
     return os.path.join(self.output_dir, self.shard_name(shard))
 
-  def read_marker(self, shard: int) -> Optional[dict]:
+  def read_marker(self, shard: int) -> dict | None:
     if not tf.io.gfile.exists(self.marker_path(shard)):
       return None
     with tf.io.gfile.GFile(self.marker_path(shard)) as f:
@@ -229,7 +229,7 @@ class SplitWriter:
     with tf.io.gfile.GFile(path, "w") as f:
       json.dump(wanted, f, indent=2)
 
-  def write_shard(self, shard: int, results: Iterator[tuple[Optional[bytes], Optional[str]]], progress: tqdm.tqdm):
+  def write_shard(self, shard: int, results: Iterator[tuple[bytes | None, str | None]], progress: tqdm.tqdm):
     """Writes a shard from its videos' results, then marks it done."""
     staged = self.staged_path(shard)
     num_examples, skipped = 0, []
@@ -348,8 +348,8 @@ def build_split(
   split: str = "train",
   name: str = "videos",
   short_side: int = 256,
-  fps: Optional[float] = None,
-  max_frames: Optional[int] = None,
+  fps: float | None = None,
+  max_frames: int | None = None,
   jpeg_quality: int = 90,
   videos_per_shard: int = 64,
   num_workers: int = 0,

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
+import video_fixtures
 
 from input_pipeline import build_tfds
 from input_pipeline import video_decode
-import video_fixtures
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LENGTHS = (20, 24, 28, 32, 36)

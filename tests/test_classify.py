@@ -4,9 +4,9 @@ import json
 
 import numpy as np
 import pytest
+import video_fixtures
 
 from input_pipeline import video_decode
-import video_fixtures
 import xclip_jax
 from xclip_jax import classify
 

@@ -2,9 +2,9 @@
 
 import pytest
 
-import xclip_jax
 from configs import common
 from configs import model as model_config
+import xclip_jax
 
 
 @pytest.mark.parametrize("arch", sorted(xclip_jax.PRESETS))

@@ -4,6 +4,7 @@ import pathlib
 
 import numpy as np
 import pytest
+import video_fixtures
 
 from input_pipeline import augment
 from input_pipeline import build_tfds
@@ -11,7 +12,6 @@ from input_pipeline import sampling
 from input_pipeline import tfds_dataset
 from input_pipeline import video_dataset
 from input_pipeline import video_decode
-import video_fixtures
 
 NUM_VIDEOS = 3
 # Indexed videos for evaluation: one shorter than the 8 frames of a clip.

@@ -7,11 +7,11 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+import video_fixtures
 
 from input_pipeline import build_tfds
 from input_pipeline import tfds_dataset
 from input_pipeline import video_dataset
-import video_fixtures
 
 NUM_VIDEOS = 6
 CLIP = dict(num_frames=4, input_size=32)
@@ -93,7 +93,7 @@ def test_a_video_the_build_skipped_is_counted_and_training_goes_on(records):
   assert failures.paths == {"junk.mp4"}
   assert failures.count >= 1
   # Twelve clips from one epoch and a half: every good video was read.
-  assert {int(l) for b in batches for l in b["label"]} == set(range(6))
+  assert {int(label) for b in batches for label in b["label"]} == set(range(6))
 
 
 def test_too_many_skipped_videos_stop_training(records):
@@ -126,7 +126,7 @@ def test_evaluation_sees_every_video_once_across_hosts(records):
     num_batches.add(len(batches))
     for batch in batches:
       assert batch["video"].shape == (3, 6, 4, 32, 32, 3)
-      seen += [(int(i), int(l)) for i, l, m in zip(batch["index"], batch["label"], batch["mask"]) if m]
+      seen += [(int(i), int(label)) for i, label, m in zip(batch["index"], batch["label"], batch["mask"]) if m]
   assert num_batches == {2}  # 7 lines: 4 per host, padded to 2 batches of 3.
   # Lines 0-2 and 4-6 are videos 0-5; line 3 (junk) is masked out.
   assert sorted(seen) == [(0, 0), (1, 1), (2, 2), (4, 3), (5, 4), (6, 5)]

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from xclip_jax import tokenizer as tokenizer_lib
-from xclip_jax.tokenizer import Tokenizer, tokenize
+from xclip_jax.tokenizer import Tokenizer
+from xclip_jax.tokenizer import tokenize
 
 START = tokenizer_lib.START_TOKEN
 END = tokenizer_lib.END_TOKEN

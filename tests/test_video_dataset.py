@@ -8,10 +8,10 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+import video_fixtures
 
 from input_pipeline import video_dataset
 from input_pipeline import video_decode
-import video_fixtures
 
 T = 4
 SIZE = 32

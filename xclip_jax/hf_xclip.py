@@ -15,9 +15,10 @@ layouts:
 directions check completeness: a tensor left over or missing is an error naming it.
 """
 
+from collections.abc import Mapping
 import json
 import pathlib
-from typing import Any, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import safetensors.numpy
@@ -402,7 +403,7 @@ def hf_from_official(
 
 def _read_hf_tensors(directory: pathlib.Path) -> dict[str, np.ndarray]:
   """All tensors of a Hugging Face checkpoint directory, single-file or sharded."""
-  for index_name, reads_torch in ((SAFETENSORS_INDEX_FILE, False), (PYTORCH_INDEX_FILE, True)):
+  for index_name, reads_torch in ((SAFETENSORS_INDEX_FILE, False), (PYTORCH_INDEX_FILE, True)):  # noqa: B007 (read after the break)
     if (directory / index_name).is_file():
       weight_map = json.loads((directory / index_name).read_text()).get("weight_map")
       if not isinstance(weight_map, dict):

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from xclip_jax import official
 from xclip_jax import hf_xclip
 from xclip_jax import model as model_lib
+from xclip_jax import official
 from xclip_jax import torch_io
 
 # A converted checkpoint is a directory holding this file (the architecture) and an orbax checkpoint of the params.

@@ -20,6 +20,7 @@ parameter/buffer names each class declares in the archive's `code/` listing
 
 import ast
 import collections
+from collections.abc import Callable, Mapping
 import io
 import os
 import pathlib
@@ -27,8 +28,8 @@ import pickle
 import re
 import struct
 import tarfile
+from typing import Any
 import zipfile
-from typing import Any, Callable, Mapping
 
 import ml_dtypes
 import numpy as np
