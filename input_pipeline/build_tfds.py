@@ -485,6 +485,11 @@ def main(argv):
   logging.info("Wrote %s: %s", _OUTPUT_DIR.value, builder.info.splits)
 
 
-if __name__ == "__main__":
+def run():
+  """The console entry point."""
   flags.mark_flags_as_required(["annotations", "root", "labels", "output_dir"])
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

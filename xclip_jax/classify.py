@@ -66,6 +66,11 @@ def define_flags():
   flags.DEFINE_integer("top_k", 5, "Classes to print per video.")
 
 
-if __name__ == "__main__":
+def run():
+  """The console entry point."""
   define_flags()
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -51,6 +51,11 @@ def define_flags():
   flags.DEFINE_integer("num_frames", None, "Frames per video (default: the checkpoint's).")
 
 
-if __name__ == "__main__":
+def run():
+  """The console entry point."""
   define_flags()
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()
