@@ -1,5 +1,7 @@
 """Helpers shared by the config files."""
 
+import ml_collections
+
 
 def parse_arg(arg: str | None, **defaults):
   """Parses a config argument `key=value,key=value` over typed defaults (as in `configs/model.py:arch=ViT-B/16`).
@@ -24,3 +26,81 @@ def parse_arg(arg: str | None, **defaults):
       except ValueError as error:
         raise ValueError(f"config argument {key}={value!r} is not of type {kind.__name__}") from error
   return values
+
+
+def experiment_config(*, small: bool = False) -> ml_collections.ConfigDict:
+  """Every field of an experiment, with the official X-CLIP defaults (Kinetics-400, ViT-B/32, 8 frames).
+
+  The dataset files set `data`, `num_classes` and what differs from these; `small=True` shrinks the run to
+  minutes on a CPU (a few steps, tiny batches) for trying a setup end to end.
+  """
+  config = ml_collections.ConfigDict()
+  config.mode = "train"  # train: fine-tune, then the multi-view evaluation; eval: evaluate init.checkpoint only.
+  config.seed = 0
+
+  # Initialisation: exactly one of the two for training; `init.checkpoint` for eval. With neither, the model is
+  # built from `arch` with the official random initialisation (for trying things out).
+  config.init = ml_collections.ConfigDict()
+  config.init.clip = ml_collections.FieldReference(
+    None, field_type=str
+  )  # OpenAI CLIP .pt / state dict, HF CLIPModel dir
+  config.init.checkpoint = ml_collections.FieldReference(None, field_type=str)  # anything `load_pretrained` reads
+  config.arch = "ViT-B/32"
+  config.num_frames = 8
+  config.input_size = 224
+
+  # Data: an annotation file of `relative/path.mp4 label` lines, the folder or .tar the paths are relative to,
+  # and an `id,name` CSV of the class names. `tfds_dir` instead reads records written by input_pipeline.build_tfds.
+  config.data = ml_collections.ConfigDict()
+  config.data.root = ""
+  config.data.train_file = ""
+  config.data.val_file = ""
+  config.data.label_list = ""
+  config.data.tfds_dir = ""
+  config.data.train_split = "train"
+  config.data.val_split = "val"
+  config.data.shots = 0  # > 0: train on K videos per class (few-shot), drawn with `seed`
+  config.data.max_failure_fraction = 0.01  # share of videos allowed to fail to decode before the run stops
+  config.num_classes = 400
+
+  # Optimisation (official defaults: 8 videos per GPU x 8 GPUs x accumulation 4 = 256 per optimiser step).
+  config.lr = 8e-6
+  config.weight_decay = 1e-3
+  config.epochs = 30
+  config.warmup_epochs = 5
+  config.steps_per_epoch = ml_collections.FieldReference(None, field_type=int)  # None: train videos // batch_size
+  config.batch_size = 256  # global, per optimiser step
+  config.accumulation_steps = 1  # micro-batches per step: the same step in less memory
+  config.freeze_text = True
+  config.label_smoothing = 0.1
+  config.mixup = 0.8
+  config.cutmix = 1.0
+  config.mixup_switch_prob = 0.5
+  config.droppath = 0.0
+  config.dtype = "float32"  # compute dtype; "bfloat16" on accelerators (parameters stay float32)
+  config.remat = False
+
+  config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
+
+  # Evaluation: one view during training, the official 4 clips x 3 crops at the end.
+  config.eval_batch_size = 64
+  config.eval_every_epochs = 1
+  config.final_eval_clips = 4
+  config.final_eval_crops = 3
+
+  config.log_every_steps = 50
+  config.checkpoint_every_steps = 500
+  config.keep_checkpoints = 3
+
+  if small:
+    config.arch = "ViT-B/32"
+    config.epochs = 1
+    config.warmup_epochs = 0
+    config.steps_per_epoch = 4
+    config.batch_size = 2
+    config.eval_batch_size = 2
+    config.final_eval_clips = 1
+    config.final_eval_crops = 1
+    config.log_every_steps = 1
+    config.checkpoint_every_steps = 2
+  return config

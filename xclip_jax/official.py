@@ -44,6 +44,11 @@ def _flax_entry(name: str, value: np.ndarray) -> tuple[tuple[str, ...], np.ndarr
   return tuple(parts), value
 
 
+def flax_name(name: str, value: np.ndarray) -> str:
+  """The '/'-joined Flax name of the official parameter `name` (the training rules are written over these)."""
+  return "/".join(_flax_entry(name, np.asarray(value))[0])
+
+
 def _official_entry(path: tuple[str, ...], value: np.ndarray) -> tuple[str, np.ndarray]:
   parts = list(path)
   if parts[-1] in ("scale", "embedding"):
