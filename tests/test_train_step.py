@@ -1,0 +1,81 @@
+"""Gradient accumulation, sharding, freezing and the step's inputs."""
+
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import train_fixtures
+
+from xclip_jax import sharding
+from xclip_jax import train
+
+TESTS = pathlib.Path(__file__).resolve().parent
+
+
+def run_steps(config, batches, model=None):
+  state = train.create_train_state(config, model or train_fixtures.tiny_model(), train_fixtures.text_ids())
+  for batch in batches:
+    state, metrics = train.train_step(state, batch)
+  return jax.device_get(state.params), jax.device_get(metrics)
+
+
+@pytest.mark.parametrize("freeze_text", [True, False])
+def test_accumulated_step_equals_the_full_batch_step(freeze_text):
+  # Steps 2 and 3 run at a non-zero learning rate; int labels exercise Mixup/CutMix before the split.
+  batches = [train_fixtures.batch(seed) for seed in range(3)]
+  before = train_fixtures.tiny_model().params
+  full, full_metrics = run_steps(train_fixtures.tiny_config(freeze_text=freeze_text), batches)
+  accumulated, metrics = run_steps(train_fixtures.tiny_config(freeze_text=freeze_text, accumulation_steps=4), batches)
+  np.testing.assert_allclose(metrics["loss"], full_metrics["loss"], rtol=1e-5)
+  train_fixtures.assert_updates_close(before, accumulated, full)
+
+
+def test_frozen_text_tower_keeps_its_values_and_has_no_optimiser_state():
+  model = train_fixtures.tiny_model()
+  config = train_fixtures.tiny_config()
+  state = train.create_train_state(config, model, train_fixtures.text_ids())
+  trainable_names = set(state.recipe.trainable)
+  assert "logit_scale" not in trainable_names and "transformer/resblocks_0/attn/in_proj/weight" not in trainable_names
+  assert "visual/transformer/resblocks_0/message_fc/weight" in trainable_names
+  adam_state = state.opt_state[0]
+  assert set(sharding.flat_names(adam_state.mu)) == trainable_names
+  for seed in range(3):
+    state, _ = train.train_step(state, train_fixtures.batch(seed))
+  before, after = sharding.flat_names(model.params), sharding.flat_names(jax.device_get(state.params))
+  for name in before:
+    if name in trainable_names:
+      assert not np.array_equal(before[name], after[name]), name
+    else:
+      np.testing.assert_array_equal(before[name], after[name], err_msg=name)
+
+
+def test_unfrozen_text_trains_every_parameter():
+  state = train.create_train_state(
+    train_fixtures.tiny_config(freeze_text=False), train_fixtures.tiny_model(), train_fixtures.text_ids()
+  )
+  assert set(state.recipe.trainable) == set(sharding.flat_names(state.params))
+  assert state.text.dtype == np.int32  # token ids, encoded at every step
+
+
+def test_wrong_number_of_class_texts_is_refused():
+  with pytest.raises(ValueError, match="num_classes"):
+    train.create_train_state(train_fixtures.tiny_config(), train_fixtures.tiny_model(), train_fixtures.text_ids(3))
+
+
+def test_schedule_without_steps_per_epoch_is_refused():
+  with pytest.raises(ValueError, match="steps_per_epoch"):
+    train.create_train_state(
+      train_fixtures.tiny_config(steps_per_epoch=None), train_fixtures.tiny_model(), train_fixtures.text_ids()
+    )
+
+
+def test_sharded_step_equals_the_single_device_step():
+  # 8 forced CPU devices need a fresh process (the device count is fixed when JAX starts).
+  result = subprocess.run(
+    [sys.executable, str(TESTS / "sharded_step_check.py")], capture_output=True, text=True, cwd=TESTS.parent
+  )
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  assert "sharded step matches" in result.stdout
