@@ -401,7 +401,7 @@ def hf_from_official(
   return hf, hf_config_from_arch(arch)
 
 
-def _read_hf_tensors(directory: pathlib.Path) -> dict[str, np.ndarray]:
+def read_hf_tensors(directory: pathlib.Path) -> dict[str, np.ndarray]:
   """All tensors of a Hugging Face checkpoint directory, single-file or sharded."""
   for index_name, reads_torch in ((SAFETENSORS_INDEX_FILE, False), (PYTORCH_INDEX_FILE, True)):  # noqa: B007 (read after the break)
     if (directory / index_name).is_file():
@@ -476,5 +476,5 @@ def read_hf_checkpoint(directory) -> tuple[dict[str, np.ndarray], dict]:
   except json.JSONDecodeError as error:
     raise ValueError(f"{config_path}: invalid JSON ({error})") from error
   arch = arch_from_hf_config(config, where=str(config_path))
-  state_dict = official_from_hf(_read_hf_tensors(directory), arch, where=str(directory))
+  state_dict = official_from_hf(read_hf_tensors(directory), arch, where=str(directory))
   return state_dict, arch
