@@ -2,6 +2,8 @@
 
 import ml_collections
 
+from xclip_jax import model as model_lib
+
 
 def parse_arg(arg: str | None, **defaults):
   """Parses a config argument `key=value,key=value` over typed defaults (as in `configs/model.py:arch=ViT-B/16`).
@@ -45,7 +47,7 @@ def experiment_config(*, small: bool = False) -> ml_collections.ConfigDict:
     None, field_type=str
   )  # OpenAI CLIP .pt / state dict, HF CLIPModel dir
   config.init.checkpoint = ml_collections.FieldReference(None, field_type=str)  # anything `load_pretrained` reads
-  config.arch = "ViT-B/32"
+  config.arch = "ViT-B/32"  # checked against the init checkpoint; "" takes whatever backbone the checkpoint has
   config.num_frames = 8
   config.input_size = 224
 
@@ -103,4 +105,26 @@ def experiment_config(*, small: bool = False) -> ml_collections.ConfigDict:
     config.final_eval_crops = 1
     config.log_every_steps = 1
     config.checkpoint_every_steps = 2
+  return config
+
+
+def set_arch(config: ml_collections.ConfigDict, arch: str, frames: int):
+  """The backbone and frame count; the official settings that go with them (L/14 at 336px: 336 crops, remat)."""
+  model_lib.preset(arch, num_frames=frames)  # refuses an unknown name, listing the known ones
+  config.arch = arch
+  config.num_frames = frames
+  config.input_size = model_lib.PRESETS[arch]["image_resolution"]
+  config.remat = arch.startswith("ViT-L")
+
+
+def few_shot_config(options: dict) -> ml_collections.ConfigDict:
+  """The official few-shot recipe: 50 epochs, lr 2e-6, global batch 64 (4 per GPU x 8 GPUs x accumulation 2)."""
+  config = experiment_config(small=options["small"])
+  set_arch(config, options["arch"], options["frames"])
+  config.data.shots = options["shots"]
+  config.lr = 2e-6
+  if not options["small"]:
+    config.epochs = 50
+    config.batch_size = 64
+    config.eval_batch_size = 32
   return config

@@ -1,0 +1,123 @@
+"""An experiment's datasets, from its config: checked paths, class names, few-shot lists, and the tf.data streams."""
+
+import dataclasses
+import os
+import pathlib
+
+import jax
+import ml_collections
+
+from input_pipeline import annotations
+from input_pipeline import subsets
+from input_pipeline import tfds_dataset
+from input_pipeline import video_dataset
+
+
+def check_exists(path: str, field: str, kind: str = "file") -> str:
+  """Returns `path`, or raises naming the config field to set."""
+  if not path:
+    raise ValueError(f"config.{field} is not set: give the {kind} with --config.{field}=PATH")
+  exists = os.path.isdir(path) if kind == "folder" else os.path.exists(path)
+  if not exists:
+    raise FileNotFoundError(f"config.{field}: {path} does not exist (set --config.{field}=PATH)")
+  return path
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSet:
+  """One evaluation list with its classes: videos labelled 0..len(class_names)-1."""
+
+  name: str
+  annotation_file: str
+  root: str
+  label_list: str
+  class_names: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  class_names: tuple[str, ...]
+  num_train_videos: int
+  train_file: str  # the list training reads (the few-shot subset when data.shots > 0)
+
+
+def _class_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  names = tuple(annotations.read_label_list(check_exists(config.data.label_list, "data.label_list")))
+  if len(names) != config.num_classes:
+    raise ValueError(
+      f"config.num_classes is {config.num_classes} but {config.data.label_list} lists {len(names)} classes"
+    )
+  return names
+
+
+def resolve(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Experiment:
+  """Checks the data the config names and prepares the training list (writing the few-shot subset to workdir)."""
+  class_names = _class_names(config)
+  if config.mode == "eval":
+    return Experiment(class_names, 0, "")
+  if config.data.tfds_dir:
+    if config.data.shots:
+      raise ValueError("data.shots (few-shot lists) needs annotation files, not data.tfds_dir records")
+    index = tfds_dataset.RecordIndex.load(check_exists(config.data.tfds_dir, "data.tfds_dir", "folder"), "train")
+    return Experiment(class_names, index.num_videos, "")
+  train_file = check_exists(config.data.train_file, "data.train_file")
+  check_exists(config.data.root, "data.root", "folder or .tar")
+  records = annotations.read_annotations(train_file, config.num_classes)
+  if config.data.shots:
+    records = subsets.k_shot_subset(records, config.num_classes, config.data.shots, config.seed)
+    train_file = str(workdir / f"train_{config.data.shots}shot.txt")
+    if jax.process_index() == 0:
+      workdir.mkdir(parents=True, exist_ok=True)
+      pathlib.Path(train_file).write_text("".join(f"{r.path} {r.label}\n" for r in records))
+    jax.experimental.multihost_utils.sync_global_devices("few-shot list written")
+  return Experiment(class_names, len(records), train_file)
+
+
+def train_stream(config, experiment: Experiment, start_position: int, failures: video_dataset.FailureLog):
+  """This process's endless stream of training batches (its share of the global batch)."""
+  options = dict(
+    num_frames=config.num_frames,
+    input_size=config.input_size,
+    batch_size=_per_process(config.batch_size, "batch_size"),
+    seed=config.seed,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    max_failure_fraction=config.data.max_failure_fraction,
+    start_position=start_position,
+    failures=failures,
+  )
+  if config.data.tfds_dir:
+    return tfds_dataset.make_train_dataset(config.data.tfds_dir, config.data.train_split, **options)
+  return video_dataset.make_train_dataset(experiment.train_file, config.data.root, config.data.label_list, **options)
+
+
+def validation_set(config, experiment: Experiment) -> EvalSet:
+  if config.data.tfds_dir:
+    return EvalSet("val", "", config.data.tfds_dir, config.data.label_list, experiment.class_names)
+  val_file = check_exists(config.data.val_file, "data.val_file")
+  check_exists(config.data.root, "data.root", "folder or .tar")
+  return EvalSet("val", val_file, config.data.root, config.data.label_list, experiment.class_names)
+
+
+def eval_stream(config, eval_set: EvalSet, num_clips: int, num_crops: int, failures: video_dataset.FailureLog):
+  """This process's evaluation batches of `eval_set`: every video once over all processes, padding masked."""
+  options = dict(
+    num_frames=config.num_frames,
+    input_size=config.input_size,
+    batch_size=_per_process(config.eval_batch_size, "eval_batch_size"),
+    num_clips=num_clips,
+    num_crops=num_crops,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    max_failure_fraction=config.data.max_failure_fraction,
+    failures=failures,
+  )
+  if not eval_set.annotation_file:
+    return tfds_dataset.make_eval_dataset(eval_set.root, config.data.val_split, **options)
+  return video_dataset.make_eval_dataset(eval_set.annotation_file, eval_set.root, eval_set.label_list, **options)
+
+
+def _per_process(global_size: int, field: str) -> int:
+  if global_size % jax.process_count():
+    raise ValueError(f"config.{field}={global_size} is not divisible by the {jax.process_count()} processes")
+  return global_size // jax.process_count()
