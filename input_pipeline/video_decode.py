@@ -24,8 +24,9 @@ the packet's presentation timestamp, so
   by the decoder (skip_frame=NONREF per packet).
 
 The exact path serves everything else: VP8, VP9 and AV1, whose packets may
-carry hidden frames that are shown later (and dav1d's skipping drops frames
-that later packets show, which is why AV1 failed on the fast path); AVI,
+carry hidden frames that are shown later (and dav1d reads skip_frame once,
+when it opens, so NONREF at the first packet dropped every unreferenced frame
+of an AV1 video, wanted or not); AVI,
 whose timestamps follow decode order, so frames behind B-frames would be
 misplaced; and fast-path streams that break its assumptions (a missing or
 repeated timestamp, a first packet that is no keyframe, packets the container
@@ -214,7 +215,7 @@ class _Video:
       return None
     return None
 
-  def decode_every_frame(self, wanted: set[int], stop_when_wanted_are_done: bool) -> tuple[dict[int, np.ndarray], int]:
+  def decode_every_frame(self, wanted: set[int], stop_once_wanted_are_out: bool) -> tuple[dict[int, np.ndarray], int]:
     """The exact path: the wanted frames by output position, and the number of frames that came out."""
     codec = self._stream.codec_context
     # Forgets a fast-path attempt.
@@ -230,7 +231,7 @@ class _Video:
           if num_frames in wanted:
             frames[num_frames] = self._to_rgb(frame)
           num_frames += 1
-        if stop_when_wanted_are_done and len(frames) == len(wanted):
+        if stop_once_wanted_are_out and len(frames) == len(wanted):
           break
     except av.FFmpegError as e:
       raise VideoDecodeError(f"decoding failed ({e})") from e
@@ -269,7 +270,11 @@ def count_frames(video_bytes: bytes) -> int:
   """Returns the number of frames a full decode yields (those decode_frames can address)."""
   video = _Video(video_bytes)
   try:
-    num_frames = video.num_packets if video.is_packet_indexed else video.decode_every_frame(set(), False)[1]
+    num_frames = (
+      video.num_packets
+      if video.is_packet_indexed
+      else video.decode_every_frame(set(), stop_once_wanted_are_out=False)[1]
+    )
   finally:
     video.close()
   if not num_frames:
@@ -318,12 +323,12 @@ def decode_sampled_frames(
     if video.is_packet_indexed:
       by_index = video.decode_from_keyframe(set(indices.tolist()))
     if by_index is None:
-      by_index, num_decoded = video.decode_every_frame(set(indices.tolist()), stop_when_wanted_are_done=False)
+      by_index, num_decoded = video.decode_every_frame(set(indices.tolist()), stop_once_wanted_are_out=False)
       if not num_decoded:
         raise VideoDecodeError("the video has no frames")
       if num_decoded != num_frames:
         indices = _chosen_indices(choose_indices, num_decoded)
-        by_index, _ = video.decode_every_frame(set(indices.tolist()), stop_when_wanted_are_done=True)
+        by_index, _ = video.decode_every_frame(set(indices.tolist()), stop_once_wanted_are_out=True)
   finally:
     video.close()
   shapes = {frame.shape for frame in by_index.values()}
