@@ -7,16 +7,39 @@ Decoder choice: PyAV (libavcodec). Measured on the 2-core dev machine with a
 reached 15 videos/s, paying for pickling the frames). decord, which the
 official code uses, has had no release since 2021 (0.6.0, wheels for Linux
 x86_64 only) and decodes with the same libavcodec. So we decode with PyAV in
-tf.data worker threads and keep the per-video Python work small:
+tf.data worker threads and keep the per-video Python work small.
 
-* the packets are demuxed once; their presentation timestamps give the exact
-  frame count and the index of every frame, so no second pass is needed;
+Frame i of a video is the i-th frame that a full decode of its first video
+stream yields, and count_frames says how many there are. Two paths get there.
+
+The fast path serves H.264, HEVC, MPEG-4 Part 2 and MJPEG in MP4/MOV and
+Matroska/WebM: their decoders turn each packet into one frame that carries
+the packet's presentation timestamp, so
+
+* the packets are demuxed once; their timestamps give the exact frame count
+  and the index of every frame, so no second pass is needed;
 * decoding starts at the last keyframe at or before the first wanted frame
   and stops as soon as the last wanted frame came out;
 * frames that are neither wanted nor referenced by other frames are skipped
-  by the decoder (skip_frame=NONREF per packet);
-* only the wanted frames are converted to RGB (converting a frame costs about
-  as much as decoding it).
+  by the decoder (skip_frame=NONREF per packet).
+
+The exact path serves everything else: VP8, VP9 and AV1, whose packets may
+carry hidden frames that are shown later (and dav1d reads skip_frame once,
+when it opens, so NONREF at the first packet dropped every unreferenced frame
+of an AV1 video, wanted or not); AVI,
+whose timestamps follow decode order, so frames behind B-frames would be
+misplaced; and fast-path streams that break its assumptions (a missing or
+repeated timestamp, a first packet that is no keyframe, packets the container
+discards, a decoder that returns a frame the packet index does not expect).
+It feeds every packet to the decoder, without skipping, and takes frame i as
+the i-th to come out. The wanted frames are chosen from the packet count and
+the count is checked against the frames decoded; where they differ, the
+frames are chosen again from the decoded count and decoded in a second pass.
+
+On both paths only the wanted frames are converted to RGB (converting a frame
+costs about as much as decoding it), at the first frame's size where the size
+changes within the stream, and turned upright as players show them where the
+file's display matrix rotates by quarter turns (phone videos filmed upright).
 """
 
 from collections.abc import Callable, Sequence
@@ -94,8 +117,15 @@ def _index_tar(tar_path: str) -> dict[str, tuple[int, int]]:
   return {**by_base_name, **by_path}
 
 
-class _DemuxedVideo:
-  """The video stream's packets and the presentation index of each frame."""
+# Decoders that turn each packet into exactly one frame stamped with the
+# packet's timestamp, and whose skip_frame=NONREF drops no frame shown later.
+_PACKET_INDEXED_CODECS = frozenset({"h264", "hevc", "mpeg4", "mjpeg"})
+# Containers whose packet timestamps are presentation times (AVI's are not).
+_PRESENTATION_TIMED_FORMATS = frozenset({"mov", "mp4", "matroska", "webm"})
+
+
+class _Video:
+  """The first video stream of a file: its packets and both ways to decode them."""
 
   def __init__(self, video_bytes: bytes):
     try:
@@ -109,27 +139,48 @@ class _DemuxedVideo:
     # One thread per video: the pipeline already decodes one video per core.
     self._stream.thread_type = "NONE"
     try:
-      self._packets = [p for p in self._container.demux(self._stream) if p.size and not p.is_discard]
+      # Packets the container discards (edit lists) still go to the decoder:
+      # later frames may reference theirs, which the decoder then drops.
+      self._packets = [p for p in self._container.demux(self._stream) if p.size]
     except av.FFmpegError as e:
       self._container.close()
       raise VideoDecodeError(f"demuxing failed ({e})") from e
-    if any(p.pts is None for p in self._packets):
-      self._container.close()
-      raise VideoDecodeError("the container gives frames without timestamps")
-    self._index_of_pts = {pts: i for i, pts in enumerate(sorted(p.pts for p in self._packets))}
-    if len(self._index_of_pts) != len(self._packets):
-      self._container.close()
-      raise VideoDecodeError("two frames share one timestamp")
+    self.num_packets = sum(not p.is_discard for p in self._packets)
+    self._index_of_pts = self._packet_index()
+    codec = self._stream.codec_context
+    # The size the container declares, which is its first frame's.
+    self._frame_size = (codec.height, codec.width) if codec.height and codec.width else None
 
   @property
-  def num_frames(self) -> int:
-    return len(self._packets)
+  def is_packet_indexed(self) -> bool:
+    """Whether the fast path applies: packet timestamps index the frames."""
+    return self._index_of_pts is not None
 
   def close(self):
     self._container.close()
 
-  def decode(self, wanted: set[int]) -> dict[int, np.ndarray]:
-    """Decodes the frames with the wanted presentation indices to RGB."""
+  def _packet_index(self) -> dict[int, int] | None:
+    """Presentation index of each packet timestamp, where the fast path is exact."""
+    packets = self._packets
+    if (
+      self._stream.codec_context.name not in _PACKET_INDEXED_CODECS
+      or not _PRESENTATION_TIMED_FORMATS & set(self._container.format.name.split(","))
+      or not packets
+      or self.num_packets != len(packets)
+      or not packets[0].is_keyframe
+      or any(p.pts is None for p in packets)
+    ):
+      return None
+    timestamps = sorted(p.pts for p in packets)
+    index_of_pts = {pts: i for i, pts in enumerate(timestamps)}
+    # Frames shown before the first keyframe are leading frames of an open
+    # GOP, which the decoder drops when the stream starts there.
+    if timestamps[0] != packets[0].pts or len(index_of_pts) != len(packets):
+      return None
+    return index_of_pts
+
+  def decode_from_keyframe(self, wanted: set[int]) -> dict[int, np.ndarray] | None:
+    """The fast path: the wanted frames, or None where the decoder disagrees with the index."""
     first_wanted = min(wanted)
     # Decoding can start at the last keyframe shown no later than the first
     # wanted frame: later frames never reference frames before a keyframe.
@@ -142,6 +193,7 @@ class _DemuxedVideo:
     codec = self._stream.codec_context
     remaining = set(wanted)
     frames = {}
+    last_index = -1
     try:
       for packet in self._packets[start:] + [None]:
         if packet is not None:
@@ -150,64 +202,136 @@ class _DemuxedVideo:
           codec.skip_frame = "DEFAULT" if self._index_of_pts[packet.pts] in remaining else "NONREF"
         for frame in codec.decode(packet):
           index = self._index_of_pts.get(frame.pts)
+          # Each frame comes out once, in presentation order, at a packet's timestamp.
+          if index is None or index <= last_index:
+            return None
+          last_index = index
           if index in remaining:
-            frames[index] = frame.to_ndarray(format="rgb24")
+            frames[index] = self._to_rgb(frame)
             remaining.discard(index)
         if not remaining:
+          return frames
+    except av.FFmpegError:
+      return None
+    return None
+
+  def decode_every_frame(self, wanted: set[int], stop_once_wanted_are_out: bool) -> tuple[dict[int, np.ndarray], int]:
+    """The exact path: the wanted frames by output position, and the number of frames that came out."""
+    codec = self._stream.codec_context
+    # Forgets a fast-path attempt.
+    codec.flush_buffers()
+    codec.skip_frame = "DEFAULT"
+    frames = {}
+    num_frames = 0
+    try:
+      for packet in self._packets + [None]:
+        for frame in codec.decode(packet):
+          if not num_frames:
+            self._frame_size = (frame.height, frame.width)
+          if num_frames in wanted:
+            frames[num_frames] = self._to_rgb(frame)
+          num_frames += 1
+        if stop_once_wanted_are_out and len(frames) == len(wanted):
           break
     except av.FFmpegError as e:
       raise VideoDecodeError(f"decoding failed ({e})") from e
-    if remaining:
-      raise VideoDecodeError(
-        f"frames {sorted(remaining)} of {self.num_frames} did not decode (truncated or corrupt stream)"
-      )
-    return frames
+    return frames, num_frames
+
+  def _to_rgb(self, frame: av.VideoFrame) -> np.ndarray:
+    """The frame in RGB, at the first frame's size, upright."""
+    if self._frame_size is None:
+      self._frame_size = (frame.height, frame.width)
+    height, width = self._frame_size
+    if (frame.height, frame.width) == self._frame_size:
+      image = frame.to_ndarray(format="rgb24")
+    else:
+      image = frame.to_ndarray(format="rgb24", width=width, height=height)
+    return _upright(image, frame.rotation)
+
+
+def _upright(image: np.ndarray, rotation: int) -> np.ndarray:
+  """Turns an (H, W, 3) image by its display matrix's rotation, as players do.
+
+  rotation is frame.rotation, counterclockwise degrees. Phones write quarter
+  turns; other angles are left as stored, and so is mirroring, which the
+  rotation does not tell (frame.side_data would, but its reference cycle keeps
+  every frame it is read from alive until the garbage collector runs, which
+  cost 15-20% of the throughput of two decoding threads).
+  """
+  quarter_turns = round(rotation / 90)
+  if not rotation or abs(rotation - 90 * quarter_turns) > 1:
+    return image
+  return np.rot90(image, quarter_turns)
 
 
 def count_frames(video_bytes: bytes) -> int:
-  """Returns the exact number of frames that decode_frames can address."""
-  video = _DemuxedVideo(video_bytes)
-  video.close()
-  if not video.num_frames:
+  """Returns the number of frames a full decode yields (those decode_frames can address)."""
+  video = _Video(video_bytes)
+  try:
+    num_frames = (
+      video.num_packets
+      if video.is_packet_indexed
+      else video.decode_every_frame(set(), stop_once_wanted_are_out=False)[1]
+    )
+  finally:
+    video.close()
+  if not num_frames:
     raise VideoDecodeError("the video has no frames")
-  return video.num_frames
+  return num_frames
+
+
+def _chosen_indices(choose_indices: Callable[[int], Sequence[int]], num_frames: int) -> np.ndarray:
+  indices = np.asarray(choose_indices(num_frames), dtype=np.int64)
+  if indices.ndim != 1 or not indices.size:
+    raise ValueError(f"expected a non-empty list of frame indices, got shape {indices.shape}")
+  if indices.min() < 0 or indices.max() >= num_frames:
+    raise ValueError(f"frame indices {indices.tolist()} fall outside a video of {num_frames} frames")
+  return indices
 
 
 def decode_sampled_frames(
   video_bytes: bytes,
   choose_indices: Callable[[int], Sequence[int]],
 ) -> tuple[np.ndarray, np.ndarray]:
-  """Decodes the frames that choose_indices(num_frames) picks, in one pass.
+  """Decodes the frames that choose_indices(num_frames) picks.
+
+  Frame i is the i-th frame of a full decode, converted to RGB, resized to
+  the first frame's size and turned upright (see the module doc).
 
   Args:
     video_bytes: the encoded video file.
     choose_indices: gets the frame count, returns frame indices in
-      [0, num_frames), in the order wanted; repeats are allowed.
+      [0, num_frames), in the order wanted; repeats are allowed. It is called
+      a second time, with the decoded count, in the rare case that the
+      container's packet count is not the number of frames.
 
   Returns:
     (frames, indices): uint8 RGB frames of shape (len(indices), H, W, 3), in
     the order of the int64 indices.
 
   Raises:
-    VideoDecodeError: the video cannot be read, has no frames or a wanted
-      frame does not decode.
+    VideoDecodeError: the video cannot be read or decoded, or has no frames.
     ValueError: choose_indices returned an index outside the video.
   """
-  video = _DemuxedVideo(video_bytes)
+  video = _Video(video_bytes)
   try:
-    if not video.num_frames:
-      raise VideoDecodeError("the video has no frames")
-    indices = np.asarray(choose_indices(video.num_frames), dtype=np.int64)
-    if indices.ndim != 1 or not indices.size:
-      raise ValueError(f"expected a non-empty list of frame indices, got shape {indices.shape}")
-    if indices.min() < 0 or indices.max() >= video.num_frames:
-      raise ValueError(f"frame indices {indices.tolist()} fall outside a video of {video.num_frames} frames")
-    by_index = video.decode(set(indices.tolist()))
+    num_frames = video.num_packets
+    indices = _chosen_indices(choose_indices, num_frames) if num_frames else np.zeros([0], np.int64)
+    by_index = None
+    if video.is_packet_indexed:
+      by_index = video.decode_from_keyframe(set(indices.tolist()))
+    if by_index is None:
+      by_index, num_decoded = video.decode_every_frame(set(indices.tolist()), stop_once_wanted_are_out=False)
+      if not num_decoded:
+        raise VideoDecodeError("the video has no frames")
+      if num_decoded != num_frames:
+        indices = _chosen_indices(choose_indices, num_decoded)
+        by_index, _ = video.decode_every_frame(set(indices.tolist()), stop_once_wanted_are_out=True)
   finally:
     video.close()
   shapes = {frame.shape for frame in by_index.values()}
   if len(shapes) != 1:
-    raise VideoDecodeError(f"frame size changes within the video: {shapes}")
+    raise VideoDecodeError(f"the display orientation changes within the video: {shapes}")
   return np.stack([by_index[i] for i in indices.tolist()]), indices
 
 
