@@ -513,6 +513,19 @@ def normalize(x):
   return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
 
 
+def truncate_text_ids(text_ids, multiple: int = 8) -> np.ndarray:
+  """(K, C) token ids cut to (K, L) without changing what `XCLIP.encode_text` returns for them.
+
+  The text transformer is causal and its output is pooled at the end token (the largest id, found by argmax), so no
+  feature depends on the positions after the last end token of the batch. L is that position + 1, rounded up to a
+  multiple of `multiple` (so that few distinct shapes get compiled) and at most C. Works on concrete (host) ids: call
+  it before `jax.jit`, e.g. once on a run's class texts.
+  """
+  text_ids = np.asarray(text_ids)
+  longest = int(text_ids.argmax(axis=-1).max(initial=0)) + 1
+  return text_ids[..., : min(-(-longest // multiple) * multiple, text_ids.shape[-1])]
+
+
 class XCLIP(nn.Module):
   """X-CLIP: video encoder (CCT + MIT), CLIP text encoder, video-specific prompts.
 
@@ -557,10 +570,13 @@ class XCLIP(nn.Module):
     )
 
   def encode_text(self, text_ids):
+    """(K, L) token ids, L at most the context length (see `truncate_text_ids`) -> (K, D) text features."""
     cfg = self.config
-    if text_ids.shape[-1] != cfg.context_length:
-      raise ValueError(f"text ids have length {text_ids.shape[-1]}, the model's context length is {cfg.context_length}")
-    x = self.token_embedding(text_ids).astype(cfg.compute_dtype) + self.positional_embedding.astype(cfg.compute_dtype)
+    length = text_ids.shape[-1]
+    if length > cfg.context_length:
+      raise ValueError(f"text ids have length {length}, more than the model's context length {cfg.context_length}")
+    positions = self.positional_embedding[:length].astype(cfg.compute_dtype)
+    x = self.token_embedding(text_ids).astype(cfg.compute_dtype) + positions
     x = self.ln_final(self.transformer(x))
     # The end-of-text token has the largest id of the vocabulary, so argmax finds it.
     end = x[jnp.arange(x.shape[0]), jnp.argmax(text_ids, axis=-1)]

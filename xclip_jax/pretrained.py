@@ -47,8 +47,13 @@ class XCLIPModel:
     return {"params": self.params}
 
   def encode_text(self, text_ids) -> jax.Array:
-    """(K, 77) token ids -> (K, D) text features, without video conditioning."""
-    return self._apply["encode_text"](self._variables(), jnp.asarray(text_ids, jnp.int32))
+    """(K, 77) token ids -> (K, D) text features, without video conditioning.
+
+    The ids are cut after the batch's last end token first (`model.truncate_text_ids`): the same features, without
+    running the transformer over the padding.
+    """
+    text_ids = model_lib.truncate_text_ids(np.asarray(text_ids, np.int32))
+    return self._apply["encode_text"](self._variables(), jnp.asarray(text_ids))
 
   def encode_frames(self, video) -> tuple[jax.Array, jax.Array]:
     """(B, T, D) per-frame class features and (B, T, N, D) prompt visual tokens."""
