@@ -1,4 +1,4 @@
-"""Text encoding on ids cut after the batch's last end token gives the features of the full 77-token encoding."""
+"""Text encoding on ids cut after their end tokens gives the features of the full 77-token encoding."""
 
 import functools
 
@@ -32,6 +32,8 @@ def encode(model):
 def test_cut_is_after_the_last_end_token_rounded_up_to_the_multiple():
   ids = tokenizer.tokenize(TEXTS)
   assert (ids == tokenizer.END_TOKEN).argmax(axis=-1).tolist() == [2, 4, 32]
+  assert model_lib.text_lengths(ids).tolist() == [8, 8, 40]
+  assert model_lib.text_lengths(ids, multiple=1).tolist() == [3, 5, 33]
   np.testing.assert_array_equal(model_lib.truncate_text_ids(ids), ids[:, :40])
   assert model_lib.truncate_text_ids(ids, multiple=1).shape == (3, 33)
   assert model_lib.truncate_text_ids(ids[:2]).shape == (2, 8)
@@ -51,13 +53,11 @@ def test_truncated_encoding_equals_the_full_length_one(encode, multiple):
   np.testing.assert_allclose(encode(truncated), encode(ids), **TOLERANCE)
 
 
-def test_model_encode_text_truncates_and_agrees_with_full_length(model, encode):
-  short = tokenizer.tokenize(TEXTS[:2])
-  np.testing.assert_allclose(model.encode_text(short), encode(short), **TOLERANCE)
-  # A text filling the whole context leaves nothing to cut, and the others get the same features in its company.
-  filled = tokenizer.tokenize([*TEXTS[:2], "dancing " * 100], truncate=True)
-  np.testing.assert_allclose(model.encode_text(filled), encode(filled), **TOLERANCE)
-  np.testing.assert_allclose(model.encode_text(filled)[:2], model.encode_text(short), **TOLERANCE)
+def test_model_encode_text_groups_texts_by_length_and_agrees_with_full_length(model, encode):
+  # Groups of lengths 8, 40 and 77 (a text filling the whole context, where nothing can be cut), in mixed order.
+  ids = tokenizer.tokenize(["dancing " * 100, *TEXTS, "surfing water"], truncate=True)
+  assert model_lib.text_lengths(ids).tolist() == [77, 8, 8, 40, 8]
+  np.testing.assert_allclose(model.encode_text(ids), encode(ids), **TOLERANCE)
 
 
 def test_ids_longer_than_the_context_are_refused(model):

@@ -513,17 +513,24 @@ def normalize(x):
   return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def truncate_text_ids(text_ids, multiple: int = 8) -> np.ndarray:
-  """(K, C) token ids cut to (K, L) without changing what `XCLIP.encode_text` returns for them.
+def text_lengths(text_ids, multiple: int = 8) -> np.ndarray:
+  """Per text of (K, C) token ids: the position after its end token, rounded up to a multiple of `multiple`, at most C.
 
-  The text transformer is causal and its output is pooled at the end token (the largest id, found by argmax), so no
-  feature depends on the positions after the last end token of the batch. L is that position + 1, rounded up to a
-  multiple of `multiple` (so that few distinct shapes get compiled) and at most C. Works on concrete (host) ids: call
-  it before `jax.jit`, e.g. once on a run's class texts.
+  `XCLIP.encode_text` gives a text the same features on its first `text_lengths` ids as on all C: the text
+  transformer is causal and its output is pooled at the end token (the largest id, found by argmax). Rounding up
+  keeps the number of distinct shapes, and so of compiled programs, small.
   """
   text_ids = np.asarray(text_ids)
-  longest = int(text_ids.argmax(axis=-1).max(initial=0)) + 1
-  return text_ids[..., : min(-(-longest // multiple) * multiple, text_ids.shape[-1])]
+  return np.minimum(-(-(text_ids.argmax(axis=-1) + 1) // multiple) * multiple, text_ids.shape[-1])
+
+
+def truncate_text_ids(text_ids, multiple: int = 8) -> np.ndarray:
+  """(K, C) token ids cut to (K, L), L the largest of their `text_lengths`: `XCLIP.encode_text` gives the same features.
+
+  Works on concrete (host) ids: call it before `jax.jit`, e.g. once on a training run's class texts.
+  """
+  text_ids = np.asarray(text_ids)
+  return text_ids[..., : text_lengths(text_ids, multiple).max(initial=1)]
 
 
 class XCLIP(nn.Module):
@@ -570,7 +577,7 @@ class XCLIP(nn.Module):
     )
 
   def encode_text(self, text_ids):
-    """(K, L) token ids, L at most the context length (see `truncate_text_ids`) -> (K, D) text features."""
+    """(K, L) token ids, L at most the context length (see `text_lengths`) -> (K, D) text features."""
     cfg = self.config
     length = text_ids.shape[-1]
     if length > cfg.context_length:

@@ -49,11 +49,16 @@ class XCLIPModel:
   def encode_text(self, text_ids) -> jax.Array:
     """(K, 77) token ids -> (K, D) text features, without video conditioning.
 
-    The ids are cut after the batch's last end token first (`model.truncate_text_ids`): the same features, without
-    running the transformer over the padding.
+    Texts are encoded in groups of equal `model.text_lengths`, each on its ids up to that length: the same features
+    without running the transformer over the padding (for the 400 Kinetics names, 392 texts of 8 ids and 8 of 16).
     """
-    text_ids = model_lib.truncate_text_ids(np.asarray(text_ids, np.int32))
-    return self._apply["encode_text"](self._variables(), jnp.asarray(text_ids))
+    text_ids = np.asarray(text_ids, np.int32)
+    lengths = model_lib.text_lengths(text_ids)
+    groups = [np.flatnonzero(lengths == length) for length in np.unique(lengths)]
+    features = [
+      self._apply["encode_text"](self._variables(), jnp.asarray(text_ids[rows, : lengths[rows[0]]])) for rows in groups
+    ]
+    return jnp.concatenate(features)[np.argsort(np.concatenate(groups))]
 
   def encode_frames(self, video) -> tuple[jax.Array, jax.Array]:
     """(B, T, D) per-frame class features and (B, T, N, D) prompt visual tokens."""
