@@ -32,9 +32,9 @@ def encode(model):
 def test_cut_is_after_the_last_end_token_rounded_up_to_the_multiple():
   ids = tokenizer.tokenize(TEXTS)
   assert (ids == tokenizer.END_TOKEN).argmax(axis=-1).tolist() == [2, 4, 32]
-  assert model_lib.text_lengths(ids).tolist() == [8, 8, 40]
+  assert model_lib.text_lengths(ids).tolist() == [4, 8, 36]
   assert model_lib.text_lengths(ids, multiple=1).tolist() == [3, 5, 33]
-  np.testing.assert_array_equal(model_lib.truncate_text_ids(ids), ids[:, :40])
+  np.testing.assert_array_equal(model_lib.truncate_text_ids(ids), ids[:, :36])
   assert model_lib.truncate_text_ids(ids, multiple=1).shape == (3, 33)
   assert model_lib.truncate_text_ids(ids[:2]).shape == (2, 8)
 
@@ -45,7 +45,7 @@ def test_a_text_that_fills_the_context_keeps_every_position():
   np.testing.assert_array_equal(model_lib.truncate_text_ids(ids), ids)
 
 
-@pytest.mark.parametrize("multiple", [1, 8])
+@pytest.mark.parametrize("multiple", [1, 4])
 def test_truncated_encoding_equals_the_full_length_one(encode, multiple):
   ids = tokenizer.tokenize(TEXTS)
   truncated = model_lib.truncate_text_ids(ids, multiple)
@@ -54,9 +54,9 @@ def test_truncated_encoding_equals_the_full_length_one(encode, multiple):
 
 
 def test_model_encode_text_groups_texts_by_length_and_agrees_with_full_length(model, encode):
-  # Groups of lengths 8, 40 and 77 (a text filling the whole context, where nothing can be cut), in mixed order.
+  # Groups of lengths 4, 8, 36 and 77 (a text filling the whole context, where nothing can be cut), in mixed order.
   ids = tokenizer.tokenize(["dancing " * 100, *TEXTS, "surfing water"], truncate=True)
-  assert model_lib.text_lengths(ids).tolist() == [77, 8, 8, 40, 8]
+  assert model_lib.text_lengths(ids).tolist() == [77, 4, 8, 36, 4]
   np.testing.assert_allclose(model.encode_text(ids), encode(ids), **TOLERANCE)
 
 

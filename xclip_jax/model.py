@@ -513,7 +513,7 @@ def normalize(x):
   return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def text_lengths(text_ids, multiple: int = 8) -> np.ndarray:
+def text_lengths(text_ids, multiple: int = 4) -> np.ndarray:
   """Per text of (K, C) token ids: the position after its end token, rounded up to a multiple of `multiple`, at most C.
 
   `XCLIP.encode_text` gives a text the same features on its first `text_lengths` ids as on all C: the text
@@ -524,7 +524,7 @@ def text_lengths(text_ids, multiple: int = 8) -> np.ndarray:
   return np.minimum(-(-(text_ids.argmax(axis=-1) + 1) // multiple) * multiple, text_ids.shape[-1])
 
 
-def truncate_text_ids(text_ids, multiple: int = 8) -> np.ndarray:
+def truncate_text_ids(text_ids, multiple: int = 4) -> np.ndarray:
   """(K, C) token ids cut to (K, L), L the largest of their `text_lengths`: `XCLIP.encode_text` gives the same features.
 
   Works on concrete (host) ids: call it before `jax.jit`, e.g. once on a training run's class texts.
