@@ -22,8 +22,9 @@ load. The official eval forward runs under `torch.no_grad()` with its text cache
 initialised `--arch` checkpoint and `--videos` synthetic 10 s, 340x256, 30 fps H.264 videos to a temporary folder,
 then runs `python -m xclip_jax.classify` on the `--labels` class names as a fresh process: on one video with an empty
 compilation cache (`cold_s`), again with the cache it left (`warm_s`), and on all the videos (`per_video_s`: the
-time beyond the warm run's, per extra video). `peak_rss_mb` is the largest peak resident memory of these processes;
-`encode_text_400_s` the time of `encode_text` on the class names in this process (median of 3 calls after one).
+time beyond the warm run's, per extra video). `peak_rss_mb` is the largest peak resident memory of these processes
+(`rss_mb` gives each); `encode_text_400_s` the time of `encode_text` on the class names in this process (median of 3
+calls after one).
 """
 
 import functools
@@ -249,6 +250,7 @@ def classify_benchmark(arch: str, frames: int, labels: str, num_videos: int) -> 
     "all_videos_s": all_s,
     "per_video_s": (all_s - warm_s) / (num_videos - 1),
     "peak_rss_mb": max(cold_mb, warm_mb, all_mb),
+    "rss_mb": {"cold": cold_mb, "warm": warm_mb, "all_videos": all_mb},
     "encode_text_400_s": float(np.median(encode_text_s)),
   }
 
