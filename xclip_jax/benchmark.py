@@ -201,18 +201,28 @@ def eval_benchmark(
   return result
 
 
+# Runs its arguments and prints their peak resident memory (KB). A process's own ru_maxrss also counts the memory of the
+# process it was forked from (Linux keeps the high-water mark across exec), and this one holds a model: the
+# measured command must be forked from a small process.
+_PEAK_RSS_WRAPPER = (
+  "import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]); "
+  "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)"
+)
+
+
 def _run_process(command: list[str], env: dict[str, str]) -> tuple[float, float]:
   """Wall seconds and peak resident memory (MB) of a fresh process running `command`; raises if it fails."""
   with tempfile.TemporaryFile() as output:
     start = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
-    _, status, usage = os.wait4(process.pid, 0)  # wait4: this child's own peak memory
+    returncode = subprocess.call(
+      [sys.executable, "-c", _PEAK_RSS_WRAPPER, *command], env=env, stdout=output, stderr=subprocess.STDOUT
+    )
     seconds = time.perf_counter() - start
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode:
-      output.seek(0)
-      raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}):\n{output.read()[-3000:].decode()}")
-  return seconds, usage.ru_maxrss / 1024  # Linux reports kilobytes
+    output.seek(0)
+    *lines, peak_kb = output.read().decode().splitlines()
+  if returncode:
+    raise RuntimeError(f"{' '.join(command)} failed ({returncode}):\n" + "\n".join(lines[-40:]))
+  return seconds, int(peak_kb) / 1024
 
 
 def classify_benchmark(arch: str, frames: int, labels: str, num_videos: int) -> dict:
