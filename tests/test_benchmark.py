@@ -1,4 +1,7 @@
-"""The benchmark's matmul census, which its matmul-only floor is built from."""
+"""The benchmark: its matmul census, which the matmul-only floor is built from, and its fresh-process timing."""
+
+import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -23,3 +26,12 @@ def test_official_code_option_refuses_a_folder_that_is_not_the_official_x_clip(t
   pytest.importorskip("torch")
   with pytest.raises(SystemExit, match="not the X-CLIP folder"):
     benchmark._import_official_build_model(tmp_path)
+
+
+def test_fresh_process_timing_reports_its_own_peak_memory_and_failures():
+  held = bytearray(500 * 2**20)  # not to be counted: the child is forked from a small process
+  seconds, peak_mb = benchmark._run_process([sys.executable, "-c", "b = bytearray(100 * 2**20)"], dict(os.environ))
+  assert seconds > 0 and 100 < peak_mb < 300
+  del held
+  with pytest.raises(RuntimeError, match="failed \\(3\\):\n.*oops"):
+    benchmark._run_process([sys.executable, "-c", "import sys; print('oops'); sys.exit(3)"], dict(os.environ))

@@ -1,11 +1,13 @@
-r"""Times the X-CLIP evaluation forward pass and prints JSON.
+r"""Times X-CLIP and prints JSON: the evaluation forward pass (`--mode=eval`, the default) or `classify` runs.
 
   python -m xclip_jax.benchmark                      # ViT-B/32, 8 frames, batch 1, 400 classes, float32
   python -m xclip_jax.benchmark --arch=ViT-B/16 --frames=16 --batch=4 --dtype=bfloat16
   python -m xclip_jax.benchmark --official_code=VideoX/X-CLIP   # side by side with the official PyTorch model
+  python -m xclip_jax.benchmark --mode=classify      # `python -m xclip_jax.classify` as a user runs it
 
-The class texts are encoded once beforehand (as in evaluation, where the official code caches them); the timed call
-is the video encoder, the prompt generator and the logits. Weights are random: speed does not depend on them.
+`--mode=eval`: the class texts are encoded once beforehand (as in evaluation, where the official code caches them);
+the timed call is the video encoder, the prompt generator and the logits. Weights are random: speed does not depend
+on them.
 
 The JSON also gives `matmul_gflop` and `matmul_only_s`: the floating-point work of the forward's matrix multiplies
 and the time of those multiplies alone (every dot_general of the traced forward, with its shapes, in one jit-compiled
@@ -15,6 +17,14 @@ With `--official_code` (the X-CLIP folder of a microsoft/VideoX checkout; needs 
 torch==2.13.0`), the official model is built with the same weights by its own `build_model`, its logits are checked
 against ours, and the two forward passes are timed in alternation in one process, so that both see the same machine
 load. The official eval forward runs under `torch.no_grad()` with its text cache filled, as in its `validate`.
+
+`--mode=classify` (run from the repository root: it writes its videos with tests/video_fixtures.py): saves a randomly
+initialised `--arch` checkpoint and `--videos` synthetic 10 s, 340x256, 30 fps H.264 videos to a temporary folder,
+then runs `python -m xclip_jax.classify` on the `--labels` class names as a fresh process: on one video with an empty
+compilation cache (`cold_s`), again with the cache it left (`warm_s`), and on all the videos (`per_video_s`: the
+time beyond the warm run's, per extra video). `peak_rss_mb` is the largest peak resident memory of these processes
+(`rss_mb` gives each); `encode_text_400_s` the time of `encode_text` on the class names in this process (median of 3
+calls after one).
 """
 
 import functools
@@ -22,8 +32,11 @@ import importlib.util
 import json
 import logging
 import math
+import os
 import pathlib
+import subprocess
 import sys
+import tempfile
 import time
 import types
 
@@ -33,11 +46,15 @@ import jax
 import jax.extend as jex
 import numpy as np
 
+from input_pipeline import annotations
+from xclip_jax import compilation_cache
 from xclip_jax import model as model_lib
 from xclip_jax import official
 from xclip_jax import pretrained
+from xclip_jax import tokenizer
 
 FLAGS = flags.FLAGS
+DEFAULT_LABELS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "labels" / "kinetics_400_labels.csv"
 
 
 def _import_official_build_model(code_dir: pathlib.Path):
@@ -102,7 +119,7 @@ def _median_of_alternating(calls: dict, repeats: int) -> dict:
   return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def benchmark(
+def eval_benchmark(
   arch: str, frames: int, batch: int, classes: int, dtype: str, repeats: int, official_code: str | None = None
 ) -> dict:
   config = model_lib.preset(arch, num_frames=frames, dtype=dtype)
@@ -184,28 +201,103 @@ def benchmark(
   return result
 
 
+# Runs its arguments and prints their peak resident memory (KB). A process's own ru_maxrss also counts the memory of the
+# process it was forked from (Linux keeps the high-water mark across exec), and this one holds a model: the
+# measured command must be forked from a small process.
+_PEAK_RSS_WRAPPER = (
+  "import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]); "
+  "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)"
+)
+
+
+def _run_process(command: list[str], env: dict[str, str]) -> tuple[float, float]:
+  """Wall seconds and peak resident memory (MB) of a fresh process running `command`; raises if it fails."""
+  with tempfile.TemporaryFile() as output:
+    start = time.perf_counter()
+    returncode = subprocess.call(
+      [sys.executable, "-c", _PEAK_RSS_WRAPPER, *command], env=env, stdout=output, stderr=subprocess.STDOUT
+    )
+    seconds = time.perf_counter() - start
+    output.seek(0)
+    *lines, peak_kb = output.read().decode().splitlines()
+  if returncode:
+    raise RuntimeError(f"{' '.join(command)} failed ({returncode}):\n" + "\n".join(lines[-40:]))
+  return seconds, int(peak_kb) / 1024
+
+
+def classify_benchmark(arch: str, frames: int, labels: str, num_videos: int) -> dict:
+  from tests import video_fixtures  # pylint: disable=g-import-not-at-top  (not part of the installed package)
+
+  if num_videos < 2:
+    raise ValueError("--videos must be at least 2 (per_video_s compares runs on 1 and on --videos videos)")
+  class_names = annotations.read_label_list(labels)
+  with tempfile.TemporaryDirectory() as workdir:
+    workdir = pathlib.Path(workdir)
+    model = pretrained.from_config(model_lib.preset(arch, num_frames=frames))
+    checkpoint = model.save(workdir / "checkpoint")
+    ids = tokenizer.tokenize(class_names)
+    jax.block_until_ready(model.encode_text(ids))
+    encode_text_s = []
+    for _ in range(3):
+      start = time.perf_counter()
+      jax.block_until_ready(model.encode_text(ids))
+      encode_text_s.append(time.perf_counter() - start)
+    del model
+    videos = [str(video_fixtures.write_textured_video(workdir / f"{i}.mp4", seed=i)) for i in range(num_videos)]
+    command = [sys.executable, "-m", "xclip_jax.classify", f"--checkpoint={checkpoint}", f"--labels={labels}"]
+    env = {**os.environ, compilation_cache.ENV_VAR: str(workdir / "compilation_cache")}
+    cold_s, cold_mb = _run_process(command + videos[:1], env)
+    warm_s, warm_mb = _run_process(command + videos[:1], env)
+    all_s, all_mb = _run_process(command + videos, env)
+  return {
+    "arch": arch,
+    "frames": frames,
+    "classes": len(class_names),
+    "videos": num_videos,
+    "device": str(jax.devices()[0].device_kind),
+    "cold_s": cold_s,
+    "warm_s": warm_s,
+    "all_videos_s": all_s,
+    "per_video_s": (all_s - warm_s) / (num_videos - 1),
+    "peak_rss_mb": max(cold_mb, warm_mb, all_mb),
+    "rss_mb": {"cold": cold_mb, "warm": warm_mb, "all_videos": all_mb},
+    "encode_text_400_s": float(np.median(encode_text_s)),
+  }
+
+
+# One function per --mode, each reading its flags.
+MODES = {
+  "eval": lambda: eval_benchmark(
+    FLAGS.arch, FLAGS.frames, FLAGS.batch, FLAGS.classes, FLAGS.dtype, FLAGS.repeats, FLAGS.official_code
+  ),
+  "classify": lambda: classify_benchmark(FLAGS.arch, FLAGS.frames, FLAGS.labels, FLAGS.videos),
+}
+
+
 def main(argv):
   del argv
-  print(
-    json.dumps(
-      benchmark(FLAGS.arch, FLAGS.frames, FLAGS.batch, FLAGS.classes, FLAGS.dtype, FLAGS.repeats, FLAGS.official_code)
-    )
-  )
+  compilation_cache.enable(FLAGS.compilation_cache_dir)
+  print(json.dumps(MODES[FLAGS.mode]()))
 
 
 def define_flags():
   """Command-line flags, defined only when run as a program so that importing defines none."""
+  flags.DEFINE_enum("mode", "eval", list(MODES), "What to time: the evaluation forward pass, or classify runs.")
   flags.DEFINE_enum("arch", "ViT-B/32", list(model_lib.PRESETS), "Backbone.")
   flags.DEFINE_integer("frames", 8, "Frames per video.")
-  flags.DEFINE_integer("batch", 1, "Videos per call.")
-  flags.DEFINE_integer("classes", 400, "Class texts.")
-  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
-  flags.DEFINE_integer("repeats", 20, "Timed calls (after warm-up).")
+  flags.DEFINE_integer("batch", 1, "eval: videos per call.")
+  flags.DEFINE_integer("classes", 400, "eval: class texts.")
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "eval: compute dtype.")
+  flags.DEFINE_integer("repeats", 20, "eval: timed calls (after warm-up).")
   flags.DEFINE_string(
     "official_code",
     None,
-    "The X-CLIP folder of a microsoft/VideoX checkout: time the official PyTorch model side by side (needs PyTorch).",
+    "eval: the X-CLIP folder of a microsoft/VideoX checkout: time the official PyTorch model side by side (needs "
+    "PyTorch).",
   )
+  flags.DEFINE_string("labels", str(DEFAULT_LABELS), "classify: an `id,name` CSV of class names.")
+  flags.DEFINE_integer("videos", 20, "classify: videos of the many-video run.")
+  compilation_cache.define_flag()
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from xclip_jax import compilation_cache
 from xclip_jax import official
 from xclip_jax import pretrained
 from xclip_jax import torch_io
@@ -37,6 +38,7 @@ def convert(src, dst, to: str = "jax", num_frames: int | None = None) -> pathlib
 def main(argv):
   if len(argv) != 3:
     raise app.UsageError("usage: python -m xclip_jax.convert SRC DST [--to=jax|official] [--num_frames=N]")
+  compilation_cache.enable(FLAGS.compilation_cache_dir)  # a CLIP checkpoint compiles the X-CLIP modules' init
   convert(argv[1], argv[2], FLAGS.to, FLAGS.num_frames)
 
 
@@ -49,6 +51,7 @@ def define_flags():
     "jax: an xclip-jax checkpoint directory; official: a .pth the official PyTorch code loads.",
   )
   flags.DEFINE_integer("num_frames", None, "Frames per video (default: the checkpoint's).")
+  compilation_cache.define_flag()
 
 
 def run():

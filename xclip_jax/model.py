@@ -513,6 +513,26 @@ def normalize(x):
   return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
 
 
+def text_lengths(text_ids, multiple: int = 4) -> np.ndarray:
+  """Per text of (K, C) token ids: the position after its end token, rounded up to a multiple of `multiple`, at most C.
+
+  `XCLIP.encode_text` gives a text the same features on its first `text_lengths` ids as on all C: the text
+  transformer is causal and its output is pooled at the end token (the largest id, found by argmax). Rounding up
+  keeps the number of distinct shapes, and so of compiled programs, small.
+  """
+  text_ids = np.asarray(text_ids)
+  return np.minimum(-(-(text_ids.argmax(axis=-1) + 1) // multiple) * multiple, text_ids.shape[-1])
+
+
+def truncate_text_ids(text_ids, multiple: int = 4) -> np.ndarray:
+  """(K, C) token ids cut to (K, L), L the largest of their `text_lengths`: `XCLIP.encode_text` gives the same features.
+
+  Works on concrete (host) ids: call it before `jax.jit`, e.g. once on a training run's class texts.
+  """
+  text_ids = np.asarray(text_ids)
+  return text_ids[..., : text_lengths(text_ids, multiple).max(initial=1)]
+
+
 class XCLIP(nn.Module):
   """X-CLIP: video encoder (CCT + MIT), CLIP text encoder, video-specific prompts.
 
@@ -557,10 +577,13 @@ class XCLIP(nn.Module):
     )
 
   def encode_text(self, text_ids):
+    """(K, L) token ids, L at most the context length (see `text_lengths`) -> (K, D) text features."""
     cfg = self.config
-    if text_ids.shape[-1] != cfg.context_length:
-      raise ValueError(f"text ids have length {text_ids.shape[-1]}, the model's context length is {cfg.context_length}")
-    x = self.token_embedding(text_ids).astype(cfg.compute_dtype) + self.positional_embedding.astype(cfg.compute_dtype)
+    length = text_ids.shape[-1]
+    if length > cfg.context_length:
+      raise ValueError(f"text ids have length {length}, more than the model's context length {cfg.context_length}")
+    positions = self.positional_embedding[:length].astype(cfg.compute_dtype)
+    x = self.token_embedding(text_ids).astype(cfg.compute_dtype) + positions
     x = self.ln_final(self.transformer(x))
     # The end-of-text token has the largest id of the vocabulary, so argmax finds it.
     end = x[jnp.arange(x.shape[0]), jnp.argmax(text_ids, axis=-1)]
