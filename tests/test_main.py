@@ -75,8 +75,16 @@ def run_main(dataset, workdir, **extra):
   return subprocess.run(main_command(dataset, workdir, **extra), cwd=REPO, capture_output=True, text=True, env=_env())
 
 
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache_dir(tmp_path_factory):
+  # The runs of this module share a compilation cache, as a user's reruns do: only the first compiles.
+  os.environ["XCLIP_JAX_TEST_CACHE"] = str(tmp_path_factory.mktemp("jax_cache"))
+  yield
+  del os.environ["XCLIP_JAX_TEST_CACHE"]
+
+
 def _env():
-  return {**os.environ, "XCLIP_JAX_CACHE_DIR": "none", "PYTHONUNBUFFERED": "1"}
+  return {**os.environ, "XCLIP_JAX_CACHE_DIR": os.environ["XCLIP_JAX_TEST_CACHE"], "PYTHONUNBUFFERED": "1"}
 
 
 def final_params(workdir: pathlib.Path) -> dict:

@@ -58,7 +58,8 @@ def test_unfrozen_text_trains_every_parameter():
     train_fixtures.tiny_config(freeze_text=False), train_fixtures.tiny_model(), train_fixtures.text_ids()
   )
   assert set(state.recipe.trainable) == set(sharding.flat_names(state.params))
-  assert state.text.dtype == np.int32  # token ids, encoded at every step
+  assert state.text.dtype == np.int32  # token ids, encoded at every step, cut after the last end token
+  assert state.text.shape == (train_fixtures.NUM_CLASSES, 4)
 
 
 def test_wrong_number_of_class_texts_is_refused():

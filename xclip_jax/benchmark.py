@@ -1,9 +1,15 @@
-r"""Times X-CLIP and prints JSON: the evaluation forward pass (`--mode=eval`, the default) or `classify` runs.
+r"""Times X-CLIP and prints JSON: the evaluation forward pass (`--mode=eval`, the default), `classify` runs, or the
+train step (`--mode=train`).
 
   python -m xclip_jax.benchmark                      # ViT-B/32, 8 frames, batch 1, 400 classes, float32
   python -m xclip_jax.benchmark --arch=ViT-B/16 --frames=16 --batch=4 --dtype=bfloat16
   python -m xclip_jax.benchmark --official_code=VideoX/X-CLIP   # side by side with the official PyTorch model
   python -m xclip_jax.benchmark --mode=classify      # `python -m xclip_jax.classify` as a user runs it
+  python -m xclip_jax.benchmark --mode=train --official_code=VideoX/X-CLIP   # the train step, side by side
+
+`--mode=train`: the sharded train step of `xclip_jax.train` (ViT-B/32, 8 frames, batch 2, 400 cached class texts,
+fp32, AdamW, frozen text, Mixup/CutMix on device) in fresh processes, alternating with the official step built by
+the official code (see `xclip_jax.train_benchmark`); `median_s` and `peak_rss_mb` for each side.
 
 `--mode=eval`: the class texts are encoded once beforehand (as in evaluation, where the official code caches them);
 the timed call is the video encoder, the prompt generator and the logits. Weights are random: speed does not depend
@@ -52,12 +58,13 @@ from xclip_jax import model as model_lib
 from xclip_jax import official
 from xclip_jax import pretrained
 from xclip_jax import tokenizer
+from xclip_jax import train_benchmark
 
 FLAGS = flags.FLAGS
 DEFAULT_LABELS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "labels" / "kinetics_400_labels.csv"
 
 
-def _import_official_build_model(code_dir: pathlib.Path):
+def import_official_build_model(code_dir: pathlib.Path):
   """`models.xclip.build_model` from an official X-CLIP checkout, importing only what the model needs.
 
   `timm` (used there only for `trunc_normal_`) is replaced by PyTorch's own function when it is not installed, and the
@@ -166,7 +173,7 @@ def eval_benchmark(
   if official_code:
     import torch  # pylint: disable=g-import-not-at-top
 
-    build_model = _import_official_build_model(pathlib.Path(official_code).absolute())
+    build_model = import_official_build_model(pathlib.Path(official_code).absolute())
     state_dict = {k: torch.from_numpy(np.array(v)) for k, v in official.official_from_params(model.params).items()}
     official_model = build_model(
       state_dict,
@@ -268,9 +275,22 @@ def classify_benchmark(arch: str, frames: int, labels: str, num_videos: int) -> 
 # One function per --mode, each reading its flags.
 MODES = {
   "eval": lambda: eval_benchmark(
-    FLAGS.arch, FLAGS.frames, FLAGS.batch, FLAGS.classes, FLAGS.dtype, FLAGS.repeats, FLAGS.official_code
+    FLAGS.arch, FLAGS.frames, FLAGS.batch or 1, FLAGS.classes, FLAGS.dtype, FLAGS.repeats or 20, FLAGS.official_code
   ),
   "classify": lambda: classify_benchmark(FLAGS.arch, FLAGS.frames, FLAGS.labels, FLAGS.videos),
+  "train": lambda: train_benchmark.side_by_side(
+    dict(
+      arch=FLAGS.arch,
+      frames=FLAGS.frames,
+      batch=FLAGS.batch or 2,
+      classes=FLAGS.classes,
+      dtype=FLAGS.dtype,
+      steps=FLAGS.repeats or 8,
+      remat=False,
+    ),
+    FLAGS.official_code,
+    FLAGS.rounds,
+  ),
 }
 
 
@@ -282,13 +302,18 @@ def main(argv):
 
 def define_flags():
   """Command-line flags, defined only when run as a program so that importing defines none."""
-  flags.DEFINE_enum("mode", "eval", list(MODES), "What to time: the evaluation forward pass, or classify runs.")
+  flags.DEFINE_enum(
+    "mode", "eval", list(MODES), "What to time: the evaluation forward pass, classify runs, or the train step."
+  )
   flags.DEFINE_enum("arch", "ViT-B/32", list(model_lib.PRESETS), "Backbone.")
   flags.DEFINE_integer("frames", 8, "Frames per video.")
-  flags.DEFINE_integer("batch", 1, "eval: videos per call.")
+  flags.DEFINE_integer("batch", None, "eval, train: videos per call or step (default 1 for eval, 2 for train).")
   flags.DEFINE_integer("classes", 400, "eval: class texts.")
   flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "eval: compute dtype.")
-  flags.DEFINE_integer("repeats", 20, "eval: timed calls (after warm-up).")
+  flags.DEFINE_integer(
+    "repeats", None, "eval, train: timed calls or steps after warm-up (default 20 for eval, 8 for train)."
+  )
+  flags.DEFINE_integer("rounds", 2, "train: fresh processes per side, alternating with the official step.")
   flags.DEFINE_string(
     "official_code",
     None,

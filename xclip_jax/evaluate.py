@@ -151,7 +151,8 @@ def zero_shot_summary(results: Sequence[dict]) -> dict:
 
 def run_eval_set(config, eval_set: data.EvalSet, eval_step, text_encoder, params, mesh, num_clips: int, num_crops: int):
   """Encodes the set's class names and evaluates it; returns the summary and the number of skipped videos."""
-  text_features = text_encoder(params, tokenizer.tokenize(list(eval_set.class_names)))
+  text_ids = model_lib.truncate_text_ids(tokenizer.tokenize(list(eval_set.class_names)))
+  text_features = text_encoder(params, text_ids)
   failures = video_dataset.FailureLog()
   dataset = data.eval_stream(config, eval_set, num_clips, num_crops, failures)
   results = evaluate(eval_step, params, text_features, dataset, mesh, eval_set.class_names, num_clips * num_crops)

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from xclip_jax import hf_clip
 from xclip_jax import hf_xclip
 from xclip_jax import model as model_lib
 from xclip_jax import official
@@ -138,7 +139,8 @@ def load_pretrained(
   Supported: an official X-CLIP `.pth` (training layout or bare state dict, `module.` prefix or not); OpenAI CLIP
   (TorchScript archive or state dict), which initialises the X-CLIP modules as the official code does (with
   `seed`); a Hugging Face X-CLIP directory (`config.json` + `model.safetensors` or `pytorch_model.bin`); a directory
-  written by `python -m xclip_jax.convert`. Nothing in the file is executed.
+  written by `python -m xclip_jax.convert`; a Hugging Face CLIP model directory (`CLIPModel`, model_type "clip"),
+  which initialises the X-CLIP modules as for OpenAI CLIP. Nothing in the file is executed.
 
   Args:
     path: the checkpoint file or directory.
@@ -160,10 +162,19 @@ def load_pretrained(
       state_dict, arch = hf_xclip.read_hf_checkpoint(path)
       config = model_lib.XCLIPConfig(**arch, **overrides)
       params = official.params_from_official(state_dict, config)
+    elif hf_clip.is_hf_clip_checkpoint(path):
+      state_dict = hf_clip.read_hf_clip(path)
+      config = official.config_from_official(
+        state_dict, num_frames=num_frames or 8, **hf_clip.config_overrides(path), **overrides
+      )
+      logging.info(
+        "%s is a Hugging Face CLIP model: initialising the X-CLIP modules (MIT, prompts, message tokens).", path
+      )
+      params = official.params_from_official(state_dict, config, base_params=official.init_params(config, seed))
     else:
       raise ValueError(
-        f"{path} is a directory but neither an xclip-jax checkpoint ({CONFIG_FILE}) nor a Hugging "
-        "Face X-CLIP model (config.json with model.safetensors or pytorch_model.bin)"
+        f"{path} is a directory but neither an xclip-jax checkpoint ({CONFIG_FILE}), a Hugging Face X-CLIP model, "
+        "nor a Hugging Face CLIP model (config.json with model.safetensors or pytorch_model.bin)"
       )
   else:
     state_dict, _ = torch_io.read_state_dict(path)

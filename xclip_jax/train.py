@@ -198,7 +198,8 @@ def create_train_state(
   trainable = tuple(sorted(name for name in names if is_trainable(name, config.freeze_text)))
   tx = make_optimizer(config, split_params(model.params, trainable)[0])
   recipe = _recipe(config, model, trainable, tx)
-  text = model.encode_text(text_ids) if config.freeze_text else jnp.asarray(text_ids)
+  # Unfrozen, the text tower runs at every step: on the ids up to the last end token (the same features, exactly).
+  text = model.encode_text(text_ids) if config.freeze_text else jnp.asarray(model_lib.truncate_text_ids(text_ids))
 
   def init(params, text):
     return TrainState(

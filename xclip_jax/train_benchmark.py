@@ -94,7 +94,9 @@ def run_official(code_dir, arch, frames, batch, classes, steps) -> dict:
 
   code_dir = pathlib.Path(code_dir).absolute()
   build_model = benchmark.import_official_build_model(code_dir)
-  if importlib.util.find_spec("timm") is None:  # optimizer.py imports timm's scheduler, which the step never calls
+  try:
+    import timm.scheduler.cosine_lr  # noqa: F401 - optimizer.py imports it; the step never calls it
+  except ImportError:
     cosine_lr = types.ModuleType("timm.scheduler.cosine_lr")
     cosine_lr.CosineLRScheduler = None
     sys.modules.update({"timm.scheduler": types.ModuleType("timm.scheduler"), "timm.scheduler.cosine_lr": cosine_lr})
