@@ -214,6 +214,14 @@ def test_text_features_match_transformers(hf_model, xclip_model):
   np.testing.assert_allclose(xclip_model.encode_text(ids), _hf_text_features(hf_model, ids), rtol=1e-5, atol=1e-5)
 
 
+def test_training_init_from_the_directory_gives_the_same_text_features(hf_model, safetensors_dir):
+  # What `--config.init.clip=DIR` does: load_pretrained on the directory, X-CLIP modules freshly initialised.
+  model = xclip_jax.load_pretrained(safetensors_dir, num_frames=4)
+  assert model.config.num_frames == 4 and "mit" in model.params
+  ids = xclip_jax.tokenize(TEXTS)
+  np.testing.assert_allclose(model.encode_text(ids), _hf_text_features(hf_model, ids), rtol=1e-5, atol=1e-5)
+
+
 def test_visual_weights_reproduce_transformers_image_features(hf_model, state_dict):
   # X-CLIP's frame encoder adds message tokens, so OpenAI's own ViT is the reference for the visual weights.
   images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
