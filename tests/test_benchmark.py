@@ -25,7 +25,7 @@ def test_matmul_census_finds_every_dot_with_its_shapes_and_flops():
 def test_official_code_option_refuses_a_folder_that_is_not_the_official_x_clip(tmp_path):
   pytest.importorskip("torch")
   with pytest.raises(SystemExit, match="not the X-CLIP folder"):
-    benchmark._import_official_build_model(tmp_path)
+    benchmark.import_official_build_model(tmp_path)
 
 
 def test_fresh_process_timing_reports_its_own_peak_memory_and_failures():
