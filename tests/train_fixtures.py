@@ -35,7 +35,7 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
   config.lr = 1e-3
   config.weight_decay = 0.05
   config.epochs = 2
-  config.warmup_epochs = 1
+  config.warmup_epochs = 0  # every step moves the parameters (warm-up starts from a learning rate of 0)
   config.steps_per_epoch = 2
   config.batch_size = 8
   config.update(overrides)
