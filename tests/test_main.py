@@ -194,3 +194,52 @@ def test_bad_setups_are_refused_naming_the_problem(dataset, tmp_path, field, val
 def test_diverging_loss_stops_naming_the_step(dataset, tmp_path):
   with pytest.raises(FloatingPointError, match=r"at step \d+"):
     trainer.train_and_evaluate(in_process_config(dataset, lr=1e38, warmup_epochs=0), tmp_path)
+
+
+def test_zero_shot_evaluation_reports_each_split_and_the_mean(dataset, tmp_path):
+  root, _ = dataset
+  # Two split files of all classes, and "novel" classes: those not in a known list, in two random subsets of 2.
+  (root / "known.csv").write_text("id,name\n0,abseiling\n")
+  config = in_process_config(dataset, mode="eval", eval_batch_size=2)
+  with config.unlocked():
+    config.zero_shot_clips, config.zero_shot_crops = 1, 1
+    config.zero_shot = {
+      "splits": {
+        "root": str(root / "videos"),
+        "val_files": (str(root / "val.txt"), str(root / "train.txt")),
+        "label_list": str(root / "labels.csv"),
+        "known_label_list": "",
+      },
+      "novel": {
+        "root": str(root / "videos"),
+        "val_files": (str(root / "val.txt"),),
+        "label_list": str(root / "labels.csv"),
+        "known_label_list": str(root / "known.csv"),
+        "num_subsets": 2,
+        "subset_size": 2,
+        "seed": 0,
+      },
+    }
+  results = trainer.train_and_evaluate(config, tmp_path)["zero_shot"]
+  assert [s["num_videos"] for s in results["splits"]["splits"]] == [NUM_VAL, NUM_TRAIN]
+  top1 = [s["top1"] for s in results["splits"]["splits"]]
+  assert results["splits"]["top1_mean"] == pytest.approx(np.mean(top1))
+  assert results["splits"]["top1_std"] == pytest.approx(np.std(top1))
+  novel = results["novel"]["splits"]
+  assert len(novel) == 2
+  for split in novel:
+    # Only videos of the subset's 2 classes (never 'abseiling', the known class), labels renumbered to 0..1.
+    assert len(split["confusion_matrix"]) == 2 and "abseiling" not in split["per_class"]
+    assert split["num_videos"] == np.sum(split["confusion_matrix"]) > 0
+
+
+def test_few_shot_trains_on_k_videos_per_class(dataset, tmp_path):
+  results = trainer.train_and_evaluate(
+    in_process_config(dataset, **{"data.shots": 2, "steps_per_epoch": None, "epochs": 1, "batch_size": 4}), tmp_path
+  )
+  lines = (tmp_path / "train_2shot.txt").read_text().splitlines()
+  labels = sorted(int(line.split()[1]) for line in lines)
+  assert labels == [0, 0, 1, 1, 2, 2, 3, 3]
+  assert results["num_videos"] == NUM_VAL
+  # steps_per_epoch from the data: 8 videos in batches of 4.
+  assert (tmp_path / "checkpoints" / "2").is_dir()

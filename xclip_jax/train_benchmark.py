@@ -171,6 +171,7 @@ def side_by_side(options: dict, official_code: str | None, rounds: int) -> dict:
       if result.returncode:
         raise RuntimeError(f"the {side} train benchmark failed:\n{result.stderr[-3000:]}")
       runs[side].append(json.loads(result.stdout.strip().splitlines()[-1]))
+      print(f"{side}: {runs[side][-1]}", file=sys.stderr, flush=True)  # each run as it ends
   summary = {"mode": "train", **options, "device": str(jax.devices()[0].device_kind), "rounds": rounds}
   for side, results in runs.items():
     prefix = "" if side == "ours" else "official_"
