@@ -189,8 +189,8 @@ def create_train_state(
   """The initial train state, laid out on `mesh` (default: from `config.mesh`) by the sharding rules.
 
   Frozen parameters get no optimiser state; with `freeze_text` the class texts are encoded here, once. The model's
-  parameter buffers are donated to the state, so that the parameters are not held twice: afterwards read
-  `state.params`, not `model.params`.
+  parameter buffers are donated to the state on a one-device mesh, so that the parameters are not held twice:
+  afterwards read `state.params`, not `model.params`.
   """
   mesh = mesh or sharding.make_mesh(config.mesh)
   text_ids = np.asarray(text_ids, np.int32)
@@ -215,7 +215,9 @@ def create_train_state(
 
   abstract = jax.eval_shape(init, model.params, text)
   shardings = state_shardings(abstract, mesh)
-  return jax.jit(init, out_shardings=shardings, donate_argnums=0)(model.params, text)
+  # Donating lets one device hold the parameters once; XLA cannot alias a whole input buffer to a sharded output.
+  donate = (0,) if mesh.size == 1 else ()
+  return jax.jit(init, out_shardings=shardings, donate_argnums=donate)(model.params, text)
 
 
 def state_shardings(state: TrainState, mesh: jax.sharding.Mesh) -> TrainState:
