@@ -68,6 +68,31 @@ def learning_rate(step, base_lr: float, min_lr: float, warmup_steps: int, total_
 
 
 @dataclasses.dataclass(frozen=True)
+class Schedule:
+  """The official schedule of a run: `schedule(step, multiplier)` is the rate of a group with that lr multiplier."""
+
+  base_lr: float
+  min_lr: float
+  warmup_steps: int
+  total_steps: int
+
+  @classmethod
+  def from_config(cls, config) -> "Schedule":
+    if not config.steps_per_epoch:
+      raise ValueError("config.steps_per_epoch must be set (train_and_evaluate derives it from the data size)")
+    total = int(config.epochs * config.steps_per_epoch)
+    if total <= 0:
+      raise ValueError(
+        f"the schedule has {total} steps (epochs={config.epochs}, steps_per_epoch={config.steps_per_epoch})"
+      )
+    warmup = int(config.warmup_epochs * config.steps_per_epoch)
+    return cls(config.lr, config.lr * MIN_LR_FRACTION, warmup, total)
+
+  def __call__(self, step, multiplier: float = 1.0):
+    return learning_rate(step, self.base_lr * multiplier, self.min_lr, self.warmup_steps, self.total_steps)
+
+
+@dataclasses.dataclass(frozen=True)
 class Recipe:
   """What the step needs besides arrays; static under jit."""
 
@@ -75,10 +100,7 @@ class Recipe:
   tx: optax.GradientTransformation
   trainable: tuple[str, ...]
   num_classes: int
-  base_lr: float
-  min_lr: float
-  warmup_steps: int
-  total_steps: int
+  schedule: Schedule
   accumulation_steps: int
   freeze_text: bool
   mixup_alpha: float
@@ -112,7 +134,7 @@ def merge_params(trainable, frozen):
   return flax.traverse_util.unflatten_dict({**sharding.flat_names(frozen), **sharding.flat_names(trainable)}, sep="/")
 
 
-def _scale_by_group_learning_rates(recipe_lr, multipliers: Mapping[str, float]) -> optax.GradientTransformation:
+def _scale_by_group_learning_rates(schedule, multipliers: Mapping[str, float]) -> optax.GradientTransformation:
   """Scales each update by -lr(step) of its group; groups differ by base rate but share the floor, as officially."""
 
   def init(params):
@@ -121,7 +143,7 @@ def _scale_by_group_learning_rates(recipe_lr, multipliers: Mapping[str, float]) 
 
   def update(updates, state, params=None):
     del params
-    rates = {m: recipe_lr(state.count, m) for m in set(multipliers.values())}
+    rates = {m: schedule(state.count, m) for m in set(multipliers.values())}
     flat = sharding.flat_names(updates)
     scaled = {name: -rates[multipliers[name]] * value for name, value in flat.items()}
     return flax.traverse_util.unflatten_dict(scaled, sep="/"), optax.ScaleByScheduleState(
@@ -131,9 +153,10 @@ def _scale_by_group_learning_rates(recipe_lr, multipliers: Mapping[str, float]) 
   return optax.GradientTransformation(init, update)
 
 
-def make_optimizer(config: ml_collections.ConfigDict, trainable_params) -> optax.GradientTransformation:
+def make_optimizer(
+  config: ml_collections.ConfigDict, trainable_params, schedule: Schedule
+) -> optax.GradientTransformation:
   """AdamW with the official groups, over a tree of the trainable parameters."""
-  schedule = _schedule(config)
   flat = sharding.flat_names(trainable_params)
   decay_mask = flax.traverse_util.unflatten_dict(
     {name: has_weight_decay(name, tuple(np.shape(value))) for name, value in flat.items()}, sep="/"
@@ -143,24 +166,11 @@ def make_optimizer(config: ml_collections.ConfigDict, trainable_params) -> optax
     optax.scale_by_adam(b1=ADAM_B1, b2=ADAM_B2, eps=ADAM_EPS),
     # Decoupled decay, scaled by the group's learning rate below, as torch.optim.AdamW.
     optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
-    _scale_by_group_learning_rates(lambda step, multiplier: schedule(step, config.lr * multiplier), multipliers),
+    _scale_by_group_learning_rates(schedule, multipliers),
   )
 
 
-def _schedule(config):
-  if not config.steps_per_epoch:
-    raise ValueError("config.steps_per_epoch must be set (train_and_evaluate derives it from the data size)")
-  total = int(config.epochs * config.steps_per_epoch)
-  warmup = int(config.warmup_epochs * config.steps_per_epoch)
-  if total <= 0:
-    raise ValueError(
-      f"the schedule has {total} steps (epochs={config.epochs}, steps_per_epoch={config.steps_per_epoch})"
-    )
-  min_lr = config.lr * MIN_LR_FRACTION
-  return lambda step, base_lr: learning_rate(step, base_lr, min_lr, warmup, total)
-
-
-def _recipe(config, model: pretrained.XCLIPModel, trainable: tuple[str, ...], tx) -> Recipe:
+def _recipe(config, model: pretrained.XCLIPModel, trainable: tuple[str, ...], tx, schedule: Schedule) -> Recipe:
   if config.batch_size % config.accumulation_steps:
     raise ValueError(
       f"batch_size {config.batch_size} is not divisible by accumulation_steps {config.accumulation_steps}"
@@ -170,10 +180,7 @@ def _recipe(config, model: pretrained.XCLIPModel, trainable: tuple[str, ...], tx
     tx=tx,
     trainable=trainable,
     num_classes=config.num_classes,
-    base_lr=config.lr,
-    min_lr=config.lr * MIN_LR_FRACTION,
-    warmup_steps=int(config.warmup_epochs * config.steps_per_epoch),
-    total_steps=int(config.epochs * config.steps_per_epoch),
+    schedule=schedule,
     accumulation_steps=config.accumulation_steps,
     freeze_text=config.freeze_text,
     mixup_alpha=config.mixup,
@@ -198,8 +205,9 @@ def create_train_state(
     raise ValueError(f"text_ids must be ({config.num_classes}, L) for config.num_classes, got {text_ids.shape}")
   names = sharding.flat_names(model.params)
   trainable = tuple(sorted(name for name in names if is_trainable(name, config.freeze_text)))
-  tx = make_optimizer(config, split_params(model.params, trainable)[0])
-  recipe = _recipe(config, model, trainable, tx)
+  schedule = Schedule.from_config(config)
+  tx = make_optimizer(config, split_params(model.params, trainable)[0], schedule)
+  recipe = _recipe(config, model, trainable, tx, schedule)
   # Unfrozen, the text tower runs at every step: on the ids up to the last end token (the same features, exactly).
   text = model.encode_text(text_ids) if config.freeze_text else jnp.asarray(model_lib.truncate_text_ids(text_ids))
 
@@ -310,7 +318,7 @@ def step_fn(state: TrainState, batch, num_mix_groups: int = 1, micro_batch_shard
   trainable = optax.apply_updates(trainable, updates)
   metrics = {
     "loss": loss,
-    "lr": learning_rate(state.step, recipe.base_lr, recipe.min_lr, recipe.warmup_steps, recipe.total_steps),
+    "lr": recipe.schedule(state.step),
     "grad_norm": optax.tree.norm(grads),
   }
   new_state = state.replace(

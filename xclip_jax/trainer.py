@@ -90,10 +90,6 @@ def _check_batch_sizes(config, mesh):
       raise ValueError(
         f"config.{field}={config[field]} is not divisible by the {shards} devices the batch is split over"
       )
-  if config.batch_size % config.accumulation_steps:
-    raise ValueError(
-      f"batch_size {config.batch_size} is not divisible by accumulation_steps {config.accumulation_steps}"
-    )
 
 
 class _Terminated:
