@@ -82,7 +82,8 @@ def experiment_config(*, small: bool = False) -> ml_collections.ConfigDict:
   config.dtype = "float32"  # compute dtype; "bfloat16" on accelerators (parameters stay float32)
   config.remat = False
 
-  config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
+  # data x fsdp x time devices; `time` > 1 splits each video's frames over devices (long clips, large models).
+  config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "time": 1})
 
   # Evaluation: one view during training, the official 4 clips x 3 crops at the end.
   config.eval_batch_size = 64

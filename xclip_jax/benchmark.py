@@ -1,11 +1,16 @@
-r"""Times X-CLIP and prints JSON: the evaluation forward pass (`--mode=eval`, the default), `classify` runs, or the
-train step (`--mode=train`).
+r"""Times X-CLIP and prints JSON: the evaluation forward pass (`--mode=eval`, the default), `classify` runs, the
+train step (`--mode=train`), or the train step's memory and traffic with frames split over devices (`--mode=memory`).
 
   python -m xclip_jax.benchmark                      # ViT-B/32, 8 frames, batch 1, 400 classes, float32
   python -m xclip_jax.benchmark --arch=ViT-B/16 --frames=16 --batch=4 --dtype=bfloat16
   python -m xclip_jax.benchmark --official_code=VideoX/X-CLIP   # side by side with the official PyTorch model
   python -m xclip_jax.benchmark --mode=classify      # `python -m xclip_jax.classify` as a user runs it
   python -m xclip_jax.benchmark --mode=train --official_code=VideoX/X-CLIP   # the train step, side by side
+  python -m xclip_jax.benchmark --mode=memory --arch=ViT-L/14-336 --frames=16   # time = 1, 2, 4, 8 on 8 CPU devices
+
+`--mode=memory`: compiles the sharded train step (abstract inputs, nothing allocated) on 8 forced CPU devices for
+each size of the mesh's `time` axis and prints XLA's per-device memory and the bytes crossing `time` per step (see
+`xclip_jax.memory_benchmark`).
 
 `--mode=train`: the sharded train step of `xclip_jax.train` (ViT-B/32, 8 frames, batch 2, 400 cached class texts,
 fp32, AdamW, frozen text, Mixup/CutMix on device) in fresh processes, alternating with the official step built by
@@ -54,6 +59,7 @@ import numpy as np
 
 from input_pipeline import annotations
 from xclip_jax import compilation_cache
+from xclip_jax import memory_benchmark
 from xclip_jax import model as model_lib
 from xclip_jax import official
 from xclip_jax import pretrained
@@ -291,11 +297,14 @@ MODES = {
     FLAGS.official_code,
     FLAGS.rounds,
   ),
+  "memory": lambda: memory_benchmark.time_axis_memory(FLAGS.arch, FLAGS.frames, FLAGS.classes, FLAGS.dtype),
 }
 
 
 def main(argv):
   del argv
+  if FLAGS.mode == "memory":
+    jax.config.update("jax_num_cpu_devices", 8)  # before anything starts JAX's CPU backend
   compilation_cache.enable(FLAGS.compilation_cache_dir)
   print(json.dumps(MODES[FLAGS.mode]()))
 
@@ -303,13 +312,16 @@ def main(argv):
 def define_flags():
   """Command-line flags, defined only when run as a program so that importing defines none."""
   flags.DEFINE_enum(
-    "mode", "eval", list(MODES), "What to time: the evaluation forward pass, classify runs, or the train step."
+    "mode",
+    "eval",
+    list(MODES),
+    "What to measure: the evaluation forward pass, classify runs, the train step, or the train step's memory.",
   )
   flags.DEFINE_enum("arch", "ViT-B/32", list(model_lib.PRESETS), "Backbone.")
   flags.DEFINE_integer("frames", 8, "Frames per video.")
   flags.DEFINE_integer("batch", None, "eval, train: videos per call or step (default 1 for eval, 2 for train).")
-  flags.DEFINE_integer("classes", 400, "eval: class texts.")
-  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "eval: compute dtype.")
+  flags.DEFINE_integer("classes", 400, "eval, memory: class texts.")
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "eval, train, memory: compute dtype.")
   flags.DEFINE_integer(
     "repeats", None, "eval, train: timed calls or steps after warm-up (default 20 for eval, 8 for train)."
   )

@@ -42,9 +42,19 @@ def make_eval_step(module: model_lib.XCLIP, mesh: jax.sharding.Mesh, param_shard
     top = jax.lax.top_k(probabilities, min(TOP_K, probabilities.shape[-1]))[1]
     return {"top": top, "label": batch["label"], "mask": batch["mask"], "index": batch["index"]}
 
+  def sharded_step(params, text_features, batch):
+    with sharding.activation_mesh(mesh):
+      return step(params, text_features, batch)
+
   batch_sharding = sharding.batch_sharding(mesh)
+  batch_shardings = {
+    "video": sharding.video_sharding(mesh, ndim=6),
+    **{key: batch_sharding for key in ("label", "mask", "index")},
+  }
   return jax.jit(
-    step, in_shardings=(param_shardings, sharding.replicated(mesh), batch_sharding), out_shardings=batch_sharding
+    sharded_step,
+    in_shardings=(param_shardings, sharding.replicated(mesh), batch_shardings),
+    out_shardings=batch_sharding,
   )
 
 

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xclip_jax import sharding
+
 # PyTorch's LayerNorm default; Flax's default (1e-6) would break parity.
 LAYER_NORM_EPS = 1e-5
 
@@ -344,6 +346,9 @@ class CrossFrameAttentionBlock(nn.Module):
     message = Linear(width, dtype=self.dtype, bias_init=torch_linear_bias_init(width), name="message_fc")(x[:, :, 0])
     message_attn = MultiheadAttention(self.num_heads, self.dtype, name="message_attn")
     message = message + message_drop(message_attn(layer_norm("message_ln", self.dtype)(message)), deterministic)
+    # With frames split over devices, the attention above is the block's only exchange between them (of message
+    # tokens); each device keeps its own frames' results.
+    message = sharding.split_frames(message)
 
     # Each frame attends over [its tokens, its message token]; the message token's own output is dropped by the
     # official code, so it is not computed as a query here.
@@ -351,7 +356,7 @@ class CrossFrameAttentionBlock(nn.Module):
     attn = MultiheadAttention(self.num_heads, self.dtype, name="attn")
     x = x + token_drop(attn(layer_norm("ln_1", self.dtype)(tokens), num_queries=length), deterministic)
     mlp = MLP(self.dtype, name="mlp")
-    return x + token_drop(mlp(layer_norm("ln_2", self.dtype)(x)), deterministic)
+    return sharding.split_frames(x + token_drop(mlp(layer_norm("ln_2", self.dtype)(x)), deterministic))
 
 
 class PatchEmbedding(nn.Module):
@@ -420,7 +425,7 @@ class CrossFrameCommunicationTransformer(nn.Module):
     )
     cls = jnp.broadcast_to(class_embedding.astype(self.dtype), (batch, frames, 1, self.width))
     x = jnp.concatenate([cls, patches], axis=2) + positional_embedding.astype(self.dtype)
-    x = layer_norm("ln_pre", self.dtype)(x)
+    x = sharding.split_frames(layer_norm("ln_pre", self.dtype)(x))
 
     x = CrossFrameTransformer(self.layers, self.heads, self.droppath, self.remat, self.dtype, name="transformer")(
       x, deterministic
@@ -597,18 +602,21 @@ class XCLIP(nn.Module):
       raise ValueError(f"frames are {video.shape[2]}x{video.shape[3]}, the model expects {resolution}x{resolution}")
     cls_features, patch_tokens = self.visual(video, deterministic)
     prompt_tokens = self.prompts_visual_ln(patch_tokens) @ self.prompts_visual_proj.astype(patch_tokens.dtype)
+    # Kept split over frames: the prompt generator needs only their mean (a reduction over devices), not the tokens.
+    prompt_tokens = sharding.split_frames(prompt_tokens)
     return cls_features.astype(jnp.float32), prompt_tokens.astype(jnp.float32)
 
   def encode_video(self, video, deterministic: bool = True):
     cls_features, prompt_tokens = self.encode_frames(video, deterministic)
-    video_features = self.mit(cls_features.astype(self.config.compute_dtype))
+    video_features = self.mit(sharding.whole_video(cls_features).astype(self.config.compute_dtype))
     return video_features.astype(jnp.float32), prompt_tokens
 
   def logits_from_features(self, video, text_features, deterministic: bool = True):
     video_features, prompt_tokens = self.encode_video(video, deterministic)
     dtype = self.config.compute_dtype
     text = jnp.broadcast_to(text_features, (video.shape[0],) + text_features.shape).astype(dtype)
-    text = text + self.prompts_generator(text, prompt_tokens.mean(axis=1).astype(dtype))
+    visual = sharding.whole_video(prompt_tokens.mean(axis=1))
+    text = text + self.prompts_generator(text, visual.astype(dtype))
     video_features = normalize(video_features)
     text = normalize(text.astype(jnp.float32))
     return jnp.exp(self.logit_scale) * jnp.einsum("bd,bkd->bk", video_features, text)

@@ -15,6 +15,7 @@ from xclip_jax import hf_clip
 from xclip_jax import hf_xclip
 from xclip_jax import model as model_lib
 from xclip_jax import official
+from xclip_jax import sharding
 from xclip_jax import torch_io
 
 # A converted checkpoint is a directory holding this file (the architecture) and an orbax checkpoint of the params.
@@ -29,23 +30,52 @@ class XCLIPModel:
   """An X-CLIP model with its parameters; jit-compiled inference methods.
 
   Video is (B, T, H, W, 3) float32, normalised with the CLIP mean and std; text is token ids from `tokenize`.
+  With a `mesh` (`sharding.make_mesh`), the parameters are laid out by the sharding rules and the videos split as in
+  training: batch over the batch axes (B must be divisible by them), frames over `time`.
   """
 
-  def __init__(self, config: model_lib.XCLIPConfig, params):
+  def __init__(self, config: model_lib.XCLIPConfig, params, mesh: jax.sharding.Mesh | None = None):
     self.config = config
-    self.params = params
     self.module = model_lib.XCLIP(config)
+    self.mesh = mesh
+    if mesh is not None:
+      sharding.check_frames_divisible(config.num_frames, mesh)
+      params = jax.device_put(params, sharding.tree_shardings(params, mesh))
+    self.params = params
 
   @functools.cached_property
   def _apply(self):
-    # One compiled function per method; shapes (batch, classes) recompile as usual.
-    return {
-      name: jax.jit(functools.partial(self.module.apply, method=getattr(model_lib.XCLIP, name)))
-      for name in ("encode_text", "encode_frames", "encode_video", "logits_from_features")
-    }
+    # One compiled function per method; shapes (batch, classes) recompile as usual. Shardings follow the arguments.
+    def compiled(name):
+      method = functools.partial(self.module.apply, method=getattr(model_lib.XCLIP, name))
+      if self.mesh is None:
+        return jax.jit(method)
+
+      def on_mesh(*args):
+        with sharding.activation_mesh(self.mesh):
+          return method(*args)
+
+      return jax.jit(on_mesh)
+
+    return {name: compiled(name) for name in ("encode_text", "encode_frames", "encode_video", "logits_from_features")}
 
   def _variables(self):
     return {"params": self.params}
+
+  def _video(self, video) -> jax.Array:
+    video = jnp.asarray(video, jnp.float32)
+    if self.mesh is None:
+      return video
+    shards = sharding.num_batch_shards(self.mesh)
+    if video.ndim != 5 or video.shape[0] % shards:
+      raise ValueError(
+        f"video of shape {video.shape}: on this mesh the batch must be (B, T, H, W, 3) with B divisible by {shards}"
+      )
+    return jax.device_put(video, sharding.video_sharding(self.mesh))
+
+  def _replicated(self, x) -> jax.Array:
+    x = jnp.asarray(x)
+    return x if self.mesh is None else jax.device_put(x, sharding.replicated(self.mesh))
 
   def encode_text(self, text_ids) -> jax.Array:
     """(K, 77) token ids -> (K, D) text features, without video conditioning.
@@ -57,17 +87,18 @@ class XCLIPModel:
     lengths = model_lib.text_lengths(text_ids)
     groups = [np.flatnonzero(lengths == length) for length in np.unique(lengths)]
     features = [
-      self._apply["encode_text"](self._variables(), jnp.asarray(text_ids[rows, : lengths[rows[0]]])) for rows in groups
+      self._apply["encode_text"](self._variables(), self._replicated(text_ids[rows, : lengths[rows[0]]]))
+      for rows in groups
     ]
     return jnp.concatenate(features)[np.argsort(np.concatenate(groups))]
 
   def encode_frames(self, video) -> tuple[jax.Array, jax.Array]:
     """(B, T, D) per-frame class features and (B, T, N, D) prompt visual tokens."""
-    return self._apply["encode_frames"](self._variables(), jnp.asarray(video, jnp.float32))
+    return self._apply["encode_frames"](self._variables(), self._video(video))
 
   def encode_video(self, video) -> tuple[jax.Array, jax.Array]:
     """(B, D) video features (before normalisation) and (B, T, N, D) prompt visual tokens."""
-    return self._apply["encode_video"](self._variables(), jnp.asarray(video, jnp.float32))
+    return self._apply["encode_video"](self._variables(), self._video(video))
 
   def logits(self, video, text_ids=None, *, text_features=None) -> jax.Array:
     """(B, K) logits of each video against K class texts, given as token ids or as `encode_text` features.
@@ -79,7 +110,7 @@ class XCLIPModel:
     if text_features is None:
       text_features = self.encode_text(text_ids)
     return self._apply["logits_from_features"](
-      self._variables(), jnp.asarray(video, jnp.float32), jnp.asarray(text_features, jnp.float32)
+      self._variables(), self._video(video), self._replicated(jnp.asarray(text_features, jnp.float32))
     )
 
   def save(self, directory) -> pathlib.Path:
@@ -133,6 +164,7 @@ def load_pretrained(
   droppath: float = 0.0,
   remat: bool = False,
   seed: int = 0,
+  mesh: jax.sharding.Mesh | None = None,
 ) -> XCLIPModel:
   """Loads X-CLIP from any supported checkpoint, reading the architecture from it.
 
@@ -150,6 +182,7 @@ def load_pretrained(
     droppath: stochastic depth rate of the video encoder, for fine-tuning.
     remat: rematerialise the video encoder blocks in the backward pass (saves memory in training).
     seed: initialisation seed of the X-CLIP modules when loading a CLIP checkpoint.
+    mesh: run on these devices (`sharding.make_mesh`), e.g. with frames split over `time` for long clips.
   """
   path = pathlib.Path(path)
   overrides = dict(dtype=dtype, droppath=droppath, remat=remat)
@@ -187,7 +220,7 @@ def load_pretrained(
       logging.info("%s is a CLIP checkpoint: initialising the X-CLIP modules (MIT, prompts, message tokens).", path)
       params = official.params_from_official(state_dict, config, base_params=official.init_params(config, seed))
   config, params = _resize_frames(config, params, num_frames)
-  return XCLIPModel(config, jax.tree.map(jnp.asarray, params))
+  return XCLIPModel(config, jax.tree.map(jnp.asarray, params), mesh)
 
 
 def from_config(config: model_lib.XCLIPConfig, seed: int = 0) -> XCLIPModel:

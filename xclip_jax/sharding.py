@@ -1,8 +1,14 @@
 """The device mesh and how parameters, optimiser state and batches are laid out on it.
 
-Mesh axes: `data` (pure data parallelism: parameters replicated) and `fsdp` (data parallelism whose parameters and
-optimiser state are split over the axis and gathered layer by layer as XLA needs them). Batches are split over both.
-Parameter placement is declared once, as rules over '/'-joined parameter names (`PARAM_RULES`).
+Mesh axes: `data` (pure data parallelism: parameters replicated), `fsdp` (data parallelism whose parameters and
+optimiser state are split over the axis and gathered layer by layer as XLA needs them) and `time` (the frames of each
+video split over the axis). Batches are split over `data` and `fsdp`, a video's frames over `time`.
+Parameter placement is declared once, as rules over '/'-joined parameter names (`PARAM_RULES`); activation placement
+once, in `split_frames` and `whole_video`.
+
+Why `time` is cheap: in X-CLIP a frame's tokens meet other frames only through the frame's message token (the CCT's
+cross-frame attention), the MIT's per-frame features and the prompt generator's mean over frames. With the frames
+split, the devices of one video exchange those (B*T*D numbers per block), never the frame tokens (B*T*N*D).
 """
 
 from collections.abc import Mapping
@@ -16,9 +22,10 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
 
-MESH_AXES = ("data", "fsdp")
-# The batch axis of every input is split over all mesh axes.
+MESH_AXES = ("data", "fsdp", "time")
+# The batch axis of every input is split over these; `time` splits the frames instead.
 BATCH_AXES = ("data", "fsdp")
+FRAMES_AXIS = "time"
 
 # First matching rule wins; a parameter that matches none is replicated. The rules split the first (output) axis of
 # every matrix over `fsdp`: Linear and conv weights are (out, in, ...) as in PyTorch, the projections (width, embed)
@@ -46,7 +53,16 @@ def make_mesh(mesh_config: Mapping[str, int], devices=None) -> jax.sharding.Mesh
     sizes[sizes.index(-1)] = len(devices) // known
   if math.prod(sizes) != len(devices):
     raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, {len(devices)} are present")
+  # `time` is the last axis, so that the devices sharing a video are neighbours (on one host where possible).
   return jax.sharding.Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
+
+
+def check_frames_divisible(num_frames: int, mesh: jax.sharding.Mesh):
+  if num_frames % mesh.shape[FRAMES_AXIS]:
+    raise ValueError(
+      f"{num_frames} frames cannot be split over the mesh's time axis of size {mesh.shape[FRAMES_AXIS]}: set "
+      f"mesh.time to a divisor of num_frames"
+    )
 
 
 def param_spec(name: str, shape: tuple[int, ...], mesh: jax.sharding.Mesh) -> P:
@@ -78,7 +94,57 @@ def tree_shardings(tree, mesh: jax.sharding.Mesh):
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+  """Labels, masks, indices: split over the batch axes."""
   return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def video_sharding(mesh: jax.sharding.Mesh, ndim: int = 5) -> NamedSharding:
+  """A batch of videos (B, ..., T, H, W, 3): batch over the batch axes, frames over `time`."""
+  return NamedSharding(mesh, P(BATCH_AXES, *(None,) * (ndim - 5), FRAMES_AXIS))
+
+
+def batch_shardings(batch: Mapping[str, object], mesh: jax.sharding.Mesh) -> dict[str, NamedSharding]:
+  """The sharding of each array of a batch: `video` by `video_sharding`, the rest by `batch_sharding`."""
+  return {
+    key: video_sharding(mesh, np.ndim(value)) if key == "video" else batch_sharding(mesh)
+    for key, value in batch.items()
+  }
+
+
+def activation_mesh(mesh: jax.sharding.Mesh):
+  """Context for tracing a model function under `mesh`: inside it `split_frames` and `whole_video` pin activations to the mesh."""
+  return jax.sharding.use_abstract_mesh(mesh.abstract_mesh)
+
+
+def _time_split_mesh():
+  """The mesh being traced under (`activation_mesh`) if its `time` axis splits frames, else None."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or FRAMES_AXIS not in mesh.axis_names or mesh.shape[FRAMES_AXIS] == 1:
+    return None
+  return mesh
+
+
+def split_frames(x, frames_axis: int = 1):
+  """Keeps a per-frame activation (B, ..., T at `frames_axis`, ...) split: batch over the batch axes, frames over
+  `time`, so that XLA's partitioner moves no frame tokens between devices.
+
+  This and `whole_video` are no-ops unless traced inside `activation_mesh` of a mesh whose `time` axis has more than
+  one device (otherwise the partitioner's own choices are already right).
+  """
+  if _time_split_mesh() is None:
+    return x
+  spec = [None] * x.ndim
+  spec[0], spec[frames_axis] = BATCH_AXES, FRAMES_AXIS
+  return jax.lax.with_sharding_constraint(x, P(*spec))
+
+
+def whole_video(x):
+  """A per-video activation made whole on each device of its video (batch still split): for the small parts that
+  look at all frames at once (the MIT on (B, T, D) frame features, the prompt generator on the frame mean), which
+  every device of the video then computes itself instead of the partitioner reshuffling them."""
+  if _time_split_mesh() is None:
+    return x
+  return jax.lax.with_sharding_constraint(x, P(BATCH_AXES, *(None,) * (x.ndim - 1)))
 
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
@@ -90,10 +156,10 @@ def num_batch_shards(mesh: jax.sharding.Mesh) -> int:
 
 
 def global_batch(local_batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
-  """Global arrays from this process's slices of a batch (every process passes its own rows)."""
-  sharding = batch_sharding(mesh)
+  """Global arrays from this process's slices of a batch (every process passes its own rows, all their frames)."""
+  shardings = batch_shardings(local_batch, mesh)
   return {
-    key: jax.make_array_from_process_local_data(sharding, np.asarray(value)) for key, value in local_batch.items()
+    key: jax.make_array_from_process_local_data(shardings[key], np.asarray(value)) for key, value in local_batch.items()
   }
 
 

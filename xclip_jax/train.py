@@ -200,6 +200,7 @@ def create_train_state(
   afterwards read `state.params`, not `model.params`.
   """
   mesh = mesh or sharding.make_mesh(config.mesh)
+  sharding.check_frames_divisible(config.num_frames, mesh)
   text_ids = np.asarray(text_ids, np.int32)
   if text_ids.ndim != 2 or text_ids.shape[0] != config.num_classes:
     raise ValueError(f"text_ids must be ({config.num_classes}, L) for config.num_classes, got {text_ids.shape}")
@@ -286,7 +287,7 @@ def _micro_batches(x, count: int):
   return jnp.swapaxes(x.reshape(x.shape[0] // count, count, *x.shape[1:]), 0, 1)
 
 
-def step_fn(state: TrainState, batch, num_mix_groups: int = 1, micro_batch_sharding=None):
+def step_fn(state: TrainState, batch, num_mix_groups: int = 1, micro_batch_shardings=None):
   """One optimiser step (pure). batch["label"]: (B,) class ids (blended here) or (B, K) soft targets (used as is)."""
   recipe = state.recipe
   rng, mix_rng, drop_rng = jax.random.split(jax.random.wrap_key_data(state.rng), 3)
@@ -309,9 +310,9 @@ def step_fn(state: TrainState, batch, num_mix_groups: int = 1, micro_batch_shard
     count = recipe.accumulation_steps
     zeros = (jnp.zeros([], jnp.float32), jax.tree.map(jnp.zeros_like, trainable))
     micro = (jnp.arange(count), _micro_batches(video, count), _micro_batches(labels, count))
-    if micro_batch_sharding is not None:
+    if micro_batch_shardings is not None:
       # Without this constraint XLA's partitioner mis-splits the reshaped batch (wrong losses on 8 CPU devices).
-      micro = (micro[0], *jax.lax.with_sharding_constraint(micro[1:], micro_batch_sharding))
+      micro = (micro[0], *jax.lax.with_sharding_constraint(micro[1:], micro_batch_shardings))
     (loss, grads), _ = jax.lax.scan(accumulate, zeros, micro)
     loss, grads = jax.tree.map(lambda x: x / count, (loss, grads))
   updates, opt_state = recipe.tx.update(grads, state.opt_state, trainable)
@@ -336,16 +337,20 @@ train_step = jax.jit(step_fn)
 
 
 def make_sharded_step(state: TrainState, mesh: jax.sharding.Mesh):
-  """`step_fn` jitted for `mesh`: state laid out by the rules and donated, batch split over the batch axes."""
+  """`step_fn` jitted for `mesh`: state laid out by the rules and donated, batch split over the batch axes and the
+  videos' frames over `time`."""
   shardings = state_shardings(state, mesh)
-  step = functools.partial(
-    step_fn,
-    num_mix_groups=sharding.num_batch_shards(mesh),
-    micro_batch_sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, sharding.BATCH_AXES)),
-  )
+  micro = lambda spec: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, *spec))
+  micro_batch_shardings = (micro(sharding.video_sharding(mesh).spec), micro(sharding.batch_sharding(mesh).spec))
+
+  def step(state, batch):
+    with sharding.activation_mesh(mesh):
+      return step_fn(state, batch, sharding.num_batch_shards(mesh), micro_batch_shardings)
+
+  batch_shardings = {"video": sharding.video_sharding(mesh), "label": sharding.batch_sharding(mesh)}
   return jax.jit(
     step,
-    in_shardings=(shardings, sharding.batch_sharding(mesh)),
+    in_shardings=(shardings, batch_shardings),
     out_shardings=(shardings, sharding.replicated(mesh)),
     donate_argnums=0,
   )

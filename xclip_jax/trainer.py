@@ -83,7 +83,8 @@ def _resolved(config: ml_collections.ConfigDict, experiment: data.Experiment) ->
   return config
 
 
-def _check_batch_sizes(config, mesh):
+def _check_mesh_fits(config, mesh):
+  sharding.check_frames_divisible(config.num_frames, mesh)
   shards = sharding.num_batch_shards(mesh)
   for field in ("batch_size", "eval_batch_size"):
     if config[field] % shards:
@@ -203,7 +204,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     raise ValueError(f"config.mode must be 'train' or 'eval', got {config.mode!r}")
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = sharding.make_mesh(config.mesh)
-  _check_batch_sizes(config, mesh)
+  _check_mesh_fits(config, mesh)
   experiment = data.resolve(config, workdir)
   model = load_model(config)
   text_encoder = evaluate.make_text_encoder(model.module)
