@@ -27,6 +27,9 @@ from xclip_jax import sharding
 from xclip_jax import train
 
 
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
 def _compile_step(arch: str, frames: int, classes: int, dtype: str, time_size: int, videos_per_shard: int = 1):
   """The compiled train step on a (data=-1, time=time_size) mesh, its mesh, and the abstract parameters."""
   config = common.experiment_config()
@@ -52,7 +55,8 @@ def _compile_step(arch: str, frames: int, classes: int, dtype: str, time_size: i
     ),
     "label": jax.ShapeDtypeStruct((config.batch_size,), np.int32, sharding=sharding.batch_sharding(mesh)),
   }
-  compiled = train.make_sharded_step(state, mesh).lower(state, batch).compile()
+  # Only buffer sizes and the HLO are read: skip the costly machine-code optimisation (hours for L/14 on 8 devices).
+  compiled = train.make_sharded_step(state, mesh).lower(state, batch).compile(FAST_COMPILE)
   return compiled, mesh, params, model_config
 
 
