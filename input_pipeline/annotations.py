@@ -3,12 +3,16 @@
 Label list: a CSV with the header `id,name` and one `id,name` row per class,
 ids 0..N-1 in order (names may contain commas when quoted).
 Annotation file: one `relative/path.mp4 label` line per video.
-Problems are refused when the files are read, naming file and line.
+Problems are refused when the files are read, naming file and line. Both may
+be on cloud storage (gs://...): they are read through etils.epath.
 """
 
 import csv
 import dataclasses
+import io
 import os
+
+from etils import epath
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,9 +23,9 @@ class VideoRecord:
 
 def read_label_list(csv_path: str | os.PathLike[str]) -> list[str]:
   """Returns the class names of an `id,name` CSV, indexed by id."""
+  text = epath.Path(csv_path).read_text(encoding="utf-8")
   csv_path = os.fspath(csv_path)
-  with open(csv_path, newline="", encoding="utf-8") as f:
-    rows = list(csv.reader(f))
+  rows = list(csv.reader(io.StringIO(text, newline="")))
   if not rows or [cell.strip() for cell in rows[0]] != ["id", "name"]:
     raise ValueError(f'{csv_path}:1: expected the header "id,name"')
   names = []
@@ -45,23 +49,23 @@ def read_label_list(csv_path: str | os.PathLike[str]) -> list[str]:
 
 def read_annotations(path: str | os.PathLike[str], num_classes: int) -> list[VideoRecord]:
   """Reads `relative/path label` lines; labels must be in [0, num_classes)."""
+  lines = epath.Path(path).read_text(encoding="utf-8").split("\n")
   path = os.fspath(path)
   records = []
-  with open(path, encoding="utf-8") as f:
-    for line_number, line in enumerate(f, start=1):
-      fields = line.split()
-      if not fields:
-        continue
-      if len(fields) != 2:
-        raise ValueError(f'{path}:{line_number}: expected "relative/path label", got {line.rstrip()!r}')
-      video_path, label_text = fields
-      try:
-        label = int(label_text)
-      except ValueError:
-        raise ValueError(f"{path}:{line_number}: label {label_text!r} is not an integer") from None
-      if not 0 <= label < num_classes:
-        raise ValueError(f"{path}:{line_number}: label {label} is outside the label list of {num_classes} classes")
-      records.append(VideoRecord(video_path, label))
+  for line_number, line in enumerate(lines, start=1):
+    fields = line.split()
+    if not fields:
+      continue
+    if len(fields) != 2:
+      raise ValueError(f'{path}:{line_number}: expected "relative/path label", got {line.rstrip()!r}')
+    video_path, label_text = fields
+    try:
+      label = int(label_text)
+    except ValueError:
+      raise ValueError(f"{path}:{line_number}: label {label_text!r} is not an integer") from None
+    if not 0 <= label < num_classes:
+      raise ValueError(f"{path}:{line_number}: label {label} is outside the label list of {num_classes} classes")
+    records.append(VideoRecord(video_path, label))
   if not records:
     raise ValueError(f"{path}: the annotation file lists no videos")
   return records

@@ -17,12 +17,14 @@ except choosing which record and which frames (microseconds of numpy per
 clip, the same functions as video_dataset so that the clips agree).
 
 Videos that the build skipped (listed in the dataset's metadata.json) have no
-record: they are logged, counted in the FailureLog and skipped, or masked
-out in evaluation, exactly as an unreadable mp4 is.
+record: they are logged, counted in the FailureLog and replaced by the same
+stand-in as an unreadable mp4 in video_dataset, or masked out in evaluation.
+The folder may be on cloud storage (gs://...), which TFDS and tf.data read.
 """
 
 from collections.abc import Sequence
 import dataclasses
+import itertools
 import os
 
 import numpy as np
@@ -148,8 +150,8 @@ def make_train_dataset(
   Args:
     data_dir: folder written by build_tfds.
     split: the split to read.
-    num_frames, input_size, batch_size, seed, process_index, process_count,
-    max_failure_fraction, start_position, failures: as in
+    num_frames, input_size, batch_size (global), seed, process_index,
+    process_count, max_failure_fraction, start_position, failures: as in
       video_dataset.make_train_dataset.
 
   Returns:
@@ -157,15 +159,19 @@ def make_train_dataset(
     'resume_position': (b,) int64}, as video_dataset.make_train_dataset.
   """
   index = RecordIndex.load(data_dir, split)
-  order = video_dataset.TrainOrder(index.num_videos, seed, process_index, process_count)
+  order = video_dataset.TrainOrder(index.num_videos, seed, batch_size)
+  positions = order.positions(start_position, process_index, process_count)
   failures = failures or video_dataset.FailureLog()
-  max_failures = max_failure_fraction * order.slots_per_epoch
+  max_failures = max_failure_fraction * order.slots_per_epoch / process_count
 
   @video_dataset.python_calls.call()
   def locate(position):
     epoch, slot, line = order.locate(int(position))
-    if line in index.skipped:
+    for attempt in itertools.count(1):
+      if line not in index.skipped:
+        break
       failures.add(*index.skipped[line], max_failures)
+      line = order.stand_in(epoch, slot, attempt)
     return (np.int64(epoch), np.int64(slot), np.int64(line), np.int64(index.shard[line]), np.int64(index.offset[line]))
 
   def to_element(position):
@@ -196,12 +202,11 @@ def make_train_dataset(
       "position": element["position"],
     }
 
-  dataset = tf.data.Dataset.counter(start_position).map(to_element)
-  dataset = dataset.filter(lambda element: element["shard"] >= 0)
+  dataset = positions.map(to_element)
   dataset = _read_records(dataset, index)
   dataset = dataset.map(decode_and_augment, num_parallel_calls=tf.data.AUTOTUNE)
-  dataset = dataset.batch(batch_size, drop_remainder=True)
-  dataset = dataset.map(video_dataset.add_resume_position)
+  dataset = dataset.batch(batch_size // process_count, drop_remainder=True)
+  dataset = dataset.map(order.add_resume_position)
   return dataset.prefetch(tf.data.AUTOTUNE)
 
 
@@ -224,8 +229,8 @@ def make_eval_dataset(
   Args:
     data_dir: folder written by build_tfds.
     split: the split to read.
-    num_frames, input_size, batch_size, num_clips, num_crops, process_index,
-    process_count, max_failure_fraction, failures: as in
+    num_frames, input_size, batch_size (global), num_clips, num_crops,
+    process_index, process_count, max_failure_fraction, failures: as in
       video_dataset.make_eval_dataset.
 
   Returns:
@@ -234,13 +239,10 @@ def make_eval_dataset(
     video_dataset.make_eval_dataset (views clip-major, -1 and mask=False for
     padding and for videos the build skipped).
   """
-  video_dataset.check_process(process_index, process_count)
   index = RecordIndex.load(data_dir, split)
-  lines = np.arange(process_index, index.num_videos, process_count)
+  lines = video_dataset.eval_lines(index.num_videos, batch_size, process_index, process_count)
   failures = failures or video_dataset.FailureLog()
-  max_failures = max_failure_fraction * len(lines)
-  total = batch_size * video_dataset.eval_batches_per_process(index.num_videos, batch_size, process_count)
-  padded = np.concatenate([lines, np.full(total - len(lines), -1, np.int64)])
+  max_failures = max_failure_fraction * np.sum(lines >= 0)
 
   @video_dataset.python_calls.call()
   def locate(line):
@@ -277,8 +279,8 @@ def make_eval_dataset(
       "index": element["annotation_index"],
     }
 
-  dataset = tf.data.Dataset.from_tensor_slices(padded).map(to_element)
+  dataset = tf.data.Dataset.from_tensor_slices(lines).map(to_element)
   dataset = _read_records(dataset, index)
   dataset = dataset.map(decode_and_crop, num_parallel_calls=tf.data.AUTOTUNE)
-  dataset = dataset.batch(batch_size, drop_remainder=True)
+  dataset = dataset.batch(batch_size // process_count, drop_remainder=True)
   return dataset.prefetch(tf.data.AUTOTUNE)

@@ -4,22 +4,26 @@ Videos are read from a folder or an uncompressed tar (VideoSource), decoded
 with PyAV inside tf.numpy_function (libav releases the GIL, so tf.data's
 parallel map decodes one video per core) and augmented with TF ops.
 
-Hosts. Every epoch has its own seeded permutation of the whole annotation
-list; process p of P takes the videos at slots p, p + P, p + 2P, ... of it,
-for the first (N // P) * P slots, so the processes read disjoint parts with
-the same number of videos (the N % P left over differ from epoch to epoch).
-Evaluation gives process p the videos p, p + P, ... of the list, pads every
-process to the same number of full batches with mask=False entries and never
-drops a video.
+Processes. Batch sizes are global: every process reads its own block of
+rows of each global batch (process p of P: rows p * b ... (p + 1) * b - 1,
+b = batch_size / P), and the global batches are the same whatever the number
+of processes. Training: every epoch has its own seeded permutation of the
+whole annotation list, cut to whole global batches (the N % batch_size left
+over differ from epoch to epoch, as with the official drop_last), and global
+batch k holds the videos at slots k * batch_size ... (k + 1) * batch_size - 1
+of the stream of epochs. Evaluation: global batch k holds lines
+k * batch_size ... of the list, the last batch padded with mask=False rows;
+every process yields the same number of batches and no video is dropped.
 
 Determinism and resuming. The training stream is a pure function of the
-seed, the process and a *position*: the number of this process's slots
-already read (epoch = position // slots_per_epoch). Each clip's frame
-sampling and augmentation come from a seed derived from (seed, epoch, slot),
-so the same video gets the same clip whichever source it is read from.
-Every batch carries `resume_position` (the same value for each example):
-the position to pass as start_position to continue with exactly the batches
-that would have come next. Restoring skips to it without decoding anything.
+seed, the global batch size and a *position*: the number of slots of the
+stream already read by all processes together. Each clip's frame sampling
+and augmentation come from a seed derived from (seed, epoch, slot), so the
+same video gets the same clip whichever source and however many processes
+read it. Every batch carries `resume_position` (the same value for each
+example, and in each process): the position to pass as start_position, with
+any number of processes, to continue with exactly the batches that would
+have come next. Restoring skips to it without decoding anything.
 
 Exiting. tf.data keeps calling Python from its own threads while an
 iterator is alive; if one of them is inside (or entering) such a call when
@@ -28,17 +32,21 @@ any numpy_function pipeline has). At exit we therefore make new calls fail
 fast and wait until none is running, so that training scripts end normally.
 
 Bad videos. A video that is missing, unreadable, truncated or without frames
-is logged with its path and counted in a FailureLog; training skips it (the
-batch takes the next video), evaluation masks it out. When more distinct
-videos than max_failure_fraction of a process's list have failed, the
-pipeline stops: the iterator raises a tf.errors.OpError whose message is the
-TooManyFailuresError's (count, allowed share, last path and reason).
+is logged with its path and counted in a FailureLog; in training a stand-in
+takes its place (a video drawn at random from the list, seeded by the slot,
+so that the batch does not depend on who reads it), evaluation masks it
+out. When more distinct videos than max_failure_fraction of a process's
+share have failed, the pipeline stops: the iterator raises a
+tf.errors.OpError whose message is the TooManyFailuresError's (count,
+allowed share, last path and reason).
 """
 
 import atexit
 from collections.abc import Sequence
 import contextlib
 import dataclasses
+import functools
+import itertools
 import logging
 import threading
 import time
@@ -135,9 +143,13 @@ def _load_inputs(annotation_file, video_root, label_list):
   return records, video_decode.VideoSource(video_root)
 
 
-def check_process(process_index, process_count):
+def process_batch_size(batch_size: int, process_index: int, process_count: int) -> int:
+  """Rows of every global batch that one process reads."""
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} is not in [0, process_count={process_count})")
+  if batch_size % process_count:
+    raise ValueError(f"the global batch size {batch_size} is not divisible by the {process_count} processes")
+  return batch_size // process_count
 
 
 def _decode_or_skip(config: _Config, record_index: int, choose_indices):
@@ -167,18 +179,20 @@ def clip_seeds(seed: int, epoch: int, slot: int) -> tuple[np.random.Generator, n
   return (np.random.default_rng(sampling_seed), augment_seed.generate_state(2).astype(np.int64))
 
 
-class TrainOrder:
-  """Maps a process's stream position to (epoch, slot, record index)."""
+# Stand-ins tried for one slot before the pipeline gives up on the data.
+MAX_STAND_INS = 20
 
-  def __init__(self, num_videos: int, seed: int, process_index: int, process_count: int):
-    check_process(process_index, process_count)
-    self.slots_per_epoch = num_videos // process_count
+
+class TrainOrder:
+  """The training stream: global positions 0, 1, 2, ... -> (epoch, slot, annotation line)."""
+
+  def __init__(self, num_videos: int, seed: int, batch_size: int):
+    self.batch_size = batch_size
+    self.slots_per_epoch = num_videos // batch_size * batch_size
     if not self.slots_per_epoch:
-      raise ValueError(f"{num_videos} videos cannot feed {process_count} processes")
+      raise ValueError(f"{num_videos} videos do not fill one global batch of {batch_size}")
     self._num_videos = num_videos
     self._seed = seed
-    self._process_index = process_index
-    self._process_count = process_count
     # Parallel readers straddle at most two epochs at a time.
     self._permutations: dict[int, np.ndarray] = {}
 
@@ -191,16 +205,33 @@ class TrainOrder:
     return permutation
 
   def locate(self, position: int) -> tuple[int, int, int]:
-    epoch, step = divmod(position, self.slots_per_epoch)
-    slot = step * self._process_count + self._process_index
+    epoch, slot = divmod(position, self.slots_per_epoch)
     return epoch, slot, int(self._permutation(epoch)[slot])
 
+  def stand_in(self, epoch: int, slot: int, attempt: int) -> int:
+    """The line read in place of the slot's video once it and attempt - 1 stand-ins failed."""
+    if attempt > MAX_STAND_INS:
+      raise TooManyFailuresError(
+        f"the video at slot {slot} of epoch {epoch} and {MAX_STAND_INS} stand-ins for it failed to decode"
+      )
+    return int(np.random.default_rng([self._seed, epoch, slot, attempt]).integers(self._num_videos))
 
-def add_resume_position(batch):
-  """Replaces a batch's stream positions by the position that follows it."""
-  position = batch.pop("position")
-  batch["resume_position"] = tf.fill(tf.shape(position), tf.reduce_max(position) + 1)
-  return batch
+  def positions(self, start_position: int, process_index: int, process_count: int) -> tf.data.Dataset:
+    """This process's positions, its rows of every global batch from start_position on."""
+    rows = process_batch_size(self.batch_size, process_index, process_count)
+    if start_position % self.batch_size:
+      raise ValueError(
+        f"start_position {start_position} is not a multiple of the global batch size {self.batch_size}; "
+        "pass a batch's resume_position"
+      )
+    first = start_position + process_index * rows
+    return tf.data.Dataset.counter().map(lambda i: first + i // rows * self.batch_size + i % rows)
+
+  def add_resume_position(self, batch):
+    """Replaces a batch's stream positions by the position of the next global batch."""
+    position = batch.pop("position")
+    batch["resume_position"] = tf.fill(tf.shape(position), (position[0] // self.batch_size + 1) * self.batch_size)
+    return batch
 
 
 def make_train_dataset(
@@ -226,7 +257,8 @@ def make_train_dataset(
     label_list: `id,name` CSV of the classes.
     num_frames: T, frames per clip (one per segment).
     input_size: side of the square crops.
-    batch_size: examples per batch of this process.
+    batch_size: examples per global batch; this process yields its
+      batch_size // process_count rows of each.
     seed: seeds the epoch order, the frame sampling and the augmentation.
     process_index: this process, in [0, process_count).
     process_count: number of processes reading in parallel.
@@ -239,28 +271,28 @@ def make_train_dataset(
     'resume_position': (b,) int64}.
   """
   records, source = _load_inputs(annotation_file, video_root, label_list)
-  order = TrainOrder(len(records), seed, process_index, process_count)
-  config = _Config(records, source, failures or FailureLog(), max_failure_fraction * order.slots_per_epoch)
+  order = TrainOrder(len(records), seed, batch_size)
+  positions = order.positions(start_position, process_index, process_count)
+  max_failures = max_failure_fraction * order.slots_per_epoch / process_count
+  config = _Config(records, source, failures or FailureLog(), max_failures)
 
   @python_calls.call()
   def load(position):
     epoch, slot, record_index = order.locate(int(position))
-    sampling_rng, augment_seed = clip_seeds(seed, epoch, slot)
-    frames = _decode_or_skip(config, record_index, lambda n: sampling.train_frame_indices(n, num_frames, sampling_rng))
-    if frames is None:
-      return (np.zeros((num_frames, 1, 1, 3), np.uint8), np.int32(-1), augment_seed, False)
-    return frames, np.int32(records[record_index].label), augment_seed, True
+    for attempt in itertools.count(1):
+      sampling_rng, augment_seed = clip_seeds(seed, epoch, slot)
+      choose = functools.partial(sampling.train_frame_indices, num_segments=num_frames, rng=sampling_rng)
+      frames = _decode_or_skip(config, record_index, choose)
+      if frames is not None:
+        return frames, np.int32(records[record_index].label), augment_seed
+      record_index = order.stand_in(epoch, slot, attempt)
 
   def decode(position):
-    frames, label, augment_seed, ok = tf.numpy_function(
-      load, [position], [tf.uint8, tf.int32, tf.int64, tf.bool], stateful=False
-    )
-    frames = tf.ensure_shape(frames, [num_frames, None, None, 3])
+    frames, label, augment_seed = tf.numpy_function(load, [position], [tf.uint8, tf.int32, tf.int64], stateful=False)
     return {
-      "frames": frames,
+      "frames": tf.ensure_shape(frames, [num_frames, None, None, 3]),
       "label": tf.ensure_shape(label, []),
       "augment_seed": tf.ensure_shape(augment_seed, [2]),
-      "ok": tf.ensure_shape(ok, []),
       "position": position,
     }
 
@@ -271,21 +303,22 @@ def make_train_dataset(
       "position": example["position"],
     }
 
-  dataset = tf.data.Dataset.counter(start_position)
   # deterministic=True keeps the order (and so resuming exact) even where
   # tf.data options allow reordering.
-  dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  dataset = dataset.filter(lambda example: example["ok"])
+  dataset = positions.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   dataset = dataset.map(augment_clip, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  dataset = dataset.batch(batch_size, drop_remainder=True)
-  dataset = dataset.map(add_resume_position)
+  dataset = dataset.batch(batch_size // process_count, drop_remainder=True)
+  dataset = dataset.map(order.add_resume_position)
   return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def eval_batches_per_process(num_videos: int, batch_size: int, process_count: int) -> int:
-  """Batches every process yields so that all videos fit, padded."""
-  per_process = -(-num_videos // process_count)
-  return -(-per_process // batch_size)
+def eval_lines(num_videos: int, batch_size: int, process_index: int, process_count: int) -> np.ndarray:
+  """This process's annotation lines, batch after batch: its rows of every global batch (-1: padding)."""
+  rows = process_batch_size(batch_size, process_index, process_count)
+  num_batches = -(-num_videos // batch_size)
+  lines = np.full(num_batches * batch_size, -1, np.int64)
+  lines[:num_videos] = np.arange(num_videos)
+  return lines.reshape(num_batches, process_count, rows)[:, process_index].reshape(-1)
 
 
 def eval_clips_frame_indices(num_video_frames: int, num_frames: int, num_clips: int) -> np.ndarray:
@@ -326,9 +359,10 @@ def make_eval_dataset(
 ) -> tf.data.Dataset:
   """This process's evaluation batches, one pass, every video once overall.
 
-  Views are clip-major: view v is clip v // num_crops, crop v % num_crops
-  (clips as in sampling.eval_frame_indices, crops as in
-  augment.eval_augment).
+  batch_size is global: this process yields its batch_size // process_count
+  rows of each global batch. Views are clip-major: view v is clip
+  v // num_crops, crop v % num_crops (clips as in
+  sampling.eval_frame_indices, crops as in augment.eval_augment).
 
   Returns:
     A dataset of {'video': (b, num_clips * num_crops, T, S, S, 3) float32,
@@ -336,12 +370,9 @@ def make_eval_dataset(
     padding and for videos that failed), 'index': (b,) int64 line of the
     video in the annotation file, counting videos from 0 (-1 for padding)}.
   """
-  check_process(process_index, process_count)
   records, source = _load_inputs(annotation_file, video_root, label_list)
-  indices = np.arange(process_index, len(records), process_count)
-  config = _Config(records, source, failures or FailureLog(), max_failure_fraction * len(indices))
-  total = batch_size * eval_batches_per_process(len(records), batch_size, process_count)
-  padded = np.concatenate([indices, np.full(total - len(indices), -1, np.int64)])
+  lines = eval_lines(len(records), batch_size, process_index, process_count)
+  config = _Config(records, source, failures or FailureLog(), max_failure_fraction * np.sum(lines >= 0))
 
   def choose(num_video_frames):
     return eval_clips_frame_indices(num_video_frames, num_frames, num_clips)
@@ -359,7 +390,7 @@ def make_eval_dataset(
     views = eval_views(frames, num_frames, input_size, num_clips, num_crops)
     return {"video": views, "label": tf.ensure_shape(label, []), "mask": tf.ensure_shape(ok, []), "index": index}
 
-  dataset = tf.data.Dataset.from_tensor_slices(padded)
+  dataset = tf.data.Dataset.from_tensor_slices(lines)
   dataset = dataset.map(decode_and_crop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  dataset = dataset.batch(batch_size, drop_remainder=True)
+  dataset = dataset.batch(batch_size // process_count, drop_remainder=True)
   return dataset.prefetch(tf.data.AUTOTUNE)

@@ -48,6 +48,7 @@ import os
 import tarfile
 
 import av
+from etils import epath
 import numpy as np
 
 
@@ -60,47 +61,45 @@ class VideoSource:
 
   Paths are the ones in the annotation file, relative to the root. A tar may
   hold them under the same relative paths or, as the official code expects,
-  under their base names only; both are found.
+  under their base names only; both are found. The root may be on cloud
+  storage (gs://...): files are read through etils.epath.
   """
 
   def __init__(self, root: str | os.PathLike[str]):
-    self.root = os.fspath(root)
-    if os.path.isdir(self.root):
+    self.root = epath.Path(root)
+    if self.root.is_dir():
       self._tar_members = None
-    elif os.path.isfile(self.root) and self.root.endswith(".tar"):
+    elif self.root.name.endswith(".tar") and self.root.exists():
       self._tar_members = _index_tar(self.root)
     else:
-      raise ValueError(f"video root {self.root!r} is neither a folder nor a .tar file")
+      raise ValueError(f"video root {os.fspath(self.root)!r} is neither a folder nor a .tar file")
 
   def read_bytes(self, relative_path: str) -> bytes:
     """Returns the file's bytes; raises VideoDecodeError if it is missing."""
     if self._tar_members is None:
-      path = os.path.join(self.root, relative_path)
+      path = self.root / relative_path
       try:
-        with open(path, "rb") as f:
-          return f.read()
-      except OSError as e:
+        return path.read_bytes()
+      except Exception as e:  # OSError locally; cloud storage raises its own error types
         raise VideoDecodeError(f"{path}: cannot be read ({e})") from e
     key = os.path.normpath(relative_path)
     location = self._tar_members.get(key) or self._tar_members.get(os.path.basename(key))
     if location is None:
       raise VideoDecodeError(f"{relative_path}: not found in {self.root}")
     offset, size = location
-    # pread needs no shared file position, so worker threads can share one fd.
-    fd = os.open(self.root, os.O_RDONLY)
-    try:
-      data = os.pread(fd, size, offset)
-    finally:
-      os.close(fd)
+    # A file object of its own per read, so that worker threads never share a file position.
+    with self.root.open("rb") as f:
+      f.seek(offset)
+      data = f.read(size)
     if len(data) != size:
       raise VideoDecodeError(f"{relative_path}: {self.root} ends inside this member")
     return data
 
 
-def _index_tar(tar_path: str) -> dict[str, tuple[int, int]]:
+def _index_tar(tar_path: epath.Path) -> dict[str, tuple[int, int]]:
   """Maps member paths (and unambiguous base names) to (offset, size)."""
   try:
-    with tarfile.open(tar_path, "r:") as tar:
+    with tar_path.open("rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
       members = [m for m in tar.getmembers() if m.isfile()]
   except tarfile.TarError as e:
     raise ValueError(f"{tar_path}: not an uncompressed tar archive ({e})") from e

@@ -61,7 +61,7 @@ def test_two_hosts_read_disjoint_parts_that_cover_the_data(records):
   for process_index in (0, 1):
     batches = _batches(
       tfds_dataset.make_train_dataset(
-        records["good"], batch_size=1, seed=5, process_index=process_index, process_count=2, **CLIP
+        records["good"], batch_size=2, seed=5, process_index=process_index, process_count=2, **CLIP
       ),
       NUM_VIDEOS // 2,
     )
@@ -112,7 +112,7 @@ def test_evaluation_sees_every_video_once_across_hosts(records):
       tfds_dataset.make_eval_dataset(
         records["with_junk"],
         "train",
-        batch_size=3,
+        batch_size=4,
         num_clips=2,
         num_crops=3,
         process_index=process_index,
@@ -125,9 +125,9 @@ def test_evaluation_sees_every_video_once_across_hosts(records):
     )
     num_batches.add(len(batches))
     for batch in batches:
-      assert batch["video"].shape == (3, 6, 4, 32, 32, 3)
+      assert batch["video"].shape == (2, 6, 4, 32, 32, 3)
       seen += [(int(i), int(label)) for i, label, m in zip(batch["index"], batch["label"], batch["mask"]) if m]
-  assert num_batches == {2}  # 7 lines: 4 per host, padded to 2 batches of 3.
+  assert num_batches == {2}  # 7 lines in 2 global batches of 4 (one padding row), 2 rows of each per host.
   # Lines 0-2 and 4-6 are videos 0-5; line 3 (junk) is masked out.
   assert sorted(seen) == [(0, 0), (1, 1), (2, 2), (4, 3), (5, 4), (6, 5)]
   assert failures.paths == {"junk.mp4"}

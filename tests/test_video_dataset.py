@@ -177,23 +177,36 @@ def test_each_epoch_visits_every_video_once(data):
   assert not all((labels[0] == other).all() for other in labels[1:])
 
 
-def test_two_hosts_read_disjoint_parts_that_cover_the_data(data):
-  # Labels identify the videos (video i is class i).
-  seen = []
-  for process_index in (0, 1):
-    batches = _take(_train(data, data["good"], batch_size=2, process_index=process_index, process_count=2), 2)
-    seen.append(np.concatenate([b["label"] for b in batches]))
-  assert not set(seen[0]) & set(seen[1])
-  assert sorted(np.concatenate(seen)) == list(range(len(LENGTHS)))
+def test_two_processes_read_their_rows_of_the_single_process_batches(data):
+  # The global batches (clips, labels, resume positions) do not depend on the number of processes; a broken video
+  # in the list gets the same stand-in whoever reads it. 9 lines, batches of 4 from position 4: into epoch 1.
+  lines = _good_lines(data)
+  lines.insert(7, "broken/garbage.mp4 0")  # read at positions 6 and 11: by process 1
+  annotation = _annotations(data, "hosts.txt", lines)
+  settings = dict(batch_size=4, max_failure_fraction=0.5, start_position=4)
+  failures = video_dataset.FailureLog()
+  single = _take(_train(data, annotation, failures=failures, **settings), 2)
+  assert failures.paths == {"broken/garbage.mp4"}
+  parts = [_take(_train(data, annotation, process_index=p, process_count=2, **settings), 2) for p in (0, 1)]
+  for k, batch in enumerate(single):
+    for key in batch:
+      np.testing.assert_array_equal(np.concatenate([parts[0][k][key], parts[1][k][key]]), batch[key], err_msg=key)
+  assert [int(b["resume_position"][0]) for b in single] == [8, 12]
 
 
-def test_train_order_gives_each_host_an_equal_disjoint_share():
-  orders = [video_dataset.TrainOrder(11, seed=3, process_index=p, process_count=3) for p in range(3)]
-  assert orders[0].slots_per_epoch == 3
+def test_epochs_are_whole_global_batches_of_a_permutation():
+  order = video_dataset.TrainOrder(11, seed=3, batch_size=4)
+  assert order.slots_per_epoch == 8
   for epoch in (0, 1):
-    records = [o.locate(epoch * 3 + k)[2] for o in orders for k in range(3)]
-    permutation = video_dataset.epoch_permutation(11, 3, epoch)
-    assert sorted(records) == sorted(permutation[:9])
+    lines = [order.locate(epoch * 8 + k)[2] for k in range(8)]
+    np.testing.assert_array_equal(lines, video_dataset.epoch_permutation(11, 3, epoch)[:8])
+  # Process 1 of 2 reads rows 2 and 3 of every global batch.
+  positions = order.positions(start_position=8, process_index=1, process_count=2)
+  assert [int(p) for p in positions.take(4)] == [10, 11, 14, 15]
+  with pytest.raises(ValueError, match="start_position 6 is not a multiple of the global batch size 4"):
+    order.positions(start_position=6, process_index=0, process_count=1)
+  with pytest.raises(ValueError, match="global batch size 4 is not divisible by the 3 processes"):
+    order.positions(start_position=0, process_index=0, process_count=3)
 
 
 def test_resumed_stream_continues_with_identical_batches(data):
@@ -210,7 +223,7 @@ def test_resumed_stream_continues_with_identical_batches(data):
       np.testing.assert_array_equal(a[key], b[key])
 
 
-def test_broken_and_missing_videos_are_skipped_and_counted(data):
+def test_broken_and_missing_videos_are_replaced_by_good_ones_and_counted(data):
   lines = _good_lines(data) + [
     "broken/garbage.mp4 0",
     "broken/empty.mp4 1",
@@ -219,10 +232,10 @@ def test_broken_and_missing_videos_are_skipped_and_counted(data):
   ]
   annotation = _annotations(data, "broken.txt", lines)
   failures = video_dataset.FailureLog()
-  batches = _take(_train(data, annotation, batch_size=4, failures=failures, max_failure_fraction=0.5), 4)
-  # Two epochs of 8 good videos; every broken one failed (at least) once.
+  batches = _take(_train(data, annotation, batch_size=4, failures=failures, max_failure_fraction=0.5), 3)
+  # One epoch of 12 slots: the 8 good videos in theirs, good stand-ins in the 4 broken ones' slots.
   labels = np.concatenate([b["label"] for b in batches])
-  assert sorted(labels) == sorted(list(range(len(LENGTHS))) * 2)
+  assert len(labels) == 12 and set(labels) == set(range(len(LENGTHS)))
   assert failures.paths == {"broken/garbage.mp4", "broken/empty.mp4", "broken/truncated.mp4", "nowhere/missing.mp4"}
   assert failures.count >= 4
 
@@ -254,6 +267,7 @@ def test_evaluation_sees_every_video_once_across_hosts(data, process_count):
       _eval(
         data,
         annotation,
+        batch_size=6,
         process_index=process_index,
         process_count=process_count,
         failures=failures,

@@ -1,9 +1,11 @@
-"""An experiment's datasets, from its config: checked paths, class names, few-shot lists, and the tf.data streams."""
+"""An experiment's datasets, from its config: checked paths, class names, few-shot lists, and the tf.data streams.
+
+Every path may be on cloud storage (gs://...). Batch sizes are global: each process reads its rows of every batch.
+"""
 
 import dataclasses
-import os
-import pathlib
 
+from etils import epath
 import jax
 import ml_collections
 
@@ -17,7 +19,7 @@ def check_exists(path: str, field: str, kind: str = "file") -> str:
   """Returns `path`, or raises naming the config field to set."""
   if not path:
     raise ValueError(f"config.{field} is not set: give the {kind} with --config.{field}=PATH")
-  exists = os.path.isdir(path) if kind == "folder" else os.path.exists(path)
+  exists = epath.Path(path).is_dir() if kind == "folder" else epath.Path(path).exists()
   if not exists:
     raise FileNotFoundError(f"config.{field}: {path} does not exist (set --config.{field}=PATH)")
   return path
@@ -50,7 +52,7 @@ def _class_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   return names
 
 
-def resolve(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Experiment:
+def resolve(config: ml_collections.ConfigDict, workdir: epath.Path) -> Experiment:
   """Checks the data the config names and prepares the training list (writing the few-shot subset to workdir)."""
   class_names = _class_names(config)
   if config.mode == "eval":
@@ -68,17 +70,17 @@ def resolve(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Experim
     train_file = str(workdir / f"train_{config.data.shots}shot.txt")
     if jax.process_index() == 0:
       workdir.mkdir(parents=True, exist_ok=True)
-      pathlib.Path(train_file).write_text("".join(f"{r.path} {r.label}\n" for r in records))
+      epath.Path(train_file).write_text("".join(f"{r.path} {r.label}\n" for r in records))
     jax.experimental.multihost_utils.sync_global_devices("few-shot list written")
   return Experiment(class_names, len(records), train_file)
 
 
 def train_stream(config, experiment: Experiment, start_position: int, failures: video_dataset.FailureLog):
-  """This process's endless stream of training batches (its share of the global batch)."""
+  """This process's endless stream of training batches (its rows of each global batch)."""
   options = dict(
     num_frames=config.num_frames,
     input_size=config.input_size,
-    batch_size=_per_process(config.batch_size, "batch_size"),
+    batch_size=config.batch_size,
     seed=config.seed,
     process_index=jax.process_index(),
     process_count=jax.process_count(),
@@ -104,7 +106,7 @@ def eval_stream(config, eval_set: EvalSet, num_clips: int, num_crops: int, failu
   options = dict(
     num_frames=config.num_frames,
     input_size=config.input_size,
-    batch_size=_per_process(config.eval_batch_size, "eval_batch_size"),
+    batch_size=config.eval_batch_size,
     num_clips=num_clips,
     num_crops=num_crops,
     process_index=jax.process_index(),
@@ -115,9 +117,3 @@ def eval_stream(config, eval_set: EvalSet, num_clips: int, num_crops: int, failu
   if not eval_set.annotation_file:
     return tfds_dataset.make_eval_dataset(eval_set.root, config.data.val_split, **options)
   return video_dataset.make_eval_dataset(eval_set.annotation_file, eval_set.root, eval_set.label_list, **options)
-
-
-def _per_process(global_size: int, field: str) -> int:
-  if global_size % jax.process_count():
-    raise ValueError(f"config.{field}={global_size} is not divisible by the {jax.process_count()} processes")
-  return global_size // jax.process_count()

@@ -7,8 +7,8 @@ masked, and the per-video results are gathered by the video's line in the annota
 from collections.abc import Sequence
 import dataclasses
 import logging
-import pathlib
 
+from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
@@ -105,7 +105,7 @@ class ZeroShotTask:
   splits: tuple[data.EvalSet, ...]
 
 
-def zero_shot_tasks(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[ZeroShotTask]:
+def zero_shot_tasks(config: ml_collections.ConfigDict, workdir: epath.Path) -> list[ZeroShotTask]:
   """The evaluation sets of `config.zero_shot`: one entry per split (HMDB-51/UCF-101 split files, or K600 novel-class
   subsets, written to workdir as annotation files and label lists)."""
   tasks = []

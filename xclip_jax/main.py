@@ -6,7 +6,16 @@ r"""Fine-tunes and evaluates X-CLIP.
       --config.init.checkpoint=k400_32_8.pth
 
 Rerunning a training command with the same workdir resumes it.
+
+Several processes (TPU pod hosts, GPU cluster nodes) run the same command, one per host or GPU. On Cloud TPU, under
+SLURM or Open MPI, jax.distributed finds the others by itself; elsewhere give every process
+`--coordinator_address=HOST:PORT` (process 0's host) `--num_processes=N --process_id=I`. Alone, without a cluster,
+the command runs as a single process.
 """
+
+import logging as python_logging
+import os
+import sys
 
 from absl import app
 from absl import flags
@@ -18,17 +27,86 @@ from xclip_jax import compilation_cache
 from xclip_jax import trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. configs/k400.py:arch=ViT-B/16.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and eval_results.json go.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and eval_results.json go (may be gs://).")
 _CACHE_DIR = compilation_cache.define_flag()
+_COORDINATOR = flags.DEFINE_string(
+  "coordinator_address", None, "HOST:PORT of process 0, for a multi-process run that is not detected by itself."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes of the run (with --coordinator_address).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process, 0..num_processes-1 (with --coordinator_address).")
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+  "heartbeat_timeout_seconds",
+  100,
+  "With several processes: a process that stops answering for this long (killed, crashed, unreachable) makes all "
+  "the others stop.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def initialize_distributed(
+  coordinator_address: str | None, num_processes: int | None, process_id: int | None, heartbeat_timeout_seconds: int
+) -> bool:
+  """Joins the processes of a multi-process run; returns False for a single process without a cluster.
+
+  With none of the three arguments, jax.distributed detects the cluster (Cloud TPU, SLURM, Open MPI); with all of
+  them, they say it. Call it before anything uses a JAX device.
+  """
+  explicit = (coordinator_address, num_processes, process_id)
+  if any(value is not None for value in explicit) and None in explicit:
+    raise app.UsageError("give all of --coordinator_address, --num_processes and --process_id, or none of them")
+  # Processes on CPU exchange arrays over TCP (the default of this JAX, needed by older ones).
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  try:
+    jax.distributed.initialize(
+      coordinator_address, num_processes, process_id, heartbeat_timeout_seconds=heartbeat_timeout_seconds
+    )
+  except ValueError as error:
+    # Auto-detection that finds no cluster leaves the coordinator address unset, which jax refuses before it
+    # starts anything: a single process on its own.
+    if coordinator_address is not None or "coordinator_address" not in str(error):
+      raise
+    logging.info("No cluster found (Cloud TPU, SLURM, Open MPI): running as a single process.")
+    return False
+  return True
+
+
+class _ProcessPrefix(python_logging.Filter):
+  """Starts every log line with `[process I/N]`, so that each process's errors are told apart in shared logs."""
+
+  def __init__(self):
+    super().__init__()
+    self._prefix = f"[process {jax.process_index()}/{jax.process_count()}] "
+
+  def filter(self, record):
+    record.msg = f"{self._prefix}{record.msg}"
+    return True
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   compilation_cache.enable(_CACHE_DIR.value)
+  initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _HEARTBEAT_TIMEOUT.value)
+  multi_process = jax.process_count() > 1
+  if multi_process:
+    logging.get_absl_handler().addFilter(_ProcessPrefix())
+    logging.info(
+      "A process that stops (killed, crashed, unreachable) makes the others stop within %d s "
+      "(--heartbeat_timeout_seconds).",
+      _HEARTBEAT_TIMEOUT.value,
+    )
   logging.info("JAX: %d processes, %d devices (%s)", jax.process_count(), jax.device_count(), jax.devices()[0].platform)
-  trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except Exception:
+    if not multi_process:
+      raise
+    # An orderly exit would wait at jax.distributed's shutdown barrier for processes that wait for this one; exiting
+    # at once lets their heartbeat check stop them, saying that another process died.
+    logging.exception("Process %d of %d failed; stopping it.", jax.process_index(), jax.process_count())
+    logging.flush()
+    sys.stderr.flush()
+    os._exit(1)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ from xclip_jax import pretrained
 from xclip_jax import sharding
 from xclip_jax import train
 
-
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 

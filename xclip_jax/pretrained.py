@@ -4,7 +4,9 @@ import functools
 import json
 import logging
 import pathlib
+import tempfile
 
+from etils import epath
 import flax
 import jax
 import jax.numpy as jnp
@@ -15,6 +17,7 @@ from xclip_jax import hf_clip
 from xclip_jax import hf_xclip
 from xclip_jax import model as model_lib
 from xclip_jax import official
+from xclip_jax import paths
 from xclip_jax import sharding
 from xclip_jax import torch_io
 
@@ -113,13 +116,18 @@ class XCLIPModel:
       self._variables(), self._video(video), self._replicated(jnp.asarray(text_features, jnp.float32))
     )
 
-  def save(self, directory) -> pathlib.Path:
-    """Writes the converted checkpoint: `xclip_config.json` and an orbax checkpoint of the params."""
-    directory = pathlib.Path(directory).absolute()
+  def save(self, directory) -> epath.Path:
+    """Writes the converted checkpoint: `xclip_config.json` and an orbax checkpoint of the params.
+
+    `directory` may be on cloud storage (gs://...). With several processes, every process calls this (the params
+    may be sharded over all of them); process 0 writes the config.
+    """
+    directory = paths.absolute(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = {k: v for k, v in self.config.to_dict().items() if k not in ("droppath", "remat", "dtype")}
     meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "config": config}
-    (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    if jax.process_index() == 0:
+      (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(directory / PARAMS_DIR, self.params, force=True)
     checkpointer.wait_until_finished()
@@ -138,7 +146,11 @@ def _read_converted(directory: pathlib.Path, **overrides):
     )
   config = model_lib.XCLIPConfig.from_dict(meta["config"])
   abstract = official.abstract_params(config)
-  params = ocp.StandardCheckpointer().restore(directory / PARAMS_DIR, abstract)
+  # As host arrays: the caller lays them out on its devices (and processes), wherever the writer's were.
+  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract)
+  params = ocp.PyTreeCheckpointer().restore(
+    directory / PARAMS_DIR, args=ocp.args.PyTreeRestore(abstract, restore_args=as_numpy)
+  )
   return config.replace(**overrides), params
 
 
@@ -175,7 +187,8 @@ def load_pretrained(
   which initialises the X-CLIP modules as for OpenAI CLIP. Nothing in the file is executed.
 
   Args:
-    path: the checkpoint file or directory.
+    path: the checkpoint file or directory; on cloud storage (gs://...), it is first copied to a temporary local
+      folder (the readers need random access) and deleted once read.
     num_frames: frames per video; if it differs from the checkpoint's, the MIT temporal position embedding is
       linearly interpolated (a 32-frame model can run at 8 frames). Default: the checkpoint's (8 for CLIP).
     dtype: compute dtype, 'float32' or 'bfloat16' (parameters stay float32).
@@ -184,10 +197,17 @@ def load_pretrained(
     seed: initialisation seed of the X-CLIP modules when loading a CLIP checkpoint.
     mesh: run on these devices (`sharding.make_mesh`), e.g. with frames split over `time` for long clips.
   """
+  options = dict(dtype=dtype, droppath=droppath, remat=remat, seed=seed)
+  if not epath.Path(path).exists():
+    raise FileNotFoundError(f"no checkpoint at {path}")
+  if paths.is_remote(path):
+    with tempfile.TemporaryDirectory() as local:
+      logging.info("Copying %s to the local disk to read it.", path)
+      return load_pretrained(
+        paths.copy_to_local(path, pathlib.Path(local) / epath.Path(path).name), num_frames, **options
+      )
   path = pathlib.Path(path)
   overrides = dict(dtype=dtype, droppath=droppath, remat=remat)
-  if not path.exists():
-    raise FileNotFoundError(f"no checkpoint at {path}")
   if path.is_dir():
     if (path / CONFIG_FILE).exists():
       config, params = _read_converted(path, **overrides)

@@ -1,6 +1,8 @@
 """`train_and_evaluate(config, workdir)`: fine-tuning with resumable checkpoints, metrics, and the final evaluation.
 
-Rerunning the same command resumes from the newest checkpoint in `workdir`; SIGTERM saves one and exits cleanly.
+Rerunning the same command resumes from the newest checkpoint in `workdir`, with any number of processes (the data
+position is global); SIGTERM saves one and exits cleanly. With several processes, every process runs this and
+process 0 writes the metrics and JSON files. `workdir` may be on cloud storage (gs://...).
 What lands in workdir:
   checkpoints/   orbax checkpoints of the train state and data position (the last `keep_checkpoints`)
   best/          the best model so far by validation top-1, as an xclip-jax checkpoint (`python -m xclip_jax.convert
@@ -10,11 +12,12 @@ What lands in workdir:
 
 import json
 import logging
-import pathlib
+import os
 import signal
 import time
 
 from clu import metric_writers
+from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import ml_collections
@@ -25,6 +28,7 @@ from input_pipeline import video_dataset
 from xclip_jax import data
 from xclip_jax import evaluate
 from xclip_jax import model as model_lib
+from xclip_jax import paths
 from xclip_jax import pretrained
 from xclip_jax import sharding
 from xclip_jax import tokenizer
@@ -94,32 +98,47 @@ def _check_mesh_fits(config, mesh):
 
 
 class _Terminated:
-  """Remembers a SIGTERM so that the loop can save and stop between steps."""
+  """A SIGTERM (a preemption notice), so that the loop can save and stop between steps.
 
-  def __init__(self):
-    self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+  With several processes they must all stop after the same step, whichever of them got the signal: JAX's preemption
+  sync (jax.distributed's own SIGTERM handler) tells them all and picks the step after the furthest one's, and a
+  Python handler here would replace its handler.
+  """
+
+  def __init__(self, first_step: int):
+    self._received = False
+    self._first_step = first_step
+    self._multi_process = jax.process_count() > 1
+    if not self._multi_process:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     del signum, frame
     logging.warning("SIGTERM: saving a checkpoint after this step, then exiting.")
-    self.requested = True
+    self._received = True
+
+  def requested(self, step: int) -> bool:
+    """Whether to save and stop after `step`; call it after every step."""
+    if self._multi_process:
+      # The sync counts the steps of this run (0 before the first), as the processes began together.
+      return multihost_utils.reached_preemption_sync_point(step - self._first_step)
+    return self._received
 
   def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    if not self._multi_process:
+      signal.signal(signal.SIGTERM, self._previous)
 
 
 def _checkpoint_arrays(state: train.TrainState) -> dict:
   return {"step": state.step, "params": state.params, "opt_state": state.opt_state, "rng": state.rng}
 
 
-def _save(manager, state, position: int, force: bool = False):
-  positions = multihost_utils.process_allgather(np.int64(position)).tolist()
+def _save(manager, state, position: int, batch_size: int, force: bool = False):
   saved = manager.save(
     int(state.step),
     args=ocp.args.Composite(
       state=ocp.args.StandardSave(_checkpoint_arrays(state)),
-      data=ocp.args.JsonSave({"resume_positions": positions, "process_count": jax.process_count()}),
+      data=ocp.args.JsonSave({"data_position": position, "batch_size": batch_size}),
     ),
     force=force,
   )
@@ -127,7 +146,8 @@ def _save(manager, state, position: int, force: bool = False):
     logging.info("Saved checkpoint at step %d.", int(state.step))
 
 
-def _restore(manager, state: train.TrainState, mesh) -> tuple[train.TrainState, int]:
+def _restore(manager, state: train.TrainState, mesh, batch_size: int) -> tuple[train.TrainState, int]:
+  """The newest checkpoint laid out on `mesh` (written by any number of processes) and its global data position."""
   step = manager.latest_step()
   shardings = train.state_shardings(state, mesh)
   target = jax.tree.map(
@@ -139,15 +159,15 @@ def _restore(manager, state: train.TrainState, mesh) -> tuple[train.TrainState, 
     step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore())
   )
   meta = restored["data"]
-  if meta["process_count"] != jax.process_count():
+  if meta.get("batch_size") != batch_size:
     raise ValueError(
-      f"the checkpoint at step {step} was written by {meta['process_count']} processes, this run has "
-      f"{jax.process_count()}: the data position of each process cannot be carried over"
+      f"the checkpoint at step {step} was written with batch_size={meta.get('batch_size')}, this run has "
+      f"config.batch_size={batch_size}: its data position counts other batches (resume with the same batch size)"
     )
   arrays = restored["state"]
-  logging.info("Resumed from the checkpoint at step %d.", step)
+  logging.info("Resumed from the checkpoint at step %d (data position %d).", step, meta["data_position"])
   state = state.replace(step=arrays["step"], params=arrays["params"], opt_state=arrays["opt_state"], rng=arrays["rng"])
-  return state, int(meta["resume_positions"][jax.process_index()])
+  return state, int(meta["data_position"])
 
 
 def _log_parameter_overview(state: train.TrainState, writer):
@@ -157,14 +177,14 @@ def _log_parameter_overview(state: train.TrainState, writer):
   writer.write_texts(0, {"parameters": "  \n".join(lines)})
 
 
-def _write_json(path: pathlib.Path, value):
+def _write_json(path: epath.Path, value):
   if jax.process_index() == 0:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(value, indent=1) + "\n")
     tmp.replace(path)
 
 
-def _save_best(model: pretrained.XCLIPModel, params, workdir: pathlib.Path, step: int, results: dict):
+def _save_best(model: pretrained.XCLIPModel, params, workdir: epath.Path, step: int, results: dict):
   best = pretrained.XCLIPModel(model.config, params)
   best.save(workdir / BEST_DIR)
   _write_json(workdir / "best.json", {"step": step, "top1": results["top1"], "top5": results["top5"]})
@@ -199,7 +219,7 @@ def _final_evaluation(config, workdir, experiment, model, params, mesh, eval_ste
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   """Trains as `config` says (or only evaluates, with mode=eval); returns what eval_results.json holds."""
-  workdir = pathlib.Path(workdir)
+  workdir = paths.absolute(workdir)
   if config.mode not in ("train", "eval"):
     raise ValueError(f"config.mode must be 'train' or 'eval', got {config.mode!r}")
   workdir.mkdir(parents=True, exist_ok=True)
@@ -216,25 +236,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     return _final_evaluation(config, workdir, experiment, model, params, mesh, eval_step, text_encoder, step=0)
 
   config = _resolved(config, experiment)
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  writer = metric_writers.create_default_writer(os.fspath(workdir), just_logging=jax.process_index() > 0)
   writer.write_hparams({k: v for k, v in _flat_config(config).items() if isinstance(v, (int, float, str, bool))})
   text_ids = tokenizer.tokenize(list(experiment.class_names))
   state = train.create_train_state(config, model, text_ids, mesh)
   _log_parameter_overview(state, writer)
   manager = ocp.CheckpointManager(
-    (workdir / CHECKPOINT_DIR).absolute(),
+    workdir / CHECKPOINT_DIR,
     options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True),
   )
   position = 0
   if manager.latest_step() is not None:
-    state, position = _restore(manager, state, mesh)
+    state, position = _restore(manager, state, mesh, config.batch_size)
   step_fn = train.make_sharded_step(state, mesh)
   total_steps = int(config.epochs * config.steps_per_epoch)
   failures = video_dataset.FailureLog()
   batches = data.train_stream(config, experiment, position, failures).as_numpy_iterator()
   best_top1 = _best_so_far(workdir)
   val_set = data.validation_set(config, experiment)
-  terminated = _Terminated()
+  terminated = _Terminated(int(state.step))
   try:
     step = int(state.step)
     pending = None  # the previous step's metrics, read while the next step runs
@@ -277,9 +297,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         if results["top1"] > best_top1:
           best_top1 = results["top1"]
           _save_best(model, state.params, workdir, step, results)
-      if step % config.checkpoint_every_steps == 0 or end_of_epoch or step == total_steps or terminated.requested:
-        _save(manager, state, position, force=terminated.requested)
-      if terminated.requested:
+      stop = terminated.requested(step)
+      if step % config.checkpoint_every_steps == 0 or end_of_epoch or step == total_steps or stop:
+        _save(manager, state, position, config.batch_size, force=stop)
+      if stop:
         manager.wait_until_finished()
         logging.warning("Stopped at step %d on SIGTERM; rerun the same command to resume.", step)
         return {"stopped_at_step": step}
@@ -305,7 +326,7 @@ def _check_finite(step: int, metrics):
     )
 
 
-def _best_so_far(workdir: pathlib.Path) -> float:
+def _best_so_far(workdir: epath.Path) -> float:
   path = workdir / "best.json"
   return json.loads(path.read_text())["top1"] if path.exists() else -1.0
 

@@ -1,0 +1,34 @@
+"""Paths on cloud storage (gs://) or local: what orbax is given, and init checkpoints read through a local copy."""
+
+import os
+
+import jax
+import numpy as np
+import tiny_model
+
+from xclip_jax import paths
+from xclip_jax import pretrained
+
+
+def test_uris_stay_as_given_and_local_paths_become_absolute(tmp_path, monkeypatch):
+  assert os.fspath(paths.absolute("gs://bucket/runs/k400")) == "gs://bucket/runs/k400"
+  assert os.fspath(paths.absolute("gs://bucket/runs") / "checkpoints") == "gs://bucket/runs/checkpoints"
+  monkeypatch.chdir(tmp_path)
+  assert os.fspath(paths.absolute("runs/k400")) == os.fspath(tmp_path / "runs" / "k400")
+  assert paths.is_remote("s3://bucket/x") and not paths.is_remote(tmp_path / "x")
+
+
+def test_a_remote_init_checkpoint_is_read_from_a_local_copy_that_is_deleted_afterwards(tmp_path, monkeypatch):
+  model = tiny_model.random_model()
+  source = tmp_path / "bucket" / "tiny_xclip"
+  model.save(source)
+  # The same code as for gs://, with a local folder standing in for the bucket.
+  is_remote, copies = paths.is_remote, []
+  monkeypatch.setattr(paths, "is_remote", lambda path: os.fspath(path) == os.fspath(source) or is_remote(path))
+  copy_to_local = paths.copy_to_local
+  monkeypatch.setattr(paths, "copy_to_local", lambda src, dst: copies.append(copy_to_local(src, dst)) or dst)
+  loaded = pretrained.load_pretrained(source)
+  top = copies[-1]  # the folder, copied after its files
+  assert top.name == source.name and not top.exists()
+  for ours, theirs in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(model.params)):
+    np.testing.assert_array_equal(ours, theirs)
