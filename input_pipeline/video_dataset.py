@@ -288,13 +288,6 @@ def eval_batches_per_process(num_videos: int, batch_size: int, process_count: in
   return -(-per_process // batch_size)
 
 
-def eval_clips_frame_indices(num_video_frames: int, num_frames: int, num_clips: int) -> np.ndarray:
-  """Frame indices of every evaluation clip of a video, clip after clip."""
-  return np.concatenate(
-    [sampling.eval_frame_indices(num_video_frames, num_frames, num_clips, k) for k in range(num_clips)]
-  )
-
-
 def eval_views(frames: tf.Tensor, num_frames: int, input_size: int, num_clips: int, num_crops: int) -> tf.Tensor:
   """(num_clips * num_crops, T, S, S, 3) evaluation views, clip-major.
 
@@ -344,7 +337,7 @@ def make_eval_dataset(
   padded = np.concatenate([indices, np.full(total - len(indices), -1, np.int64)])
 
   def choose(num_video_frames):
-    return eval_clips_frame_indices(num_video_frames, num_frames, num_clips)
+    return sampling.eval_clips_frame_indices(num_video_frames, num_frames, num_clips)
 
   @python_calls.call()
   def load(index):
