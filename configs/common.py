@@ -57,6 +57,7 @@ def experiment_config(*, small: bool = False) -> ml_collections.ConfigDict:
   config.data.root = ""
   config.data.train_file = ""
   config.data.val_file = ""
+  config.data.test_file = ""  # a held-out list the final evaluation reads instead of val_file
   config.data.label_list = ""
   config.data.tfds_dir = ""
   config.data.train_split = "train"

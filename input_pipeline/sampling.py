@@ -65,3 +65,8 @@ def eval_frame_indices(num_frames: int, num_segments: int, num_clips: int = 1, c
   segment_length = num_frames / num_segments
   offset = segment_length * (clip_index + 0.5) / num_clips
   return (np.arange(num_segments) * segment_length + offset).astype(np.int64)
+
+
+def eval_clips_frame_indices(num_video_frames: int, num_frames: int, num_clips: int) -> np.ndarray:
+  """Frame indices of every evaluation clip of a video, clip after clip."""
+  return np.concatenate([eval_frame_indices(num_video_frames, num_frames, num_clips, k) for k in range(num_clips)])

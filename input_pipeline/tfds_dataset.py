@@ -258,7 +258,7 @@ def make_eval_dataset(
 
   @video_dataset.python_calls.call()
   def choose(num_video_frames):
-    return video_dataset.eval_clips_frame_indices(int(num_video_frames), num_frames, num_clips)
+    return sampling.eval_clips_frame_indices(int(num_video_frames), num_frames, num_clips)
 
   def decode(element):
     example = _parse(element, index)

@@ -321,13 +321,6 @@ def eval_lines(num_videos: int, batch_size: int, process_index: int, process_cou
   return lines.reshape(num_batches, process_count, rows)[:, process_index].reshape(-1)
 
 
-def eval_clips_frame_indices(num_video_frames: int, num_frames: int, num_clips: int) -> np.ndarray:
-  """Frame indices of every evaluation clip of a video, clip after clip."""
-  return np.concatenate(
-    [sampling.eval_frame_indices(num_video_frames, num_frames, num_clips, k) for k in range(num_clips)]
-  )
-
-
 def eval_views(frames: tf.Tensor, num_frames: int, input_size: int, num_clips: int, num_crops: int) -> tf.Tensor:
   """(num_clips * num_crops, T, S, S, 3) evaluation views, clip-major.
 
@@ -375,7 +368,7 @@ def make_eval_dataset(
   config = _Config(records, source, failures or FailureLog(), max_failure_fraction * np.sum(lines >= 0))
 
   def choose(num_video_frames):
-    return eval_clips_frame_indices(num_video_frames, num_frames, num_clips)
+    return sampling.eval_clips_frame_indices(num_video_frames, num_frames, num_clips)
 
   @python_calls.call()
   def load(index):

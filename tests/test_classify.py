@@ -1,6 +1,9 @@
 """`python -m xclip_jax.classify`: a user's videos scored against class names."""
 
 import json
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -8,9 +11,14 @@ import tiny_model
 import video_fixtures
 
 from input_pipeline import augment
+from input_pipeline import sampling
+from input_pipeline import video_dataset
 from input_pipeline import video_decode
 import xclip_jax
 from xclip_jax import classify
+from xclip_jax import demo_data
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -29,23 +37,33 @@ def test_classify_ranks_all_classes_by_probability(golden_model, golden_dir, tmp
   assert np.all(np.diff(probabilities) <= 0)
   np.testing.assert_allclose(probabilities.sum(), 1.0, rtol=1e-5)
   # The same clip through the API gives the same ranking.
-  clip = classify.load_clip(video, golden_model.config.num_frames, golden_model.config.image_resolution)
-  assert clip.shape == (4, 32, 32, 3)
-  logits = np.asarray(golden_model.logits(clip[None], xclip_jax.tokenize(class_names)))[0]
+  clip = classify.load_views(video, golden_model.config.num_frames, golden_model.config.image_resolution)
+  assert clip.shape == (1, 4, 32, 32, 3)
+  logits = np.asarray(golden_model.logits(clip, xclip_jax.tokenize(class_names)))[0]
   assert names[0] == class_names[int(np.argmax(logits))]
 
 
+@pytest.mark.parametrize("num_crops", [1, 3])
 @pytest.mark.parametrize(
   "height, width, input_size",
   [(256, 340, 224), (240, 320, 224), (360, 480, 224), (480, 270, 224), (256, 292, 224), (48, 64, 32), (20, 30, 32)],
 )
-def test_eval_view_is_augment_eval_augment_bit_for_bit(height, width, input_size):
+def test_eval_crops_are_augment_eval_augment_bit_for_bit(height, width, input_size, num_crops):
   rng = np.random.default_rng(height * width)
   frames = rng.integers(0, 256, (2, height, width, 3), np.uint8)
   # Smooth ramps too: their bilinear values often fall on .5, where rounding must match exactly.
   frames[1] = (np.add.outer(np.arange(height), 3 * np.arange(width)) % 256)[:, :, None]
-  expected = augment.eval_augment(frames, input_size, num_crops=1).numpy()[0]
-  np.testing.assert_array_equal(classify.eval_view(frames, input_size), expected)
+  expected = augment.eval_augment(frames, input_size, num_crops=num_crops).numpy()
+  np.testing.assert_array_equal(classify.eval_crops(frames, input_size, num_crops), expected)
+
+
+def test_views_are_the_evaluation_pipelines_views(tmp_path):
+  video = video_fixtures.write_video(tmp_path / "clip.mp4", num_frames=30, width=64, height=48)
+  frames, _ = video_decode.decode_sampled_frames(
+    video.read_bytes(), lambda total: sampling.eval_clips_frame_indices(total, 4, 4)
+  )
+  expected = video_dataset.eval_views(frames, num_frames=4, input_size=32, num_clips=4, num_crops=3).numpy()
+  np.testing.assert_array_equal(classify.load_views(video, 4, 32, num_clips=4, num_crops=3), expected)
 
 
 def test_batches_give_the_results_of_single_videos_and_unreadable_ones_are_reported(tmp_path):
@@ -63,3 +81,96 @@ def test_batches_give_the_results_of_single_videos_and_unreadable_ones_are_repor
     assert [name for name, _ in one.top] == [name for name, _ in many.top]
     np.testing.assert_allclose([p for _, p in one.top], [p for _, p in many.top], rtol=1e-5)
     assert (one.error is None) == (many.error is None) == bool(many.top)
+
+
+def test_twelve_views_average_the_softmax_of_each_view(tmp_path):
+  model = tiny_model.random_model()
+  video = demo_data.write_video(tmp_path / "v.mp4", demo_data.render(0, np.random.default_rng(0)))
+  names = ["a", "b", "c"]
+  (result,) = classify.classify(model, [video], names, top_k=0, views=12)
+  views = classify.load_views(video, model.config.num_frames, model.config.image_resolution, num_clips=4, num_crops=3)
+  logits = np.asarray(model.logits(views, xclip_jax.tokenize(names)))
+  expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+  np.testing.assert_allclose(dict(result.top)["b"], expected.mean(axis=0)[1], rtol=1e-5)
+
+
+CLASSES = "a shape sliding,a shape spinning,a shape standing still"
+
+
+@pytest.fixture(scope="module")
+def cli_inputs(tmp_path_factory):
+  """A tiny checkpoint, two videos and each kind of video that cannot be read."""
+  root = tmp_path_factory.mktemp("cli")
+  checkpoint = tiny_model.random_model().save(root / "tiny")
+  good = [demo_data.write_video(root / f"good{i}.mp4", demo_data.render(i, np.random.default_rng(i))) for i in range(2)]
+  (root / "unreadable.mp4").write_bytes(b"not a video")
+  data = good[0].read_bytes()
+  (root / "truncated.mp4").write_bytes(data[: len(data) // 2])
+  empty = video_fixtures.write_indexed_video(root / "no_frames.mp4", num_frames=0)
+  bad = [root / "missing.mp4", root / "unreadable.mp4", root / "truncated.mp4", empty]
+  return root, checkpoint, good, bad
+
+
+def run_classify(*args, cwd=REPO):
+  command = [sys.executable, "-m", "xclip_jax.classify", "--compilation_cache_dir=none", *map(str, args)]
+  return subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+
+
+def test_command_reports_json_embeddings_and_every_unreadable_video(cli_inputs, tmp_path):
+  root, checkpoint, good, bad = cli_inputs
+  videos = [good[0], *bad, good[1]]
+  out = tmp_path / "embeddings.npz"
+  result = run_classify(
+    f"--checkpoint={checkpoint}", f"--classes={CLASSES}", "--views=3", "--top_k=0", "--json", f"--embed={out}", *videos
+  )
+  assert result.returncode == 2
+  document = json.loads(result.stdout)
+  assert document["views"] == 3 and [v["path"] for v in document["videos"]] == [str(v) for v in videos]
+  names = CLASSES.split(",")
+  for entry in (document["videos"][0], document["videos"][-1]):
+    labels = [p["label"] for p in entry["predictions"]]
+    probabilities = [p["probability"] for p in entry["predictions"]]
+    assert sorted(labels) == sorted(names) and probabilities == sorted(probabilities, reverse=True)
+    assert sum(probabilities) == pytest.approx(1.0, abs=1e-5)
+  for entry in document["videos"][1:-1]:
+    assert set(entry) == {"path", "error"} and entry["error"]
+  # One line per unreadable video, naming it, then the count; no traceback, no start-up logs.
+  lines = result.stderr.strip().splitlines()
+  assert [line.split(": cannot classify: ")[0] for line in lines[:-1]] == [str(v) for v in bad]
+  assert lines[-1].startswith(f"error: {len(bad)} of {len(videos)} videos could not be classified")
+  embeddings = np.load(out)
+  assert list(embeddings["labels"]) == names and list(embeddings["videos"]) == [str(good[0]), str(good[1])]
+  assert embeddings["text_embeddings"].shape == (3, tiny_model.TINY["embed_dim"])
+  assert embeddings["video_embeddings"].shape == (2, tiny_model.TINY["embed_dim"])
+  for key in ("text_embeddings", "video_embeddings"):
+    np.testing.assert_allclose(np.linalg.norm(embeddings[key], axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+  "labels, checkpoint, message",
+  [
+    ("--classes=", None, "error: --classes lists no classes"),
+    ("--classes=a shape,b,a shape", None, "error: --classes lists 'a shape' more than once"),
+    ("duplicated.csv", None, "lists 'b' more than once"),
+    ("header_only.csv", None, "the label list has no classes"),
+    (f"--classes={CLASSES}", "missing", "error: --checkpoint=MISSING: no checkpoint at MISSING"),
+    (f"--classes={CLASSES}", "not_a_checkpoint.txt", "error: --checkpoint=OTHER: "),
+  ],
+)
+def test_bad_labels_and_checkpoints_are_one_line_errors(cli_inputs, tmp_path, labels, checkpoint, message):
+  root, tiny, good, _ = cli_inputs
+  if labels.endswith(".csv"):
+    (tmp_path / "duplicated.csv").write_text("id,name\n0,a\n1,b\n2,b\n")
+    (tmp_path / "header_only.csv").write_text("id,name\n")
+    labels = f"--labels={tmp_path / labels}"
+  if checkpoint == "missing":
+    tiny = tmp_path / "missing"
+    message = message.replace("MISSING", str(tiny))
+  elif checkpoint:
+    tiny = tmp_path / checkpoint
+    tiny.write_text("a text file, not a checkpoint\n")
+    message = message.replace("OTHER", str(tiny))
+  result = run_classify(f"--checkpoint={tiny}", labels, good[0])
+  assert result.returncode == 2
+  assert result.stdout == ""
+  assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr

@@ -1,31 +1,50 @@
 r"""Classifies videos by text with an X-CLIP checkpoint.
 
   python -m xclip_jax.classify --checkpoint=k400_32_8.pth --labels=labels/kinetics_400_labels.csv a.mp4 b.mp4
-  python -m xclip_jax.classify --checkpoint=CKPT --classes="dancing,cooking,playing guitar" video.mp4
+  python -m xclip_jax.classify --checkpoint=CKPT --classes="dancing,cooking,playing guitar" --views=12 video.mp4
+  python -m xclip_jax.classify --checkpoint=runs/demo --labels=L.csv --json --embed=embeddings.npz *.mp4
 
-Each video is sampled as the official evaluation does (the centre frame of each of T segments), resized and
-centre-cropped to the model's input size, and scored against the class names (used as text, as X-CLIP does).
+--checkpoint is anything `xclip_jax.load_pretrained` reads, including the workdir of `python -m xclip_jax.main` (its
+final model) or its `best/` export. Each video is sampled as the evaluation does: --views=1 takes the centre frame of
+each of T segments and the centre crop of the frames resized to the model's input size; --views=3 three crops along
+the long side; --views=12 four clips of T frames (each at its own offset into the segments) times three crops.
+The softmax of each view's logits is averaged over the views. Logits are video-conditioned: X-CLIP adds to each class
+text a prompt generated from the video before comparing them.
+
+--json prints one JSON document on stdout, {"videos": [{"path": ..., "predictions": [{"label": ..., "probability":
+...}, ...]}, ...]}, the --top_k most probable classes first (--top_k=0: all; the probabilities are over all classes
+and sum to one). A video that cannot be read has {"path": ..., "error": ...} instead.
+
+--embed=OUT.npz writes embeddings for retrieval, L2-normalised float32: `text_embeddings` (K, D), the class texts as
+plain text features (no video conditioning, `model.encode_text`); `video_embeddings` (N, D), each video's MIT output
+(`model.encode_video`) averaged over its views; with `labels` (K,) and `videos` (N,), the videos that could be read.
+Their dot products are cosine similarities between a video and a text on its own, which is not what the logits
+compare (there every class text is first conditioned on the video).
 
 The class texts are encoded once per run; videos are decoded in threads ahead of the model and scored in batches of
-`--batch_size`. A video that cannot be read is reported on stderr and the others are still scored; the exit status is
-then 1. Compiled programs are kept in JAX's persistent compilation cache (`xclip_jax.compilation_cache`), so that a
-second run does not compile again.
+`--batch_size` videos. Errors are one line on stderr and exit status 2: a video that cannot be read (missing,
+unreadable, truncated, no frames; the other videos are still classified and reported), an empty label list or one that
+names a class twice, a checkpoint that is missing or not an X-CLIP/CLIP checkpoint. Compiled programs are kept in
+JAX's persistent compilation cache (`xclip_jax.compilation_cache`), so that a second run does not compile again.
 """
 
 import collections
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent import futures
 import dataclasses
 import functools
 import itertools
+import json
 import os
 import pathlib
 import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 import jax
 import numpy as np
+import tqdm
 
 from input_pipeline import annotations
 from input_pipeline import sampling
@@ -36,12 +55,17 @@ from xclip_jax import tokenizer
 
 FLAGS = flags.FLAGS
 
-# input_pipeline.augment's normalisation; that module's evaluation crop is redone here in numpy, bit for bit, so that
-# classifying needs no TensorFlow (whose import alone takes seconds).
+# input_pipeline.augment's normalisation; that module's evaluation crops are redone here in numpy, bit for bit, so
+# that classifying needs no TensorFlow (whose import alone takes seconds).
 MEAN_RGB = np.array((123.675, 116.28, 103.53), np.float32)
 STD_RGB = np.array((58.395, 57.12, 57.375), np.float32)
+# --views: (clips, crops) per video, as the evaluation takes them.
+VIEWS = {1: (1, 1), 3: (1, 3), 12: (4, 3)}
 # Errors of one video's file or stream: reported, and the other videos are still classified.
 VIDEO_ERRORS = (OSError, video_decode.VideoDecodeError)
+# A progress bar on stderr from this many clips (videos x views) on.
+PROGRESS_FROM_CLIPS = 10
+EXIT_ERROR = 2
 
 
 def _bilinear_taps(in_size: int, out_size: int, start: int, count: int):
@@ -58,45 +82,64 @@ def _bilinear_taps(in_size: int, out_size: int, start: int, count: int):
   return lower, upper, position - floor
 
 
-def eval_view(frames: np.ndarray, input_size: int) -> np.ndarray:
-  """`augment.eval_augment(frames, input_size, num_crops=1)[0]` in numpy: (T, S, S, 3) float32, normalised.
+def _resized_window(frames: np.ndarray, new_size: tuple[int, int], top: int, left: int, size: int) -> np.ndarray:
+  """The size x size window at (top, left) of the frames resized to new_size (bilinear, rounded to integers)."""
+  height, width = frames.shape[1:3]
+  if new_size == (height, width):
+    return frames[:, top : top + size, left : left + size]
+  row_low, row_high, row_weight = _bilinear_taps(height, new_size[0], top, size)
+  col_low, col_high, col_weight = _bilinear_taps(width, new_size[1], left, size)
+  col_weight = col_weight[:, None]
+  upper, lower = frames[:, row_low], frames[:, row_high]
+  upper = upper[:, :, col_low] + (upper[:, :, col_high] - upper[:, :, col_low]) * col_weight
+  lower = lower[:, :, col_low] + (lower[:, :, col_high] - lower[:, :, col_low]) * col_weight
+  return np.clip(np.round(upper + (lower - upper) * row_weight[:, None, None]), 0.0, 255.0)
 
-  The short side is resized to int(256 / 224 * S) (bilinear, rounded to integers) and the centre S x S cropped;
-  only the cropped pixels of the resized frames are computed.
+
+def eval_crops(frames: np.ndarray, input_size: int, num_crops: int = 1) -> np.ndarray:
+  """`augment.eval_augment(frames, input_size, num_crops)` in numpy: (num_crops, T, S, S, 3) float32, normalised.
+
+  1 crop: the short side resized to int(256 / 224 * S), the centre S x S. 3 crops: the short side resized to S, the
+  crops at the start, the end and the middle of the long side. Only the cropped pixels are computed.
   """
+  if num_crops not in (1, 3):
+    raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
   _, height, width, _ = frames.shape
-  factor = int(256 / 224 * input_size) / min(height, width)
+  short_side = int(256 / 224 * input_size) if num_crops == 1 else input_size
+  factor = short_side / min(height, width)
   # mmcv.rescale_size, as augment._resize_short_side: int(side * factor + 0.5).
   new_height, new_width = int(height * factor + 0.5), int(width * factor + 0.5)
-  top, left = (new_height - input_size) // 2, (new_width - input_size) // 2
-  frames = frames.astype(np.float32)
-  if (new_height, new_width) == (height, width):
-    crop = frames[:, top : top + input_size, left : left + input_size]
+  if num_crops == 1:
+    origins = [((new_height - input_size) // 2, (new_width - input_size) // 2)]
+  elif new_height == input_size:  # landscape (or square): along the width
+    origins = [(0, position * ((new_width - input_size) // 2)) for position in (0, 2, 1)]
   else:
-    row_low, row_high, row_weight = _bilinear_taps(height, new_height, top, input_size)
-    col_low, col_high, col_weight = _bilinear_taps(width, new_width, left, input_size)
-    col_weight = col_weight[:, None]
-    upper, lower = frames[:, row_low], frames[:, row_high]
-    upper = upper[:, :, col_low] + (upper[:, :, col_high] - upper[:, :, col_low]) * col_weight
-    lower = lower[:, :, col_low] + (lower[:, :, col_high] - lower[:, :, col_low]) * col_weight
-    crop = np.clip(np.round(upper + (lower - upper) * row_weight[:, None, None]), 0.0, 255.0)
-  return (crop - MEAN_RGB) / STD_RGB
+    origins = [(position * ((new_height - input_size) // 2), 0) for position in (0, 2, 1)]
+  frames = frames.astype(np.float32)
+  crops = np.stack([_resized_window(frames, (new_height, new_width), top, left, input_size) for top, left in origins])
+  return (crops - MEAN_RGB) / STD_RGB
 
 
-def load_clip(path, num_frames: int, input_size: int) -> np.ndarray:
-  """The evaluation view of one video file: (T, S, S, 3) float32, normalised."""
+def load_views(path, num_frames: int, input_size: int, num_clips: int = 1, num_crops: int = 1) -> np.ndarray:
+  """The evaluation views of one video file, clip-major: (num_clips * num_crops, T, S, S, 3) float32, normalised."""
   data = pathlib.Path(path).read_bytes()
-  frames, _ = video_decode.decode_sampled_frames(data, lambda total: sampling.eval_frame_indices(total, num_frames))
-  return eval_view(frames, input_size)
+  frames, _ = video_decode.decode_sampled_frames(
+    data, lambda total: sampling.eval_clips_frame_indices(total, num_frames, num_clips)
+  )
+  crops = eval_crops(frames, input_size, num_crops)  # (crop, clip * T, ...)
+  crops = crops.reshape(num_crops, num_clips, num_frames, *crops.shape[2:])
+  return crops.swapaxes(0, 1).reshape(num_clips * num_crops, num_frames, *crops.shape[3:])
 
 
 @dataclasses.dataclass(frozen=True)
 class Result:
-  """One video's top classes as (class name, probability) pairs, best first; or why it could not be read."""
+  """One video's classes as (class name, probability) pairs, best first, and its embedding if asked for; or why it
+  could not be read."""
 
   video: str
   top: list[tuple[str, float]]
   error: Exception | None = None
+  embedding: np.ndarray | None = None
 
 
 def _map_ahead(pool: futures.Executor, fn: Callable, items: Iterable, depth: int) -> Iterator[futures.Future]:
@@ -118,46 +161,158 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
   return exp / exp.sum(axis=-1, keepdims=True)
 
 
-def _score(model, batch, text_features, class_names, top_k) -> list[Result]:
-  """Results of a batch of (video, clip or None, error or None), the clips scored in one call of the model."""
-  clips = [clip for _, clip, _ in batch if clip is not None]
+def _normalize(x: np.ndarray) -> np.ndarray:
+  return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _score(model, batch, text_features, class_names, top_k, embed: bool) -> list[Result]:
+  """Results of a batch of (video, views or None, error or None), the views scored in one call of the model."""
+  clips = [views for _, views, _ in batch if views is not None]
   if clips:
-    probabilities = iter(_softmax(np.asarray(model.logits(np.stack(clips), text_features=text_features))))
+    num_views = clips[0].shape[0]
+    stacked = np.concatenate(clips)
+    logits = np.asarray(model.logits(stacked, text_features=text_features))
+    probabilities = iter(_softmax(logits).reshape(len(clips), num_views, -1).mean(axis=1))
+    if embed:
+      features = _normalize(np.asarray(model.encode_video(stacked)[0]))
+      embeddings = iter(_normalize(features.reshape(len(clips), num_views, -1).mean(axis=1)))
   results = []
-  for video, clip, error in batch:
-    if clip is None:
+  for video, views, error in batch:
+    if views is None:
       results.append(Result(video, [], error))
-    else:
-      p = next(probabilities)
-      results.append(Result(video, [(class_names[i], float(p[i])) for i in np.argsort(-p)[:top_k]]))
+      continue
+    p = next(probabilities)
+    top = [(class_names[i], float(p[i])) for i in np.argsort(-p, kind="stable")[: top_k or len(class_names)]]
+    results.append(Result(video, top, embedding=next(embeddings) if embed else None))
   return results
 
 
 def classify(
-  model: pretrained.XCLIPModel, videos, class_names, top_k: int = 5, batch_size: int | None = None
+  model: pretrained.XCLIPModel,
+  videos,
+  class_names: Sequence[str],
+  top_k: int = 5,
+  batch_size: int | None = None,
+  views: int = 1,
+  embed: bool = False,
 ) -> Iterator[Result]:
-  """Yields each video's Result, in order, as soon as its batch of up to `batch_size` clips is scored.
+  """Yields each video's Result, in order, as soon as its batch of up to `batch_size` videos is scored.
 
+  `top_k=0` ranks all classes; `views` is 1, 3 or 12 (see the module doc); `embed` adds each video's embedding.
   The class texts are encoded once; decoding runs in threads up to two batches ahead of the model. `batch_size`
   defaults to 8 on accelerators and to 1 on CPU, where batching gains nothing measurable (the matmuls of one clip
   already keep the cores busy) and every new batch size would cost a compilation.
   """
+  if views not in VIEWS:
+    raise ValueError(f"views must be one of {sorted(VIEWS)}, got {views}")
   batch_size = batch_size or (1 if jax.default_backend() == "cpu" else 8)
   videos = [str(video) for video in videos]
-  load = functools.partial(load_clip, num_frames=model.config.num_frames, input_size=model.config.image_resolution)
+  num_clips, num_crops = VIEWS[views]
+  load = functools.partial(
+    load_views,
+    num_frames=model.config.num_frames,
+    input_size=model.config.image_resolution,
+    num_clips=num_clips,
+    num_crops=num_crops,
+  )
   with futures.ThreadPoolExecutor(min(batch_size, os.cpu_count() or 1)) as pool:
     clips = _map_ahead(pool, load, videos, 2 * batch_size)
-    text_features = model.encode_text(tokenizer.tokenize(class_names))  # while the first videos decode
+    text_features = model.encode_text(tokenizer.tokenize(list(class_names)))  # while the first videos decode
     batch = []
     for video, future in zip(videos, clips):
       try:
         batch.append((video, future.result(), None))
       except VIDEO_ERRORS as e:
         batch.append((video, None, e))
-      if sum(clip is not None for _, clip, _ in batch) == batch_size:
-        yield from _score(model, batch, text_features, class_names, top_k)
+      if sum(views is not None for _, views, _ in batch) == batch_size:
+        yield from _score(model, batch, text_features, class_names, top_k, embed)
         batch = []
-    yield from _score(model, batch, text_features, class_names, top_k)
+    yield from _score(model, batch, text_features, class_names, top_k, embed)
+
+
+def text_embeddings(model: pretrained.XCLIPModel, class_names: Sequence[str]) -> np.ndarray:
+  """(K, D) L2-normalised plain text features of the class names (no video conditioning)."""
+  return _normalize(np.asarray(model.encode_text(tokenizer.tokenize(list(class_names)))))
+
+
+class UserError(Exception):
+  """Bad input from the command line, reported as one line."""
+
+
+def check_class_names(names: Sequence[str], source: str) -> list[str]:
+  """The class names, or UserError for an empty list, an empty name or a name listed twice."""
+  names = [name.strip() for name in names]
+  if not names:
+    raise UserError(f"{source} lists no classes")
+  if not all(names):
+    raise UserError(f"{source} has an empty class name")
+  twice = sorted({name for name in names if names.count(name) > 1})
+  if twice:
+    raise UserError(f"{source} lists {', '.join(repr(name) for name in twice)} more than once")
+  return names
+
+
+def _class_names() -> list[str]:
+  if FLAGS.labels is None:
+    return check_class_names(FLAGS.classes, "--classes")
+  try:
+    return check_class_names(annotations.read_label_list(FLAGS.labels), f"--labels={FLAGS.labels}")
+  except (OSError, ValueError) as e:
+    raise UserError(f"--labels: {e}") from None
+
+
+def _load_model() -> pretrained.XCLIPModel:
+  try:
+    return pretrained.load_pretrained(FLAGS.checkpoint, num_frames=FLAGS.num_frames)
+  except (OSError, ValueError) as e:
+    raise UserError(f"--checkpoint={FLAGS.checkpoint}: {e}") from None
+
+
+def _write_embeddings(path, model, class_names, results: list[Result]):
+  read = [result for result in results if result.embedding is not None]
+  dimension = model.config.embed_dim
+  np.savez(
+    path,
+    text_embeddings=text_embeddings(model, class_names),
+    video_embeddings=np.stack([r.embedding for r in read]) if read else np.zeros((0, dimension), np.float32),
+    labels=np.array(class_names),
+    videos=np.array([r.video for r in read]),
+  )
+
+
+def _run(videos: list[str]) -> int:
+  class_names = _class_names()
+  model = _load_model()
+  views = int(FLAGS.views)
+  results = []
+  show_progress = len(videos) * views >= PROGRESS_FROM_CLIPS
+  # disable=None: a bar only where stderr is a terminal.
+  with tqdm.tqdm(total=len(videos), unit="video", file=sys.stderr, disable=None if show_progress else True) as bar:
+    for result in classify(model, videos, class_names, FLAGS.top_k, FLAGS.batch_size, views, bool(FLAGS.embed)):
+      results.append(result)
+      bar.update()
+      if result.error is not None:
+        bar.write(f"{result.video}: cannot classify: {result.error}", file=sys.stderr)
+      elif not FLAGS.json:
+        lines = [result.video] + [f"  {probability:7.2%}  {name}" for name, probability in result.top]
+        bar.write("\n".join(lines), file=sys.stdout)
+        sys.stdout.flush()
+  if FLAGS.json:
+    documents = [
+      {"path": r.video, "error": str(r.error)}
+      if r.error is not None
+      else {"path": r.video, "predictions": [{"label": name, "probability": p} for name, p in r.top]}
+      for r in results
+    ]
+    json.dump({"checkpoint": FLAGS.checkpoint, "views": views, "videos": documents}, sys.stdout, indent=1)
+    print()
+  if FLAGS.embed:
+    _write_embeddings(FLAGS.embed, model, class_names, results)
+  failed = [r.video for r in results if r.error is not None]
+  if failed:
+    print(f"error: {len(failed)} of {len(videos)} videos could not be classified: {', '.join(failed)}", file=sys.stderr)
+    return EXIT_ERROR
+  return 0
 
 
 def main(argv):
@@ -166,38 +321,38 @@ def main(argv):
     raise app.UsageError("name at least one video file")
   if (FLAGS.labels is None) == (FLAGS.classes is None):
     raise app.UsageError("pass exactly one of --labels and --classes")
+  # What a user runs this for is the table; library logs below warnings (XLA's backends, orbax) are noise here.
+  logging.set_verbosity(logging.WARNING)
   compilation_cache.enable(FLAGS.compilation_cache_dir)
-  class_names = annotations.read_label_list(FLAGS.labels) if FLAGS.labels else FLAGS.classes
-  model = pretrained.load_pretrained(FLAGS.checkpoint, num_frames=FLAGS.num_frames)
-  failed = []
-  for result in classify(model, videos, class_names, FLAGS.top_k, FLAGS.batch_size):
-    if result.error is not None:
-      print(f"{result.video}: cannot classify: {result.error}", file=sys.stderr, flush=True)
-      failed.append(result.video)
-      continue
-    print(result.video)
-    for name, probability in result.top:
-      print(f"  {probability:7.2%}  {name}")
-    sys.stdout.flush()
-  if failed:
-    print(f"{len(failed)} of {len(videos)} videos could not be classified: {', '.join(failed)}", file=sys.stderr)
-    return 1
-  return 0
+  try:
+    return _run(videos)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return EXIT_ERROR
 
 
 def define_flags():
   """Command-line flags, defined only when run as a program so that importing defines none."""
-  flags.DEFINE_string("checkpoint", None, "Any checkpoint `load_pretrained` reads.", required=True)
+  flags.DEFINE_string(
+    "checkpoint", None, "Any checkpoint `load_pretrained` reads, or a workdir of main.", required=True
+  )
   flags.DEFINE_string("labels", None, "An `id,name` CSV of class names.")
   flags.DEFINE_list("classes", None, "Comma-separated class names (instead of --labels).")
   flags.DEFINE_integer("num_frames", None, "Frames per video (default: the checkpoint's).")
-  flags.DEFINE_integer("top_k", 5, "Classes to print per video.")
+  flags.DEFINE_integer("top_k", 5, "Classes to show per video, most probable first (0: all).", lower_bound=0)
+  flags.DEFINE_enum(
+    "views", "1", [str(v) for v in VIEWS], "Views per video: 1 (1 clip x 1 crop), 3 (1 x 3), 12 (4 x 3)."
+  )
+  flags.DEFINE_boolean("json", False, "Print one JSON document of all results on stdout.")
+  flags.DEFINE_string("embed", None, "Also write text and video embeddings for retrieval to this .npz file.")
   flags.DEFINE_integer("batch_size", None, "Videos scored per call of the model (default: 1 on CPU, else 8).")
   compilation_cache.define_flag()
 
 
 def run():
   """The console entry point."""
+  # TensorFlow's C++ start-up messages, should anything import it, stay off the user's terminal.
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   define_flags()
   app.run(main)
 

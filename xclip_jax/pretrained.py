@@ -27,6 +27,10 @@ PARAMS_DIR = "params"
 FORMAT_NAME = "xclip-jax"
 # 2: Linear and conv weights in PyTorch's layout (`weight`); version 1 (no version field) stored Flax `kernel`s.
 FORMAT_VERSION = 2
+# A training workdir (`python -m xclip_jax.main`, see xclip_jax.trainer) holds orbax checkpoints of the train state in
+# `checkpoints/STEP/state` and the best model as a converted checkpoint in `best/`.
+WORKDIR_CHECKPOINTS = "checkpoints"
+WORKDIR_BEST = "best"
 
 
 class XCLIPModel:
@@ -154,6 +158,27 @@ def _read_converted(directory: pathlib.Path, **overrides):
   return config.replace(**overrides), params
 
 
+def _is_workdir(directory: pathlib.Path) -> bool:
+  return (directory / WORKDIR_CHECKPOINTS).is_dir() and (directory / WORKDIR_BEST / CONFIG_FILE).exists()
+
+
+def _read_workdir(directory: pathlib.Path, **overrides):
+  """The final model of a training workdir: the parameters of its newest checkpoint, the architecture of best/."""
+  steps = [int(p.name) for p in (directory / WORKDIR_CHECKPOINTS).iterdir() if p.name.isdigit()]
+  if not steps:
+    raise ValueError(f"{directory} is a training workdir without a checkpoint yet")
+  meta = json.loads((directory / WORKDIR_BEST / CONFIG_FILE).read_text())
+  config = model_lib.XCLIPConfig.from_dict(meta["config"])
+  state = directory.absolute() / WORKDIR_CHECKPOINTS / str(max(steps)) / "state"
+  # Only the parameters of the train state, not the optimiser's moments.
+  item = {"params": official.abstract_params(config)}
+  restore_args = ocp.checkpoint_utils.construct_restore_args(item)
+  restored = ocp.PyTreeCheckpointer().restore(
+    state, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)
+  )
+  return config.replace(**overrides), restored["params"]
+
+
 def _resize_frames(config, params, num_frames):
   if num_frames is None or num_frames == config.num_frames:
     return config, params
@@ -183,7 +208,8 @@ def load_pretrained(
   Supported: an official X-CLIP `.pth` (training layout or bare state dict, `module.` prefix or not); OpenAI CLIP
   (TorchScript archive or state dict), which initialises the X-CLIP modules as the official code does (with
   `seed`); a Hugging Face X-CLIP directory (`config.json` + `model.safetensors` or `pytorch_model.bin`); a directory
-  written by `python -m xclip_jax.convert`; a Hugging Face CLIP model directory (`CLIPModel`, model_type "clip"),
+  written by `python -m xclip_jax.convert` (as a workdir's `best/`); the workdir of `python -m xclip_jax.main`, whose
+  newest checkpoint (the final model) it reads; a Hugging Face CLIP model directory (`CLIPModel`, model_type "clip"),
   which initialises the X-CLIP modules as for OpenAI CLIP. Nothing in the file is executed.
 
   Args:
@@ -211,6 +237,8 @@ def load_pretrained(
   if path.is_dir():
     if (path / CONFIG_FILE).exists():
       config, params = _read_converted(path, **overrides)
+    elif _is_workdir(path):
+      config, params = _read_workdir(path, **overrides)
     elif hf_xclip.is_hf_checkpoint(path):
       state_dict, arch = hf_xclip.read_hf_checkpoint(path)
       config = model_lib.XCLIPConfig(**arch, **overrides)
@@ -226,8 +254,9 @@ def load_pretrained(
       params = official.params_from_official(state_dict, config, base_params=official.init_params(config, seed))
     else:
       raise ValueError(
-        f"{path} is a directory but neither an xclip-jax checkpoint ({CONFIG_FILE}), a Hugging Face X-CLIP model, "
-        "nor a Hugging Face CLIP model (config.json with model.safetensors or pytorch_model.bin)"
+        f"{path} is a directory but neither an xclip-jax checkpoint ({CONFIG_FILE}), a training workdir "
+        f"({WORKDIR_CHECKPOINTS}/ and {WORKDIR_BEST}/), a Hugging Face X-CLIP model, nor a Hugging Face CLIP model "
+        "(config.json with model.safetensors or pytorch_model.bin)"
       )
   else:
     state_dict, _ = torch_io.read_state_dict(path)

@@ -8,6 +8,8 @@ What lands in workdir:
   best/          the best model so far by validation top-1, as an xclip-jax checkpoint (`python -m xclip_jax.convert
                  WORKDIR/best out.pth --to=official` exports it), with best.json
   eval_results.json, and TensorBoard event files of the metrics
+  training_curves.png, confusion_matrix.png   pictures of the metrics and of the final evaluation (xclip_jax.report)
+A config with a `demo` field first writes its data to WORKDIR/demo_data (xclip_jax.demo_data).
 """
 
 import json
@@ -24,23 +26,27 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from input_pipeline import annotations
 from input_pipeline import video_dataset
 from xclip_jax import data
+from xclip_jax import demo_data
 from xclip_jax import evaluate
 from xclip_jax import model as model_lib
 from xclip_jax import paths
 from xclip_jax import pretrained
+from xclip_jax import report
 from xclip_jax import sharding
 from xclip_jax import tokenizer
 from xclip_jax import train
 
 RESULTS_FILE = "eval_results.json"
-BEST_DIR = "best"
-CHECKPOINT_DIR = "checkpoints"
+BEST_DIR = pretrained.WORKDIR_BEST
+CHECKPOINT_DIR = pretrained.WORKDIR_CHECKPOINTS
 
 
 def load_model(config: ml_collections.ConfigDict) -> pretrained.XCLIPModel:
-  """The model to start from: `init.checkpoint` (X-CLIP), `init.clip` (CLIP), or `arch` initialised at random."""
+  """The model to start from: `init.checkpoint` (X-CLIP), `init.clip` (CLIP), or `arch` (or the architecture `model`
+  gives, as configs/demo.py does) initialised at random."""
   options = dict(dtype=config.dtype, droppath=config.droppath, remat=config.remat)
   if config.init.checkpoint and config.init.clip:
     raise ValueError("set one of config.init.checkpoint and config.init.clip, not both")
@@ -54,10 +60,12 @@ def load_model(config: ml_collections.ConfigDict) -> pretrained.XCLIPModel:
   elif config.mode == "eval":
     raise ValueError("mode=eval needs a model: set --config.init.checkpoint=PATH")
   else:
-    logging.warning("No init.clip or init.checkpoint: training %s from a random initialisation.", config.arch)
-    model = pretrained.from_config(
-      model_lib.preset(config.arch, num_frames=config.num_frames, **options), seed=config.seed
-    )
+    if "model" in config:
+      architecture = model_lib.XCLIPConfig(**config.model.to_dict(), num_frames=config.num_frames, **options)
+    else:
+      architecture = model_lib.preset(config.arch, num_frames=config.num_frames, **options)
+    logging.warning("No init.clip or init.checkpoint: training %s from a random initialisation.", architecture)
+    model = pretrained.from_config(architecture, seed=config.seed)
   if model.config.image_resolution != config.input_size:
     raise ValueError(
       f"config.input_size is {config.input_size} but the model takes {model.config.image_resolution}px frames"
@@ -190,15 +198,30 @@ def _save_best(model: pretrained.XCLIPModel, params, workdir: epath.Path, step: 
   _write_json(workdir / "best.json", {"step": step, "top1": results["top1"], "top5": results["top5"]})
 
 
+def _list_set(config, experiment, field: str, name: str) -> data.EvalSet:
+  """The evaluation set of the annotation list `config.data.<field>`."""
+  path = data.check_exists(config.data[field], f"data.{field}")
+  return data.EvalSet(name, path, config.data.root, config.data.label_list, experiment.class_names)
+
+
 def _final_evaluation(config, workdir, experiment, model, params, mesh, eval_step, text_encoder, step: int) -> dict:
   results = {"step": step}
-  if config.mode == "train" or config.data.val_file or config.data.tfds_dir:
-    eval_set = data.validation_set(config, experiment)
+  views = (config.final_eval_clips, config.final_eval_crops)
+  if config.data.test_file:
     results.update(
       evaluate.run_eval_set(
-        config, eval_set, eval_step, text_encoder, params, mesh, config.final_eval_clips, config.final_eval_crops
+        config, _list_set(config, experiment, "test_file", "test"), eval_step, text_encoder, params, mesh, *views
       )
     )
+  elif config.mode == "train" or config.data.val_file or config.data.tfds_dir:
+    eval_set = data.validation_set(config, experiment)
+    results.update(evaluate.run_eval_set(config, eval_set, eval_step, text_encoder, params, mesh, *views))
+  if config.data.get("single_frame_file"):
+    # The same videos with one frame repeated: what the model gets right without seeing anything move.
+    control = _list_set(config, experiment, "single_frame_file", "single_frame")
+    results["single_frame_top1"] = evaluate.run_eval_set(
+      config, control, eval_step, text_encoder, params, mesh, *views
+    )["top1"]
   if "zero_shot" in config:
     results["zero_shot"] = {}
     for task in evaluate.zero_shot_tasks(config, workdir):
@@ -218,8 +241,32 @@ def _final_evaluation(config, workdir, experiment, model, params, mesh, eval_ste
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
-  """Trains as `config` says (or only evaluates, with mode=eval); returns what eval_results.json holds."""
+  """Trains as `config` says (or only evaluates, with mode=eval); returns what eval_results.json holds.
+
+  A finished run draws its pictures in workdir and prints a summary table (on process 0).
+  """
+  start = time.time()
   workdir = paths.absolute(workdir)
+  if "demo" in config:
+    config = demo_data.prepare(config, workdir)
+  results = _train_and_evaluate(config, workdir)
+  if "stopped_at_step" not in results and jax.process_index() == 0:
+    _report(config, workdir, results, time.time() - start)
+  return results
+
+
+def _report(config, workdir, results: dict, seconds: float):
+  class_names = annotations.read_label_list(config.data.label_list)
+  files = [("results", str(workdir / RESULTS_FILE))]
+  if config.mode == "train":
+    files.insert(0, ("final model", str(workdir / CHECKPOINT_DIR / str(results["step"]))))
+  if (workdir / BEST_DIR).is_dir():
+    files.insert(len(files) - 1, ("best model by validation", str(workdir / BEST_DIR)))
+  files += [("plot", str(path)) for path in report.write_plots(workdir, results, class_names)]
+  print(report.run_summary(results, seconds, files), flush=True)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   if config.mode not in ("train", "eval"):
     raise ValueError(f"config.mode must be 'train' or 'eval', got {config.mode!r}")
   workdir.mkdir(parents=True, exist_ok=True)
