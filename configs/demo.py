@@ -50,13 +50,13 @@ def get_config(arg: str | None = None):
   # Mixup and CutMix blend two videos and their labels; a blend of two kinds of motion is neither.
   config.mixup = 0.0
   config.cutmix = 0.0
-  config.lr = 3e-4
+  config.lr = 2e-4
   config.weight_decay = 0.05
   config.batch_size = 16
-  config.epochs = 16
-  config.warmup_epochs = 1
+  config.epochs = 20
+  config.warmup_epochs = 2
   config.eval_batch_size = 60
-  config.eval_every_epochs = 4
+  config.eval_every_epochs = 5
   config.log_every_steps = 25
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 1

@@ -71,7 +71,7 @@ def _background(rng: np.random.Generator, y: np.ndarray, x: np.ndarray) -> np.nd
   """A dark background: a gradient between two colours under a grating."""
   start, end = rng.uniform(0, 80, (2, 3)).astype(np.float32)
   ramp_angle, grating_angle = rng.uniform(0, 2 * np.pi, 2)
-  frequency, phase, contrast = rng.uniform(0.2, 0.6), rng.uniform(0, 2 * np.pi), rng.uniform(10, 25)
+  frequency, phase, contrast = rng.uniform(0.2, 0.6), rng.uniform(0, 2 * np.pi), rng.uniform(4, 12)
   ramp = ((x * np.cos(ramp_angle) + y * np.sin(ramp_angle)) / max(WIDTH, HEIGHT) + 1) / 2
   grating = np.sin(frequency * (x * np.cos(grating_angle) + y * np.sin(grating_angle)) + phase)
   return start + (end - start) * ramp[..., None] + contrast * grating[..., None]
@@ -115,10 +115,10 @@ def render(label: int, rng: np.random.Generator) -> np.ndarray:
   name = CLASS_NAMES[label]
   sign = rng.choice([-1.0, 1.0])
   velocity = rng.uniform(22, 30) * _direction(rng) if name == "a shape sliding" else np.zeros(2, np.float32)
-  growth = sign * np.log(rng.uniform(2.0, 2.6)) if name == "a shape growing or shrinking" else 0.0
-  brightening = sign * rng.uniform(0.6, 0.8) if name == "a shape getting brighter or darker" else 0.0
-  spin = sign * rng.uniform(1.3, 2.0) if name == "a shape spinning" else 0.0
-  lighting = sign * rng.uniform(0.8, 1.0) if name == "the background getting brighter or darker" else 0.0
+  growth = sign * np.log(rng.uniform(2.4, 3.0)) if name == "a shape growing or shrinking" else 0.0
+  brightening = sign * rng.uniform(0.7, 0.9) if name == "a shape getting brighter or darker" else 0.0
+  spin = sign * rng.uniform(1.6, 2.4) if name == "a shape spinning" else 0.0
+  lighting = sign * rng.uniform(1.2, 1.6) if name == "the background getting brighter or darker" else 0.0
   frames = []
   for t in np.linspace(-0.5, 0.5, num_frames):
     cy, cx = centre + velocity * t
@@ -130,8 +130,8 @@ def render(label: int, rng: np.random.Generator) -> np.ndarray:
   return np.stack(frames)
 
 
-def write_video(path: pathlib.Path, frames: np.ndarray):
-  """Writes frames (N, H, W, 3) uint8 as an H.264 mp4."""
+def write_video(path: pathlib.Path, frames: np.ndarray) -> pathlib.Path:
+  """Writes frames (N, H, W, 3) uint8 as an H.264 mp4; returns its path."""
   path.parent.mkdir(parents=True, exist_ok=True)
   with av.open(str(path), mode="w") as container:
     stream = container.add_stream("libx264", rate=FPS, options={"preset": "veryfast", "crf": "18", "threads": "1"})
@@ -140,6 +140,7 @@ def write_video(path: pathlib.Path, frames: np.ndarray):
     for image in frames:
       container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
     container.mux(stream.encode())
+  return path
 
 
 def _write_one(directory: pathlib.Path, split_index: int, index: int, seed: int) -> tuple[str, str, int]:
