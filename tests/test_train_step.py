@@ -87,3 +87,18 @@ def test_sharded_step_equals_the_single_device_step():
   )
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   assert "sharded step matches" in result.stdout
+
+
+def test_new_modules_learn_at_their_multiple_of_the_learning_rate():
+  # Adam's first step moves every entry by about the learning rate, so the updates' sizes show the rates.
+  def first_update(multiplier):
+    before = sharding.flat_names(train_fixtures.tiny_model().params)
+    config = train_fixtures.tiny_config(new_modules_lr_multiplier=multiplier)
+    after = sharding.flat_names(run_steps(config, [train_fixtures.batch(0)])[0])
+    return {name: np.abs(np.asarray(after[name]) - before[name]).mean() for name in before}
+
+  official, slow = first_update(10.0), first_update(2.0)
+  new = "visual/transformer/resblocks_0/message_fc/weight"
+  old = "visual/transformer/resblocks_0/mlp/c_fc/weight"
+  np.testing.assert_allclose(official[new] / slow[new], 5.0, rtol=0.05)
+  np.testing.assert_allclose(official[old], slow[old], rtol=1e-6)

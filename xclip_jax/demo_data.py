@@ -1,7 +1,8 @@
 """The demo's data, made on the spot: short H.264 videos of one shape that moves in a way no single frame shows.
 
-Each class is a kind of change over time, whatever its direction (drawn at random per video): sliding sideways,
-up or down, or diagonally, growing or shrinking, getting brighter or darker, or standing still. Everything a single
+Each class is a kind of change over time, whatever its direction (drawn at random per video): a shape sliding (in any
+direction), shaking, growing or shrinking, or getting brighter or darker; the background getting brighter or darker;
+or nothing changing. Everything a single
 frame shows (shape, colour, size, position, background) is drawn from the same distribution for every class, so a
 model can only tell the classes apart by comparing frames; left from right is never asked (X-CLIP's only sense of
 order is the temporal position embedding of MIT). `write` lays the data out as the official lists are:
@@ -33,7 +34,7 @@ CLASS_NAMES = (
   "a shape sliding",
   "a shape growing or shrinking",
   "a shape getting brighter or darker",
-  "a shape spinning",
+  "a shape shaking",
   "the background getting brighter or darker",
   "a shape standing still",
 )
@@ -79,7 +80,7 @@ def _background(rng: np.random.Generator, y: np.ndarray, x: np.ndarray) -> np.nd
 
 def _distance(shape: str, dy: np.ndarray, dx: np.ndarray, radius: float, angle: float) -> np.ndarray:
   """Signed distance (pixels, roughly) from the outline of a shape centred at the origin and turned by `angle`;
-  negative inside. None of the shapes looks the same after a small turn."""
+  negative inside."""
   u = dx * np.cos(angle) + dy * np.sin(angle)
   v = dy * np.cos(angle) - dx * np.sin(angle)
   if shape == "triangle":
@@ -117,12 +118,13 @@ def render(label: int, rng: np.random.Generator) -> np.ndarray:
   velocity = rng.uniform(22, 30) * _direction(rng) if name == "a shape sliding" else np.zeros(2, np.float32)
   growth = sign * np.log(rng.uniform(2.4, 3.0)) if name == "a shape growing or shrinking" else 0.0
   brightening = sign * rng.uniform(0.7, 0.9) if name == "a shape getting brighter or darker" else 0.0
-  spin = sign * rng.uniform(1.6, 2.4) if name == "a shape spinning" else 0.0
+  # Shaking: a new offset every frame, a few pixels in any direction.
+  shake = rng.uniform(4, 6) if name == "a shape shaking" else 0.0
   lighting = sign * rng.uniform(1.2, 1.6) if name == "the background getting brighter or darker" else 0.0
   frames = []
   for t in np.linspace(-0.5, 0.5, num_frames):
-    cy, cx = centre + velocity * t
-    distance = _distance(shape, y - cy, x - cx, radius * np.exp(growth * t), angle + spin * t)
+    cy, cx = centre + velocity * t + shake * _direction(rng)
+    distance = _distance(shape, y - cy, x - cx, radius * np.exp(growth * t), angle)
     alpha = np.clip(0.5 - distance / edge, 0, 1)[..., None]
     fill = np.clip(colour * (level + brightening * t), 0, 255)
     image = background * (1 + lighting * t) * (1 - alpha) + fill * alpha

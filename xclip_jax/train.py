@@ -33,8 +33,9 @@ from xclip_jax import sharding
 # are the official keyword rules rewritten for Flax names (official `visual.` is `visual/` here).
 # With `freeze_text`, only these are trained: the video encoder, the MIT and the prompt modules.
 TRAINABLE_WITH_FROZEN_TEXT = r"^visual/|mit|prompts"
-# Learning-rate multipliers; the first match wins, others get 1.
-LR_MULTIPLIERS = ((r"message_|mit|prompts", 10.0),)
+# The modules X-CLIP adds to CLIP learn at `config.new_modules_lr_multiplier` times the base rate (officially 10);
+# every other parameter at the base rate.
+NEW_MODULES = r"message_|mit|prompts"
 # No weight decay for these names, nor for any 1-D parameter (LayerNorms, biases, class embedding).
 NO_WEIGHT_DECAY = r"/bias$|positional_embedding"
 
@@ -47,8 +48,8 @@ def is_trainable(name: str, freeze_text: bool) -> bool:
   return not freeze_text or re.search(TRAINABLE_WITH_FROZEN_TEXT, name) is not None
 
 
-def lr_multiplier(name: str) -> float:
-  return next((multiplier for pattern, multiplier in LR_MULTIPLIERS if re.search(pattern, name)), 1.0)
+def lr_multiplier(name: str, new_modules_multiplier: float = 10.0) -> float:
+  return new_modules_multiplier if re.search(NEW_MODULES, name) else 1.0
 
 
 def has_weight_decay(name: str, shape: tuple[int, ...]) -> bool:
@@ -101,6 +102,7 @@ class Recipe:
   trainable: tuple[str, ...]
   num_classes: int
   schedule: Schedule
+  new_modules_lr_multiplier: float
   accumulation_steps: int
   freeze_text: bool
   mixup_alpha: float
@@ -161,7 +163,7 @@ def make_optimizer(
   decay_mask = flax.traverse_util.unflatten_dict(
     {name: has_weight_decay(name, tuple(np.shape(value))) for name, value in flat.items()}, sep="/"
   )
-  multipliers = {name: lr_multiplier(name) for name in flat}
+  multipliers = {name: lr_multiplier(name, config.new_modules_lr_multiplier) for name in flat}
   return optax.chain(
     optax.scale_by_adam(b1=ADAM_B1, b2=ADAM_B2, eps=ADAM_EPS),
     # Decoupled decay, scaled by the group's learning rate below, as torch.optim.AdamW.
@@ -181,6 +183,7 @@ def _recipe(config, model: pretrained.XCLIPModel, trainable: tuple[str, ...], tx
     trainable=trainable,
     num_classes=config.num_classes,
     schedule=schedule,
+    new_modules_lr_multiplier=config.new_modules_lr_multiplier,
     accumulation_steps=config.accumulation_steps,
     freeze_text=config.freeze_text,
     mixup_alpha=config.mixup,
@@ -356,7 +359,7 @@ def make_sharded_step(state: TrainState, mesh: jax.sharding.Mesh):
   )
 
 
-def count_parameters(params, trainable: tuple[str, ...]) -> dict[str, int]:
+def count_parameters(params, trainable: tuple[str, ...], new_modules_multiplier: float = 10.0) -> dict[str, int]:
   """Totals for the start-of-run overview: all, trainable, frozen, and per learning-rate group."""
   flat = sharding.flat_names(params)
   sizes = {name: int(np.prod(np.shape(value))) for name, value in flat.items()}
@@ -367,6 +370,6 @@ def count_parameters(params, trainable: tuple[str, ...]) -> dict[str, int]:
   }
   counts["frozen"] = counts["total"] - counts["trainable"]
   for name in trainable:
-    group = f"lr_x{lr_multiplier(name):g}"
+    group = f"lr_x{lr_multiplier(name, new_modules_multiplier):g}"
     counts[group] = counts.get(group, 0) + sizes[name]
   return counts

@@ -179,7 +179,7 @@ def _restore(manager, state: train.TrainState, mesh, batch_size: int) -> tuple[t
 
 
 def _log_parameter_overview(state: train.TrainState, writer):
-  counts = train.count_parameters(state.params, state.recipe.trainable)
+  counts = train.count_parameters(state.params, state.recipe.trainable, state.recipe.new_modules_lr_multiplier)
   lines = [f"{name:>10}: {count:,}" for name, count in counts.items()]
   logging.info("Parameters:\n%s", "\n".join(lines))
   writer.write_texts(0, {"parameters": "  \n".join(lines)})
