@@ -73,4 +73,5 @@ def get_config(arg: str | None = None):
     config.eval_every_epochs = 1
     config.log_every_steps = 1
     config.final_eval_clips = 1
+    config.final_eval_crops = 1
   return config.lock()

@@ -23,13 +23,13 @@ def run_steps(config, batches, model=None):
   return jax.device_get(state.params), jax.device_get(metrics)
 
 
-@pytest.mark.parametrize("freeze_text", [True, False])
-def test_accumulated_step_equals_the_full_batch_step(freeze_text):
-  # Int labels exercise Mixup/CutMix before the split into micro-batches.
+def test_accumulated_step_equals_the_full_batch_step():
+  # Int labels exercise Mixup/CutMix before the split into micro-batches; the text tower trains, so its gradients
+  # are accumulated too.
   batches = [train_fixtures.batch(seed) for seed in range(2)]
   before = train_fixtures.tiny_model().params
-  full, full_metrics = run_steps(train_fixtures.tiny_config(freeze_text=freeze_text), batches)
-  accumulated, metrics = run_steps(train_fixtures.tiny_config(freeze_text=freeze_text, accumulation_steps=4), batches)
+  full, full_metrics = run_steps(train_fixtures.tiny_config(freeze_text=False), batches)
+  accumulated, metrics = run_steps(train_fixtures.tiny_config(freeze_text=False, accumulation_steps=4), batches)
   np.testing.assert_allclose(metrics["loss"], full_metrics["loss"], rtol=1e-5)
   train_fixtures.assert_updates_close(before, accumulated, full)
 
@@ -90,15 +90,18 @@ def test_sharded_step_equals_the_single_device_step():
 
 
 def test_new_modules_learn_at_their_multiple_of_the_learning_rate():
-  # Adam's first step moves every entry by about the learning rate, so the updates' sizes show the rates.
-  def first_update(multiplier):
-    before = sharding.flat_names(train_fixtures.tiny_model().params)
-    config = train_fixtures.tiny_config(new_modules_lr_multiplier=multiplier)
-    after = sharding.flat_names(run_steps(config, [train_fixtures.batch(0)])[0])
-    return {name: np.abs(np.asarray(after[name]) - before[name]).mean() for name in before}
+  params = {"visual": {"transformer": {"resblocks_0": {"message_fc": {"weight": np.ones((4, 4), np.float32)}}}}}
+  params["visual"]["transformer"]["resblocks_0"]["mlp"] = {"c_fc": {"weight": np.ones((4, 4), np.float32)}}
 
+  def first_update(multiplier):
+    config = train_fixtures.tiny_config(new_modules_lr_multiplier=multiplier)
+    tx = train.make_optimizer(config, params, train.Schedule.from_config(config))
+    updates, _ = tx.update(jax.tree.map(np.ones_like, params), tx.init(params), params)
+    return {name: float(np.abs(update).mean()) for name, update in sharding.flat_names(updates).items()}
+
+  # Adam's first step moves every entry by about the learning rate (plus decay), so the update sizes show the rates.
   official, slow = first_update(10.0), first_update(2.0)
-  new = "visual/transformer/resblocks_0/message_fc/weight"
-  old = "visual/transformer/resblocks_0/mlp/c_fc/weight"
-  np.testing.assert_allclose(official[new] / slow[new], 5.0, rtol=0.05)
+  new, old = "visual/transformer/resblocks_0/message_fc/weight", "visual/transformer/resblocks_0/mlp/c_fc/weight"
+  np.testing.assert_allclose(official[new] / slow[new], 5.0, rtol=1e-5)
   np.testing.assert_allclose(official[old], slow[old], rtol=1e-6)
+  assert official[old] > 0
