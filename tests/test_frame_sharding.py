@@ -1,33 +1,17 @@
 """Frames split over the mesh's `time` axis: the same numbers as unsplit, and only message-sized traffic between the
 devices of a video (the checks run in frame_sharding_check.py, in a process with 8 forced CPU devices)."""
 
-import os
-import pathlib
-import subprocess
-import sys
-
+import forced_devices
 import jax
 import numpy as np
 import pytest
 
 from xclip_jax import sharding
 
-TESTS = pathlib.Path(__file__).resolve().parent
-
 
 @pytest.fixture(scope="module")
 def check_output() -> str:
-  # 8 forced CPU devices need a fresh process (the device count is fixed when JAX starts).
-  env = {
-    **os.environ,
-    "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8",
-    "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)]),
-  }
-  result = subprocess.run(
-    [sys.executable, str(TESTS / "frame_sharding_check.py")], capture_output=True, text=True, cwd=TESTS.parent, env=env
-  )
-  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-  return result.stdout
+  return forced_devices.run_check("frame_sharding_check.py")
 
 
 def _assert_passed(output: str, check: str):

@@ -1,10 +1,6 @@
 """Gradient accumulation, sharding, freezing and the step's inputs."""
 
-import os
-import pathlib
-import subprocess
-import sys
-
+import forced_devices
 import jax
 import numpy as np
 import pytest
@@ -12,8 +8,6 @@ import train_fixtures
 
 from xclip_jax import sharding
 from xclip_jax import train
-
-TESTS = pathlib.Path(__file__).resolve().parent
 
 
 def run_steps(config, batches, model=None):
@@ -76,17 +70,7 @@ def test_schedule_without_steps_per_epoch_is_refused():
 
 
 def test_sharded_step_equals_the_single_device_step():
-  # 8 forced CPU devices need a fresh process (the device count is fixed when JAX starts).
-  env = {
-    **os.environ,
-    "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8",
-    "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)]),
-  }
-  result = subprocess.run(
-    [sys.executable, str(TESTS / "sharded_step_check.py")], capture_output=True, text=True, cwd=TESTS.parent, env=env
-  )
-  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-  assert "sharded step matches" in result.stdout
+  assert "sharded step matches" in forced_devices.run_check("sharded_step_check.py")
 
 
 def test_new_modules_learn_at_their_multiple_of_the_learning_rate():

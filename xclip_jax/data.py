@@ -96,9 +96,14 @@ def train_stream(config, experiment: Experiment, start_position: int, failures: 
 def validation_set(config, experiment: Experiment) -> EvalSet:
   if config.data.tfds_dir:
     return EvalSet("val", "", config.data.tfds_dir, config.data.label_list, experiment.class_names)
-  val_file = check_exists(config.data.val_file, "data.val_file")
+  return list_set(config, experiment, "val_file", "val")
+
+
+def list_set(config, experiment: Experiment, field: str, name: str) -> EvalSet:
+  """The evaluation set `name` of the annotation list `config.data.<field>`, its videos under `data.root`."""
+  path = check_exists(config.data[field], f"data.{field}")
   check_exists(config.data.root, "data.root", "folder or .tar")
-  return EvalSet("val", val_file, config.data.root, config.data.label_list, experiment.class_names)
+  return EvalSet(name, path, config.data.root, config.data.label_list, experiment.class_names)
 
 
 def eval_stream(config, eval_set: EvalSet, num_clips: int, num_crops: int, failures: video_dataset.FailureLog):

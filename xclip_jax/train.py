@@ -48,7 +48,7 @@ def is_trainable(name: str, freeze_text: bool) -> bool:
   return not freeze_text or re.search(TRAINABLE_WITH_FROZEN_TEXT, name) is not None
 
 
-def lr_multiplier(name: str, new_modules_multiplier: float = 10.0) -> float:
+def lr_multiplier(name: str, new_modules_multiplier: float) -> float:
   return new_modules_multiplier if re.search(NEW_MODULES, name) else 1.0
 
 
@@ -359,7 +359,7 @@ def make_sharded_step(state: TrainState, mesh: jax.sharding.Mesh):
   )
 
 
-def count_parameters(params, trainable: tuple[str, ...], new_modules_multiplier: float = 10.0) -> dict[str, int]:
+def count_parameters(params, trainable: tuple[str, ...], new_modules_multiplier: float) -> dict[str, int]:
   """Totals for the start-of-run overview: all, trainable, frozen, and per learning-rate group."""
   flat = sharding.flat_names(params)
   sizes = {name: int(np.prod(np.shape(value))) for name, value in flat.items()}

@@ -198,19 +198,13 @@ def _save_best(model: pretrained.XCLIPModel, params, workdir: epath.Path, step: 
   _write_json(workdir / "best.json", {"step": step, "top1": results["top1"], "top5": results["top5"]})
 
 
-def _list_set(config, experiment, field: str, name: str) -> data.EvalSet:
-  """The evaluation set of the annotation list `config.data.<field>`."""
-  path = data.check_exists(config.data[field], f"data.{field}")
-  return data.EvalSet(name, path, config.data.root, config.data.label_list, experiment.class_names)
-
-
 def _final_evaluation(config, workdir, experiment, model, params, mesh, eval_step, text_encoder, step: int) -> dict:
   results = {"step": step}
   views = (config.final_eval_clips, config.final_eval_crops)
   if config.data.test_file:
     results.update(
       evaluate.run_eval_set(
-        config, _list_set(config, experiment, "test_file", "test"), eval_step, text_encoder, params, mesh, *views
+        config, data.list_set(config, experiment, "test_file", "test"), eval_step, text_encoder, params, mesh, *views
       )
     )
   elif config.mode == "train" or config.data.val_file or config.data.tfds_dir:
@@ -218,7 +212,7 @@ def _final_evaluation(config, workdir, experiment, model, params, mesh, eval_ste
     results.update(evaluate.run_eval_set(config, eval_set, eval_step, text_encoder, params, mesh, *views))
   if config.data.get("single_frame_file"):
     # The same videos with one frame repeated: what the model gets right without seeing anything move.
-    control = _list_set(config, experiment, "single_frame_file", "single_frame")
+    control = data.list_set(config, experiment, "single_frame_file", "single_frame")
     results["single_frame_top1"] = evaluate.run_eval_set(
       config, control, eval_step, text_encoder, params, mesh, *views
     )["top1"]
