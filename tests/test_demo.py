@@ -1,12 +1,12 @@
 """The demo: its generated data, and `python -m xclip_jax.main --config=configs/demo.py` end to end (shortened)."""
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
 
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from configs import demo as demo_config
@@ -79,8 +79,7 @@ def test_prepare_writes_once_and_refuses_data_made_with_other_settings(tmp_path)
 def test_demo_trains_evaluates_the_control_and_draws_its_pictures(tmp_path):
   workdir = tmp_path / "demo"
   command = [sys.executable, "-m", "xclip_jax.main", "--config=configs/demo.py:small=True", f"--workdir={workdir}"]
-  env = {**os.environ, "XCLIP_JAX_CACHE_DIR": "none"}
-  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
+  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
   assert result.returncode == 0, result.stderr[-4000:]
   config = demo_config.get_config("small=True")
   results = json.loads((workdir / "eval_results.json").read_text())
@@ -99,8 +98,6 @@ def test_demo_trains_evaluates_the_control_and_draws_its_pictures(tmp_path):
   # The workdir loads as a model: the parameters of its newest checkpoint.
   model = xclip_jax.load_pretrained(workdir)
   assert model.config.vision_layers == config.model.vision_layers
-  import orbax.checkpoint as ocp
-
   saved = sharding.flat_names(ocp.PyTreeCheckpointer().restore(final.absolute() / "state")["params"])
   for name, value in sharding.flat_names(model.params).items():
     np.testing.assert_array_equal(value, saved[name], err_msg=name)

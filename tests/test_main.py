@@ -75,16 +75,9 @@ def run_main(dataset, workdir, **extra):
   return subprocess.run(main_command(dataset, workdir, **extra), cwd=REPO, capture_output=True, text=True, env=_env())
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache_dir(tmp_path_factory):
-  # The runs of this module share a compilation cache, as a user's reruns do: only the first compiles.
-  os.environ["XCLIP_JAX_TEST_CACHE"] = str(tmp_path_factory.mktemp("jax_cache"))
-  yield
-  del os.environ["XCLIP_JAX_TEST_CACHE"]
-
-
 def _env():
-  return {**os.environ, "XCLIP_JAX_CACHE_DIR": os.environ["XCLIP_JAX_TEST_CACHE"], "PYTHONUNBUFFERED": "1"}
+  # The runs share the test session's compilation cache (conftest), as a user's reruns share theirs.
+  return {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
 def final_params(workdir: pathlib.Path) -> dict:

@@ -5,7 +5,8 @@ Two processes with 2 CPU devices each against one process with 4, the parameters
 parameters and their evaluation; two processes resume its step-4 checkpoint, a SIGTERM to one of them stops both
 after the same step, with the parameters of the one-process run. A killed or failing process stops the other within
 the heartbeat timeout, saying so. Each process start costs seconds (imports, tracing, tf.data), so there are few;
-the runs share a compilation cache, so that each program compiles once per process count.
+the runs share the test session's compilation cache (conftest), so that each program compiles once per process
+count.
 """
 
 import json
@@ -56,11 +57,6 @@ def dataset(tmp_path_factory):
   return root, model.params
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp("jax_cache")
-
-
 def _command(dataset, workdir, overrides: dict, heartbeat_timeout: int) -> list[str]:
   root, _ = dataset
   config = {
@@ -108,7 +104,6 @@ class Run:
   def __init__(
     self,
     dataset,
-    cache_dir,
     workdir: pathlib.Path,
     num_processes: int,
     process_overrides=None,
@@ -120,7 +115,6 @@ class Run:
     env = {
       **os.environ,
       "XLA_FLAGS": f"--xla_force_host_platform_device_count={4 // num_processes} {FAST_COMPILE}",
-      "XCLIP_JAX_CACHE_DIR": str(cache_dir),
       "PYTHONUNBUFFERED": "1",
     }
     distributed = []
@@ -198,19 +192,19 @@ def _assert_same_evaluation(ours: dict, reference: dict):
 
 
 @pytest.fixture(scope="module")
-def two_processes(dataset, cache_dir, tmp_path_factory):
+def two_processes(dataset, tmp_path_factory):
   """Two processes, 2 devices each, the whole run."""
-  run = Run(dataset, cache_dir, tmp_path_factory.mktemp("two"), 2)
+  run = Run(dataset, tmp_path_factory.mktemp("two"), 2)
   run.succeed()
   assert _checkpoint_steps(run.workdir) == [2, 4, TOTAL_STEPS]
   return run
 
 
 @pytest.fixture(scope="module")
-def one_process(dataset, cache_dir, two_processes, tmp_path_factory):
+def one_process(dataset, two_processes, tmp_path_factory):
   """One process, 4 devices, from the two processes' step-2 checkpoint to the end, with a checkpoint every step."""
   workdir = _resume_from(two_processes.workdir, 2, tmp_path_factory.mktemp("one"))
-  run = Run(dataset, cache_dir, workdir, 1, checkpoint_every_steps=1, keep_checkpoints=TOTAL_STEPS)
+  run = Run(dataset, workdir, 1, checkpoint_every_steps=1, keep_checkpoints=TOTAL_STEPS)
   run.succeed()
   return run
 
@@ -231,9 +225,9 @@ def test_one_process_resumes_a_two_process_checkpoint_and_ends_like_them(dataset
 
 
 def test_two_processes_resume_a_one_process_checkpoint_and_a_sigterm_stops_both_after_one_step(
-  dataset, cache_dir, one_process, tmp_path
+  dataset, one_process, tmp_path
 ):
-  run = Run(dataset, cache_dir, _resume_from(one_process.workdir, 4, tmp_path), 2)
+  run = Run(dataset, _resume_from(one_process.workdir, 4, tmp_path), 2)
   _wait_for_line(run, 1, "Resumed from the checkpoint at step 4 (data position 16)")
   run.processes[1].send_signal(signal.SIGTERM)
   run.succeed()
@@ -245,9 +239,9 @@ def test_two_processes_resume_a_one_process_checkpoint_and_a_sigterm_stops_both_
 
 
 @pytest.mark.parametrize("death", ["killed", "failing"])
-def test_a_process_that_dies_stops_the_other_with_a_clear_message(dataset, cache_dir, tmp_path, death):
+def test_a_process_that_dies_stops_the_other_with_a_clear_message(dataset, tmp_path, death):
   if death == "killed":
-    run = Run(dataset, cache_dir, tmp_path, 2, heartbeat_timeout=DEATH_HEARTBEAT_TIMEOUT)
+    run = Run(dataset, tmp_path, 2, heartbeat_timeout=DEATH_HEARTBEAT_TIMEOUT)
     # Killed once both have joined, the other blocks in its first exchange with it.
     _wait_for_line(run, 1, "JAX: 2 processes")
     run.processes[1].kill()
@@ -255,7 +249,6 @@ def test_a_process_that_dies_stops_the_other_with_a_clear_message(dataset, cache
     # Process 1 alone cannot read its init checkpoint: it says so, with its index, and exits at once.
     run = Run(
       dataset,
-      cache_dir,
       tmp_path,
       2,
       process_overrides={1: {"init.checkpoint": tmp_path / "missing"}},
