@@ -207,7 +207,7 @@ def make_train_dataset(
   dataset = dataset.map(decode_and_augment, num_parallel_calls=tf.data.AUTOTUNE)
   dataset = dataset.batch(batch_size // process_count, drop_remainder=True)
   dataset = dataset.map(order.add_resume_position)
-  return dataset.prefetch(tf.data.AUTOTUNE)
+  return video_dataset.finish(dataset)
 
 
 def make_eval_dataset(
@@ -283,4 +283,4 @@ def make_eval_dataset(
   dataset = _read_records(dataset, index)
   dataset = dataset.map(decode_and_crop, num_parallel_calls=tf.data.AUTOTUNE)
   dataset = dataset.batch(batch_size // process_count, drop_remainder=True)
-  return dataset.prefetch(tf.data.AUTOTUNE)
+  return video_dataset.finish(dataset)

@@ -309,7 +309,20 @@ def make_train_dataset(
   dataset = dataset.map(augment_clip, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   dataset = dataset.batch(batch_size // process_count, drop_remainder=True)
   dataset = dataset.map(order.add_resume_position)
-  return dataset.prefetch(tf.data.AUTOTUNE)
+  return finish(dataset)
+
+
+def finish(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  """The end of every pipeline here and in tfds_dataset: prefetching, with tf.data's autotuning off.
+
+  Freeing an iterator waits for tf.data's autotuning thread to wake up, and that thread sleeps up to a minute
+  between rounds: ending the demo's 5-minute training stream stalled for 15-60 s. Without autotuning, AUTOTUNE
+  parallelism is one call per core (what decoding wants; as fast on the 2-core machine) and prefetch buffers still
+  grow when they run dry.
+  """
+  options = tf.data.Options()
+  options.autotune.enabled = False
+  return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
 def eval_lines(num_videos: int, batch_size: int, process_index: int, process_count: int) -> np.ndarray:
@@ -386,4 +399,4 @@ def make_eval_dataset(
   dataset = tf.data.Dataset.from_tensor_slices(lines)
   dataset = dataset.map(decode_and_crop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   dataset = dataset.batch(batch_size // process_count, drop_remainder=True)
-  return dataset.prefetch(tf.data.AUTOTUNE)
+  return finish(dataset)

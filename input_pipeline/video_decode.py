@@ -46,8 +46,10 @@ from collections.abc import Callable, Sequence
 import io
 import os
 import tarfile
+import threading
 
 import av
+from av.video import reformatter
 from etils import epath
 import numpy as np
 
@@ -241,11 +243,20 @@ class _Video:
     if self._frame_size is None:
       self._frame_size = (frame.height, frame.width)
     height, width = self._frame_size
-    if (frame.height, frame.width) == self._frame_size:
-      image = frame.to_ndarray(format="rgb24")
-    else:
-      image = frame.to_ndarray(format="rgb24", width=width, height=height)
+    image = _thread_reformatter().reformat(frame, format="rgb24", width=width, height=height, threads=1).to_ndarray()
     return _upright(image, frame.rotation)
+
+
+_per_thread = threading.local()
+
+
+def _thread_reformatter() -> reformatter.VideoReformatter:
+  """This thread's frame converter. frame.to_ndarray(format=...) sets up a new converter with a thread per core for
+  every frame, which costs more than converting a small frame; a kept one is set up again only when the size or
+  format changes. Same pixels."""
+  if not hasattr(_per_thread, "reformatter"):
+    _per_thread.reformatter = reformatter.VideoReformatter()
+  return _per_thread.reformatter
 
 
 def _upright(image: np.ndarray, rotation: int) -> np.ndarray:

@@ -133,6 +133,14 @@ def test_evaluation_sees_every_video_once_across_hosts(records):
   assert failures.paths == {"junk.mp4"}
 
 
+def test_pipelines_run_without_tf_data_autotuning(records):
+  # Freeing an autotuned iterator waits for the autotuning thread's next round, up to a minute (video_dataset.finish).
+  train = tfds_dataset.make_train_dataset(records["good"], "train", batch_size=3, seed=0, **CLIP)
+  evaluation = tfds_dataset.make_eval_dataset(records["good"], "train", batch_size=3, **CLIP)
+  assert train.options().autotune.enabled is False
+  assert evaluation.options().autotune.enabled is False
+
+
 def test_a_split_that_build_tfds_did_not_write_is_refused(records):
   with pytest.raises(ValueError, match="no build_tfds metadata for split 'validation'"):
     tfds_dataset.make_train_dataset(records["good"], "validation", batch_size=1, seed=0, **CLIP)

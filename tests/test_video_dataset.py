@@ -310,6 +310,13 @@ def test_train_clips_follow_the_training_sampling_rule(data):
     assert (np.diff(video.mean(axis=(1, 2, 3))) > 0).all()
 
 
+def test_pipelines_run_without_tf_data_autotuning(data):
+  # Freeing an autotuned iterator waits for the autotuning thread's next round, up to a minute (see finish).
+  annotation = _annotations(data, "autotune.txt", _good_lines(data))
+  for dataset in (_train(data, annotation), _eval(data, annotation)):
+    assert dataset.options().autotune.enabled is False
+
+
 def test_process_exits_while_a_training_iterator_is_alive(data):
   # A tf.data thread inside a Python call while the interpreter finalises
   # hangs the process; slow decoding makes sure calls are running at exit.

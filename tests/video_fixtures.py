@@ -193,6 +193,8 @@ def write_video_changing_size(
     for height, width in sizes:
       encoder = av.CodecContext.create(codec, "w")
       encoder.height, encoder.width, encoder.pix_fmt = height, width, pix_fmt
+      # libvpx's worker threads spin while they wait: two test processes encoding at once crawled (a frame a second).
+      encoder.thread_count = 1
       encoder.time_base = stream.codec_context.time_base
       for image in textured_frames(frames_per_size, width, height, seed=pts):
         frame = av.VideoFrame.from_ndarray(image, format="rgb24")

@@ -121,15 +121,19 @@ def render(label: int, rng: np.random.Generator) -> np.ndarray:
   # Shaking: a new offset every frame, a few pixels in any direction.
   shake = rng.uniform(4, 6) if name == "a shape shaking" else 0.0
   lighting = sign * rng.uniform(1.2, 1.6) if name == "the background getting brighter or darker" else 0.0
-  frames = []
-  for t in np.linspace(-0.5, 0.5, num_frames):
-    cy, cx = centre + velocity * t + shake * _direction(rng)
-    distance = _distance(shape, y - cy, x - cx, radius * np.exp(growth * t), angle)
-    alpha = np.clip(0.5 - distance / edge, 0, 1)[..., None]
-    fill = np.clip(colour * (level + brightening * t), 0, 255)
-    image = background * (1 + lighting * t) * (1 - alpha) + fill * alpha
-    frames.append(np.clip(np.round(image), 0, 255).astype(np.uint8))
-  return np.stack(frames)
+  # Every frame at once: t (N, 1, 1), the time of each frame, broadcasts against the (HEIGHT, WIDTH) pixels.
+  t = np.linspace(-0.5, 0.5, num_frames)[:, None, None]
+  # Drawn for every class (zero unless shaking), so that the generator is used alike whatever the class.
+  shake_angle = rng.uniform(0, 2 * np.pi, num_frames)[:, None, None]
+  shake_y, shake_x = shake * np.stack([np.sin(shake_angle), np.cos(shake_angle)]).astype(np.float32)
+  cy = centre[0] + velocity[0] * t + shake_y
+  cx = centre[1] + velocity[1] * t + shake_x
+  distance = _distance(shape, y - cy, x - cx, radius * np.exp(growth * t), angle)
+  alpha = np.clip(0.5 - distance / edge, 0, 1)[..., None]
+  t = t[..., None]
+  fill = np.clip(colour * (level + brightening * t), 0, 255)
+  image = background * (1 + lighting * t) * (1 - alpha) + fill * alpha
+  return np.clip(np.round(image), 0, 255).astype(np.uint8)
 
 
 def write_video(path: pathlib.Path, frames: np.ndarray) -> pathlib.Path:

@@ -339,7 +339,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
           best_top1 = results["top1"]
           _save_best(model, state.params, workdir, step, results)
       stop = terminated.requested(step)
-      if step % config.checkpoint_every_steps == 0 or end_of_epoch or step == total_steps or stop:
+      if step % config.checkpoint_every_steps == 0 or step == total_steps or stop:
         _save(manager, state, position, config.batch_size, force=stop)
       if stop:
         manager.wait_until_finished()
@@ -349,6 +349,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   finally:
     terminated.restore()
     writer.flush()
+  # Stops the training stream, which would otherwise go on decoding ahead while the final evaluation runs.
+  del batches
   # The official code evaluates the final model (not the best) with all views.
   results = _final_evaluation(
     config, workdir, experiment, model, state.params, mesh, eval_step, text_encoder, total_steps
