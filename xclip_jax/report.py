@@ -27,7 +27,8 @@ def read_scalars(workdir) -> dict[str, list[tuple[int, float]]]:
   """
   events = []
   for path in sorted(pathlib.Path(workdir).glob("events.out.tfevents.*")):
-    for event in tf.compat.v1.train.summary_iterator(str(path)):
+    # Each record of an events file is one Event (summary_iterator, which reads them too, prints a deprecation).
+    for event in map(tf.compat.v1.Event.FromString, tf.data.TFRecordDataset(str(path)).as_numpy_iterator()):
       for value in event.summary.value:
         number = value.simple_value if value.HasField("simple_value") else tf.make_ndarray(value.tensor)
         if np.ndim(number) == 0 and np.issubdtype(np.asarray(number).dtype, np.number):
