@@ -64,7 +64,7 @@ def test_groups_match_the_official_optimiser(golden_train, trained):
   names = {name: official.flax_name(name, before[name]) for name in meta["groups"]}
   assert sorted(names.values()) == sorted(state.recipe.trainable)
   for name, group in meta["groups"].items():
-    assert train.lr_multiplier(names[name], state.recipe.new_modules_lr_multiplier) == group["lr_mult"], name
+    assert train.lr_multiplier(names[name], golden_config(meta).new_modules_lr_multiplier) == group["lr_mult"], name
     assert train.has_weight_decay(names[name], before[name].shape) == (group["weight_decay"] > 0), name
 
 

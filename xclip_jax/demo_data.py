@@ -2,10 +2,10 @@
 
 Each class is a kind of change over time, whatever its direction (drawn at random per video): a shape sliding (in any
 direction), shaking, growing or shrinking, or getting brighter or darker; the background getting brighter or darker;
-or nothing changing. Everything a single
-frame shows (shape, colour, size, position, background) is drawn from the same distribution for every class, so a
-model can only tell the classes apart by comparing frames; left from right is never asked (X-CLIP's only sense of
-order is the temporal position embedding of MIT). `write` lays the data out as the official lists are:
+or nothing changing. Everything a single frame shows (shape, colour, size, position, background) is drawn from the
+same distribution for every class, so a model can only tell the classes apart by comparing frames; left from right
+is never asked (X-CLIP's only sense of order is the temporal position embedding of MIT). `write` lays the data out as
+the official lists are:
 
   DIR/videos/{train,val,test,test_single_frame}/NNNNN.mp4
   DIR/train.txt, val.txt, test.txt     `relative/path.mp4 label` lines

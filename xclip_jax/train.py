@@ -102,7 +102,6 @@ class Recipe:
   trainable: tuple[str, ...]
   num_classes: int
   schedule: Schedule
-  new_modules_lr_multiplier: float
   accumulation_steps: int
   freeze_text: bool
   mixup_alpha: float
@@ -183,7 +182,6 @@ def _recipe(config, model: pretrained.XCLIPModel, trainable: tuple[str, ...], tx
     trainable=trainable,
     num_classes=config.num_classes,
     schedule=schedule,
-    new_modules_lr_multiplier=config.new_modules_lr_multiplier,
     accumulation_steps=config.accumulation_steps,
     freeze_text=config.freeze_text,
     mixup_alpha=config.mixup,

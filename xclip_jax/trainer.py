@@ -178,8 +178,8 @@ def _restore(manager, state: train.TrainState, mesh, batch_size: int) -> tuple[t
   return state, int(meta["data_position"])
 
 
-def _log_parameter_overview(state: train.TrainState, writer):
-  counts = train.count_parameters(state.params, state.recipe.trainable, state.recipe.new_modules_lr_multiplier)
+def _log_parameter_overview(state: train.TrainState, new_modules_lr_multiplier: float, writer):
+  counts = train.count_parameters(state.params, state.recipe.trainable, new_modules_lr_multiplier)
   lines = [f"{name:>10}: {count:,}" for name, count in counts.items()]
   logging.info("Parameters:\n%s", "\n".join(lines))
   writer.write_texts(0, {"parameters": "  \n".join(lines)})
@@ -281,7 +281,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   writer.write_hparams({k: v for k, v in _flat_config(config).items() if isinstance(v, (int, float, str, bool))})
   text_ids = tokenizer.tokenize(list(experiment.class_names))
   state = train.create_train_state(config, model, text_ids, mesh)
-  _log_parameter_overview(state, writer)
+  _log_parameter_overview(state, config.new_modules_lr_multiplier, writer)
   manager = ocp.CheckpointManager(
     workdir / CHECKPOINT_DIR,
     options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True),
