@@ -2,7 +2,7 @@
 
 import ml_collections
 
-from xclip_jax import model as model_lib
+from xclip_jax.model import config as model_config
 
 
 def parse_arg(arg: str | None, **defaults):
@@ -114,10 +114,10 @@ def experiment_config(*, small: bool = False) -> ml_collections.ConfigDict:
 
 def set_arch(config: ml_collections.ConfigDict, arch: str, frames: int):
   """The backbone and frame count; the official settings that go with them (L/14 at 336px: 336 crops, remat)."""
-  model_lib.preset(arch, num_frames=frames)  # refuses an unknown name, listing the known ones
+  model_config.preset(arch, num_frames=frames)  # refuses an unknown name, listing the known ones
   config.arch = arch
   config.num_frames = frames
-  config.input_size = model_lib.PRESETS[arch]["image_resolution"]
+  config.input_size = model_config.PRESETS[arch]["image_resolution"]
   config.remat = arch.startswith("ViT-L")
 
 

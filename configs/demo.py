@@ -18,7 +18,7 @@ Arguments: small (a few videos and steps, for the tests).
 import ml_collections
 
 from configs import common
-from xclip_jax import demo_data
+from input_pipeline import demo_data
 
 
 def get_config(arg: str | None = None):

@@ -9,10 +9,10 @@ model = xclip_jax.from_config(xclip_jax.XCLIPConfig.from_dict(config.to_dict()))
 import ml_collections
 
 from configs import common
-from xclip_jax import model as model_lib
+from xclip_jax.model import config as model_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   options = common.parse_arg(arg, arch="ViT-B/32", frames=8)
-  preset = model_lib.preset(options["arch"], num_frames=options["frames"])
+  preset = model_config.preset(options["arch"], num_frames=options["frames"])
   return ml_collections.ConfigDict(preset.to_dict(), type_safe=True).lock()

@@ -7,16 +7,16 @@ import sys
 
 import numpy as np
 import pytest
-import tiny_model
-import video_fixtures
 
 from input_pipeline import augment
+from input_pipeline import demo_data
 from input_pipeline import sampling
 from input_pipeline import video_dataset
 from input_pipeline import video_decode
+from tests.fixtures import tiny_model
+from tests.fixtures import video_fixtures
 import xclip_jax
 from xclip_jax import classify
-from xclip_jax import demo_data
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

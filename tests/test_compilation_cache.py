@@ -6,9 +6,9 @@ import subprocess
 import sys
 
 import pytest
-import tiny_model
-import video_fixtures
 
+from tests.fixtures import tiny_model
+from tests.fixtures import video_fixtures
 from xclip_jax import classify
 from xclip_jax import compilation_cache
 

@@ -7,8 +7,8 @@ import pytest
 
 import xclip_jax
 from xclip_jax import convert
-from xclip_jax import official
-from xclip_jax import torch_io
+from xclip_jax.weights import official
+from xclip_jax.weights import torch_io
 
 
 @pytest.fixture(scope="module")

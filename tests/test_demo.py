@@ -11,11 +11,11 @@ import pytest
 
 from configs import demo as demo_config
 from input_pipeline import annotations
+from input_pipeline import demo_data
 from input_pipeline import video_decode
 import xclip_jax
-from xclip_jax import demo_data
-from xclip_jax import report
-from xclip_jax import sharding
+from xclip_jax.evaluation import report
+from xclip_jax.parallel import sharding
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SETTINGS = demo_data.Settings(num_train=6, num_val=2, num_test=7, seed=3)

@@ -11,14 +11,14 @@ import time
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-import train_fixtures
-import video_fixtures
 
 from configs import common
+from tests.fixtures import train_fixtures
+from tests.fixtures import video_fixtures
 from xclip_jax import convert
-from xclip_jax import sharding
-from xclip_jax import torch_io
-from xclip_jax import trainer
+from xclip_jax.parallel import sharding
+from xclip_jax.train import trainer
+from xclip_jax.weights import torch_io
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NUM_TRAIN, NUM_VAL = 12, 7  # 7 validation videos with eval batches of 2: the last batch is padded

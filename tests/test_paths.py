@@ -4,8 +4,8 @@ import os
 
 import jax
 import numpy as np
-import tiny_model
 
+from tests.fixtures import tiny_model
 from xclip_jax import paths
 from xclip_jax import pretrained
 

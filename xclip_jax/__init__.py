@@ -6,12 +6,12 @@ ids = xclip_jax.tokenize(["abseiling", "air drumming"])    # (K, 77) int32
 logits = model.logits(video, ids)                          # video: (B, T, H, W, 3) float32, normalised
 """
 
-from xclip_jax.model import PRESETS
-from xclip_jax.model import XCLIPConfig
-from xclip_jax.model import preset
+from xclip_jax.model.config import PRESETS
+from xclip_jax.model.config import XCLIPConfig
+from xclip_jax.model.config import preset
+from xclip_jax.model.tokenizer import tokenize
 from xclip_jax.pretrained import XCLIPModel
 from xclip_jax.pretrained import from_config
 from xclip_jax.pretrained import load_pretrained
-from xclip_jax.tokenizer import tokenize
 
 __all__ = ["PRESETS", "XCLIPConfig", "XCLIPModel", "from_config", "load_pretrained", "preset", "tokenize"]

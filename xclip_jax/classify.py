@@ -51,7 +51,7 @@ from input_pipeline import sampling
 from input_pipeline import video_decode
 from xclip_jax import compilation_cache
 from xclip_jax import pretrained
-from xclip_jax import tokenizer
+from xclip_jax.model import tokenizer
 
 FLAGS = flags.FLAGS
 

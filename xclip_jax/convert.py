@@ -14,9 +14,9 @@ from absl import flags
 from absl import logging
 
 from xclip_jax import compilation_cache
-from xclip_jax import official
 from xclip_jax import pretrained
-from xclip_jax import torch_io
+from xclip_jax.weights import official
+from xclip_jax.weights import torch_io
 
 FLAGS = flags.FLAGS
 

@@ -24,7 +24,7 @@ import jax
 from ml_collections import config_flags
 
 from xclip_jax import compilation_cache
-from xclip_jax import trainer
+from xclip_jax.train import trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. configs/k400.py:arch=ViT-B/16.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and eval_results.json go (may be gs://).")

@@ -13,13 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from xclip_jax import hf_clip
-from xclip_jax import hf_xclip
-from xclip_jax import model as model_lib
-from xclip_jax import official
 from xclip_jax import paths
-from xclip_jax import sharding
-from xclip_jax import torch_io
+from xclip_jax.model import config as model_config
+from xclip_jax.model import xclip
+from xclip_jax.parallel import sharding
+from xclip_jax.weights import hf_clip
+from xclip_jax.weights import hf_xclip
+from xclip_jax.weights import official
+from xclip_jax.weights import torch_io
 
 # A converted checkpoint is a directory holding this file (the architecture) and an orbax checkpoint of the params.
 CONFIG_FILE = "xclip_config.json"
@@ -41,9 +42,9 @@ class XCLIPModel:
   training: batch over the batch axes (B must be divisible by them), frames over `time`.
   """
 
-  def __init__(self, config: model_lib.XCLIPConfig, params, mesh: jax.sharding.Mesh | None = None):
+  def __init__(self, config: model_config.XCLIPConfig, params, mesh: jax.sharding.Mesh | None = None):
     self.config = config
-    self.module = model_lib.XCLIP(config)
+    self.module = xclip.XCLIP(config)
     self.mesh = mesh
     if mesh is not None:
       sharding.check_frames_divisible(config.num_frames, mesh)
@@ -54,7 +55,7 @@ class XCLIPModel:
   def _apply(self):
     # One compiled function per method; shapes (batch, classes) recompile as usual. Shardings follow the arguments.
     def compiled(name):
-      method = functools.partial(self.module.apply, method=getattr(model_lib.XCLIP, name))
+      method = functools.partial(self.module.apply, method=getattr(xclip.XCLIP, name))
       if self.mesh is None:
         return jax.jit(method)
 
@@ -91,7 +92,7 @@ class XCLIPModel:
     without running the transformer over the padding (the 400 Kinetics names: 279 texts of 4 ids, 116 of 8, 5 of 12).
     """
     text_ids = np.asarray(text_ids, np.int32)
-    lengths = model_lib.text_lengths(text_ids)
+    lengths = xclip.text_lengths(text_ids)
     groups = [np.flatnonzero(lengths == length) for length in np.unique(lengths)]
     features = [
       self._apply["encode_text"](self._variables(), self._replicated(text_ids[rows, : lengths[rows[0]]]))
@@ -148,7 +149,7 @@ def _read_converted(directory: pathlib.Path, **overrides):
       f"{meta.get('version', 1)}, this version reads {FORMAT_VERSION}); convert the original checkpoint "
       "again with `python -m xclip_jax.convert SRC DST`"
     )
-  config = model_lib.XCLIPConfig.from_dict(meta["config"])
+  config = model_config.XCLIPConfig.from_dict(meta["config"])
   abstract = official.abstract_params(config)
   # As host arrays: the caller lays them out on its devices (and processes), wherever the writer's were.
   as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract)
@@ -168,7 +169,7 @@ def _read_workdir(directory: pathlib.Path, **overrides):
   if not steps:
     raise ValueError(f"{directory} is a training workdir without a checkpoint yet")
   meta = json.loads((directory / WORKDIR_BEST / CONFIG_FILE).read_text())
-  config = model_lib.XCLIPConfig.from_dict(meta["config"])
+  config = model_config.XCLIPConfig.from_dict(meta["config"])
   state = directory.absolute() / WORKDIR_CHECKPOINTS / str(max(steps)) / "state"
   # Only the parameters of the train state, not the optimiser's moments.
   item = {"params": official.abstract_params(config)}
@@ -241,7 +242,7 @@ def load_pretrained(
       config, params = _read_workdir(path, **overrides)
     elif hf_xclip.is_hf_checkpoint(path):
       state_dict, arch = hf_xclip.read_hf_checkpoint(path)
-      config = model_lib.XCLIPConfig(**arch, **overrides)
+      config = model_config.XCLIPConfig(**arch, **overrides)
       params = official.params_from_official(state_dict, config)
     elif hf_clip.is_hf_clip_checkpoint(path):
       state_dict = hf_clip.read_hf_clip(path)
@@ -272,6 +273,6 @@ def load_pretrained(
   return XCLIPModel(config, jax.tree.map(jnp.asarray, params), mesh)
 
 
-def from_config(config: model_lib.XCLIPConfig, seed: int = 0) -> XCLIPModel:
+def from_config(config: model_config.XCLIPConfig, seed: int = 0) -> XCLIPModel:
   """A randomly initialised model (e.g. from `model.preset('ViT-B/32')`), without any file."""
   return XCLIPModel(config, official.init_params(config, seed))

@@ -1,0 +1,1 @@
+"""Benchmarks that print JSON; part of the repository, not of the installed package."""

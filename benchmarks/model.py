@@ -1,0 +1,343 @@
+r"""Times X-CLIP and prints JSON: the evaluation forward pass (`--mode=eval`, the default), `classify` runs, the
+train step (`--mode=train`), or the train step's memory and traffic with frames split over devices (`--mode=memory`).
+
+  python -m xclip_jax.benchmark                      # ViT-B/32, 8 frames, batch 1, 400 classes, float32
+  python -m xclip_jax.benchmark --arch=ViT-B/16 --frames=16 --batch=4 --dtype=bfloat16
+  python -m xclip_jax.benchmark --official_code=VideoX/X-CLIP   # side by side with the official PyTorch model
+  python -m xclip_jax.benchmark --mode=classify      # `python -m xclip_jax.classify` as a user runs it
+  python -m xclip_jax.benchmark --mode=train --official_code=VideoX/X-CLIP   # the train step, side by side
+  python -m xclip_jax.benchmark --mode=memory --arch=ViT-L/14-336 --frames=16   # time = 1, 2, 4, 8 on 8 CPU devices
+
+`--mode=memory`: compiles the sharded train step (abstract inputs, nothing allocated) on 8 forced CPU devices for
+each size of the mesh's `time` axis and prints XLA's per-device memory and the bytes crossing `time` per step (see
+`xclip_jax.memory_benchmark`).
+
+`--mode=train`: the sharded train step of `xclip_jax.train` (ViT-B/32, 8 frames, batch 2, 400 cached class texts,
+fp32, AdamW, frozen text, Mixup/CutMix on device) in fresh processes, alternating with the official step built by
+the official code (see `xclip_jax.train_benchmark`); `median_s` and `peak_rss_mb` for each side.
+
+`--mode=eval`: the class texts are encoded once beforehand (as in evaluation, where the official code caches them);
+the timed call is the video encoder, the prompt generator and the logits. Weights are random: speed does not depend
+on them.
+
+The JSON also gives `matmul_gflop` and `matmul_only_s`: the floating-point work of the forward's matrix multiplies
+and the time of those multiplies alone (every dot_general of the traced forward, with its shapes, in one jit-compiled
+function and nothing else), a floor for any XLA formulation of the model on this machine.
+
+With `--official_code` (the X-CLIP folder of a microsoft/VideoX checkout; needs PyTorch, e.g. `pip install
+torch==2.13.0`), the official model is built with the same weights by its own `build_model`, its logits are checked
+against ours, and the two forward passes are timed in alternation in one process, so that both see the same machine
+load. The official eval forward runs under `torch.no_grad()` with its text cache filled, as in its `validate`.
+
+`--mode=classify` (run from the repository root: it writes its videos with tests/video_fixtures.py): saves a randomly
+initialised `--arch` checkpoint and `--videos` synthetic 10 s, 340x256, 30 fps H.264 videos to a temporary folder,
+then runs `python -m xclip_jax.classify` on the `--labels` class names as a fresh process: on one video with an empty
+compilation cache (`cold_s`), again with the cache it left (`warm_s`), and on all the videos (`per_video_s`: the
+time beyond the warm run's, per extra video). `peak_rss_mb` is the largest peak resident memory of these processes
+(`rss_mb` gives each); `encode_text_400_s` the time of `encode_text` on the class names in this process (median of 3
+calls after one).
+"""
+
+import functools
+import importlib.util
+import json
+import logging
+import math
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+import types
+
+from absl import app
+from absl import flags
+import jax
+import jax.extend as jex
+import numpy as np
+
+from benchmarks import memory as memory_benchmark
+from benchmarks import train_step as train_benchmark
+from input_pipeline import annotations
+from xclip_jax import compilation_cache
+from xclip_jax import pretrained
+from xclip_jax.model import config as model_config
+from xclip_jax.model import tokenizer
+from xclip_jax.model import xclip
+from xclip_jax.weights import official
+
+FLAGS = flags.FLAGS
+DEFAULT_LABELS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "labels" / "kinetics_400_labels.csv"
+
+
+def import_official_build_model(code_dir: pathlib.Path):
+  """`models.xclip.build_model` from an official X-CLIP checkout, importing only what the model needs.
+
+  `timm` (used there only for `trunc_normal_`) is replaced by PyTorch's own function when it is not installed, and the
+  `clip` package is entered without running its `__init__`, which pulls in the tokenizer and torchvision.
+  """
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise SystemExit("--official_code needs PyTorch: pip install torch==2.13.0") from e
+  if not (code_dir / "models" / "xclip.py").is_file() or not (code_dir / "clip" / "model.py").is_file():
+    raise SystemExit(f"{code_dir} is not the X-CLIP folder of microsoft/VideoX (models/xclip.py, clip/model.py)")
+  if importlib.util.find_spec("timm") is None:
+    layers = types.ModuleType("timm.models.layers")
+    layers.trunc_normal_ = torch.nn.init.trunc_normal_
+    sys.modules.update(
+      {"timm": types.ModuleType("timm"), "timm.models": types.ModuleType("timm.models"), "timm.models.layers": layers}
+    )
+  clip_package = types.ModuleType("clip")
+  clip_package.__path__ = [str(code_dir / "clip")]
+  sys.modules["clip"] = clip_package
+  sys.path.insert(0, str(code_dir))
+  from models import xclip  # pylint: disable=g-import-not-at-top
+
+  return xclip.build_model
+
+
+def _matmuls(fn, *args) -> list[tuple]:
+  """(lhs aval, rhs aval, dot_general params) of every dot_general of fn's jaxpr, in program order."""
+  found = []
+
+  def visit(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == "dot_general":
+        found.append((eqn.invars[0].aval, eqn.invars[1].aval, eqn.params))
+      for sub in jex.core.jaxprs_in_params(eqn.params):
+        visit(sub)
+
+  visit(jax.make_jaxpr(fn)(*args).jaxpr)
+  return found
+
+
+def _flops(lhs_shape, rhs_shape, dimension_numbers) -> int:
+  """2 x batch x lhs free x rhs free x contracted sizes."""
+  (_, rhs_contract), (_, rhs_batch) = dimension_numbers
+  shared = math.prod(rhs_shape[j] for j in (*rhs_contract, *rhs_batch))
+  return 2 * math.prod(lhs_shape) * math.prod(rhs_shape) // shared
+
+
+def _median_of_alternating(calls: dict, repeats: int) -> dict:
+  for call in calls.values():  # warm-up
+    for _ in range(3):
+      call()
+  times = {name: [] for name in calls}
+  for _ in range(repeats):  # alternate so that all see the same machine load
+    for name, call in calls.items():
+      start = time.perf_counter()
+      call()
+      times[name].append(time.perf_counter() - start)
+  return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def eval_benchmark(
+  arch: str, frames: int, batch: int, classes: int, dtype: str, repeats: int, official_code: str | None = None
+) -> dict:
+  config = model_config.preset(arch, num_frames=frames, dtype=dtype)
+  model = pretrained.from_config(config)
+  rng = np.random.default_rng(0)
+  text_ids = rng.integers(1, config.vocab_size - 2, (classes, config.context_length), dtype=np.int32)
+  text_ids[:, -1] = config.vocab_size - 1  # an end-of-text token for the argmax pooling
+  text_features = jax.block_until_ready(model.encode_text(text_ids))
+  size = config.image_resolution
+  video = rng.standard_normal((batch, frames, size, size, 3), dtype=np.float32)
+  ours = lambda: jax.block_until_ready(model.logits(video, text_features=text_features))
+
+  forward = functools.partial(model.module.apply, method=xclip.XCLIP.logits_from_features)
+  matmuls = _matmuls(forward, {"params": model.params}, video, text_features)
+  operands = [
+    (rng.standard_normal(lhs.shape, np.float32), rng.standard_normal(rhs.shape, np.float32)) for lhs, rhs, _ in matmuls
+  ]
+  matmul_only = jax.jit(
+    lambda ops: [
+      jax.lax.dot_general(
+        a.astype(lhs.dtype),
+        b.astype(rhs.dtype),
+        params["dimension_numbers"],
+        preferred_element_type=params["preferred_element_type"],
+      )
+      for (a, b), (lhs, rhs, params) in zip(ops, matmuls)
+    ]
+  )
+  device_operands = jax.device_put(operands)
+
+  start = time.perf_counter()
+  our_logits = np.asarray(ours())
+  compile_s = time.perf_counter() - start
+  calls = {"ours": ours, "matmul_only": lambda: jax.block_until_ready(matmul_only(device_operands))}
+  result = {
+    "arch": arch,
+    "frames": frames,
+    "batch": batch,
+    "classes": classes,
+    "dtype": dtype,
+    "device": str(jax.devices()[0].device_kind),
+  }
+
+  if official_code:
+    import torch  # pylint: disable=g-import-not-at-top
+
+    build_model = import_official_build_model(pathlib.Path(official_code).absolute())
+    state_dict = {k: torch.from_numpy(np.array(v)) for k, v in official.official_from_params(model.params).items()}
+    official_model = build_model(
+      state_dict,
+      T=frames,
+      prompts_alpha=config.prompts_alpha,
+      prompts_layers=config.prompts_layers,
+      mit_layers=config.mit_layers,
+      logger=logging.getLogger("official"),
+    )
+    torch_video = torch.from_numpy(video.transpose(0, 1, 4, 2, 3).copy())  # (B, T, 3, H, W)
+    torch_ids = torch.from_numpy(text_ids.astype(np.int64))
+
+    def official_forward():
+      with torch.no_grad():
+        return official_model(torch_video, torch_ids)
+
+    official_logits = official_forward().numpy()
+    calls["official"] = official_forward
+    result["official_torch_threads"] = torch.get_num_threads()
+    result["max_abs_logit_difference"] = float(np.abs(official_logits - our_logits).max())
+
+  medians = _median_of_alternating(calls, repeats)
+  result.update(
+    median_s=medians["ours"],
+    repeats=repeats,
+    first_call_s=compile_s,
+    matmul_gflop=sum(_flops(lhs.shape, rhs.shape, params["dimension_numbers"]) for lhs, rhs, params in matmuls) / 1e9,
+    matmul_only_s=medians["matmul_only"],
+  )
+  if official_code:
+    result.update(official_median_s=medians["official"], ratio_to_official=medians["ours"] / medians["official"])
+  return result
+
+
+# Runs its arguments and prints their peak resident memory (KB). A process's own ru_maxrss also counts the memory of the
+# process it was forked from (Linux keeps the high-water mark across exec), and this one holds a model: the
+# measured command must be forked from a small process.
+_PEAK_RSS_WRAPPER = (
+  "import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]); "
+  "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)"
+)
+
+
+def _run_process(command: list[str], env: dict[str, str]) -> tuple[float, float]:
+  """Wall seconds and peak resident memory (MB) of a fresh process running `command`; raises if it fails."""
+  with tempfile.TemporaryFile() as output:
+    start = time.perf_counter()
+    returncode = subprocess.call(
+      [sys.executable, "-c", _PEAK_RSS_WRAPPER, *command], env=env, stdout=output, stderr=subprocess.STDOUT
+    )
+    seconds = time.perf_counter() - start
+    output.seek(0)
+    *lines, peak_kb = output.read().decode().splitlines()
+  if returncode:
+    raise RuntimeError(f"{' '.join(command)} failed ({returncode}):\n" + "\n".join(lines[-40:]))
+  return seconds, int(peak_kb) / 1024
+
+
+def classify_benchmark(arch: str, frames: int, labels: str, num_videos: int) -> dict:
+  from tests import video_fixtures  # pylint: disable=g-import-not-at-top  (not part of the installed package)
+
+  if num_videos < 2:
+    raise ValueError("--videos must be at least 2 (per_video_s compares runs on 1 and on --videos videos)")
+  class_names = annotations.read_label_list(labels)
+  with tempfile.TemporaryDirectory() as workdir:
+    workdir = pathlib.Path(workdir)
+    model = pretrained.from_config(model_config.preset(arch, num_frames=frames))
+    checkpoint = model.save(workdir / "checkpoint")
+    ids = tokenizer.tokenize(class_names)
+    jax.block_until_ready(model.encode_text(ids))
+    encode_text_s = []
+    for _ in range(3):
+      start = time.perf_counter()
+      jax.block_until_ready(model.encode_text(ids))
+      encode_text_s.append(time.perf_counter() - start)
+    del model
+    videos = [str(video_fixtures.write_textured_video(workdir / f"{i}.mp4", seed=i)) for i in range(num_videos)]
+    command = [sys.executable, "-m", "xclip_jax.classify", f"--checkpoint={checkpoint}", f"--labels={labels}"]
+    env = {**os.environ, compilation_cache.ENV_VAR: str(workdir / "compilation_cache")}
+    cold_s, cold_mb = _run_process(command + videos[:1], env)
+    warm_s, warm_mb = _run_process(command + videos[:1], env)
+    all_s, all_mb = _run_process(command + videos, env)
+  return {
+    "arch": arch,
+    "frames": frames,
+    "classes": len(class_names),
+    "videos": num_videos,
+    "device": str(jax.devices()[0].device_kind),
+    "cold_s": cold_s,
+    "warm_s": warm_s,
+    "all_videos_s": all_s,
+    "per_video_s": (all_s - warm_s) / (num_videos - 1),
+    "peak_rss_mb": max(cold_mb, warm_mb, all_mb),
+    "rss_mb": {"cold": cold_mb, "warm": warm_mb, "all_videos": all_mb},
+    "encode_text_400_s": float(np.median(encode_text_s)),
+  }
+
+
+# One function per --mode, each reading its flags.
+MODES = {
+  "eval": lambda: eval_benchmark(
+    FLAGS.arch, FLAGS.frames, FLAGS.batch or 1, FLAGS.classes, FLAGS.dtype, FLAGS.repeats or 20, FLAGS.official_code
+  ),
+  "classify": lambda: classify_benchmark(FLAGS.arch, FLAGS.frames, FLAGS.labels, FLAGS.videos),
+  "train": lambda: train_benchmark.side_by_side(
+    dict(
+      arch=FLAGS.arch,
+      frames=FLAGS.frames,
+      batch=FLAGS.batch or 2,
+      classes=FLAGS.classes,
+      dtype=FLAGS.dtype,
+      steps=FLAGS.repeats or 8,
+      remat=False,
+    ),
+    FLAGS.official_code,
+    FLAGS.rounds,
+  ),
+  "memory": lambda: memory_benchmark.time_axis_memory(FLAGS.arch, FLAGS.frames, FLAGS.classes, FLAGS.dtype),
+}
+
+
+def main(argv):
+  del argv
+  if FLAGS.mode == "memory":
+    jax.config.update("jax_num_cpu_devices", 8)  # before anything starts JAX's CPU backend
+  compilation_cache.enable(FLAGS.compilation_cache_dir)
+  print(json.dumps(MODES[FLAGS.mode]()))
+
+
+def define_flags():
+  """Command-line flags, defined only when run as a program so that importing defines none."""
+  flags.DEFINE_enum(
+    "mode",
+    "eval",
+    list(MODES),
+    "What to measure: the evaluation forward pass, classify runs, the train step, or the train step's memory.",
+  )
+  flags.DEFINE_enum("arch", "ViT-B/32", list(model_config.PRESETS), "Backbone.")
+  flags.DEFINE_integer("frames", 8, "Frames per video.")
+  flags.DEFINE_integer("batch", None, "eval, train: videos per call or step (default 1 for eval, 2 for train).")
+  flags.DEFINE_integer("classes", 400, "eval, memory: class texts.")
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "eval, train, memory: compute dtype.")
+  flags.DEFINE_integer(
+    "repeats", None, "eval, train: timed calls or steps after warm-up (default 20 for eval, 8 for train)."
+  )
+  flags.DEFINE_integer("rounds", 2, "train: fresh processes per side, alternating with the official step.")
+  flags.DEFINE_string(
+    "official_code",
+    None,
+    "eval: the X-CLIP folder of a microsoft/VideoX checkout: time the official PyTorch model side by side (needs "
+    "PyTorch).",
+  )
+  flags.DEFINE_string("labels", str(DEFAULT_LABELS), "classify: an `id,name` CSV of class names.")
+  flags.DEFINE_integer("videos", 20, "classify: videos of the many-video run.")
+  compilation_cache.define_flag()
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

@@ -1,0 +1,213 @@
+"""build_tfds: records of JPEG frames in a TFDS folder, resumable conversion."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from input_pipeline import build_tfds
+from input_pipeline import video_decode
+from tests.fixtures import video_fixtures
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+LENGTHS = (20, 24, 28, 32, 36)
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+  """Five indexed 64x48 videos, a junk file, and their annotation files."""
+  root = tmp_path_factory.mktemp("videos")
+  for i, length in enumerate(LENGTHS):
+    video_fixtures.write_indexed_video(root / f"class{i % 2}/{i}.mp4", length)
+  (root / "junk.mp4").write_bytes(b"not a video")
+  (root / "labels.csv").write_text("id,name\n0,even\n1,odd\n")
+  lines = [f"class{i % 2}/{i}.mp4 {i % 2}" for i in range(len(LENGTHS))]
+  (root / "good.txt").write_text("\n".join(lines) + "\n")
+  # Line 2 is junk, line 4 is missing.
+  lines[2:2] = ["junk.mp4 0"]
+  lines[4:4] = ["gone.mp4 1"]
+  (root / "with_bad.txt").write_text("\n".join(lines) + "\n")
+  return root
+
+
+def _build(videos, output_dir, annotations="good.txt", **kwargs):
+  return build_tfds.build_split(
+    annotations_path=str(videos / annotations),
+    root=str(videos),
+    labels_path=str(videos / "labels.csv"),
+    output_dir=str(output_dir),
+    **kwargs,
+  )
+
+
+def _examples(builder, split="train"):
+  dataset = builder.as_dataset(split=split, decoders={"frames": tfds.decode.SkipDecoding()})
+  return list(dataset.as_numpy_iterator())
+
+
+def _source_frames_of(jpegs, video_path):
+  """Index of the decoded mp4 frame that each stored JPEG frame shows.
+
+  Frames of an indexed video differ by 3-5 grey levels; H.264 and JPEG each
+  move a flat frame by about one level, so the nearest mean finds the frame.
+  """
+  video = video_decode.decode_frames(video_path.read_bytes(), range(video_decode.count_frames(video_path.read_bytes())))
+  levels = video.mean(axis=(1, 2, 3))
+  stored = [tf.io.decode_jpeg(j).numpy().mean() for j in jpegs]
+  assert all(np.abs(levels - level).min() < 1.5 for level in stored)
+  return [int(np.abs(levels - level).argmin()) for level in stored]
+
+
+def test_stored_frame_indices_cap_the_frame_rate_then_the_count():
+  np.testing.assert_array_equal(build_tfds.stored_frame_indices(30, 30.0, 10.0, None), np.arange(0, 30, 3))
+  # 25 -> 10 fps keeps the frames shown at 0, .1, .2 ... s.
+  np.testing.assert_array_equal(build_tfds.stored_frame_indices(10, 25.0, 10.0, None), [0, 2, 5, 7])
+  np.testing.assert_array_equal(build_tfds.stored_frame_indices(10, 30.0, None, 4), [0, 2, 5, 7])
+  np.testing.assert_array_equal(build_tfds.stored_frame_indices(30, 30.0, 10.0, 5), [0, 6, 12, 18, 24])
+  # A cap above the video's rate or length keeps every frame.
+  np.testing.assert_array_equal(build_tfds.stored_frame_indices(7, 15.0, 30.0, 8), np.arange(7))
+
+
+def test_resized_shape_shrinks_the_short_side_and_never_enlarges():
+  assert build_tfds.resized_shape(256, 340, 128) == (128, 170)
+  assert build_tfds.resized_shape(340, 256, 128) == (170, 128)
+  assert build_tfds.resized_shape(48, 64, 256) == (48, 64)
+
+
+def test_records_hold_every_frame_with_label_path_and_line(videos, tmp_path):
+  builder = _build(videos, tmp_path, videos_per_shard=2)
+  # A TFDS dataset like any other, found from its folder.
+  builder = tfds.builder_from_directory(str(tmp_path))
+  assert builder.info.splits["train"].num_examples == len(LENGTHS)
+  assert builder.info.splits["train"].num_shards == 3
+  assert builder.info.features["label"].names == ["even", "odd"]
+  examples = _examples(builder)
+  assert [e["annotation_index"] for e in examples] == list(range(5))
+  assert [e["path"].decode() for e in examples] == [f"class{i % 2}/{i}.mp4" for i in range(5)]
+  assert [e["label"] for e in examples] == [0, 1, 0, 1, 0]
+  for i, (example, length) in enumerate(zip(examples, LENGTHS)):
+    assert example["num_frames"] == length
+    assert _source_frames_of(example["frames"], videos / f"class{i % 2}/{i}.mp4") == list(range(length))
+  assert tf.io.decode_jpeg(examples[0]["frames"][0]).shape == (48, 64, 3)
+
+
+def test_frame_rate_cap_and_short_side_shape_the_stored_frames(videos, tmp_path):
+  builder = _build(videos, tmp_path, fps=10.0, short_side=24)
+  example = _examples(builder)[0]
+  assert example["num_frames"] == 7  # 20 frames at 30 fps, kept at 10 fps.
+  assert _source_frames_of(example["frames"], videos / "class0/0.mp4") == list(range(0, 20, 3))
+  assert tf.io.decode_jpeg(example["frames"][0]).shape == (24, 32, 3)
+
+
+def test_bad_videos_are_left_out_and_listed_in_the_metadata(videos, tmp_path):
+  builder = _build(videos, tmp_path, annotations="with_bad.txt", videos_per_shard=3, max_bad_fraction=0.3)
+  examples = _examples(builder)
+  assert [e["annotation_index"] for e in examples] == [0, 1, 3, 5, 6]
+  metadata = builder.info.metadata["train"]
+  assert metadata["annotation_count"] == 7
+  assert metadata["videos_per_shard"] == 3
+  skipped = {v["annotation_index"]: v["path"] for v in metadata["skipped"]}
+  assert skipped == {2: "junk.mp4", 4: "gone.mp4"}
+
+
+def test_too_many_bad_videos_stop_before_the_metadata(videos, tmp_path):
+  with pytest.raises(RuntimeError, match=r"2 of 7 videos .*junk\.mp4"):
+    _build(videos, tmp_path, annotations="with_bad.txt", videos_per_shard=3, max_bad_fraction=0.2)
+  assert not (tmp_path / "dataset_info.json").exists()
+  # Raising the threshold finishes from the markers, without converting.
+  builder = _build(videos, tmp_path, annotations="with_bad.txt", videos_per_shard=3, max_bad_fraction=0.3)
+  assert builder.info.splits["train"].num_examples == 5
+
+
+def test_interrupted_build_resumes_and_keeps_finished_shards(videos, tmp_path, monkeypatch):
+  reference = _build(videos, tmp_path / "reference", videos_per_shard=2)
+  encode = build_tfds.VideoEncoder.__call__
+  converted, interrupt_at = [], {3}
+
+  def encode_and_note(self, task):
+    if task[0] in interrupt_at:
+      raise KeyboardInterrupt
+    converted.append(task[0])
+    return encode(self, task)
+
+  monkeypatch.setattr(build_tfds.VideoEncoder, "__call__", encode_and_note)
+  output = tmp_path / "resumed"
+  with pytest.raises(KeyboardInterrupt):
+    _build(videos, output, videos_per_shard=2)
+  finished = [p.name for p in (output / "_build/train").glob("*.done.json")]
+  assert finished == ["videos-train.tfrecord-00000-of-00003.done.json"]
+  assert not (output / "dataset_info.json").exists()
+
+  converted.clear()
+  interrupt_at.clear()
+  resumed = _build(videos, output, videos_per_shard=2)
+  assert converted == [2, 3, 4]  # shard 0 (videos 0, 1) was kept.
+  for name in reference.info.splits["train"].filenames:
+    assert (output / name).read_bytes() == (tmp_path / "reference" / name).read_bytes()
+  assert resumed.info.splits["train"].num_examples == len(LENGTHS)
+
+
+def test_resuming_with_other_settings_is_refused(videos, tmp_path):
+  _build(videos, tmp_path, jpeg_quality=90)
+  with pytest.raises(
+    ValueError,
+    match=r"config\.json.*'jpeg_quality': \(90, "
+    r"80\)",
+  ):
+    _build(videos, tmp_path, jpeg_quality=80)
+
+
+def test_bad_settings_are_refused_before_converting(videos, tmp_path):
+  with pytest.raises(
+    ValueError,
+    match=r"name='K-400' must be .*; "
+    r"jpeg_quality=0 must be in \[1, 100\]",
+  ):
+    _build(videos, tmp_path, name="K-400", jpeg_quality=0)
+  assert not list(tmp_path.iterdir())
+
+
+def test_splits_share_the_folder_and_its_label_list(videos, tmp_path):
+  _build(videos, tmp_path)
+  builder = _build(videos, tmp_path, annotations="with_bad.txt", split="validation", max_bad_fraction=0.3)
+  assert builder.info.splits["train"].num_examples == 5
+  assert builder.info.splits["validation"].num_examples == 5
+  other_labels = videos / "other_labels.csv"
+  other_labels.write_text("id,name\n0,a\n1,b\n")
+  with pytest.raises(ValueError, match="split 'train'"):
+    build_tfds.build_split(
+      annotations_path=str(videos / "good.txt"),
+      root=str(videos),
+      labels_path=str(other_labels),
+      output_dir=str(tmp_path),
+      split="test",
+    )
+
+
+def test_command_line_converts_in_a_worker_process(videos, tmp_path):
+  subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "input_pipeline.build_tfds",
+      f"--annotations={videos / 'good.txt'}",
+      f"--root={videos}",
+      f"--labels={videos / 'labels.csv'}",
+      f"--output_dir={tmp_path}",
+      "--num_workers=1",
+      "--videos_per_shard=2",
+    ],
+    cwd=REPO,
+    check=True,
+    capture_output=True,
+    timeout=120,
+  )
+  info = json.loads((tmp_path / "dataset_info.json").read_text())
+  assert [int(n) for n in info["splits"][0]["shardLengths"]] == [2, 2, 1]
+  assert os.path.exists(tmp_path / "videos-train.tfrecord-00002-of-00003")

@@ -1,0 +1,276 @@
+"""`python -m xclip_jax.main` as several processes on one machine, as on the hosts of a TPU pod or a GPU cluster.
+
+Two processes with 2 CPU devices each against one process with 4, the parameters sharded over all 4 devices
+(`mesh.fsdp=4`). Two processes train 6 steps; one process resumes their step-2 checkpoint and ends with their
+parameters and their evaluation; two processes resume its step-4 checkpoint, a SIGTERM to one of them stops both
+after the same step, with the parameters of the one-process run. A killed or failing process stops the other within
+the heartbeat timeout, saying so. Each process start costs seconds (imports, tracing, tf.data), so there are few;
+the runs share the test session's compilation cache (conftest), so that each program compiles once per process
+count.
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from absl import app
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from tests.fixtures import tiny_model
+from tests.fixtures import train_fixtures
+from tests.fixtures import video_fixtures
+from xclip_jax import main
+from xclip_jax.train import trainer
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+NUM_TRAIN, NUM_VAL = 8, 5  # 5 validation videos in global batches of 4: the second batch is mostly padding
+TOTAL_STEPS = 6  # 3 epochs of 2 steps, a checkpoint after each
+# The runs are compared with each other, not timed: XLA compiles faster without LLVM's optimisations.
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+# Seconds. The tests of a dying process use a short timeout: the other must stop within a few of these. The other
+# runs keep the default, which a loaded machine's compilations (several processes on 2 cores) cannot exceed.
+DEATH_HEARTBEAT_TIMEOUT = 10
+HEARTBEAT_TIMEOUT = 100
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+  root = tmp_path_factory.mktemp("data")
+  lines = []
+  for i in range(NUM_TRAIN + NUM_VAL):
+    video_fixtures.write_indexed_video(root / "videos" / f"v{i}.mp4", 6 + 2 * (i % 3), width=40, height=36)
+    lines.append(f"v{i}.mp4 {i % train_fixtures.NUM_CLASSES}\n")
+  (root / "train.txt").write_text("".join(lines[:NUM_TRAIN]))
+  (root / "val.txt").write_text("".join(lines[NUM_TRAIN:]))
+  (root / "labels.csv").write_text("id,name\n" + "".join(f"{i},class {i}\n" for i in range(train_fixtures.NUM_CLASSES)))
+  model = tiny_model.random_model()
+  model.save(root / "tiny_xclip")
+  return root, model.params
+
+
+def _command(dataset, workdir, overrides: dict, heartbeat_timeout: int) -> list[str]:
+  root, _ = dataset
+  config = {
+    "arch": "",
+    "init.checkpoint": root / "tiny_xclip",
+    "num_classes": train_fixtures.NUM_CLASSES,
+    "num_frames": tiny_model.TINY["num_frames"],
+    "input_size": tiny_model.TINY["image_resolution"],
+    "data.root": root / "videos",
+    "data.train_file": root / "train.txt",
+    "data.val_file": root / "val.txt",
+    "data.label_list": root / "labels.csv",
+    "mesh.data": 1,
+    "mesh.fsdp": 4,
+    "epochs": 3,
+    "steps_per_epoch": 2,
+    "warmup_epochs": 0,
+    "lr": 1e-3,
+    "batch_size": 4,
+    "eval_batch_size": 4,
+    "eval_every_epochs": 3,
+    "checkpoint_every_steps": 2,
+    "log_every_steps": 1,
+    "final_eval_clips": 1,
+    "final_eval_crops": 1,
+    **overrides,
+  }
+  return [
+    sys.executable,
+    "-m",
+    "xclip_jax.main",
+    "--config=configs/k400.py:small=True",
+    f"--workdir={workdir}",
+    f"--heartbeat_timeout_seconds={heartbeat_timeout}",
+    *(f"--config.{key}={value}" for key, value in config.items()),
+  ]
+
+
+class Run:
+  """`num_processes` processes of one run, each with 4 // num_processes CPU devices, logging to files.
+
+  `overrides` change the config of every process, `process_overrides[i]` that of process i alone.
+  """
+
+  def __init__(
+    self,
+    dataset,
+    workdir: pathlib.Path,
+    num_processes: int,
+    process_overrides=None,
+    heartbeat_timeout: int = HEARTBEAT_TIMEOUT,
+    **overrides,
+  ):
+    self.workdir = workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = {
+      **os.environ,
+      "XLA_FLAGS": f"--xla_force_host_platform_device_count={4 // num_processes} {FAST_COMPILE}",
+      "PYTHONUNBUFFERED": "1",
+    }
+    distributed = []
+    if num_processes > 1:
+      distributed = [f"--coordinator_address=127.0.0.1:{_free_port()}", f"--num_processes={num_processes}"]
+    self.logs = [workdir / f"process{i}.log" for i in range(num_processes)]
+    self.processes = []
+    for i, log in enumerate(self.logs):
+      config = {**overrides, **(process_overrides or {}).get(i, {})}
+      command = _command(dataset, workdir, config, heartbeat_timeout) + distributed
+      if num_processes > 1:
+        command.append(f"--process_id={i}")
+      with log.open("w") as output:
+        self.processes.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT))
+
+  def log(self, i: int) -> str:
+    return self.logs[i].read_text()
+
+  def wait(self, timeout: float = 400) -> list[int]:
+    deadline = time.time() + timeout
+    try:
+      return [process.wait(timeout=max(deadline - time.time(), 1)) for process in self.processes]
+    finally:
+      for process in self.processes:
+        if process.poll() is None:
+          process.kill()
+
+  def succeed(self):
+    codes = self.wait()
+    for i, code in enumerate(codes):
+      assert code == 0, f"process {i} failed:\n{self.log(i)[-5000:]}"
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _checkpoint_steps(workdir: pathlib.Path) -> list[int]:
+  directory = workdir / trainer.CHECKPOINT_DIR
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.is_dir() else []
+
+
+def _params(workdir: pathlib.Path, step: int = TOTAL_STEPS) -> dict:
+  """The parameters of a checkpoint, as numpy arrays (it was written from 4 devices, this process has 1)."""
+  path = (workdir / trainer.CHECKPOINT_DIR / str(step) / "state").absolute()
+  checkpointer = ocp.PyTreeCheckpointer()
+  as_numpy = jax.tree.map(
+    lambda _: ocp.RestoreArgs(restore_type=np.ndarray), checkpointer.metadata(path).item_metadata.tree
+  )
+  return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))["params"]
+
+
+def _resume_from(source: pathlib.Path, step: int, workdir: pathlib.Path) -> pathlib.Path:
+  """A fresh workdir holding only `source`'s checkpoint at `step`."""
+  shutil.copytree(source / trainer.CHECKPOINT_DIR / str(step), workdir / trainer.CHECKPOINT_DIR / str(step))
+  return workdir
+
+
+def _results(workdir: pathlib.Path) -> dict:
+  return json.loads((workdir / trainer.RESULTS_FILE).read_text())
+
+
+def _assert_same_training(ours: dict, reference: dict, initial: dict):
+  # Cross-process sums add in another order: the updates differ by up to about 2e-4 relative after 6 steps.
+  train_fixtures.assert_updates_close(initial, ours, reference, tolerance=1e-3)
+
+
+def _assert_same_evaluation(ours: dict, reference: dict):
+  assert ours["num_videos"] == reference["num_videos"] == NUM_VAL
+  assert np.sum(ours["confusion_matrix"]) == NUM_VAL
+  for key in ("top1", "top5", "per_class", "confusion_matrix"):
+    assert ours[key] == reference[key], key
+
+
+@pytest.fixture(scope="module")
+def two_processes(dataset, tmp_path_factory):
+  """Two processes, 2 devices each, the whole run."""
+  run = Run(dataset, tmp_path_factory.mktemp("two"), 2)
+  run.succeed()
+  assert _checkpoint_steps(run.workdir) == [2, 4, TOTAL_STEPS]
+  return run
+
+
+@pytest.fixture(scope="module")
+def one_process(dataset, two_processes, tmp_path_factory):
+  """One process, 4 devices, from the two processes' step-2 checkpoint to the end, with a checkpoint every step."""
+  workdir = _resume_from(two_processes.workdir, 2, tmp_path_factory.mktemp("one"))
+  run = Run(dataset, workdir, 1, checkpoint_every_steps=1, keep_checkpoints=TOTAL_STEPS)
+  run.succeed()
+  return run
+
+
+def test_two_processes_log_their_index_and_process_0_writes_the_metrics(two_processes):
+  for i in (0, 1):
+    assert f"[process {i}/2] JAX: 2 processes, 4 devices (cpu)" in two_processes.log(i)
+  assert len(list(two_processes.workdir.glob("events.out.tfevents.*"))) == 1
+
+
+def test_one_process_resumes_a_two_process_checkpoint_and_ends_like_them(dataset, two_processes, one_process):
+  log = one_process.log(0)
+  assert "No cluster found (Cloud TPU, SLURM, Open MPI): running as a single process." in log
+  assert "Resumed from the checkpoint at step 2 (data position 8)" in log
+  _assert_same_training(_params(one_process.workdir), _params(two_processes.workdir), dataset[1])
+  # Evaluation over both processes: every video once, the one-process accuracy.
+  _assert_same_evaluation(_results(two_processes.workdir), _results(one_process.workdir))
+
+
+def test_two_processes_resume_a_one_process_checkpoint_and_a_sigterm_stops_both_after_one_step(
+  dataset, one_process, tmp_path
+):
+  run = Run(dataset, _resume_from(one_process.workdir, 4, tmp_path), 2)
+  _wait_for_line(run, 1, "Resumed from the checkpoint at step 4 (data position 16)")
+  run.processes[1].send_signal(signal.SIGTERM)
+  run.succeed()
+  stopped = _checkpoint_steps(run.workdir)[-1]
+  assert stopped > 4
+  for i in (0, 1):
+    assert f"Stopped at step {stopped} on SIGTERM" in run.log(i), run.log(i)[-3000:]
+  _assert_same_training(_params(run.workdir, stopped), _params(one_process.workdir, stopped), dataset[1])
+
+
+@pytest.mark.parametrize("death", ["killed", "failing"])
+def test_a_process_that_dies_stops_the_other_with_a_clear_message(dataset, tmp_path, death):
+  if death == "killed":
+    run = Run(dataset, tmp_path, 2, heartbeat_timeout=DEATH_HEARTBEAT_TIMEOUT)
+    # Killed once both have joined, the other blocks in its first exchange with it.
+    _wait_for_line(run, 1, "JAX: 2 processes")
+    run.processes[1].kill()
+  else:
+    # Process 1 alone cannot read its init checkpoint: it says so, with its index, and exits at once.
+    run = Run(
+      dataset,
+      tmp_path,
+      2,
+      process_overrides={1: {"init.checkpoint": tmp_path / "missing"}},
+      heartbeat_timeout=DEATH_HEARTBEAT_TIMEOUT,
+    )
+    assert run.processes[1].wait(timeout=300) == 1
+    assert "[process 1/2] Process 1 of 2 failed" in run.log(1) and "missing does not exist" in run.log(1)
+  died = time.time()
+  codes = run.wait(timeout=6 * DEATH_HEARTBEAT_TIMEOUT)
+  print(f"{death}: the other process stopped {time.time() - died:.1f} s after")
+  assert codes[0] != 0
+  assert "another task died" in run.log(0), run.log(0)[-3000:]
+
+
+def _wait_for_line(run: Run, process: int, text: str, timeout: float = 300):
+  deadline = time.time() + timeout
+  while text not in run.log(process):
+    assert time.time() < deadline, f"no {text!r} in the log of process {process}"
+    assert run.processes[process].poll() is None, run.log(process)[-3000:]
+    time.sleep(0.1)
+
+
+def test_distributed_flags_come_all_together():
+  with pytest.raises(app.UsageError, match="all of --coordinator_address, --num_processes and --process_id"):
+    main.initialize_distributed("127.0.0.1:1234", 2, None, DEATH_HEARTBEAT_TIMEOUT)

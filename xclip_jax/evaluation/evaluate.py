@@ -1,0 +1,183 @@
+"""Evaluation: softmax averaged over views, top-1 / top-5, per-class accuracy and the confusion matrix.
+
+Every video counts exactly once over all processes: each process evaluates its share of the list, padding is
+masked, and the per-video results are gathered by the video's line in the annotation file.
+"""
+
+from collections.abc import Sequence
+import dataclasses
+import logging
+
+from etils import epath
+import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from input_pipeline import annotations
+from input_pipeline import datasets
+from input_pipeline import subsets
+from input_pipeline import video_dataset
+from xclip_jax.model import tokenizer
+from xclip_jax.model import xclip
+from xclip_jax.parallel import sharding
+
+TOP_K = 5
+
+
+def make_eval_step(module: xclip.XCLIP, mesh: jax.sharding.Mesh, param_shardings):
+  """(params, text features (K, D), batch) -> per-video top-5 classes with the batch's label, mask and index.
+
+  batch["video"] is (B, V, T, H, W, 3); the softmax of each view's logits is averaged over the V views, as the
+  official validation does. Views run one after the other, so memory holds one view of the batch at a time.
+  """
+
+  def step(params, text_features, batch):
+    def view_probabilities(view):
+      logits = module.apply({"params": params}, view, text_features, method=xclip.XCLIP.logits_from_features)
+      return jax.nn.softmax(logits, axis=-1)
+
+    probabilities = jax.lax.map(view_probabilities, jnp.moveaxis(batch["video"], 1, 0)).mean(axis=0)
+    top = jax.lax.top_k(probabilities, min(TOP_K, probabilities.shape[-1]))[1]
+    return {"top": top, "label": batch["label"], "mask": batch["mask"], "index": batch["index"]}
+
+  def sharded_step(params, text_features, batch):
+    with sharding.activation_mesh(mesh):
+      return step(params, text_features, batch)
+
+  batch_sharding = sharding.batch_sharding(mesh)
+  batch_shardings = {
+    "video": sharding.video_sharding(mesh, ndim=6),
+    **{key: batch_sharding for key in ("label", "mask", "index")},
+  }
+  return jax.jit(
+    sharded_step,
+    in_shardings=(param_shardings, sharding.replicated(mesh), batch_shardings),
+    out_shardings=batch_sharding,
+  )
+
+
+def make_text_encoder(module: xclip.XCLIP):
+  return jax.jit(lambda params, ids: module.apply({"params": params}, ids, method=xclip.XCLIP.encode_text))
+
+
+def evaluate(eval_step, params, text_features, dataset, mesh, class_names: Sequence[str], views: int) -> dict:
+  """Runs `dataset` (from datasets.eval_stream) through `eval_step`; returns the results of all processes."""
+  outputs = []
+  for local_batch in dataset.as_numpy_iterator():
+    batch = sharding.global_batch(local_batch, mesh)
+    outputs.append(eval_step(params, text_features, batch))
+  gathered = [multihost_utils.process_allgather(out, tiled=True) for out in outputs]
+  if not gathered:
+    raise ValueError("the evaluation list is empty")
+  merged = {key: np.concatenate([g[key] for g in gathered]) for key in gathered[0]}
+  keep = merged["mask"].astype(bool)
+  # Padding and failed videos are masked; a video appears once, but dedupe by line to be sure of it.
+  _, first = np.unique(merged["index"][keep], return_index=True)
+  top, labels = merged["top"][keep][first], merged["label"][keep][first]
+  return summarize(top, labels, class_names, views)
+
+
+def summarize(top: np.ndarray, labels: np.ndarray, class_names: Sequence[str], views: int) -> dict:
+  """Accuracy figures from per-video top-k predictions (N, k) and labels (N,)."""
+  num_classes = len(class_names)
+  correct1 = top[:, 0] == labels
+  correct5 = (top == labels[:, None]).any(axis=1)
+  confusion = np.zeros((num_classes, num_classes), np.int64)
+  np.add.at(confusion, (labels, top[:, 0]), 1)
+  per_class = {class_names[c]: float(correct1[labels == c].mean()) for c in range(num_classes) if (labels == c).any()}
+  return {
+    "top1": float(correct1.mean()) if len(labels) else 0.0,
+    "top5": float(correct5.mean()) if len(labels) else 0.0,
+    "num_videos": int(len(labels)),
+    "views": int(views),
+    "per_class": per_class,
+    "confusion_matrix": confusion.tolist(),
+  }
+
+
+@dataclasses.dataclass(frozen=True)
+class ZeroShotTask:
+  """One zero-shot benchmark: a dataset evaluated on several splits (files or class subsets)."""
+
+  name: str
+  splits: tuple[datasets.EvalSet, ...]
+
+
+def zero_shot_tasks(config: ml_collections.ConfigDict, workdir: epath.Path) -> list[ZeroShotTask]:
+  """The evaluation sets of `config.zero_shot`: one entry per split (HMDB-51/UCF-101 split files, or K600 novel-class
+  subsets, written to workdir as annotation files and label lists)."""
+  tasks = []
+  for name, task in config.zero_shot.items():
+    label_list = datasets.check_exists(task.label_list, f"zero_shot.{name}.label_list")
+    root = datasets.check_exists(task.root, f"zero_shot.{name}.root", "folder or .tar")
+    names = annotations.read_label_list(label_list)
+    files = [datasets.check_exists(f, f"zero_shot.{name}.val_files") for f in task.val_files]
+    if not files:
+      raise ValueError(f"config.zero_shot.{name}.val_files is empty")
+    if not task.get("known_label_list"):
+      splits = [
+        datasets.EvalSet(f"{name}/split{i + 1}", f, root, label_list, tuple(names)) for i, f in enumerate(files)
+      ]
+    else:
+      # Novel classes (not among the training classes), in random subsets; labels renumbered within each subset.
+      known = annotations.read_label_list(
+        datasets.check_exists(task.known_label_list, f"zero_shot.{name}.known_label_list")
+      )
+      novel = subsets.novel_classes(known, names)
+      records = [r for f in files for r in annotations.read_annotations(f, len(names))]
+      splits = []
+      for i, class_ids in enumerate(subsets.random_class_splits(novel, task.num_subsets, task.subset_size, task.seed)):
+        split_dir = workdir / "zero_shot" / name / f"subset{i + 1}"
+        if jax.process_index() == 0:
+          split_dir.mkdir(parents=True, exist_ok=True)
+          chosen = subsets.restrict_to_classes(records, class_ids)
+          (split_dir / "val.txt").write_text("".join(f"{r.path} {r.label}\n" for r in chosen))
+          (split_dir / "labels.csv").write_text(
+            "id,name\n" + "".join(f"{j},{names[c]}\n" for j, c in enumerate(class_ids))
+          )
+        subset_names = tuple(names[c] for c in class_ids)
+        splits.append(
+          datasets.EvalSet(
+            f"{name}/subset{i + 1}", str(split_dir / "val.txt"), root, str(split_dir / "labels.csv"), subset_names
+          )
+        )
+      multihost_utils.sync_global_devices("zero-shot subsets written")
+    tasks.append(ZeroShotTask(name, tuple(splits)))
+  return tasks
+
+
+def zero_shot_summary(results: Sequence[dict]) -> dict:
+  """Mean and standard deviation over splits, as the paper reports them."""
+  top1 = np.array([r["top1"] for r in results])
+  top5 = np.array([r["top5"] for r in results])
+  return {
+    "splits": list(results),
+    "top1_mean": float(top1.mean()),
+    "top1_std": float(top1.std()),
+    "top5_mean": float(top5.mean()),
+    "top5_std": float(top5.std()),
+  }
+
+
+def run_eval_set(
+  config, eval_set: datasets.EvalSet, eval_step, text_encoder, params, mesh, num_clips: int, num_crops: int
+):
+  """Encodes the set's class names and evaluates it; returns the summary and the number of skipped videos."""
+  text_ids = xclip.truncate_text_ids(tokenizer.tokenize(list(eval_set.class_names)))
+  text_features = text_encoder(params, text_ids)
+  failures = video_dataset.FailureLog()
+  dataset = datasets.eval_stream(config, eval_set, num_clips, num_crops, failures)
+  results = evaluate(eval_step, params, text_features, dataset, mesh, eval_set.class_names, num_clips * num_crops)
+  results["skipped_videos"] = failures.count
+  logging.info(
+    "%s: top-1 %.2f%%, top-5 %.2f%% over %d videos, %d views (%d skipped)",
+    eval_set.name,
+    100 * results["top1"],
+    100 * results["top5"],
+    results["num_videos"],
+    results["views"],
+    failures.count,
+  )
+  return results

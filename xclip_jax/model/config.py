@@ -1,0 +1,125 @@
+"""The architecture of an X-CLIP model (`XCLIPConfig`) and the CLIP backbones it starts from (`PRESETS`)."""
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class XCLIPConfig:
+  """Architecture of an X-CLIP model; the defaults are those of the official X-CLIP configs."""
+
+  embed_dim: int
+  image_resolution: int
+  vision_layers: int
+  vision_width: int
+  vision_patch_size: int
+  context_length: int = 77
+  vocab_size: int = 49408
+  transformer_width: int = 512
+  transformer_heads: int = 8
+  transformer_layers: int = 12
+  num_frames: int = 8
+  mit_layers: int = 1
+  prompts_layers: int = 2
+  prompts_alpha: float = 0.1
+  # Head counts: the official code derives them as width // 64; Hugging Face configs may set other values.
+  vision_heads: int = 0
+  mit_heads: int = 0
+  prompts_heads: int = 0
+  droppath: float = 0.0
+  remat: bool = False
+  dtype: str = "float32"
+
+  def __post_init__(self):
+    for name, width in (
+      ("vision_heads", self.vision_width),
+      ("mit_heads", self.embed_dim),
+      ("prompts_heads", self.embed_dim),
+      ("transformer_heads", self.transformer_width),
+    ):
+      if not getattr(self, name):  # 0: the official rule
+        object.__setattr__(self, name, max(width // 64, 1))
+      if width % getattr(self, name):
+        raise ValueError(f"{name}={getattr(self, name)} does not divide the width {width}")
+    if self.image_resolution % self.vision_patch_size:
+      raise ValueError(
+        f"image_resolution {self.image_resolution} is not a multiple of the patch size {self.vision_patch_size}"
+      )
+    if self.dtype not in ("float32", "bfloat16"):
+      raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
+
+  @property
+  def num_patches(self) -> int:
+    return (self.image_resolution // self.vision_patch_size) ** 2
+
+  def replace(self, **changes) -> "XCLIPConfig":
+    return dataclasses.replace(self, **changes)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, values: dict[str, Any]) -> "XCLIPConfig":
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+      raise ValueError(f"unknown X-CLIP config fields: {unknown}; known fields: {sorted(known)}")
+    return cls(**values)
+
+
+# The CLIP backbones X-CLIP starts from; X-CLIP parts use the official defaults (1 MIT layer, 2 prompt layers).
+PRESETS = {
+  "ViT-B/32": dict(
+    embed_dim=512,
+    image_resolution=224,
+    vision_layers=12,
+    vision_width=768,
+    vision_patch_size=32,
+    transformer_width=512,
+    transformer_heads=8,
+    transformer_layers=12,
+  ),
+  "ViT-B/16": dict(
+    embed_dim=512,
+    image_resolution=224,
+    vision_layers=12,
+    vision_width=768,
+    vision_patch_size=16,
+    transformer_width=512,
+    transformer_heads=8,
+    transformer_layers=12,
+  ),
+  "ViT-L/14": dict(
+    embed_dim=768,
+    image_resolution=224,
+    vision_layers=24,
+    vision_width=1024,
+    vision_patch_size=14,
+    transformer_width=768,
+    transformer_heads=12,
+    transformer_layers=12,
+  ),
+  "ViT-L/14-336": dict(
+    embed_dim=768,
+    image_resolution=336,
+    vision_layers=24,
+    vision_width=1024,
+    vision_patch_size=14,
+    transformer_width=768,
+    transformer_heads=12,
+    transformer_layers=12,
+  ),
+}
+
+
+def preset(arch: str, **overrides) -> XCLIPConfig:
+  """The config of a named backbone (`ViT-B/32`, `ViT-B/16`, `ViT-L/14`, `ViT-L/14-336`)."""
+  if arch not in PRESETS:
+    raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(PRESETS)}")
+  return XCLIPConfig(**{**PRESETS[arch], **overrides})
