@@ -48,10 +48,8 @@ import tensorflow_datasets as tfds
 import tqdm
 
 from input_pipeline import annotations
+from input_pipeline import tfds_format
 from input_pipeline import video_decode
-
-DATASET_VERSION = "1.0.0"
-FILENAME_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,18 +65,6 @@ class BuildConfig:
   max_frames: int | None
   jpeg_quality: int
   videos_per_shard: int
-
-
-def features(label_names: Sequence[str]) -> tfds.features.FeaturesDict:
-  return tfds.features.FeaturesDict(
-    {
-      "frames": tfds.features.Sequence(tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg")),
-      "num_frames": tfds.features.Scalar(np.int64),
-      "label": tfds.features.ClassLabel(names=label_names),
-      "path": tfds.features.Text(),
-      "annotation_index": tfds.features.Scalar(np.int64),
-    }
-  )
 
 
 def stored_frame_indices(
@@ -120,7 +106,7 @@ class VideoEncoder:
   def __init__(self, root: str, config: BuildConfig, label_names: Sequence[str]):
     self._source = video_decode.VideoSource(root)
     self._config = config
-    self._features = features(label_names)
+    self._features = tfds_format.features(label_names)
     self._encode_jpegs = tf.function(
       lambda frames: tf.map_fn(
         lambda frame: tf.io.encode_jpeg(frame, quality=config.jpeg_quality), frames, fn_output_signature=tf.string
@@ -288,11 +274,11 @@ def _published_splits(output_dir: str) -> tuple[list[tfds.core.SplitInfo], dict[
         name=split, shard_lengths=[s["num_examples"] for s in shards], num_bytes=sum(s["num_bytes"] for s in shards)
       )
     )
-    metadata[split] = {
-      "annotation_count": sum(s["num_examples"] + len(s["skipped"]) for s in shards),
-      "videos_per_shard": config["videos_per_shard"],
-      "skipped": [v for s in shards for v in s["skipped"]],
-    }
+    metadata[split] = tfds_format.SplitMetadata(
+      annotation_count=sum(s["num_examples"] + len(s["skipped"]) for s in shards),
+      videos_per_shard=config["videos_per_shard"],
+      skipped=tuple(v for s in shards for v in s["skipped"]),
+    ).to_json()
   return split_infos, metadata
 
 
@@ -440,10 +426,10 @@ def build_split(
   split_infos, metadata = _published_splits(output_dir)
   tfds.folder_dataset.write_metadata(
     data_dir=output_dir,
-    features=features(label_names),
+    features=tfds_format.features(label_names),
     split_infos=split_infos,
-    filename_template=FILENAME_TEMPLATE,
-    version=DATASET_VERSION,
+    filename_template=tfds_format.FILENAME_TEMPLATE,
+    version=tfds_format.DATASET_VERSION,
     metadata=tfds.core.MetadataDict(metadata),
     description="Videos as JPEG frames, by input_pipeline.build_tfds.",
   )

@@ -33,6 +33,7 @@ import tensorflow_datasets as tfds
 
 from input_pipeline import augment
 from input_pipeline import sampling
+from input_pipeline import tfds_format
 from input_pipeline import video_dataset
 
 # Records read at once by the interleave; enough to overlap file opening.
@@ -68,28 +69,17 @@ class RecordIndex:
         "python -m input_pipeline.build_tfds"
       )
     split_info = builder.info.splits[split]
-    count = metadata[split]["annotation_count"]
-    per_shard = metadata[split]["videos_per_shard"]
-    skipped = {v["annotation_index"]: (v["path"], v["reason"]) for v in metadata[split]["skipped"]}
-    present = np.ones(count, bool)
-    present[list(skipped)] = False
-    shard_lengths = split_info.shard_lengths
-    if present.sum() != sum(shard_lengths):
-      raise ValueError(
-        f"{data_dir}: split {split!r} has {sum(shard_lengths)} records but "
-        f"its metadata accounts for {present.sum()} (of {count} lines, "
-        f"{len(skipped)} skipped)"
-      )
-    lines = np.arange(count)
-    shard = lines // per_shard
-    # Rank of each record in the split minus the records of earlier shards.
-    first_rank = np.concatenate([[0], np.cumsum(shard_lengths)])[shard]
-    offset = np.cumsum(present) - 1 - first_rank
+    split_metadata = tfds_format.SplitMetadata.from_json(metadata[split])
+    try:
+      shard, offset = tfds_format.record_locations(split_metadata, split_info.shard_lengths)
+    except ValueError as error:
+      raise ValueError(f"{data_dir}: split {split!r}: {error}") from None
+    skipped = {v["annotation_index"]: (v["path"], v["reason"]) for v in split_metadata.skipped}
     return cls(
       filepaths=[os.fspath(p) for p in split_info.filepaths],
       features=builder.info.features,
-      shard=np.where(present, shard, -1),
-      offset=np.where(present, offset, -1),
+      shard=shard,
+      offset=offset,
       skipped=skipped,
     )
 

@@ -13,7 +13,6 @@ SLURM or Open MPI, jax.distributed finds the others by itself; elsewhere give ev
 the command runs as a single process.
 """
 
-import logging as python_logging
 import os
 import sys
 
@@ -24,6 +23,7 @@ import jax
 from ml_collections import config_flags
 
 from xclip_jax import compilation_cache
+from xclip_jax.parallel import distributed
 from xclip_jax.train import trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. configs/k400.py:arch=ViT-B/16.")
@@ -43,53 +43,14 @@ _HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def initialize_distributed(
-  coordinator_address: str | None, num_processes: int | None, process_id: int | None, heartbeat_timeout_seconds: int
-) -> bool:
-  """Joins the processes of a multi-process run; returns False for a single process without a cluster.
-
-  With none of the three arguments, jax.distributed detects the cluster (Cloud TPU, SLURM, Open MPI); with all of
-  them, they say it. Call it before anything uses a JAX device.
-  """
-  explicit = (coordinator_address, num_processes, process_id)
-  if any(value is not None for value in explicit) and None in explicit:
-    raise app.UsageError("give all of --coordinator_address, --num_processes and --process_id, or none of them")
-  # Processes on CPU exchange arrays over TCP (the default of this JAX, needed by older ones).
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  try:
-    jax.distributed.initialize(
-      coordinator_address, num_processes, process_id, heartbeat_timeout_seconds=heartbeat_timeout_seconds
-    )
-  except ValueError as error:
-    # Auto-detection that finds no cluster leaves the coordinator address unset, which jax refuses before it
-    # starts anything: a single process on its own.
-    if coordinator_address is not None or "coordinator_address" not in str(error):
-      raise
-    logging.info("No cluster found (Cloud TPU, SLURM, Open MPI): running as a single process.")
-    return False
-  return True
-
-
-class _ProcessPrefix(python_logging.Filter):
-  """Starts every log line with `[process I/N]`, so that each process's errors are told apart in shared logs."""
-
-  def __init__(self):
-    super().__init__()
-    self._prefix = f"[process {jax.process_index()}/{jax.process_count()}] "
-
-  def filter(self, record):
-    record.msg = f"{self._prefix}{record.msg}"
-    return True
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   compilation_cache.enable(_CACHE_DIR.value)
-  initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _HEARTBEAT_TIMEOUT.value)
+  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _HEARTBEAT_TIMEOUT.value)
   multi_process = jax.process_count() > 1
   if multi_process:
-    logging.get_absl_handler().addFilter(_ProcessPrefix())
+    logging.get_absl_handler().addFilter(distributed.ProcessPrefix())
     logging.info(
       "A process that stops (killed, crashed, unreachable) makes the others stop within %d s "
       "(--heartbeat_timeout_seconds).",

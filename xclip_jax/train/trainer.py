@@ -8,23 +8,20 @@ What lands in workdir:
   best/          the best model so far by validation top-1, as an xclip-jax checkpoint (`python -m xclip_jax.convert
                  WORKDIR/best out.pth --to=official` exports it), with best.json
   eval_results.json, and TensorBoard event files of the metrics
-  training_curves.png, confusion_matrix.png   pictures of the metrics and of the final evaluation (xclip_jax.report)
-A config with a `demo` field first writes its data to WORKDIR/demo_data (xclip_jax.demo_data).
+  training_curves.png, confusion_matrix.png   pictures of the metrics and of the final evaluation (xclip_jax.evaluation.report)
+A config with a `demo` field first writes its data to WORKDIR/demo_data (input_pipeline.demo_data).
 """
 
 import json
 import logging
 import os
-import signal
 import time
 
 from clu import metric_writers
 from etils import epath
 import jax
-from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
 from input_pipeline import annotations
 from input_pipeline import datasets
@@ -34,15 +31,16 @@ from xclip_jax import paths
 from xclip_jax import pretrained
 from xclip_jax.evaluation import evaluate
 from xclip_jax.evaluation import report
+from xclip_jax.evaluation import zero_shot
 from xclip_jax.model import config as model_config
 from xclip_jax.model import tokenizer
 from xclip_jax.parallel import sharding
+from xclip_jax.train import checkpoints
 from xclip_jax.train import optimizer
 from xclip_jax.train import step as step_lib
 
 RESULTS_FILE = "eval_results.json"
 BEST_DIR = pretrained.WORKDIR_BEST
-CHECKPOINT_DIR = pretrained.WORKDIR_CHECKPOINTS
 
 
 def load_model(config: ml_collections.ConfigDict) -> pretrained.XCLIPModel:
@@ -77,7 +75,7 @@ def load_model(config: ml_collections.ConfigDict) -> pretrained.XCLIPModel:
 def _arch_of(architecture: model_config.XCLIPConfig) -> str | None:
   """The preset name of a model's CLIP backbone, if it is one."""
   for name in model_config.PRESETS:
-    backbone = model_config.preset(name, num_frames=model_config.num_frames)
+    backbone = model_config.preset(name, num_frames=architecture.num_frames)
     if all(
       getattr(backbone, f) == getattr(architecture, f)
       for f in ("vision_width", "vision_layers", "vision_patch_size", "image_resolution", "embed_dim")
@@ -104,79 +102,6 @@ def _check_mesh_fits(config, mesh):
       raise ValueError(
         f"config.{field}={config[field]} is not divisible by the {shards} devices the batch is split over"
       )
-
-
-class _Terminated:
-  """A SIGTERM (a preemption notice), so that the loop can save and stop between steps.
-
-  With several processes they must all stop after the same step, whichever of them got the signal: JAX's preemption
-  sync (jax.distributed's own SIGTERM handler) tells them all and picks the step after the furthest one's, and a
-  Python handler here would replace its handler.
-  """
-
-  def __init__(self, first_step: int):
-    self._received = False
-    self._first_step = first_step
-    self._multi_process = jax.process_count() > 1
-    if not self._multi_process:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM: saving a checkpoint after this step, then exiting.")
-    self._received = True
-
-  def requested(self, step: int) -> bool:
-    """Whether to save and stop after `step`; call it after every step."""
-    if self._multi_process:
-      # The sync counts the steps of this run (0 before the first), as the processes began together.
-      return multihost_utils.reached_preemption_sync_point(step - self._first_step)
-    return self._received
-
-  def restore(self):
-    if not self._multi_process:
-      signal.signal(signal.SIGTERM, self._previous)
-
-
-def _checkpoint_arrays(state: step_lib.TrainState) -> dict:
-  return {"step": state.step, "params": state.params, "opt_state": state.opt_state, "rng": state.rng}
-
-
-def _save(manager, state, position: int, batch_size: int, force: bool = False):
-  saved = manager.save(
-    int(state.step),
-    args=ocp.args.Composite(
-      state=ocp.args.StandardSave(_checkpoint_arrays(state)),
-      data=ocp.args.JsonSave({"data_position": position, "batch_size": batch_size}),
-    ),
-    force=force,
-  )
-  if saved:
-    logging.info("Saved checkpoint at step %d.", int(state.step))
-
-
-def _restore(manager, state: step_lib.TrainState, mesh, batch_size: int) -> tuple[step_lib.TrainState, int]:
-  """The newest checkpoint laid out on `mesh` (written by any number of processes) and its global data position."""
-  step = manager.latest_step()
-  shardings = step_lib.state_shardings(state, mesh)
-  target = jax.tree.map(
-    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-    _checkpoint_arrays(state),
-    _checkpoint_arrays(shardings),
-  )
-  restored = manager.restore(
-    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore())
-  )
-  meta = restored["data"]
-  if meta.get("batch_size") != batch_size:
-    raise ValueError(
-      f"the checkpoint at step {step} was written with batch_size={meta.get('batch_size')}, this run has "
-      f"config.batch_size={batch_size}: its data position counts other batches (resume with the same batch size)"
-    )
-  arrays = restored["state"]
-  logging.info("Resumed from the checkpoint at step %d (data position %d).", step, meta["data_position"])
-  state = state.replace(step=arrays["step"], params=arrays["params"], opt_state=arrays["opt_state"], rng=arrays["rng"])
-  return state, int(meta["data_position"])
 
 
 def _log_parameter_overview(state: step_lib.TrainState, new_modules_lr_multiplier: float, writer):
@@ -225,14 +150,14 @@ def _final_evaluation(config, workdir, experiment, model, params, mesh, eval_ste
     )["top1"]
   if "zero_shot" in config:
     results["zero_shot"] = {}
-    for task in evaluate.zero_shot_tasks(config, workdir):
+    for task in zero_shot.tasks(config, workdir):
       split_results = []
       for eval_set in task.splits:
         split_result = evaluate.run_eval_set(
           config, eval_set, eval_step, text_encoder, params, mesh, config.zero_shot_clips, config.zero_shot_crops
         )
         split_results.append({"split": eval_set.name, **split_result})
-      summary = evaluate.zero_shot_summary(split_results)
+      summary = zero_shot.summary(split_results)
       logging.info(
         "zero-shot %s: top-1 %.2f +- %.2f%%", task.name, 100 * summary["top1_mean"], 100 * summary["top1_std"]
       )
@@ -260,14 +185,62 @@ def _report(config, workdir, results: dict, seconds: float):
   class_names = annotations.read_label_list(config.data.label_list)
   files = [("results", str(workdir / RESULTS_FILE))]
   if config.mode == "train":
-    files.insert(0, ("final model", str(workdir / CHECKPOINT_DIR / str(results["step"]))))
+    files.insert(0, ("final model", str(workdir / checkpoints.CHECKPOINT_DIR / str(results["step"]))))
   if (workdir / BEST_DIR).is_dir():
     files.insert(len(files) - 1, ("best model by validation", str(workdir / BEST_DIR)))
   files += [("plot", str(path)) for path in report.write_plots(workdir, results, class_names)]
   print(report.run_summary(results, seconds, files), flush=True)
 
 
+def itstime(step: int, every_steps: int, total_steps: int) -> bool:
+  """Whether to log, evaluate or checkpoint after `step` (counted from 1): every `every_steps` steps, and at the end."""
+  return step == total_steps or (every_steps > 0 and step % every_steps == 0)
+
+
+class _MetricWindow:
+  """Per-step metrics since the last log line, read from the device one step late so that the host never waits."""
+
+  def __init__(self):
+    self._pending = None
+    self._start_window()
+
+  def _start_window(self):
+    self._values = {"loss": [], "grad_norm": []}
+    self._start, self._steps = time.time(), 0
+
+  def add(self, step: int, metrics):
+    self.take_pending()
+    self._pending = (step, metrics)
+    self._steps += 1
+
+  def take_pending(self) -> dict | None:
+    """Reads the held step's metrics, failing on a non-finite loss; call it before saving anything."""
+    if self._pending is None:
+      return None
+    step, metrics = self._pending
+    self._pending = None
+    metrics = jax.device_get(metrics)
+    _check_finite(step, metrics)
+    for key, values in self._values.items():
+      values.append(float(metrics[key]))
+    return metrics
+
+  def summary(self, step: int, total_steps: int, batch_size: int) -> dict:
+    """The window's means, the last learning rate and the speed; starts a new window."""
+    last = self.take_pending()
+    elapsed = time.time() - self._start
+    scalars = {key: float(np.mean(values)) for key, values in self._values.items()}
+    scalars.update(
+      lr=float(last["lr"]),
+      clips_per_second=self._steps * batch_size / elapsed,
+      eta_seconds=(total_steps - step) * elapsed / self._steps,
+    )
+    self._start_window()
+    return scalars
+
+
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
+  # Setup: devices, data, model, evaluation.
   if config.mode not in ("train", "eval"):
     raise ValueError(f"config.mode must be 'train' or 'eval', got {config.mode!r}")
   workdir.mkdir(parents=True, exist_ok=True)
@@ -278,87 +251,65 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   text_encoder = evaluate.make_text_encoder(model.module)
   param_shardings = sharding.tree_shardings(model.params, mesh)
   eval_step = evaluate.make_eval_step(model.module, mesh, param_shardings)
-
   if config.mode == "eval":
     params = jax.device_put(model.params, param_shardings)
     return _final_evaluation(config, workdir, experiment, model, params, mesh, eval_step, text_encoder, step=0)
 
+  # Train state: created sharded, then restored from the newest checkpoint if there is one.
   config = _resolved(config, experiment)
   writer = metric_writers.create_default_writer(os.fspath(workdir), just_logging=jax.process_index() > 0)
   writer.write_hparams({k: v for k, v in _flat_config(config).items() if isinstance(v, (int, float, str, bool))})
-  text_ids = tokenizer.tokenize(list(experiment.class_names))
-  state = step_lib.create_train_state(config, model, text_ids, mesh)
+  state = step_lib.create_train_state(config, model, tokenizer.tokenize(list(experiment.class_names)), mesh)
   _log_parameter_overview(state, config.new_modules_lr_multiplier, writer)
-  manager = ocp.CheckpointManager(
-    workdir / CHECKPOINT_DIR,
-    options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True),
-  )
+  manager = checkpoints.make_manager(workdir, config.keep_checkpoints)
   position = 0
   if manager.latest_step() is not None:
-    state, position = _restore(manager, state, mesh, config.batch_size)
-  step_fn = step_lib.make_sharded_step(state, mesh)
+    state, position = checkpoints.restore(manager, state, mesh, config.batch_size)
+  train_step = step_lib.make_sharded_step(state, mesh)
   total_steps = int(config.epochs * config.steps_per_epoch)
+  eval_every_steps = config.eval_every_epochs * config.steps_per_epoch
   failures = video_dataset.FailureLog()
   batches = datasets.train_stream(config, experiment, position, failures).as_numpy_iterator()
-  best_top1 = _best_so_far(workdir)
   val_set = datasets.validation_set(config, experiment)
-  terminated = _Terminated(int(state.step))
+  best_top1 = _best_so_far(workdir)
+
+  # The loop: one step, then whatever is due after it.
+  preemption = checkpoints.Preemption(int(state.step))
+  window = _MetricWindow()
   try:
-    step = int(state.step)
-    pending = None  # the previous step's metrics, read while the next step runs
-    window = {"loss": [], "grad_norm": []}
-    window_start, window_steps = time.time(), 0
-    while step < total_steps:
+    for step in range(int(state.step) + 1, total_steps + 1):
       local_batch = next(batches)
       position = int(local_batch.pop("resume_position")[0])
-      state, metrics = step_fn(state, sharding.global_batch(local_batch, mesh))
-      if pending is not None:
-        _check_finite(*pending)
-        for key in window:
-          window[key].append(float(pending[1][key]))
-      pending = (step, metrics)
-      step += 1
-      window_steps += 1
-      if step % config.log_every_steps == 0 or step == total_steps:
-        _check_finite(*pending)
-        last = jax.device_get(pending[1])
-        for key in window:
-          window[key].append(float(last[key]))
-        pending = None
-        elapsed = time.time() - window_start
-        scalars = {
-          "loss": np.mean(window["loss"]),
-          "grad_norm": np.mean(window["grad_norm"]),
-          "lr": float(last["lr"]),
-          "clips_per_second": window_steps * config.batch_size / elapsed,
-          "eta_seconds": (total_steps - step) * elapsed / window_steps,
-          "skipped_videos": failures.count,
-          "epoch": step / config.steps_per_epoch,
-        }
-        writer.write_scalars(step, scalars)
-        window = {key: [] for key in window}
-        window_start, window_steps = time.time(), 0
-      end_of_epoch = step % config.steps_per_epoch == 0
-      if end_of_epoch and (step // config.steps_per_epoch) % config.eval_every_epochs == 0 or step == total_steps:
+      state, metrics = train_step(state, sharding.global_batch(local_batch, mesh))
+      window.add(step - 1, metrics)
+      if itstime(step, config.log_every_steps, total_steps):
+        scalars = window.summary(step, total_steps, config.batch_size)
+        writer.write_scalars(
+          step, {**scalars, "skipped_videos": failures.count, "epoch": step / config.steps_per_epoch}
+        )
+      if itstime(step, eval_every_steps, total_steps):
+        window.take_pending()
         results = evaluate.run_eval_set(config, val_set, eval_step, text_encoder, state.params, mesh, 1, 1)
         writer.write_scalars(step, {"eval/top1": results["top1"], "eval/top5": results["top5"]})
         if results["top1"] > best_top1:
           best_top1 = results["top1"]
           _save_best(model, state.params, workdir, step, results)
-      stop = terminated.requested(step)
-      if step % config.checkpoint_every_steps == 0 or step == total_steps or stop:
-        _save(manager, state, position, config.batch_size, force=stop)
+      stop = preemption.requested(step)
+      if itstime(step, config.checkpoint_every_steps, total_steps) or stop:
+        window.take_pending()
+        checkpoints.save(manager, state, position, config.batch_size, force=stop)
       if stop:
         manager.wait_until_finished()
         logging.warning("Stopped at step %d on SIGTERM; rerun the same command to resume.", step)
         return {"stopped_at_step": step}
     manager.wait_until_finished()
   finally:
-    terminated.restore()
+    preemption.restore_handler()
     writer.flush()
   # Stops the training stream, which would otherwise go on decoding ahead while the final evaluation runs.
   del batches
-  # The official code evaluates the final model (not the best) with all views.
+
+  # Final evaluation: the official code evaluates the final model (not the best) with all views.
   results = _final_evaluation(
     config, workdir, experiment, model, state.params, mesh, eval_step, text_encoder, total_steps
   )

@@ -1,0 +1,46 @@
+"""Multi-process start-up: joining the processes of a run (TPU pod hosts, GPU cluster nodes), and their log prefix."""
+
+import logging as python_logging
+
+from absl import app
+from absl import logging
+import jax
+
+
+def initialize(
+  coordinator_address: str | None, num_processes: int | None, process_id: int | None, heartbeat_timeout_seconds: int
+) -> bool:
+  """Joins the processes of a multi-process run; returns False for a single process without a cluster.
+
+  With none of the three arguments, jax.distributed detects the cluster (Cloud TPU, SLURM, Open MPI); with all of
+  them, they say it. Call it before anything uses a JAX device.
+  """
+  explicit = (coordinator_address, num_processes, process_id)
+  if any(value is not None for value in explicit) and None in explicit:
+    raise app.UsageError("give all of --coordinator_address, --num_processes and --process_id, or none of them")
+  # Processes on CPU exchange arrays over TCP (the default of this JAX, needed by older ones).
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  try:
+    jax.distributed.initialize(
+      coordinator_address, num_processes, process_id, heartbeat_timeout_seconds=heartbeat_timeout_seconds
+    )
+  except ValueError as error:
+    # Auto-detection that finds no cluster leaves the coordinator address unset, which jax refuses before it
+    # starts anything: a single process on its own.
+    if coordinator_address is not None or "coordinator_address" not in str(error):
+      raise
+    logging.info("No cluster found (Cloud TPU, SLURM, Open MPI): running as a single process.")
+    return False
+  return True
+
+
+class ProcessPrefix(python_logging.Filter):
+  """Starts every log line with `[process I/N]`, so that each process's errors are told apart in shared logs."""
+
+  def __init__(self):
+    super().__init__()
+    self._prefix = f"[process {jax.process_index()}/{jax.process_count()}] "
+
+  def filter(self, record):
+    record.msg = f"{self._prefix}{record.msg}"
+    return True

@@ -1,0 +1,100 @@
+"""Checkpoints of a training run, and preemption: SIGTERM saves one between steps and stops.
+
+A checkpoint holds the train state (step, parameters, optimiser state, rng) and the global data position with the
+batch size it counts, so that a run resumes with any number of processes at the same place in the data. Class-text
+features are not saved: they are recomputed from the class names.
+"""
+
+import logging
+import signal
+
+import jax
+from jax.experimental import multihost_utils
+import orbax.checkpoint as ocp
+
+from xclip_jax import pretrained
+from xclip_jax.train import step as step_lib
+
+CHECKPOINT_DIR = pretrained.WORKDIR_CHECKPOINTS
+
+
+def make_manager(workdir, keep: int) -> ocp.CheckpointManager:
+  """The run's checkpoints in `workdir/checkpoints`, the newest `keep` of them kept."""
+  return ocp.CheckpointManager(
+    workdir / CHECKPOINT_DIR, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+  )
+
+
+def _arrays(state: step_lib.TrainState) -> dict:
+  return {"step": state.step, "params": state.params, "opt_state": state.opt_state, "rng": state.rng}
+
+
+def save(manager: ocp.CheckpointManager, state: step_lib.TrainState, position: int, batch_size: int, force=False):
+  """Saves `state` and the data position to resume from (asynchronously: `manager.wait_until_finished()`)."""
+  saved = manager.save(
+    int(state.step),
+    args=ocp.args.Composite(
+      state=ocp.args.StandardSave(_arrays(state)),
+      data=ocp.args.JsonSave({"data_position": position, "batch_size": batch_size}),
+    ),
+    force=force,
+  )
+  if saved:
+    logging.info("Saved checkpoint at step %d.", int(state.step))
+
+
+def restore(
+  manager: ocp.CheckpointManager, state: step_lib.TrainState, mesh: jax.sharding.Mesh, batch_size: int
+) -> tuple[step_lib.TrainState, int]:
+  """The newest checkpoint laid out on `mesh` (written by any number of processes) and its global data position."""
+  step = manager.latest_step()
+  target = jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+    _arrays(state),
+    _arrays(step_lib.state_shardings(state, mesh)),
+  )
+  restored = manager.restore(
+    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore())
+  )
+  meta = restored["data"]
+  if meta.get("batch_size") != batch_size:
+    raise ValueError(
+      f"the checkpoint at step {step} was written with batch_size={meta.get('batch_size')}, this run has "
+      f"config.batch_size={batch_size}: its data position counts other batches (resume with the same batch size)"
+    )
+  arrays = restored["state"]
+  logging.info("Resumed from the checkpoint at step %d (data position %d).", step, meta["data_position"])
+  state = state.replace(step=arrays["step"], params=arrays["params"], opt_state=arrays["opt_state"], rng=arrays["rng"])
+  return state, int(meta["data_position"])
+
+
+class Preemption:
+  """A SIGTERM (a preemption notice), so that the loop can save and stop between steps.
+
+  With several processes they must all stop after the same step, whichever of them got the signal: JAX's preemption
+  sync (jax.distributed's own SIGTERM handler) tells them all and picks the step after the furthest one's, and a
+  Python handler here would replace its handler.
+  """
+
+  def __init__(self, first_step: int):
+    self._received = False
+    self._first_step = first_step
+    self._multi_process = jax.process_count() > 1
+    if not self._multi_process:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM: saving a checkpoint after this step, then exiting.")
+    self._received = True
+
+  def requested(self, step: int) -> bool:
+    """Whether to save and stop after `step`; call it after every step."""
+    if self._multi_process:
+      # The sync counts the steps of this run (0 before the first), as the processes began together.
+      return multihost_utils.reached_preemption_sync_point(step - self._first_step)
+    return self._received
+
+  def restore_handler(self):
+    if not self._multi_process:
+      signal.signal(signal.SIGTERM, self._previous)
