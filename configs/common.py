@@ -69,7 +69,8 @@ def experiment_config(*, small: bool = False) -> ml_collections.ConfigDict:
   # Optimisation (official defaults: 8 videos per GPU x 8 GPUs x accumulation 4 = 256 per optimiser step).
   config.lr = 8e-6
   config.weight_decay = 1e-3
-  # Message tokens, MIT and prompts, new on top of CLIP, learn this many times faster (train.NEW_MODULES).
+  # Message tokens, MIT and prompts, new on top of CLIP, learn this many times faster
+  # (xclip_jax.train.optimizer.lr_multiplier_rules).
   config.new_modules_lr_multiplier = 10.0
   config.epochs = 30
   config.warmup_epochs = 5

@@ -14,7 +14,6 @@ split, the devices of one video exchange those (B*T*D numbers per block), never 
 from collections.abc import Mapping
 import logging
 import math
-import re
 
 import flax
 import jax
@@ -22,18 +21,22 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
 
+from xclip_jax import param_rules
+
 MESH_AXES = ("data", "fsdp", "time")
 # The batch axis of every input is split over these; `time` splits the frames instead.
 BATCH_AXES = ("data", "fsdp")
 FRAMES_AXIS = "time"
 
-# First matching rule wins; a parameter that matches none is replicated. The rules split the first (output) axis of
-# every matrix over `fsdp`: Linear and conv weights are (out, in, ...) as in PyTorch, the projections (width, embed)
-# and the token embedding (vocab, width). LayerNorms, biases and embeddings of a few KB stay replicated.
+# Rules in the format of `xclip_jax.param_rules` (full match, first match wins). They split the first (output) axis
+# of every matrix over `fsdp`: Linear and conv weights are (out, in, ...) as in PyTorch, the projections
+# (width, embed) and the token embedding (vocab, width). LayerNorms, biases and embeddings of a few KB stay
+# replicated.
 PARAM_RULES = (
-  (r"(^|/)weight$", P("fsdp")),
-  (r"(^|/)(proj|text_projection|prompts_visual_proj)$", P("fsdp")),
-  (r"token_embedding/embedding$", P("fsdp")),
+  (r".*/weight", P("fsdp")),
+  (r"visual/proj|text_projection|prompts_visual_proj", P("fsdp")),
+  (r"token_embedding/embedding", P("fsdp")),
+  (r".*", P()),
 )
 
 
@@ -65,9 +68,8 @@ def check_frames_divisible(num_frames: int, mesh: jax.sharding.Mesh):
     )
 
 
-def param_spec(name: str, shape: tuple[int, ...], mesh: jax.sharding.Mesh) -> P:
-  """The PartitionSpec of the parameter `name` (an axis that the mesh does not divide stays whole)."""
-  spec = next((spec for pattern, spec in PARAM_RULES if re.search(pattern, name)), P())
+def _fitted(spec: P, name: str, shape: tuple[int, ...], mesh: jax.sharding.Mesh) -> P:
+  """`spec` for an array of `shape`, an axis that the mesh does not divide left whole."""
   axes = []
   for size, axis in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
     if axis is not None and size % mesh.shape[axis]:
@@ -82,15 +84,15 @@ def _name_of(path) -> str:
   return "/".join(str(key.key) for key in path if isinstance(key, jax.tree_util.DictKey))
 
 
-def tree_shardings(tree, mesh: jax.sharding.Mesh):
-  """NamedShardings for a tree of parameters, or of anything holding parameter-shaped leaves under the same dict keys
-  (optimiser states); scalars and unnamed leaves are replicated."""
-
-  def sharding(path, leaf):
-    shape = tuple(np.shape(leaf))
-    return NamedSharding(mesh, param_spec(_name_of(path), shape, mesh) if shape else P())
-
-  return jax.tree_util.tree_map_with_path(sharding, tree)
+def tree_shardings(tree, mesh: jax.sharding.Mesh, *, log: str | None = None):
+  """NamedShardings by `PARAM_RULES` for a tree of parameters, or of anything holding parameter-shaped leaves under
+  the same dict keys (optimiser states; their unnamed scalars are replicated). With `log`, logs the rules' groups."""
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
+  names = [_name_of(path) for path, _ in leaves]
+  specs = param_rules.match(PARAM_RULES, dict.fromkeys(names), log=log)
+  return treedef.unflatten(
+    NamedSharding(mesh, _fitted(specs[name], name, np.shape(leaf), mesh)) for name, (_, leaf) in zip(names, leaves)
+  )
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:

@@ -8,7 +8,6 @@ groups, stepped after each optimiser step (so step j uses the schedule's value a
 
 from collections.abc import Mapping
 import dataclasses
-import re
 
 import flax
 import jax.numpy as jnp
@@ -16,33 +15,63 @@ import ml_collections
 import numpy as np
 import optax
 
+from xclip_jax import param_rules
 from xclip_jax.parallel import sharding
 
-# Rules over '/'-joined parameter names (`visual/transformer/resblocks_0/message_fc/weight`), one place each. They
-# are the official keyword rules rewritten for Flax names (official `visual.` is `visual/` here).
-# With `freeze_text`, only these are trained: the video encoder, the MIT and the prompt modules.
-TRAINABLE_WITH_FROZEN_TEXT = r"^visual/|mit|prompts"
-# The modules X-CLIP adds to CLIP learn at `config.new_modules_lr_multiplier` times the base rate (officially 10);
-# every other parameter at the base rate.
-NEW_MODULES = r"message_|mit|prompts"
-# No weight decay for these names, nor for any 1-D parameter (LayerNorms, biases, class embedding).
-NO_WEIGHT_DECAY = r"/bias$|positional_embedding"
+# The official keyword rules (utils/optimizer.py: fix_text, the groups of build_optimizer, set_weight_decay) as
+# full-match rules over Flax names (`xclip_jax.param_rules`). Each keyword names whole modules: "visual." the video
+# encoder `visual/`, "mit" the MIT `mit/`, "prompts" `prompts_generator/`, `prompts_visual_ln/` and
+# `prompts_visual_proj`, "message_" the CCT blocks' `message_fc`, `message_ln` and `message_attn`.
+
+# With `freeze_text` (officially fix_text) only the video encoder, the MIT and the prompt modules train: the text
+# tower and `logit_scale` stay as loaded.
+TRAINABLE_WITH_FROZEN_TEXT = (
+  (r"visual/.*", True),
+  (r"mit/.*", True),
+  (r"prompts_.*", True),
+  (r".*", False),
+)
+TRAINABLE_ALL = ((r".*", True),)
+
+# No weight decay (officially set_weight_decay) for biases, for `positional_embedding` (XCLIP.no_weight_decay_keywords)
+# and for every 1-D parameter, named here: LayerNorm gains, the class embedding and the prompt generator's alpha.
+# `decay_mask` checks that no 1-D parameter is left decaying.
+WEIGHT_DECAY = (
+  (r".*/bias", False),
+  (r".*/scale", False),
+  (r"(.*/)?positional_embedding", False),
+  (r"visual/class_embedding", False),
+  (r"prompts_generator/alpha", False),
+  (r".*", True),
+)
 
 ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.98, 1e-8
 # The cosine schedule's floor, as a fraction of the base learning rate (the official lr_min = TRAIN.LR / 100).
 MIN_LR_FRACTION = 0.01
 
 
-def is_trainable(name: str, freeze_text: bool) -> bool:
-  return not freeze_text or re.search(TRAINABLE_WITH_FROZEN_TEXT, name) is not None
+def trainable_rules(freeze_text: bool) -> param_rules.Rules:
+  return TRAINABLE_WITH_FROZEN_TEXT if freeze_text else TRAINABLE_ALL
 
 
-def lr_multiplier(name: str, new_modules_multiplier: float) -> float:
-  return new_modules_multiplier if re.search(NEW_MODULES, name) else 1.0
+def lr_multiplier_rules(new_modules_multiplier: float) -> param_rules.Rules:
+  """The modules X-CLIP adds to CLIP learn at `new_modules_multiplier` times the base rate (officially 10)."""
+  return (
+    (r"visual/transformer/resblocks_\d+/message_.*", new_modules_multiplier),
+    (r"mit/.*", new_modules_multiplier),
+    (r"prompts_.*", new_modules_multiplier),
+    (r".*", 1.0),
+  )
 
 
-def has_weight_decay(name: str, shape: tuple[int, ...]) -> bool:
-  return len(shape) != 1 and re.search(NO_WEIGHT_DECAY, name) is None
+def decay_mask(params, *, log: str | None = None) -> dict[str, bool]:
+  """{name: whether it decays} over a tree of parameters (arrays or ShapeDtypeStructs), by `WEIGHT_DECAY`."""
+  flat = sharding.flat_names(params)
+  mask = param_rules.match(WEIGHT_DECAY, flat, log=log)
+  decaying_1d = [name for name, decays in mask.items() if decays and np.ndim(flat[name]) == 1]
+  if decaying_1d:
+    raise ValueError(f"1-D parameters {decaying_1d} would decay; the official recipe never decays 1-D parameters")
+  return mask
 
 
 def learning_rate(step, base_lr: float, min_lr: float, warmup_steps: int, total_steps: int):
@@ -104,16 +133,17 @@ def _scale_by_group_learning_rates(schedule, multipliers: Mapping[str, float]) -
 def make_optimizer(
   config: ml_collections.ConfigDict, trainable_params, schedule: Schedule
 ) -> optax.GradientTransformation:
-  """AdamW with the official groups, over a tree of the trainable parameters."""
-  flat = sharding.flat_names(trainable_params)
-  decay_mask = flax.traverse_util.unflatten_dict(
-    {name: has_weight_decay(name, tuple(np.shape(value))) for name, value in flat.items()}, sep="/"
+  """AdamW with the official groups, over a tree of the trainable parameters; logs which rule set each group."""
+  mask = decay_mask(trainable_params, log="weight decay")
+  multipliers = param_rules.match(
+    lr_multiplier_rules(config.new_modules_lr_multiplier),
+    sharding.flat_names(trainable_params),
+    log="learning-rate multiplier",
   )
-  multipliers = {name: lr_multiplier(name, config.new_modules_lr_multiplier) for name in flat}
   return optax.chain(
     optax.scale_by_adam(b1=ADAM_B1, b2=ADAM_B2, eps=ADAM_EPS),
     # Decoupled decay, scaled by the group's learning rate below, as torch.optim.AdamW.
-    optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
+    optax.add_decayed_weights(config.weight_decay, mask=flax.traverse_util.unflatten_dict(mask, sep="/")),
     _scale_by_group_learning_rates(schedule, multipliers),
   )
 
@@ -128,7 +158,7 @@ def count_parameters(params, trainable: tuple[str, ...], new_modules_multiplier:
     "trainable": sum(size for name, size in sizes.items() if name in names),
   }
   counts["frozen"] = counts["total"] - counts["trainable"]
-  for name in trainable:
-    group = f"lr_x{lr_multiplier(name, new_modules_multiplier):g}"
+  for name, multiplier in param_rules.match(lr_multiplier_rules(new_modules_multiplier), trainable).items():
+    group = f"lr_x{multiplier:g}"
     counts[group] = counts.get(group, 0) + sizes[name]
   return counts

@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from xclip_jax import param_rules
 from xclip_jax import pretrained
 from xclip_jax.model import xclip
 from xclip_jax.parallel import sharding
@@ -105,8 +106,9 @@ def create_train_state(
   text_ids = np.asarray(text_ids, np.int32)
   if text_ids.ndim != 2 or text_ids.shape[0] != config.num_classes:
     raise ValueError(f"text_ids must be ({config.num_classes}, L) for config.num_classes, got {text_ids.shape}")
-  names = sharding.flat_names(model.params)
-  trainable = tuple(sorted(name for name in names if optimizer.is_trainable(name, config.freeze_text)))
+  rules = optimizer.trainable_rules(config.freeze_text)
+  flags = param_rules.match(rules, sharding.flat_names(model.params), log="trainable")
+  trainable = tuple(sorted(name for name, flag in flags.items() if flag))
   schedule = optimizer.Schedule.from_config(config)
   tx = optimizer.make_optimizer(config, split_params(model.params, trainable)[0], schedule)
   recipe = _recipe(config, model, trainable, tx, schedule)
@@ -124,18 +126,19 @@ def create_train_state(
     )
 
   abstract = jax.eval_shape(init, model.params, text)
-  shardings = state_shardings(abstract, mesh)
+  shardings = state_shardings(abstract, mesh, log="sharding")
   # Donating lets one device hold the parameters once; XLA cannot alias a whole input buffer to a sharded output.
   donate = (0,) if mesh.size == 1 else ()
   return jax.jit(init, out_shardings=shardings, donate_argnums=donate)(model.params, text)
 
 
-def state_shardings(state: TrainState, mesh: jax.sharding.Mesh) -> TrainState:
-  """Shardings of a (possibly abstract) train state: parameters and their optimiser state by the rules."""
+def state_shardings(state: TrainState, mesh: jax.sharding.Mesh, *, log: str | None = None) -> TrainState:
+  """Shardings of a (possibly abstract) train state: parameters and their optimiser state by the rules (with `log`,
+  logged for the parameters)."""
   replicated = sharding.replicated(mesh)
   return state.replace(
     step=replicated,
-    params=sharding.tree_shardings(state.params, mesh),
+    params=sharding.tree_shardings(state.params, mesh, log=log),
     opt_state=sharding.tree_shardings(state.opt_state, mesh),
     rng=replicated,
     text=replicated,

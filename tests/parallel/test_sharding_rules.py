@@ -1,0 +1,64 @@
+"""The sharding rules split the first axis of every matrix of X-CLIP over `fsdp` and replicate the rest, matching
+names in full."""
+
+import logging
+
+from jax.sharding import PartitionSpec as P
+import pytest
+
+import xclip_jax
+from xclip_jax import param_rules
+from xclip_jax.parallel import sharding
+from xclip_jax.weights import official
+
+# Written out by hand: Linear and conv weights (out, in, ...), the projections and the token embedding are split on
+# their first axis; biases, LayerNorms, embeddings and `logit_scale` are replicated.
+EXPECTED = {
+  "visual/conv1/weight": P("fsdp", None, None, None),
+  "visual/transformer/resblocks_0/message_fc/weight": P("fsdp", None),
+  "visual/transformer/resblocks_0/attn/in_proj/weight": P("fsdp", None),
+  "mit/resblocks_0/attn/in_proj/weight": P("fsdp", None),
+  "prompts_generator/decoder_0/cross_attn/q_proj/weight": P("fsdp", None),
+  "transformer/resblocks_1/mlp/c_proj/weight": P("fsdp", None),
+  "visual/proj": P("fsdp", None),
+  "text_projection": P("fsdp", None),
+  "prompts_visual_proj": P("fsdp", None),
+  "token_embedding/embedding": P("fsdp", None),
+  "visual/transformer/resblocks_0/attn/in_proj/bias": P(None),
+  "visual/transformer/resblocks_0/message_ln/scale": P(None),
+  "visual/class_embedding": P(None),
+  "visual/positional_embedding": P(None, None),
+  "mit/positional_embedding": P(None, None, None),
+  "prompts_generator/alpha": P(None),
+  "logit_scale": P(),
+}
+
+
+@pytest.fixture(scope="module")
+def params():
+  config = xclip_jax.XCLIPConfig(
+    embed_dim=32,
+    image_resolution=32,
+    vision_layers=1,
+    vision_width=64,
+    vision_patch_size=16,
+    transformer_width=64,
+    transformer_heads=2,
+    transformer_layers=2,
+    num_frames=2,
+    prompts_layers=1,
+  )
+  return official.abstract_params(config)
+
+
+def test_specs_of_named_parameters(params, caplog):
+  caplog.set_level(logging.INFO)
+  shardings = sharding.flat_names(sharding.tree_shardings(params, sharding.make_mesh({}), log="sharding"))
+  assert {name: shardings[name].spec for name in EXPECTED} == EXPECTED
+  assert "sharding: rules over 90 parameters" in caplog.text
+  assert ".*/weight -> P('fsdp',): 26 (" in caplog.text
+
+
+def test_names_match_in_full():
+  specs = param_rules.match(sharding.PARAM_RULES, ["visual/proj", "visual/proj_extra", "decoder/text_projection"])
+  assert specs == {"visual/proj": P("fsdp"), "visual/proj_extra": P(), "decoder/text_projection": P()}
