@@ -8,12 +8,14 @@ import pytest
 import xclip_jax
 from xclip_jax import convert
 from xclip_jax.weights import official
-from xclip_jax.weights import torch_io
+from xclip_jax.weights import torch_checkpoint
+from xclip_jax.weights import torch_pickle
+from xclip_jax.weights import torch_writer
 
 
 @pytest.fixture(scope="module")
 def golden(golden_dir):
-  state_dict, _ = torch_io.read_state_dict(golden_dir / "xclip_official.pth")
+  state_dict, _ = torch_checkpoint.read_state_dict(golden_dir / "xclip_official.pth")
   return golden_dir, state_dict, dict(np.load(golden_dir / "io.npz"))
 
 
@@ -27,7 +29,7 @@ def test_round_trip_official_to_jax_to_official_is_bit_exact(golden, tmp_path):
   path, state_dict, _ = golden
   convert.convert(path / "xclip_official.pth", tmp_path / "jax")
   convert.convert(tmp_path / "jax", tmp_path / "back.pth", to="official")
-  exported = torch_io.load_torch_file(tmp_path / "back.pth")
+  exported = torch_pickle.load_torch_file(tmp_path / "back.pth")
   assert set(exported) == {"model"}
   assert set(exported["model"]) == set(state_dict)
   for name, value in state_dict.items():
@@ -54,7 +56,7 @@ def test_converted_directory_reproduces_the_official_logits(golden, tmp_path):
 
 def test_bare_state_dict_with_module_prefix_loads(golden, tmp_path):
   _, state_dict, io = golden
-  torch_io.save_torch_state_dict({f"module.{k}": v for k, v in state_dict.items()}, tmp_path / "bare.pth")
+  torch_writer.save_torch_state_dict({f"module.{k}": v for k, v in state_dict.items()}, tmp_path / "bare.pth")
   model = xclip_jax.load_pretrained(tmp_path / "bare.pth")
   np.testing.assert_allclose(model.encode_text(io["text"]), io["text_features"], rtol=1e-4, atol=1e-4)
 
@@ -63,7 +65,7 @@ def test_clip_state_dict_initialises_xclip_with_clip_text_encoder(golden, tmp_pa
   _, state_dict, io = golden
   clip = clip_only(state_dict)
   clip.update(input_resolution=np.array(32), context_length=np.array(77), vocab_size=np.array(49408))
-  torch_io.save_torch_state_dict(clip, tmp_path / "clip.pt")
+  torch_writer.save_torch_state_dict(clip, tmp_path / "clip.pt")
   model = xclip_jax.load_pretrained(tmp_path / "clip.pt", num_frames=6)
   np.testing.assert_allclose(model.encode_text(io["text"]), io["text_features"], rtol=1e-4, atol=1e-4)
   assert model.config.num_frames == 6 and model.config.mit_layers == 1 and model.config.prompts_layers == 2
@@ -100,7 +102,7 @@ def test_torchscript_clip_archive_with_fp16_weights_loads(golden, tmp_path):
 
   model = xclip_jax.load_pretrained(tmp_path / "ViT-tiny.pt", num_frames=4)
   rounded = {k: v.astype(np.float16).astype(np.float32) for k, v in clip.items()}
-  torch_io.save_torch_state_dict(rounded, tmp_path / "rounded.pt")
+  torch_writer.save_torch_state_dict(rounded, tmp_path / "rounded.pt")
   reference = xclip_jax.load_pretrained(tmp_path / "rounded.pt", num_frames=4)
   # fp16 weights widen exactly to float32: the archive gives the same model as the rounded state dict.
   np.testing.assert_array_equal(model.encode_text(io["text"]), reference.encode_text(io["text"]))
@@ -111,7 +113,7 @@ def test_wrong_shape_names_the_entry_and_both_shapes(golden, tmp_path):
   _, state_dict, _ = golden
   broken = dict(state_dict)
   broken["visual.transformer.resblocks.1.mlp.c_fc.weight"] = np.zeros((256, 128), np.float32)
-  torch_io.save_torch_state_dict(broken, tmp_path / "broken.pth")
+  torch_writer.save_torch_state_dict(broken, tmp_path / "broken.pth")
   with pytest.raises(
     official.CheckpointMismatchError,
     match=r"visual\.transformer\.resblocks\.1\.mlp\.c_fc\.weight.*\(256, 128\).*\(512, 128\)",
@@ -135,7 +137,7 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
     "visual.layer1.0.conv1.weight": np.zeros((64, 64, 1, 1), np.float32),
     "text_projection": np.zeros((512, 1024), np.float32),
   }
-  torch_io.save_torch_state_dict(resnet_clip, tmp_path / "RN50.pt")
+  torch_writer.save_torch_state_dict(resnet_clip, tmp_path / "RN50.pt")
   with pytest.raises(official.CheckpointMismatchError, match="not a ViT"):
     xclip_jax.load_pretrained(tmp_path / "RN50.pt")
 
@@ -152,7 +154,7 @@ def test_pickle_that_would_run_a_command_is_refused_by_load_pretrained(tmp_path)
       return os.system, (f"touch {marker}",)
 
   (tmp_path / "evil.pth").write_bytes(pickle.dumps({"model": Exploit()}))
-  with pytest.raises(torch_io.UnsafeCheckpointError, match="system"):
+  with pytest.raises(torch_pickle.UnsafeCheckpointError, match="system"):
     xclip_jax.load_pretrained(tmp_path / "evil.pth")
   assert not marker.exists()
 

@@ -16,7 +16,7 @@ from absl import logging
 from xclip_jax import compilation_cache
 from xclip_jax import pretrained
 from xclip_jax.weights import official
-from xclip_jax.weights import torch_io
+from xclip_jax.weights import torch_writer
 
 FLAGS = flags.FLAGS
 
@@ -28,7 +28,7 @@ def convert(src, dst, to: str = "jax", num_frames: int | None = None) -> pathlib
     model.save(dst)
   elif to == "official":
     dst.parent.mkdir(parents=True, exist_ok=True)
-    torch_io.save_torch_checkpoint({"model": official.official_from_params(model.params)}, dst)
+    torch_writer.save_torch_checkpoint({"model": official.official_from_params(model.params)}, dst)
   else:
     raise ValueError(f"unknown target format {to!r}; use 'jax' or 'official'")
   logging.info("Wrote %s (%s format, %d frames).", dst, to, model.config.num_frames)

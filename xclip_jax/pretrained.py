@@ -1,7 +1,6 @@
 """Loading X-CLIP from any supported checkpoint, and the inference wrapper used by evaluation and the demo."""
 
 import functools
-import json
 import logging
 import pathlib
 import tempfile
@@ -11,7 +10,6 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 
 from xclip_jax import paths
 from xclip_jax.model import config as model_config
@@ -19,19 +17,9 @@ from xclip_jax.model import xclip
 from xclip_jax.parallel import sharding
 from xclip_jax.weights import hf_clip
 from xclip_jax.weights import hf_xclip
+from xclip_jax.weights import native
 from xclip_jax.weights import official
-from xclip_jax.weights import torch_io
-
-# A converted checkpoint is a directory holding this file (the architecture) and an orbax checkpoint of the params.
-CONFIG_FILE = "xclip_config.json"
-PARAMS_DIR = "params"
-FORMAT_NAME = "xclip-jax"
-# 2: Linear and conv weights in PyTorch's layout (`weight`); version 1 (no version field) stored Flax `kernel`s.
-FORMAT_VERSION = 2
-# A training workdir (`python -m xclip_jax.main`, see xclip_jax.trainer) holds orbax checkpoints of the train state in
-# `checkpoints/STEP/state` and the best model as a converted checkpoint in `best/`.
-WORKDIR_CHECKPOINTS = "checkpoints"
-WORKDIR_BEST = "best"
+from xclip_jax.weights import torch_checkpoint
 
 
 class XCLIPModel:
@@ -122,62 +110,12 @@ class XCLIPModel:
     )
 
   def save(self, directory) -> epath.Path:
-    """Writes the converted checkpoint: `xclip_config.json` and an orbax checkpoint of the params.
+    """Writes the converted checkpoint (`native.write_checkpoint`): xclip_config.json and the params in orbax.
 
     `directory` may be on cloud storage (gs://...). With several processes, every process calls this (the params
     may be sharded over all of them); process 0 writes the config.
     """
-    directory = paths.absolute(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    config = {k: v for k, v in self.config.to_dict().items() if k not in ("droppath", "remat", "dtype")}
-    meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "config": config}
-    if jax.process_index() == 0:
-      (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(directory / PARAMS_DIR, self.params, force=True)
-    checkpointer.wait_until_finished()
-    return directory
-
-
-def _read_converted(directory: pathlib.Path, **overrides):
-  meta = json.loads((directory / CONFIG_FILE).read_text())
-  if meta.get("format") != FORMAT_NAME:
-    raise ValueError(f"{directory / CONFIG_FILE} is not an xclip-jax checkpoint config (format {meta.get('format')!r})")
-  if meta.get("version", 1) != FORMAT_VERSION:
-    raise ValueError(
-      f"{directory} was written by another xclip-jax version (checkpoint format "
-      f"{meta.get('version', 1)}, this version reads {FORMAT_VERSION}); convert the original checkpoint "
-      "again with `python -m xclip_jax.convert SRC DST`"
-    )
-  config = model_config.XCLIPConfig.from_dict(meta["config"])
-  abstract = official.abstract_params(config)
-  # As host arrays: the caller lays them out on its devices (and processes), wherever the writer's were.
-  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract)
-  params = ocp.PyTreeCheckpointer().restore(
-    directory / PARAMS_DIR, args=ocp.args.PyTreeRestore(abstract, restore_args=as_numpy)
-  )
-  return config.replace(**overrides), params
-
-
-def _is_workdir(directory: pathlib.Path) -> bool:
-  return (directory / WORKDIR_CHECKPOINTS).is_dir() and (directory / WORKDIR_BEST / CONFIG_FILE).exists()
-
-
-def _read_workdir(directory: pathlib.Path, **overrides):
-  """The final model of a training workdir: the parameters of its newest checkpoint, the architecture of best/."""
-  steps = [int(p.name) for p in (directory / WORKDIR_CHECKPOINTS).iterdir() if p.name.isdigit()]
-  if not steps:
-    raise ValueError(f"{directory} is a training workdir without a checkpoint yet")
-  meta = json.loads((directory / WORKDIR_BEST / CONFIG_FILE).read_text())
-  config = model_config.XCLIPConfig.from_dict(meta["config"])
-  state = directory.absolute() / WORKDIR_CHECKPOINTS / str(max(steps)) / "state"
-  # Only the parameters of the train state, not the optimiser's moments.
-  item = {"params": official.abstract_params(config)}
-  restore_args = ocp.checkpoint_utils.construct_restore_args(item)
-  restored = ocp.PyTreeCheckpointer().restore(
-    state, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)
-  )
-  return config.replace(**overrides), restored["params"]
+    return native.write_checkpoint(directory, self.config, self.params)
 
 
 def _resize_frames(config, params, num_frames):
@@ -236,10 +174,10 @@ def load_pretrained(
   path = pathlib.Path(path)
   overrides = dict(dtype=dtype, droppath=droppath, remat=remat)
   if path.is_dir():
-    if (path / CONFIG_FILE).exists():
-      config, params = _read_converted(path, **overrides)
-    elif _is_workdir(path):
-      config, params = _read_workdir(path, **overrides)
+    if native.is_checkpoint(path):
+      config, params = native.read_checkpoint(path, **overrides)
+    elif native.is_workdir(path):
+      config, params = native.read_workdir(path, **overrides)
     elif hf_xclip.is_hf_checkpoint(path):
       state_dict, arch = hf_xclip.read_hf_checkpoint(path)
       config = model_config.XCLIPConfig(**arch, **overrides)
@@ -255,12 +193,12 @@ def load_pretrained(
       params = official.params_from_official(state_dict, config, base_params=official.init_params(config, seed))
     else:
       raise ValueError(
-        f"{path} is a directory but neither an xclip-jax checkpoint ({CONFIG_FILE}), a training workdir "
-        f"({WORKDIR_CHECKPOINTS}/ and {WORKDIR_BEST}/), a Hugging Face X-CLIP model, nor a Hugging Face CLIP model "
-        "(config.json with model.safetensors or pytorch_model.bin)"
+        f"{path} is a directory but neither an xclip-jax checkpoint ({native.CONFIG_FILE}), a training workdir "
+        f"({native.WORKDIR_CHECKPOINTS}/ and {native.WORKDIR_BEST}/), a Hugging Face X-CLIP model, nor a Hugging "
+        "Face CLIP model (config.json with model.safetensors or pytorch_model.bin)"
       )
   else:
-    state_dict, _ = torch_io.read_state_dict(path)
+    state_dict, _ = torch_checkpoint.read_state_dict(path)
     if "mit.positional_embedding" in state_dict:
       config = official.config_from_official(state_dict, **overrides)
       params = official.params_from_official(state_dict, config)

@@ -1,4 +1,4 @@
-"""Tests for xclip_jax.hf_clip: Hugging Face CLIPModel directories read as OpenAI CLIP state dicts."""
+"""Tests for xclip_jax.weights.hf_clip: Hugging Face CLIPModel directories read as OpenAI CLIP state dicts."""
 
 import collections
 import json

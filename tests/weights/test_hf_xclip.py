@@ -1,4 +1,4 @@
-"""Tests for xclip_jax.hf_xclip: Hugging Face X-CLIP checkpoints <-> official state dicts."""
+"""Tests for xclip_jax.weights.hf_xclip: Hugging Face X-CLIP checkpoints <-> official state dicts."""
 
 import json
 
@@ -9,7 +9,7 @@ import torch
 import transformers
 
 from xclip_jax.weights import hf_xclip
-from xclip_jax.weights import torch_io
+from xclip_jax.weights import torch_checkpoint
 
 # Widths differ from each other and head counts from width // 64, so a transposed
 # projection or a head count taken from the wrong field cannot go unnoticed.
@@ -140,7 +140,7 @@ def test_pytorch_bin_and_sharded_checkpoints_read_the_same(hf_model, safetensors
 def test_mapping_reproduces_official_golden_logits(golden_dir):
   """Golden official weights -> Hugging Face layout -> transformers gives the official logits."""
   meta = json.loads((golden_dir / "meta.json").read_text())
-  official, _ = torch_io.read_state_dict(golden_dir / "xclip_official.pth")
+  official, _ = torch_checkpoint.read_state_dict(golden_dir / "xclip_official.pth")
   golden = np.load(golden_dir / "io.npz")
   arch = {
     key: meta[key]
@@ -183,7 +183,7 @@ def test_mapping_reproduces_official_golden_logits(golden_dir):
   np.testing.assert_allclose(logits, golden["logits"], rtol=1e-4, atol=1e-4)
 
 
-def test_missing_and_unmapped_tensors_are_named(safetensors_dir, tmp_path):
+def test_missing_and_unexpected_tensors_are_named(safetensors_dir, tmp_path):
   tensors = safetensors.numpy.load_file(safetensors_dir / "model.safetensors")
   del tensors["mit.encoder.layers.0.self_attn.v_proj.bias"]
   tensors["vision_model.encoder.layers.0.extra_gate"] = np.zeros(3, np.float32)
@@ -195,7 +195,7 @@ def test_missing_and_unmapped_tensors_are_named(safetensors_dir, tmp_path):
   with pytest.raises(
     ValueError,
     match=r"missing \['mit.encoder.layers.0.self_attn.v_proj.bias'\]; "
-    r"unmapped \['vision_model.encoder.layers.0.extra_gate'\]",
+    r"unexpected \['vision_model.encoder.layers.0.extra_gate'\]",
   ):
     hf_xclip.read_hf_checkpoint(directory)
 

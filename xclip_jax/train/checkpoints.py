@@ -12,16 +12,14 @@ import jax
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
-from xclip_jax import pretrained
 from xclip_jax.train import step as step_lib
-
-CHECKPOINT_DIR = pretrained.WORKDIR_CHECKPOINTS
+from xclip_jax.weights import native
 
 
 def make_manager(workdir, keep: int) -> ocp.CheckpointManager:
   """The run's checkpoints in `workdir/checkpoints`, the newest `keep` of them kept."""
   return ocp.CheckpointManager(
-    workdir / CHECKPOINT_DIR, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    workdir / native.WORKDIR_CHECKPOINTS, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
   )
 
 

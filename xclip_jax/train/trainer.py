@@ -38,9 +38,9 @@ from xclip_jax.parallel import sharding
 from xclip_jax.train import checkpoints
 from xclip_jax.train import optimizer
 from xclip_jax.train import step as step_lib
+from xclip_jax.weights import native
 
 RESULTS_FILE = "eval_results.json"
-BEST_DIR = pretrained.WORKDIR_BEST
 
 
 def load_model(config: ml_collections.ConfigDict) -> pretrained.XCLIPModel:
@@ -120,7 +120,7 @@ def _write_json(path: epath.Path, value):
 
 def _save_best(model: pretrained.XCLIPModel, params, workdir: epath.Path, step: int, results: dict):
   best = pretrained.XCLIPModel(model.config, params)
-  best.save(workdir / BEST_DIR)
+  best.save(workdir / native.WORKDIR_BEST)
   _write_json(workdir / "best.json", {"step": step, "top1": results["top1"], "top5": results["top5"]})
 
 
@@ -185,9 +185,9 @@ def _report(config, workdir, results: dict, seconds: float):
   class_names = annotations.read_label_list(config.data.label_list)
   files = [("results", str(workdir / RESULTS_FILE))]
   if config.mode == "train":
-    files.insert(0, ("final model", str(workdir / checkpoints.CHECKPOINT_DIR / str(results["step"]))))
-  if (workdir / BEST_DIR).is_dir():
-    files.insert(len(files) - 1, ("best model by validation", str(workdir / BEST_DIR)))
+    files.insert(0, ("final model", str(workdir / native.WORKDIR_CHECKPOINTS / str(results["step"]))))
+  if (workdir / native.WORKDIR_BEST).is_dir():
+    files.insert(len(files) - 1, ("best model by validation", str(workdir / native.WORKDIR_BEST)))
   files += [("plot", str(path)) for path in report.write_plots(workdir, results, class_names)]
   print(report.run_summary(results, seconds, files), flush=True)
 

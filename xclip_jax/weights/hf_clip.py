@@ -3,100 +3,28 @@
 Training initialises X-CLIP from CLIP, which most users hold as a Hugging Face directory (`openai/clip-vit-base-patch16`
 as saved by transformers). `read_hf_clip` gives its tensors the names and layouts of OpenAI's `clip` package, so that
 `official.config_from_official` and `official.params_from_official(..., base_params=...)` load it as they load OpenAI's
-own files:
-
-| OpenAI CLIP                                    | Hugging Face CLIPModel                                            |
-| ---------------------------------------------- | ----------------------------------------------------------------- |
-| `*.attn.in_proj_weight` ([q; k; v] stacked)     | `*.self_attn.{q,k,v}_proj.weight` (split)                          |
-| `visual.proj`, `text_projection` (in, out)      | `visual_projection.weight`, `text_projection.weight` (out, in)     |
-| `positional_embedding` parameters               | `*.embeddings.position_embedding.weight` (nn.Embedding)            |
-| `visual.ln_pre`, `visual.ln_post`, `ln_final`   | `vision_model.pre_layrnorm` (sic), `post_layernorm`, `final_layer_norm` |
-| `*.ln_1`, `*.ln_2`, `*.mlp.c_fc`, `*.mlp.c_proj` | `*.layer_norm1`, `*.layer_norm2`, `*.mlp.fc1`, `*.mlp.fc2`         |
+own files. The renames are those of the CLIP encoders (see `hf_mapping`), with one of CLIPModel's own:
+`visual.ln_pre` is `vision_model.pre_layrnorm` (sic).
 
 The architecture comes from the tensors, as for OpenAI's files, except the head counts, which the official code derives
 as width // 64 and Hugging Face configs may set otherwise: `config_overrides` gives them.
 """
 
 from collections.abc import Mapping
-import json
 import pathlib
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from xclip_jax.model import tokenizer
-from xclip_jax.weights import hf_xclip
+from xclip_jax.weights import hf_directory
+from xclip_jax.weights import hf_mapping
 
-CONFIG_FILE = hf_xclip.CONFIG_FILE
-_WEIGHT_FILES = (
-  hf_xclip.SAFETENSORS_FILE,
-  hf_xclip.SAFETENSORS_INDEX_FILE,
-  hf_xclip.PYTORCH_FILE,
-  hf_xclip.PYTORCH_INDEX_FILE,
-)
-# Non-persistent buffers that checkpoints from older transformers releases still hold.
-_IGNORED_HF_TENSORS = ("text_model.embeddings.position_ids", "vision_model.embeddings.position_ids")
-
-# transformers' CLIP defaults, for config.json files that omit default values (save_pretrained writes only the diff).
-_TEXT_DEFAULTS = dict(
-  vocab_size=49408,
-  hidden_size=512,
-  intermediate_size=2048,
-  num_hidden_layers=12,
-  num_attention_heads=8,
-  max_position_embeddings=77,
-  hidden_act="quick_gelu",
-  layer_norm_eps=1e-5,
-  # The default was 2 before transformers 4.31; either value pools as X-CLIP does (see _check_config).
-  eos_token_id=tokenizer.END_TOKEN,
-)
-_VISION_DEFAULTS = dict(
-  hidden_size=768,
-  intermediate_size=3072,
-  num_hidden_layers=12,
-  num_attention_heads=12,
-  num_channels=3,
-  image_size=224,
-  patch_size=32,
-  hidden_act="quick_gelu",
-  layer_norm_eps=1e-5,
-)
-_TOP_DEFAULTS = dict(projection_dim=512)
+# CLIP's text section is also checked for its eos_token_id: transformers' default, 2 before transformers 4.31 (either
+# pools as X-CLIP does, see _arch_from_config).
+_TEXT_DEFAULTS = dict(hf_mapping.TEXT_DEFAULTS, eos_token_id=tokenizer.END_TOKEN)
 # transformers' pooling before 4.31 fixed the eos_token_id: with this value it takes the argmax of the ids.
 _LEGACY_EOS_TOKEN_ID = 2
-_OFFICIAL_LAYER_NORM_EPS = 1e-5
-_OFFICIAL_MLP_RATIO = 4
-
-# How an OpenAI tensor is made from its Hugging Face tensor(s).
-_SAME = "same"
-_TRANSPOSE = "transpose"
-_QKV = "qkv"  # [q; k; v] stacked along the first axis.
-
-
-class _Pair(NamedTuple):
-  openai: str
-  hf: tuple[str, ...]
-  layout: str
-  hf_shape: tuple[int, ...]  # Of each Hugging Face tensor.
-
-
-class _Architecture(NamedTuple):
-  text: dict[str, Any]
-  vision: dict[str, Any]
-  projection_dim: int
-
-
-def _read_config(directory: pathlib.Path) -> dict:
-  config_path = directory / CONFIG_FILE
-  if not config_path.is_file():
-    raise FileNotFoundError(f"{directory}: no {CONFIG_FILE}")
-  try:
-    config = json.loads(config_path.read_text())
-  except (json.JSONDecodeError, UnicodeDecodeError) as error:
-    raise ValueError(f"{config_path}: invalid JSON ({error})") from error
-  if not isinstance(config, dict):
-    raise ValueError(f"{config_path}: not a JSON object")
-  return config
 
 
 def _is_clip_config(config: Mapping[str, Any]) -> bool:
@@ -104,33 +32,13 @@ def _is_clip_config(config: Mapping[str, Any]) -> bool:
   return model_type == "clip" or (model_type is None and "CLIPModel" in (config.get("architectures") or ()))
 
 
-def _section(config: Mapping[str, Any], name: str, defaults: Mapping[str, Any]) -> dict:
-  # Configs written before transformers 4.22 may hold `<name>_dict`, which transformers lets override `<name>`.
-  return {**defaults, **(config.get(name) or {}), **(config.get(f"{name}_dict") or {})}
-
-
-def _architecture(config: Mapping[str, Any], where: str) -> _Architecture:
-  """The text and vision sections of a CLIP config.json, with defaults, checked to be loadable into X-CLIP."""
+def _arch_from_config(config: Mapping[str, Any], where: str) -> dict:
+  """The `XCLIPConfig` fields of a CLIP config.json's encoders, checked to be loadable into X-CLIP."""
   if not _is_clip_config(config):
     raise ValueError(f"{where}: model_type is {config.get('model_type')!r}, not 'clip' (a transformers CLIPModel)")
-  text = _section(config, "text_config", _TEXT_DEFAULTS)
-  vision = _section(config, "vision_config", _VISION_DEFAULTS)
-  problems = []
-  for section, values in (("text_config", text), ("vision_config", vision)):
-    if values["hidden_act"] != "quick_gelu":
-      problems.append(f"{section}.hidden_act={values['hidden_act']!r} is not 'quick_gelu'")
-    if not np.isclose(values["layer_norm_eps"], _OFFICIAL_LAYER_NORM_EPS, rtol=1e-6, atol=0):
-      problems.append(f"{section}.layer_norm_eps={values['layer_norm_eps']} is not {_OFFICIAL_LAYER_NORM_EPS}")
-    if values["intermediate_size"] != _OFFICIAL_MLP_RATIO * values["hidden_size"]:
-      problems.append(
-        f"{section}.intermediate_size={values['intermediate_size']} is not "
-        f"{_OFFICIAL_MLP_RATIO} x hidden_size={values['hidden_size']}"
-      )
-    if values["hidden_size"] % values["num_attention_heads"]:
-      problems.append(
-        f"{section}.num_attention_heads={values['num_attention_heads']} does not divide "
-        f"hidden_size={values['hidden_size']}"
-      )
+  text = hf_mapping.section(config, "text_config", _TEXT_DEFAULTS)
+  vision = hf_mapping.section(config, "vision_config", hf_mapping.VISION_DEFAULTS)
+  problems = hf_mapping.encoder_problems(text, vision)
   if text["vocab_size"] != tokenizer.VOCAB_SIZE:
     problems.append(
       f"text_config.vocab_size={text['vocab_size']} is not OpenAI's {tokenizer.VOCAB_SIZE} (X-CLIP's tokenizer)"
@@ -143,75 +51,40 @@ def _architecture(config: Mapping[str, Any], where: str) -> _Architecture:
       f"text_config.eos_token_id={text['eos_token_id']} pools the text elsewhere than X-CLIP, which pools at its "
       f"end token {tokenizer.END_TOKEN}"
     )
-  if vision["num_channels"] != 3:
-    problems.append(f"vision_config.num_channels={vision['num_channels']} is not 3")
-  for name in ("image_size", "patch_size"):
-    if not isinstance(vision[name], int):
-      problems.append(f"vision_config.{name}={vision[name]!r} is not one int (X-CLIP needs square images)")
   if problems:
     raise ValueError(f"{where}: X-CLIP cannot be initialised from this CLIP model: " + "; ".join(problems))
-  return _Architecture(text, vision, config.get("projection_dim", _TOP_DEFAULTS["projection_dim"]))
+  top = {**hf_mapping.TOP_DEFAULTS, **config}
+  return hf_mapping.encoders_arch(text, vision, top["projection_dim"], where)
 
 
-def _name_pairs(arch: _Architecture) -> list[_Pair]:
-  """Every tensor of the CLIPModel: OpenAI name, Hugging Face name(s), layout, Hugging Face shape."""
-  text, vision, embed = arch.text["hidden_size"], arch.vision["hidden_size"], arch.projection_dim
-  patch = arch.vision["patch_size"]
-  grid = arch.vision["image_size"] // patch
-  pairs = []
-
-  def add(openai, hf, shape, layout=_SAME):
-    pairs.append(_Pair(openai, (hf,) if isinstance(hf, str) else tuple(hf), layout, tuple(shape)))
-
-  def linear(openai, hf, out_width, in_width):
-    add(f"{openai}.weight", f"{hf}.weight", (out_width, in_width))
-    add(f"{openai}.bias", f"{hf}.bias", (out_width,))
-
-  def layer_norm(openai, hf, width):
-    add(f"{openai}.weight", f"{hf}.weight", (width,))
-    add(f"{openai}.bias", f"{hf}.bias", (width,))
-
-  def encoder_layer(openai, hf, width):
-    add(f"{openai}.attn.in_proj_weight", [f"{hf}.self_attn.{x}_proj.weight" for x in "qkv"], (width, width), _QKV)
-    add(f"{openai}.attn.in_proj_bias", [f"{hf}.self_attn.{x}_proj.bias" for x in "qkv"], (width,), _QKV)
-    linear(f"{openai}.attn.out_proj", f"{hf}.self_attn.out_proj", width, width)
-    layer_norm(f"{openai}.ln_1", f"{hf}.layer_norm1", width)
-    linear(f"{openai}.mlp.c_fc", f"{hf}.mlp.fc1", _OFFICIAL_MLP_RATIO * width, width)
-    linear(f"{openai}.mlp.c_proj", f"{hf}.mlp.fc2", width, _OFFICIAL_MLP_RATIO * width)
-    layer_norm(f"{openai}.ln_2", f"{hf}.layer_norm2", width)
-
-  add("token_embedding.weight", "text_model.embeddings.token_embedding.weight", (arch.text["vocab_size"], text))
-  add(
-    "positional_embedding",
-    "text_model.embeddings.position_embedding.weight",
-    (arch.text["max_position_embeddings"], text),
+def _name_table(arch: Mapping[str, Any]) -> hf_mapping.NameTable:
+  """Every tensor of the CLIPModel: OpenAI name, Hugging Face name(s), OpenAI shape, layout hook."""
+  vision, patch = arch["vision_width"], arch["vision_patch_size"]
+  grid = arch["image_resolution"] // patch
+  table = hf_mapping.NameTable()
+  table.text_encoder(arch)
+  table.add("visual.class_embedding", "vision_model.embeddings.class_embedding", (vision,))
+  table.add("visual.conv1.weight", "vision_model.embeddings.patch_embedding.weight", (vision, 3, patch, patch))
+  table.add(
+    "visual.positional_embedding", "vision_model.embeddings.position_embedding.weight", (grid * grid + 1, vision)
   )
-  for i in range(arch.text["num_hidden_layers"]):
-    encoder_layer(f"transformer.resblocks.{i}", f"text_model.encoder.layers.{i}", text)
-  layer_norm("ln_final", "text_model.final_layer_norm", text)
-  add("text_projection", "text_projection.weight", (embed, text), _TRANSPOSE)
+  table.layer_norm("visual.ln_pre", "vision_model.pre_layrnorm", vision)
+  for i in range(arch["vision_layers"]):
+    table.encoder_layer(f"visual.transformer.resblocks.{i}", f"vision_model.encoder.layers.{i}", vision)
+  table.layer_norm("visual.ln_post", "vision_model.post_layernorm", vision)
+  table.add("visual.proj", "visual_projection.weight", (vision, arch["embed_dim"]), hf_mapping.TRANSPOSE)
+  table.add("logit_scale", "logit_scale", ())
+  return table
 
-  add("visual.class_embedding", "vision_model.embeddings.class_embedding", (vision,))
-  add("visual.conv1.weight", "vision_model.embeddings.patch_embedding.weight", (vision, 3, patch, patch))
-  add("visual.positional_embedding", "vision_model.embeddings.position_embedding.weight", (grid * grid + 1, vision))
-  layer_norm("visual.ln_pre", "vision_model.pre_layrnorm", vision)
-  for i in range(arch.vision["num_hidden_layers"]):
-    encoder_layer(f"visual.transformer.resblocks.{i}", f"vision_model.encoder.layers.{i}", vision)
-  layer_norm("visual.ln_post", "vision_model.post_layernorm", vision)
-  add("visual.proj", "visual_projection.weight", (embed, vision), _TRANSPOSE)
 
-  add("logit_scale", "logit_scale", ())
-  return pairs
+def _read_arch(directory: pathlib.Path) -> dict:
+  return _arch_from_config(hf_directory.read_config(directory), str(directory / hf_directory.CONFIG_FILE))
 
 
 def is_hf_clip_checkpoint(directory) -> bool:
   """Whether `directory` holds a Hugging Face CLIPModel (config.json of model_type 'clip' + weights)."""
-  directory = pathlib.Path(directory)
-  try:
-    config = _read_config(directory)
-  except (FileNotFoundError, ValueError):
-    return False
-  return _is_clip_config(config) and any((directory / name).is_file() for name in _WEIGHT_FILES)
+  config = hf_directory.model_config(directory)
+  return config is not None and _is_clip_config(config)
 
 
 def config_overrides(directory) -> dict[str, int]:
@@ -223,12 +96,8 @@ def config_overrides(directory) -> dict[str, int]:
     FileNotFoundError: config.json is missing.
     ValueError: the config is not a CLIP config X-CLIP can be initialised from.
   """
-  directory = pathlib.Path(directory)
-  arch = _architecture(_read_config(directory), str(directory / CONFIG_FILE))
-  return dict(
-    transformer_heads=arch.text["num_attention_heads"],
-    vision_heads=arch.vision["num_attention_heads"],
-  )
+  arch = _read_arch(pathlib.Path(directory))
+  return dict(transformer_heads=arch["transformer_heads"], vision_heads=arch["vision_heads"])
 
 
 def read_hf_clip(directory) -> dict[str, np.ndarray]:
@@ -246,31 +115,5 @@ def read_hf_clip(directory) -> dict[str, np.ndarray]:
       (missing, unexpected or wrongly shaped tensors are named).
   """
   directory = pathlib.Path(directory)
-  arch = _architecture(_read_config(directory), str(directory / CONFIG_FILE))
-  tensors = hf_xclip.read_hf_tensors(directory)
-  pairs = _name_pairs(arch)
-  expected = {name: pair.hf_shape for pair in pairs for name in pair.hf}
-  present = set(tensors) - set(_IGNORED_HF_TENSORS)
-  missing, unexpected = sorted(expected.keys() - present), sorted(present - expected.keys())
-  if missing or unexpected:
-    raise ValueError(
-      f"{directory}: the tensors do not match the CLIP architecture of its {CONFIG_FILE}: "
-      f"missing {missing or 'nothing'}; unexpected {unexpected or 'nothing'}"
-    )
-  wrong = [
-    f"{name}: {np.shape(tensors[name])} instead of {shape}"
-    for name, shape in expected.items()
-    if np.shape(tensors[name]) != shape
-  ]
-  if wrong:
-    raise ValueError(f"{directory}: tensors do not match the architecture in its {CONFIG_FILE}: " + "; ".join(wrong))
-  state_dict = {}
-  for openai, hf_names, layout, _ in pairs:
-    parts = [np.asarray(tensors[name]) for name in hf_names]
-    if layout == _QKV:
-      state_dict[openai] = np.concatenate(parts, axis=0)
-    elif layout == _TRANSPOSE:
-      state_dict[openai] = np.ascontiguousarray(parts[0].T)
-    else:
-      state_dict[openai] = parts[0]
-  return state_dict
+  table = _name_table(_read_arch(directory))
+  return table.to_official(hf_directory.read_tensors(directory), str(directory))

@@ -1,31 +1,24 @@
-"""Reads and writes PyTorch checkpoints without PyTorch, never running pickled code.
+"""Loads `torch.save` files without PyTorch, never running pickled code.
 
-`torch.save` files are pickles whose tensors point at raw storages kept next to the
-pickle (zip format) or after it (legacy format). Unpickling goes through
-`_RestrictedUnpickler`, whose `find_class` hands out only a fixed allowlist of pure-data
-callables and markers; any other global (`os.system`, `builtins.eval`, a model class...)
-raises `UnsafeCheckpointError` before anything is called. Tensors come back as numpy
-arrays with their dtype (bfloat16 and float8 via `ml_dtypes`).
+`torch.save` files are pickles whose tensors point at raw storages kept next to the pickle (zip format, torch >= 1.6)
+or after it (legacy format). Unpickling goes through `_RestrictedUnpickler`, whose `find_class` hands out only a fixed
+allowlist of pure-data callables and markers; any other global (`os.system`, `builtins.eval`, a model class...) raises
+`UnsafeCheckpointError` before anything is called. Tensors come back as numpy arrays with their dtype (bfloat16 and
+float8 via `ml_dtypes`).
 
-Config objects pickled alongside weights are turned into plain data: a yacs `CfgNode`
-or an `argparse.Namespace` becomes a nested `dict`, so neither yacs nor the training
-code is needed to read the official X-CLIP checkpoints.
+Config objects pickled alongside weights are turned into plain data: a yacs `CfgNode` or an `argparse.Namespace`
+becomes a nested `dict`, so neither yacs nor the training code is needed to read the official X-CLIP checkpoints.
 
-TorchScript archives (OpenAI's CLIP releases) are read the same way; their
-`__torch__.*` module objects become inert records of their attributes, and the
-parameter/buffer names each class declares in the archive's `code/` listing
-(`__parameters__ = [...]`, `__buffers__ = [...]`, read as text) select what
-`module.state_dict()` would return.
+`ZipArchive` and the inert `ScriptObject` records are shared with `torchscript`, which reads TorchScript archives
+through the same unpickler.
 """
 
-import ast
 import collections
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 import io
 import os
 import pathlib
 import pickle
-import re
 import struct
 import tarfile
 from typing import Any
@@ -37,10 +30,6 @@ import numpy as np
 # Legacy (pre-1.6, non-zip) torch.save files start with this pickled number.
 _LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL_VERSION = 1001
-# torch.save writes pickle protocol 2; so do we, for the oldest readers.
-_PICKLE_PROTOCOL = 2
-# torch aligns every storage record in the zip to 64 bytes (needed for mmap loads).
-_RECORD_ALIGNMENT = 64
 
 
 class UnsafeCheckpointError(ValueError):
@@ -51,8 +40,8 @@ class CheckpointFormatError(ValueError):
   """A checkpoint file is truncated, corrupt or not in a supported format."""
 
 
-# Legacy typed-storage classes name the element type of a storage.
-_STORAGE_DTYPES = {
+# Legacy typed-storage classes name the element type of a storage (the writer names them too).
+STORAGE_DTYPES = {
   "DoubleStorage": np.dtype(np.float64),
   "FloatStorage": np.dtype(np.float32),
   "HalfStorage": np.dtype(np.float16),
@@ -66,7 +55,6 @@ _STORAGE_DTYPES = {
   "ComplexFloatStorage": np.dtype(np.complex64),
   "ComplexDoubleStorage": np.dtype(np.complex128),
 }
-_STORAGE_NAME_BY_DTYPE = {dtype: name for name, dtype in _STORAGE_DTYPES.items()}
 
 # dtypes newer than the typed-storage classes are saved as an UntypedStorage plus a
 # `torch.<dtype>` global (see `_rebuild_tensor_v3`).
@@ -126,8 +114,8 @@ class _Namespace(dict):
     self.update(state)
 
 
-class _ScriptObject:
-  """An inert record of a TorchScript object's attributes; its code never runs."""
+class ScriptObject:
+  """An inert record of a TorchScript object's attributes (in `attributes`); its code never runs."""
 
   qualified_name = ""
 
@@ -136,7 +124,7 @@ class _ScriptObject:
 
 
 def _script_object_class(qualified_name: str) -> type:
-  return type("ScriptObject", (_ScriptObject,), {"qualified_name": qualified_name})
+  return type("ScriptObject", (ScriptObject,), {"qualified_name": qualified_name})
 
 
 def _codecs_encode(text, encoding="utf-8", errors="strict"):
@@ -186,7 +174,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
       ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
       ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
     }
-    for name, dtype in _STORAGE_DTYPES.items():
+    for name, dtype in STORAGE_DTYPES.items():
       allowed[("torch", name)] = _StorageType(dtype)
     for name, dtype in _TORCH_DTYPES.items():
       allowed[("torch", name)] = dtype
@@ -282,7 +270,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
     if (
       offset == 0
       and numel == elements.size
-      and stride == _contiguous_strides(size)
+      and stride == contiguous_strides(size)
       and storage.key not in self._storages_given_whole
     ):
       # The common case: the tensor is its whole storage; hand it over uncopied.
@@ -315,8 +303,8 @@ def _numpy_reconstruct(subtype, shape, dtype):
   return np.ndarray.__new__(np.ndarray, shape, dtype)
 
 
-def _contiguous_strides(size: tuple[int, ...]) -> tuple[int, ...]:
-  """Element strides of a C-contiguous tensor, computed as torch does."""
+def contiguous_strides(size: tuple[int, ...]) -> tuple[int, ...]:
+  """Element strides of a C-contiguous tensor, computed as torch does (also what the writer declares)."""
   strides = []
   running = 1
   for n in reversed(size):
@@ -340,7 +328,7 @@ def _to_plain_data(value):
   return value
 
 
-class _ZipArchive:
+class ZipArchive:
   """Records of a torch zip archive (`<prefix>/data.pkl`, `<prefix>/data/<key>`)."""
 
   def __init__(self, path: pathlib.Path):
@@ -363,6 +351,10 @@ class _ZipArchive:
 
   def has(self, record: str) -> bool:
     return self.prefix + record in self._names
+
+  def is_torchscript(self) -> bool:
+    """Whether this is a TorchScript archive (`torch.jit.save`), not a torch.save file."""
+    return self.has("constants.pkl") and any(name.startswith("code/") for name in self.record_names())
 
   def record_names(self) -> list[str]:
     return [name[len(self.prefix) :] for name in self._zip.namelist() if name.startswith(self.prefix)]
@@ -402,6 +394,7 @@ class _ZipArchive:
     return load
 
   def unpickle(self, record: str, allow_script_objects=False):
+    """The object pickled in `record`, its tensors read from this archive's storages."""
     unpickler = _RestrictedUnpickler(
       io.BytesIO(self.read(record)),
       path=self.path,
@@ -429,25 +422,6 @@ def _unpickle(unpickler: _RestrictedUnpickler, path, what: str):
     raise CheckpointFormatError(f"{path}: cannot unpickle {what}: {type(error).__name__}: {error}") from error
 
 
-def _is_torchscript(archive: _ZipArchive) -> bool:
-  return archive.has("constants.pkl") and any(name.startswith("code/") for name in archive.record_names())
-
-
-def is_torchscript_archive(path) -> bool:
-  """Whether `path` is a TorchScript archive (`torch.jit.save`), not a torch.save file."""
-  path = pathlib.Path(path)
-  if not zipfile.is_zipfile(path):
-    return False
-  try:
-    archive = _ZipArchive(path)
-  except CheckpointFormatError:
-    return False
-  try:
-    return _is_torchscript(archive)
-  finally:
-    archive.close()
-
-
 def load_torch_file(path) -> Any:
   """Loads a `torch.save` file as plain Python data with numpy arrays for tensors.
 
@@ -470,10 +444,12 @@ def load_torch_file(path) -> Any:
   if not path.is_file():
     raise FileNotFoundError(f"{path}: no such checkpoint file")
   if zipfile.is_zipfile(path):
-    archive = _ZipArchive(path)
+    archive = ZipArchive(path)
     try:
-      if _is_torchscript(archive):
-        raise CheckpointFormatError(f"{path} is a TorchScript archive; read it with load_torchscript_state_dict")
+      if archive.is_torchscript():
+        raise CheckpointFormatError(
+          f"{path} is a TorchScript archive; read it with torchscript.load_torchscript_state_dict"
+        )
       return archive.unpickle("data.pkl")
     finally:
       archive.close()
@@ -546,302 +522,3 @@ def _load_legacy(path: pathlib.Path):
     object_pickle = io.BytesIO(file.read(object_end - object_start))
     unpickler = _RestrictedUnpickler(object_pickle, path=path, storage_loader=load)
     return _unpickle(unpickler, path, "the saved object")
-
-
-_CLASS_LINE = re.compile(r"^class (\w+)\(Module\):")
-_DECLARED_NAMES_LINE = re.compile(r"^\s+(__parameters__|__buffers__) = (\[.*\])\s*$")
-
-
-def _declared_state_names(archive: _ZipArchive) -> dict[str, list[str]]:
-  """Parameter then buffer names of each module class listed under `code/`.
-
-  The listing is TorchScript source; it is read as text, never executed.
-
-  Args:
-    archive: a TorchScript archive.
-
-  Returns:
-    {qualified class name: names}, e.g. {'__torch__.model.CLIP': ['positional_embedding', ...]}.
-  """
-  declared = {}
-  for record in archive.record_names():
-    if not (record.startswith("code/") and record.endswith(".py")):
-      continue
-    # code/__torch__/torch/nn/modules/linear.py defines __torch__.torch.nn.modules.linear.*
-    module = record[len("code/") : -len(".py")].replace("/", ".")
-    class_name = None
-    for line in archive.read(record).decode("utf-8", "replace").splitlines():
-      class_match = _CLASS_LINE.match(line)
-      if class_match:
-        class_name = f"{module}.{class_match.group(1)}"
-        declared[class_name] = {"__parameters__": [], "__buffers__": []}
-        continue
-      names_match = _DECLARED_NAMES_LINE.match(line)
-      if class_name and names_match:
-        declared[class_name][names_match.group(1)] = ast.literal_eval(names_match.group(2))
-  return {name: names["__parameters__"] + names["__buffers__"] for name, names in declared.items()}
-
-
-def _flatten_script_module(
-  module: _ScriptObject, prefix: str, declared: Mapping[str, list[str]], state_dict: dict[str, np.ndarray]
-) -> None:
-  """Adds a module's parameters and buffers, then its children's, like state_dict()."""
-  attributes = getattr(module, "attributes", {})
-  names = declared.get(module.qualified_name)
-  if names is None:
-    # No declaration in code/: every tensor attribute is taken, which may include
-    # plain tensor attributes (e.g. an attention mask) that state_dict() skips.
-    names = [name for name, value in attributes.items() if isinstance(value, np.ndarray)]
-  for name in names:
-    value = attributes.get(name)
-    if isinstance(value, np.ndarray):  # None: an absent optional parameter.
-      state_dict[prefix + name] = value
-  for name, value in attributes.items():
-    if isinstance(value, _ScriptObject):
-      _flatten_script_module(value, f"{prefix}{name}.", declared, state_dict)
-
-
-def load_torchscript_state_dict(path) -> dict[str, np.ndarray]:
-  """Reads a TorchScript archive's `state_dict()` without running its code.
-
-  Used for OpenAI's CLIP releases (e.g. ViT-B-32.pt, fp16 weights). Keys and
-  their order are those of the scripted module's `state_dict()` (parameters,
-  then buffers, then submodules, recursively); dtypes are kept. Classes whose
-  declaration is missing from the archive's `code/` listing contribute all
-  their tensor attributes, which can include non-state tensors.
-
-  Args:
-    path: the `torch.jit.save` archive.
-
-  Returns:
-    {state-dict name: array}.
-
-  Raises:
-    UnsafeCheckpointError: the pickle references a global outside the allowlist.
-    CheckpointFormatError: the file is not a readable TorchScript archive.
-  """
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"{path}: no such TorchScript archive")
-  archive = _ZipArchive(path)
-  try:
-    if not _is_torchscript(archive):
-      raise CheckpointFormatError(
-        f"{path} is not a TorchScript archive (no constants.pkl and code/); read it with load_torch_file"
-      )
-    declared = _declared_state_names(archive)
-    root = archive.unpickle("data.pkl", allow_script_objects=True)
-  finally:
-    archive.close()
-  if not isinstance(root, _ScriptObject):
-    raise CheckpointFormatError(f"{path}: data.pkl holds {type(root).__name__}, not a scripted module")
-  state_dict = {}
-  _flatten_script_module(root, "", declared, state_dict)
-  return state_dict
-
-
-class _PickleWriter:
-  """Emits the protocol-2 opcodes of a torch.save checkpoint by hand.
-
-  torch is not importable here, so `torch._utils._rebuild_tensor_v2` and the
-  storage classes are written as GLOBAL opcodes naming them. Every array becomes
-  its own storage; `arrays` collects them, in storage-key order.
-  """
-
-  def __init__(self, path):
-    self._path = path
-    self._out = io.BytesIO()
-    self._out.write(pickle.PROTO + bytes([_PICKLE_PROTOCOL]))
-    self.arrays = []
-
-  def getvalue(self) -> bytes:
-    return self._out.getvalue() + pickle.STOP
-
-  def value(self, value, where: str):
-    """Writes a checkpoint value; `where` names it in errors."""
-    if value is None:
-      self._out.write(pickle.NONE)
-    elif isinstance(value, (bool, np.bool_)):
-      self._out.write(pickle.NEWTRUE if value else pickle.NEWFALSE)
-    elif isinstance(value, (int, np.integer)):
-      self._integer(int(value))
-    elif isinstance(value, (float, np.floating)):
-      self._out.write(pickle.BINFLOAT + struct.pack(">d", float(value)))
-    elif isinstance(value, str):
-      self._string(value)
-    elif isinstance(value, Mapping):
-      self._mapping(value, where)
-    else:
-      self._tensor(np.asarray(value), where)
-
-  def _global(self, module: str, name: str):
-    self._out.write(pickle.GLOBAL + f"{module}\n{name}\n".encode("ascii"))
-
-  def _string(self, text: str):
-    encoded = text.encode("utf-8")
-    self._out.write(pickle.BINUNICODE + struct.pack("<I", len(encoded)) + encoded)
-
-  def _integer(self, value: int):
-    if 0 <= value < 1 << 8:
-      self._out.write(pickle.BININT1 + struct.pack("<B", value))
-    elif 0 <= value < 1 << 16:
-      self._out.write(pickle.BININT2 + struct.pack("<H", value))
-    elif -(1 << 31) <= value < 1 << 31:
-      self._out.write(pickle.BININT + struct.pack("<i", value))
-    else:
-      encoded = pickle.encode_long(value)
-      self._out.write(pickle.LONG1 + struct.pack("<B", len(encoded)) + encoded)
-
-  def _int_tuple(self, values):
-    self._out.write(pickle.MARK)
-    for value in values:
-      self._integer(value)
-    self._out.write(pickle.TUPLE)
-
-  def _ordered_dict(self):
-    self._global("collections", "OrderedDict")
-    self._out.write(pickle.EMPTY_TUPLE + pickle.REDUCE)
-
-  def _mapping(self, mapping: Mapping, where: str):
-    if isinstance(mapping, collections.OrderedDict):
-      self._ordered_dict()  # What torch's state_dict() returns.
-    else:
-      self._out.write(pickle.EMPTY_DICT)
-    items = list(mapping.items())
-    # SETITEMS batches of 1000, as pickle itself does, bound the unpickler's stack.
-    for batch_start in range(0, len(items), 1000):
-      self._out.write(pickle.MARK)
-      for key, item in items[batch_start : batch_start + 1000]:
-        if not isinstance(key, str):
-          raise ValueError(f"{self._path}: key {key!r} in {where} is not a string")
-        self._string(key)
-        self.value(item, f"{where}['{key}']")
-      self._out.write(pickle.SETITEMS)
-
-  def _tensor(self, array: np.ndarray, where: str):
-    """_rebuild_tensor_v2(storage, 0, shape, strides, False, OrderedDict())."""
-    if array.dtype not in _STORAGE_NAME_BY_DTYPE:
-      raise ValueError(
-        f"{self._path}: {where} has dtype {array.dtype}, which torch.save's "
-        f"typed storages cannot hold (supported: "
-        f"{sorted(str(d) for d in _STORAGE_NAME_BY_DTYPE)})"
-      )
-    storage_key = str(len(self.arrays))
-    self.arrays.append(array)
-    self._global("torch._utils", "_rebuild_tensor_v2")
-    self._out.write(pickle.MARK)
-    # Persistent id ('storage', torch.<X>Storage, key, 'cpu', numel).
-    self._out.write(pickle.MARK)
-    self._string("storage")
-    self._global("torch", _STORAGE_NAME_BY_DTYPE[array.dtype])
-    self._string(storage_key)
-    self._string("cpu")
-    self._integer(array.size)
-    self._out.write(pickle.TUPLE + pickle.BINPERSID)
-    self._integer(0)
-    self._int_tuple(array.shape)
-    self._int_tuple(_contiguous_strides(array.shape))
-    self._out.write(pickle.NEWFALSE)
-    self._ordered_dict()
-    self._out.write(pickle.TUPLE + pickle.REDUCE)
-
-
-def _aligned_zip_info(zip_file: zipfile.ZipFile, name: str) -> zipfile.ZipInfo:
-  """A stored entry whose data starts on a _RECORD_ALIGNMENT boundary, as torch writes."""
-  info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-  info.compress_type = zipfile.ZIP_STORED
-  header_end = zip_file.fp.tell() + 30 + len(name.encode("utf-8"))
-  # A 4-byte extra-field header, then padding up to the boundary.
-  padding = -(header_end + 4) % _RECORD_ALIGNMENT
-  info.extra = b"FB" + struct.pack("<H", padding) + b"Z" * padding
-  return info
-
-
-def save_torch_checkpoint(checkpoint: Mapping[str, Any], path) -> None:
-  """Writes a checkpoint in the torch.save zip format, without torch.
-
-  `torch.load(path, weights_only=True)` loads it, with every array as a CPU tensor
-  equal to it bit for bit. The official X-CLIP code expects `{'model': state_dict}`.
-
-  Args:
-    checkpoint: nested mappings with string keys (OrderedDicts stay OrderedDicts)
-      whose leaves are arrays (anything `np.asarray` takes, of float64/32/16,
-      bfloat16, (u)int8, int16/32/64, bool or complex64/128), Python or numpy
-      scalars, strings or None.
-    path: the file to write.
-
-  Raises:
-    ValueError: a key is not a string or an array's dtype has no torch storage type.
-  """
-  path = pathlib.Path(path)
-  writer = _PickleWriter(path)
-  writer.value(checkpoint, "the checkpoint")
-  archive = "archive/"
-  with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as out:
-    out.writestr(_aligned_zip_info(out, archive + "data.pkl"), writer.getvalue())
-    out.writestr(_aligned_zip_info(out, archive + "byteorder"), b"little")
-    for key, array in enumerate(writer.arrays):
-      little_endian = np.ascontiguousarray(array, array.dtype.newbyteorder("<"))
-      out.writestr(_aligned_zip_info(out, f"{archive}data/{key}"), little_endian.tobytes())
-    out.writestr(_aligned_zip_info(out, archive + "version"), b"3\n")
-
-
-def save_torch_state_dict(state_dict: Mapping[str, Any], path) -> None:
-  """Writes a bare state dict (`torch.load` gives an OrderedDict of tensors).
-
-  Args:
-    state_dict: {name: array}; see `save_torch_checkpoint` for the dtypes.
-    path: the file to write.
-
-  Raises:
-    ValueError: a key is not a string or an array's dtype has no torch storage type.
-  """
-  save_torch_checkpoint(collections.OrderedDict((name, np.asarray(value)) for name, value in state_dict.items()), path)
-
-
-# Top-level entries of a training checkpoint that hold optimiser state, not weights.
-_TRAINING_STATE_KEYS = ("optimizer", "lr_scheduler")
-# Keys under which training checkpoints keep the model's state dict.
-_STATE_DICT_KEYS = ("model", "state_dict")
-
-
-def read_state_dict(path) -> tuple[dict[str, np.ndarray], dict]:
-  """Reads a checkpoint (*.pth, *.pt, *.bin) as a state dict plus metadata.
-
-  Handles the official X-CLIP training layout `{'model': sd, 'optimizer': ...,
-  'config': CfgNode, 'epoch': ...}` (also with 'state_dict' for 'model'), bare
-  state dicts and TorchScript archives. A leading 'module.' (DistributedDataParallel)
-  is stripped from the keys.
-
-  Args:
-    path: the checkpoint file.
-
-  Returns:
-    (state_dict, extras): {name: array}, and the other top-level entries of a
-    training checkpoint (config as a nested dict, epoch, ...) without the
-    optimiser and scheduler state; {} for bare state dicts and TorchScript.
-
-  Raises:
-    UnsafeCheckpointError, CheckpointFormatError: see `load_torch_file`.
-    ValueError: the file holds no state dict, or an entry is not a tensor.
-  """
-  path = pathlib.Path(path)
-  if is_torchscript_archive(path):
-    return load_torchscript_state_dict(path), {}
-  loaded = load_torch_file(path)
-  if not isinstance(loaded, dict):
-    raise ValueError(f"{path}: holds a {type(loaded).__name__}, not a state dict or a training checkpoint")
-  state_dict_key = next((key for key in _STATE_DICT_KEYS if isinstance(loaded.get(key), dict)), None)
-  if state_dict_key is None:
-    state_dict, extras = loaded, {}
-  else:
-    state_dict = loaded[state_dict_key]
-    extras = {key: value for key, value in loaded.items() if key != state_dict_key and key not in _TRAINING_STATE_KEYS}
-  arrays = {}
-  for name, value in state_dict.items():
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-      value = np.asarray(value)
-    if not isinstance(value, np.ndarray):
-      raise ValueError(f"{path}: state dict entry '{name}' is a {type(value).__name__}, not a tensor")
-    arrays[name.removeprefix("module.")] = value
-  return arrays, extras
