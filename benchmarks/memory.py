@@ -1,4 +1,4 @@
-"""The memory benchmark behind `python -m xclip_jax.benchmark --mode=memory`: frames split over the `time` axis.
+"""The memory benchmark behind `python -m benchmarks.model --mode=memory`: frames split over the `time` axis.
 
 For each size of the mesh's `time` axis (the rest of the devices on `data`, one video per data shard), the sharded
 train step is compiled for abstract inputs (no parameter is materialised) and read back from XLA:
@@ -18,7 +18,7 @@ each a dict keyed by the `time` size.
 import jax
 import numpy as np
 
-from configs import common
+from benchmarks import train_step
 from xclip_jax import pretrained
 from xclip_jax.model import config as model_config
 from xclip_jax.parallel import collectives
@@ -31,14 +31,10 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive
 
 def _compile_step(arch: str, frames: int, classes: int, dtype: str, time_size: int, videos_per_shard: int = 1):
   """The compiled train step on a (data=-1, time=time_size) mesh, its mesh, and the abstract parameters."""
-  config = common.experiment_config()
-  common.set_arch(config, arch, frames)
-  config.num_classes = classes
-  config.steps_per_epoch = 1000
-  config.dtype = dtype
   mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "time": time_size})
-  config.batch_size = videos_per_shard * sharding.num_batch_shards(mesh)
-  architecture = model_config.preset(arch, num_frames=frames, dtype=dtype, remat=config.remat)
+  config = train_step.step_config(frames, classes, videos_per_shard * sharding.num_batch_shards(mesh))
+  # Remat for ViT-L, as the official recipe (configs/common.py's `set_arch`).
+  architecture = model_config.preset(arch, num_frames=frames, dtype=dtype, remat=arch.startswith("ViT-L"))
   params = official.abstract_params(architecture)
   text_ids = np.zeros((classes, 8), np.int32)
   text_ids[:, 0], text_ids[:, 1:7], text_ids[:, 7] = 49406, 320, 49407

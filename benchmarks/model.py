@@ -1,20 +1,22 @@
 r"""Times X-CLIP and prints JSON: the evaluation forward pass (`--mode=eval`, the default), `classify` runs, the
 train step (`--mode=train`), or the train step's memory and traffic with frames split over devices (`--mode=memory`).
 
-  python -m xclip_jax.benchmark                      # ViT-B/32, 8 frames, batch 1, 400 classes, float32
-  python -m xclip_jax.benchmark --arch=ViT-B/16 --frames=16 --batch=4 --dtype=bfloat16
-  python -m xclip_jax.benchmark --official_code=VideoX/X-CLIP   # side by side with the official PyTorch model
-  python -m xclip_jax.benchmark --mode=classify      # `python -m xclip_jax.classify` as a user runs it
-  python -m xclip_jax.benchmark --mode=train --official_code=VideoX/X-CLIP   # the train step, side by side
-  python -m xclip_jax.benchmark --mode=memory --arch=ViT-L/14-336 --frames=16   # time = 1, 2, 4, 8 on 8 CPU devices
+  python -m benchmarks.model                      # ViT-B/32, 8 frames, batch 1, 400 classes, float32
+  python -m benchmarks.model --arch=ViT-B/16 --frames=16 --batch=4 --dtype=bfloat16
+  python -m benchmarks.model --official_code=VideoX/X-CLIP   # side by side with the official PyTorch model
+  python -m benchmarks.model --mode=classify      # `python -m xclip_jax.classify` as a user runs it
+  python -m benchmarks.model --mode=train --official_code=VideoX/X-CLIP   # the train step, side by side
+  python -m benchmarks.model --mode=memory --arch=ViT-L/14-336 --frames=16   # time = 1, 2, 4, 8 on 8 CPU devices
+
+Run from the repository root: benchmarks/ belongs to the repository, not to the installed package.
 
 `--mode=memory`: compiles the sharded train step (abstract inputs, nothing allocated) on 8 forced CPU devices for
 each size of the mesh's `time` axis and prints XLA's per-device memory and the bytes crossing `time` per step (see
-`xclip_jax.memory_benchmark`).
+`benchmarks.memory`).
 
-`--mode=train`: the sharded train step of `xclip_jax.train` (ViT-B/32, 8 frames, batch 2, 400 cached class texts,
+`--mode=train`: the sharded train step of `xclip_jax.train.step` (ViT-B/32, 8 frames, batch 2, 400 cached class texts,
 fp32, AdamW, frozen text, Mixup/CutMix on device) in fresh processes, alternating with the official step built by
-the official code (see `xclip_jax.train_benchmark`); `median_s` and `peak_rss_mb` for each side.
+the official code (see `benchmarks.train_step`); `median_s` and `peak_rss_mb` for each side.
 
 `--mode=eval`: the class texts are encoded once beforehand (as in evaluation, where the official code caches them);
 the timed call is the video encoder, the prompt generator and the logits. Weights are random: speed does not depend
@@ -29,9 +31,10 @@ torch==2.13.0`), the official model is built with the same weights by its own `b
 against ours, and the two forward passes are timed in alternation in one process, so that both see the same machine
 load. The official eval forward runs under `torch.no_grad()` with its text cache filled, as in its `validate`.
 
-`--mode=classify` (run from the repository root: it writes its videos with tests/video_fixtures.py): saves a randomly
-initialised `--arch` checkpoint and `--videos` synthetic 10 s, 340x256, 30 fps H.264 videos to a temporary folder,
-then runs `python -m xclip_jax.classify` on the `--labels` class names as a fresh process: on one video with an empty
+`--mode=classify`: saves a randomly initialised `--arch` checkpoint and `--videos` synthetic 10 s, 340x256, 30 fps
+H.264 videos (`benchmarks.synthetic_data`) to a temporary folder, then runs `python -m xclip_jax.classify` as a fresh
+process on the `--labels` class names or, without `--labels`, on `--classes` generated names whose longest has as
+many tokens as the longest Kinetics-400 name (so that encoding them costs the same): on one video with an empty
 compilation cache (`cold_s`), again with the cache it left (`warm_s`), and on all the videos (`per_video_s`: the
 time beyond the warm run's, per extra video). `peak_rss_mb` is the largest peak resident memory of these processes
 (`rss_mb` gives each); `encode_text_400_s` the time of `encode_text` on the class names in this process (median of 3
@@ -39,7 +42,6 @@ calls after one).
 """
 
 import functools
-import importlib.util
 import json
 import logging
 import math
@@ -49,7 +51,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import types
 
 from absl import app
 from absl import flags
@@ -58,6 +59,8 @@ import jax.extend as jex
 import numpy as np
 
 from benchmarks import memory as memory_benchmark
+from benchmarks import official_code as official_code_lib
+from benchmarks import synthetic_data
 from benchmarks import train_step as train_benchmark
 from input_pipeline import annotations
 from xclip_jax import compilation_cache
@@ -68,34 +71,6 @@ from xclip_jax.model import xclip
 from xclip_jax.weights import official
 
 FLAGS = flags.FLAGS
-DEFAULT_LABELS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "labels" / "kinetics_400_labels.csv"
-
-
-def import_official_build_model(code_dir: pathlib.Path):
-  """`models.xclip.build_model` from an official X-CLIP checkout, importing only what the model needs.
-
-  `timm` (used there only for `trunc_normal_`) is replaced by PyTorch's own function when it is not installed, and the
-  `clip` package is entered without running its `__init__`, which pulls in the tokenizer and torchvision.
-  """
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise SystemExit("--official_code needs PyTorch: pip install torch==2.13.0") from e
-  if not (code_dir / "models" / "xclip.py").is_file() or not (code_dir / "clip" / "model.py").is_file():
-    raise SystemExit(f"{code_dir} is not the X-CLIP folder of microsoft/VideoX (models/xclip.py, clip/model.py)")
-  if importlib.util.find_spec("timm") is None:
-    layers = types.ModuleType("timm.models.layers")
-    layers.trunc_normal_ = torch.nn.init.trunc_normal_
-    sys.modules.update(
-      {"timm": types.ModuleType("timm"), "timm.models": types.ModuleType("timm.models"), "timm.models.layers": layers}
-    )
-  clip_package = types.ModuleType("clip")
-  clip_package.__path__ = [str(code_dir / "clip")]
-  sys.modules["clip"] = clip_package
-  sys.path.insert(0, str(code_dir))
-  from models import xclip  # pylint: disable=g-import-not-at-top
-
-  return xclip.build_model
 
 
 def _matmuls(fn, *args) -> list[tuple]:
@@ -180,7 +155,7 @@ def eval_benchmark(
   if official_code:
     import torch  # pylint: disable=g-import-not-at-top
 
-    build_model = import_official_build_model(pathlib.Path(official_code).absolute())
+    build_model = official_code_lib.import_build_model(pathlib.Path(official_code).absolute())
     state_dict = {k: torch.from_numpy(np.array(v)) for k, v in official.official_from_params(model.params).items()}
     official_model = build_model(
       state_dict,
@@ -239,14 +214,14 @@ def _run_process(command: list[str], env: dict[str, str]) -> tuple[float, float]
   return seconds, int(peak_kb) / 1024
 
 
-def classify_benchmark(arch: str, frames: int, labels: str, num_videos: int) -> dict:
-  from tests import video_fixtures  # pylint: disable=g-import-not-at-top  (not part of the installed package)
-
+def classify_benchmark(arch: str, frames: int, labels: str | None, num_videos: int, classes: int = 400) -> dict:
+  """Times classify runs on `labels` (an `id,name` CSV), or on `classes` generated names without it."""
   if num_videos < 2:
     raise ValueError("--videos must be at least 2 (per_video_s compares runs on 1 and on --videos videos)")
-  class_names = annotations.read_label_list(labels)
   with tempfile.TemporaryDirectory() as workdir:
     workdir = pathlib.Path(workdir)
+    labels = labels or str(synthetic_data.write_label_list(workdir / "labels.csv", classes))
+    class_names = annotations.read_label_list(labels)
     model = pretrained.from_config(model_config.preset(arch, num_frames=frames))
     checkpoint = model.save(workdir / "checkpoint")
     ids = tokenizer.tokenize(class_names)
@@ -257,7 +232,7 @@ def classify_benchmark(arch: str, frames: int, labels: str, num_videos: int) -> 
       jax.block_until_ready(model.encode_text(ids))
       encode_text_s.append(time.perf_counter() - start)
     del model
-    videos = [str(video_fixtures.write_textured_video(workdir / f"{i}.mp4", seed=i)) for i in range(num_videos)]
+    videos = [str(synthetic_data.write_textured_video(workdir / f"{i}.mp4", seed=i)) for i in range(num_videos)]
     command = [sys.executable, "-m", "xclip_jax.classify", f"--checkpoint={checkpoint}", f"--labels={labels}"]
     env = {**os.environ, compilation_cache.ENV_VAR: str(workdir / "compilation_cache")}
     cold_s, cold_mb = _run_process(command + videos[:1], env)
@@ -284,7 +259,7 @@ MODES = {
   "eval": lambda: eval_benchmark(
     FLAGS.arch, FLAGS.frames, FLAGS.batch or 1, FLAGS.classes, FLAGS.dtype, FLAGS.repeats or 20, FLAGS.official_code
   ),
-  "classify": lambda: classify_benchmark(FLAGS.arch, FLAGS.frames, FLAGS.labels, FLAGS.videos),
+  "classify": lambda: classify_benchmark(FLAGS.arch, FLAGS.frames, FLAGS.labels, FLAGS.videos, FLAGS.classes),
   "train": lambda: train_benchmark.side_by_side(
     dict(
       arch=FLAGS.arch,
@@ -321,7 +296,7 @@ def define_flags():
   flags.DEFINE_enum("arch", "ViT-B/32", list(model_config.PRESETS), "Backbone.")
   flags.DEFINE_integer("frames", 8, "Frames per video.")
   flags.DEFINE_integer("batch", None, "eval, train: videos per call or step (default 1 for eval, 2 for train).")
-  flags.DEFINE_integer("classes", 400, "eval, memory: class texts.")
+  flags.DEFINE_integer("classes", 400, "eval, memory, classify without --labels: class texts.")
   flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "eval, train, memory: compute dtype.")
   flags.DEFINE_integer(
     "repeats", None, "eval, train: timed calls or steps after warm-up (default 20 for eval, 8 for train)."
@@ -330,10 +305,10 @@ def define_flags():
   flags.DEFINE_string(
     "official_code",
     None,
-    "eval: the X-CLIP folder of a microsoft/VideoX checkout: time the official PyTorch model side by side (needs "
-    "PyTorch).",
+    "eval, train: the X-CLIP folder of a microsoft/VideoX checkout: time the official PyTorch model side by side "
+    "(needs PyTorch).",
   )
-  flags.DEFINE_string("labels", str(DEFAULT_LABELS), "classify: an `id,name` CSV of class names.")
+  flags.DEFINE_string("labels", None, "classify: an `id,name` CSV of class names (default: --classes generated ones).")
   flags.DEFINE_integer("videos", 20, "classify: videos of the many-video run.")
   compilation_cache.define_flag()
 

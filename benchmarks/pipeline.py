@@ -1,9 +1,9 @@
 r"""Training-clip throughput: mp4s decoded on the fly vs. build_tfds records.
 
-  python -m input_pipeline.benchmark [--num_videos=16] [--num_batches=40]
+  python -m benchmarks.pipeline [--num_videos=16] [--num_batches=40]
 
 Run from the repository root. Writes --num_videos synthetic 10 s, 340x256,
-30 fps H.264 mp4s of about 0.5 MB (tests/video_fixtures.write_textured_video:
+30 fps H.264 mp4s of about 0.5 MB (benchmarks.synthetic_data:
 moving smooth patterns with noise) to a temporary folder. They keep libx264's
 default keyframe interval of 250 frames (plus scene cuts), the interval of
 Kinetics clips as they are usually cut and re-encoded with ffmpeg's defaults:
@@ -33,12 +33,12 @@ from absl import logging
 import numpy as np
 from PIL import Image
 
+from benchmarks import synthetic_data
 from input_pipeline import augment
 from input_pipeline import build_tfds
 from input_pipeline import sampling
 from input_pipeline import tfds_dataset
 from input_pipeline import video_dataset
-from tests import video_fixtures
 
 _NUM_VIDEOS = flags.DEFINE_integer("num_videos", 16, "Synthetic videos.")
 _NUM_BATCHES = flags.DEFINE_integer("num_batches", 40, "Timed batches.")
@@ -98,7 +98,7 @@ def main(argv):
     logging.info("Writing %d videos to %s", num_videos, video_dir)
     with open(annotations, "w") as f:
       for i in range(num_videos):
-        video_fixtures.write_textured_video(os.path.join(video_dir, f"{i}.mp4"), seed=i)
+        synthetic_data.write_textured_video(os.path.join(video_dir, f"{i}.mp4"), seed=i)
         f.write(f"{i}.mp4 {i % 2}\n")
     with open(labels, "w") as f:
       f.write("id,name\n0,even\n1,odd\n")

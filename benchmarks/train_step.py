@@ -1,4 +1,4 @@
-"""The train-step benchmark behind `python -m xclip_jax.benchmark --mode=train`.
+"""The train-step benchmark behind `python -m benchmarks.model --mode=train`.
 
 Each side runs in a fresh process of its own, so that its peak resident memory is its own: ours (the sharded,
 donated step of `xclip_jax.train`, Mixup/CutMix on device) and, with `--official_code`, the official step built from
@@ -6,7 +6,6 @@ the same weights by its own code (`build_model`, `build_optimizer`, `CutmixMixup
 `backward`, `optimizer.step`). The two alternate, `rounds` times each, so that both see the same machine load.
 """
 
-import importlib.util
 import json
 import logging
 import pathlib
@@ -17,9 +16,10 @@ import time
 import types
 
 import jax
+import ml_collections
 import numpy as np
 
-from configs import common
+from benchmarks import official_code
 from xclip_jax import pretrained
 from xclip_jax.model import config as model_config
 from xclip_jax.parallel import sharding
@@ -27,12 +27,37 @@ from xclip_jax.train import step as step_lib
 from xclip_jax.weights import official
 
 
-def _setup(arch: str, frames: int, classes: int, dtype: str, remat: bool):
-  config = common.experiment_config()
-  config.num_classes = classes
-  config.num_frames = frames
-  config.steps_per_epoch = 1000
-  config.dtype = dtype
+def step_config(frames: int, classes: int, batch: int) -> ml_collections.ConfigDict:
+  """The fields of the experiment config (configs/common.py) that the train step reads, at the official defaults.
+
+  Built here because the benchmarks import only the installed packages; tests/benchmarks checks it against
+  configs/common.py. The schedule needs some `steps_per_epoch`; its value does not change the cost of a step.
+  """
+  return ml_collections.ConfigDict(
+    dict(
+      seed=0,
+      num_frames=frames,
+      num_classes=classes,
+      batch_size=batch,
+      accumulation_steps=1,
+      freeze_text=True,
+      lr=8e-6,
+      weight_decay=1e-3,
+      new_modules_lr_multiplier=10.0,
+      epochs=30,
+      warmup_epochs=5,
+      steps_per_epoch=1000,
+      label_smoothing=0.1,
+      mixup=0.8,
+      cutmix=1.0,
+      mixup_switch_prob=0.5,
+      mesh={"data": -1, "fsdp": 1, "time": 1},
+    )
+  )
+
+
+def _setup(arch: str, frames: int, batch: int, classes: int, dtype: str, remat: bool):
+  config = step_config(frames, classes, batch)
   model = pretrained.from_config(model_config.preset(arch, num_frames=frames, dtype=dtype, remat=remat))
   rng = np.random.default_rng(0)
   text_ids = rng.integers(1, model.config.vocab_size - 2, (classes, model.config.context_length), dtype=np.int32)
@@ -49,8 +74,7 @@ def _peak_rss_mb() -> float:
 
 
 def run_ours(arch, frames, batch, classes, dtype, steps, remat) -> dict:
-  config, model, text_ids, rng = _setup(arch, frames, classes, dtype, remat)
-  config.batch_size = batch
+  config, model, text_ids, rng = _setup(arch, frames, batch, classes, dtype, remat)
   mesh = sharding.make_mesh(config.mesh)
   state = step_lib.create_train_state(config, model, text_ids, mesh)
   del model  # the state holds the parameters
@@ -79,31 +103,15 @@ def run_ours(arch, frames, batch, classes, dtype, steps, remat) -> dict:
   return {"median_s": float(np.median(times)), "first_call_s": first_call_s, "peak_rss_mb": _peak_rss_mb()}
 
 
-def _import_file(name: str, path: pathlib.Path):
-  spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def run_official(code_dir, arch, frames, batch, classes, steps) -> dict:
   """The official training step on the same weights: FIX_TEXT, its optimiser groups, Mixup/CutMix, fp32."""
   import torch
 
-  from benchmarks import model as benchmark
-
   code_dir = pathlib.Path(code_dir).absolute()
-  build_model = benchmark.import_official_build_model(code_dir)
-  try:
-    import timm.scheduler.cosine_lr  # noqa: F401 - optimizer.py imports it; the step never calls it
-  except ImportError:
-    cosine_lr = types.ModuleType("timm.scheduler.cosine_lr")
-    cosine_lr.CosineLRScheduler = None
-    sys.modules.update({"timm.scheduler": types.ModuleType("timm.scheduler"), "timm.scheduler.cosine_lr": cosine_lr})
-  optimizer_lib = _import_file("official_optimizer", code_dir / "utils" / "optimizer.py")
-  blending = _import_file("official_blending", code_dir / "datasets" / "blending.py")
+  build_model = official_code.import_build_model(code_dir)
+  optimizer_lib, blending = official_code.import_train_parts(code_dir)
 
-  config, model, text_ids, rng = _setup(arch, frames, classes, "float32", False)
+  config, model, text_ids, rng = _setup(arch, frames, batch, classes, "float32", False)
   state_dict = {k: torch.from_numpy(np.array(v)) for k, v in official.official_from_params(model.params).items()}
   del model
   official_model = build_model(

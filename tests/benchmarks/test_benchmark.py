@@ -1,6 +1,8 @@
-"""The benchmark: its matmul census, which the matmul-only floor is built from, and its fresh-process timing."""
+"""The benchmarks: the matmul census, which the matmul-only floor is built from, the fresh-process timing, the train
+step's config, and what they may import."""
 
 import os
+import re
 import sys
 
 import jax
@@ -8,6 +10,10 @@ import jax.numpy as jnp
 import pytest
 
 from benchmarks import model as benchmark
+from benchmarks import official_code
+from benchmarks import train_step
+from configs import common
+from tests import test_layout
 
 
 def test_matmul_census_finds_every_dot_with_its_shapes_and_flops():
@@ -25,7 +31,7 @@ def test_matmul_census_finds_every_dot_with_its_shapes_and_flops():
 def test_official_code_option_refuses_a_folder_that_is_not_the_official_x_clip(tmp_path):
   pytest.importorskip("torch")
   with pytest.raises(SystemExit, match="not the X-CLIP folder"):
-    benchmark.import_official_build_model(tmp_path)
+    official_code.import_build_model(tmp_path)
 
 
 def test_fresh_process_timing_reports_its_own_peak_memory_and_failures():
@@ -35,3 +41,17 @@ def test_fresh_process_timing_reports_its_own_peak_memory_and_failures():
   del held
   with pytest.raises(RuntimeError, match="failed \\(3\\):\n.*oops"):
     benchmark._run_process([sys.executable, "-c", "import sys; print('oops'); sys.exit(3)"], dict(os.environ))
+
+
+def test_train_step_config_has_the_experiment_defaults_of_configs_common():
+  config = train_step.step_config(frames=8, classes=400, batch=256)
+  defaults = common.experiment_config()
+  # steps_per_epoch: None in configs/common.py (the trainer derives it from the data size).
+  differing = {k: (v, defaults[k]) for k, v in config.items() if k != "steps_per_epoch" and v != defaults[k]}
+  assert not differing
+
+
+def test_benchmarks_import_only_the_installed_packages_and_their_own_folder():
+  # Of what test_layout forbids the installed packages (configs, tests, benchmarks, ../shared), all but themselves.
+  problems = test_layout.repository_reach(test_layout.REPO, ["benchmarks"])
+  assert [p for p in problems if not re.search(r": imports benchmarks(\.|$)", p)] == []
