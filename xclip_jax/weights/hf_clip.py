@@ -59,16 +59,10 @@ def _arch_from_config(config: Mapping[str, Any], where: str) -> dict:
 
 def _name_table(arch: Mapping[str, Any]) -> hf_mapping.NameTable:
   """Every tensor of the CLIPModel: OpenAI name, Hugging Face name(s), OpenAI shape, layout hook."""
-  vision, patch = arch["vision_width"], arch["vision_patch_size"]
-  grid = arch["image_resolution"] // patch
+  vision = arch["vision_width"]
   table = hf_mapping.NameTable()
   table.text_encoder(arch)
-  table.add("visual.class_embedding", "vision_model.embeddings.class_embedding", (vision,))
-  table.add("visual.conv1.weight", "vision_model.embeddings.patch_embedding.weight", (vision, 3, patch, patch))
-  table.add(
-    "visual.positional_embedding", "vision_model.embeddings.position_embedding.weight", (grid * grid + 1, vision)
-  )
-  table.layer_norm("visual.ln_pre", "vision_model.pre_layrnorm", vision)
+  table.vision_embeddings(arch, "vision_model.pre_layrnorm")
   for i in range(arch["vision_layers"]):
     table.encoder_layer(f"visual.transformer.resblocks.{i}", f"vision_model.encoder.layers.{i}", vision)
   table.layer_norm("visual.ln_post", "vision_model.post_layernorm", vision)

@@ -205,6 +205,18 @@ class NameTable:
     self.layer_norm("ln_final", "text_model.final_layer_norm", width)
     self.add("text_projection", "text_projection.weight", (width, arch["embed_dim"]), TRANSPOSE)
 
+  def vision_embeddings(self, arch: Mapping[str, Any], pre_layernorm: str):
+    """The ViT's class and patch embeddings, positions and `ln_pre` (`pre_layernorm`: its Hugging Face name, which
+    CLIPModel spells `vision_model.pre_layrnorm`)."""
+    vision, patch = arch["vision_width"], arch["vision_patch_size"]
+    grid = arch["image_resolution"] // patch
+    self.add("visual.class_embedding", "vision_model.embeddings.class_embedding", (vision,))
+    self.add("visual.conv1.weight", "vision_model.embeddings.patch_embedding.weight", (vision, 3, patch, patch))
+    self.add(
+      "visual.positional_embedding", "vision_model.embeddings.position_embedding.weight", (grid * grid + 1, vision)
+    )
+    self.layer_norm("visual.ln_pre", pre_layernorm, vision)
+
   def official_shapes(self) -> dict[str, tuple[int, ...]]:
     return {pair.official: pair.shape for pair in self.pairs}
 

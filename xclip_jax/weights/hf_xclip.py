@@ -156,18 +156,12 @@ def hf_config_from_arch(arch: Mapping[str, Any]) -> dict:
 def _name_table(arch: Mapping[str, Any]) -> hf_mapping.NameTable:
   """Every tensor of the model: official name, Hugging Face name(s), official shape, layout hook."""
   embed, vision = arch["embed_dim"], arch["vision_width"]
-  patch, grid = arch["vision_patch_size"], arch["image_resolution"] // arch["vision_patch_size"]
   hidden = hf_mapping.OFFICIAL_MLP_RATIO
   table = hf_mapping.NameTable()
   table.text_encoder(arch)
 
   # Vision encoder, with the cross-frame message tokens.
-  table.add("visual.class_embedding", "vision_model.embeddings.class_embedding", (vision,))
-  table.add("visual.conv1.weight", "vision_model.embeddings.patch_embedding.weight", (vision, 3, patch, patch))
-  table.add(
-    "visual.positional_embedding", "vision_model.embeddings.position_embedding.weight", (grid * grid + 1, vision)
-  )
-  table.layer_norm("visual.ln_pre", "vision_model.pre_layernorm", vision)
+  table.vision_embeddings(arch, "vision_model.pre_layernorm")
   for i in range(arch["vision_layers"]):
     official, hf = f"visual.transformer.resblocks.{i}", f"vision_model.encoder.layers.{i}"
     table.linear(f"{official}.message_fc", f"{hf}.message_fc", vision, vision)
