@@ -3,9 +3,8 @@
 `write_textured_video` writes camera-like footage (moving smooth patterns with mild noise: every frame differs) with
 libx264's default settings, so that its decoding costs what a Kinetics clip's does: at the default size a 10 s,
 340x256, 30 fps H.264 mp4 of about 0.5 MB with a keyframe every 250 frames (plus scene cuts), the interval of
-Kinetics clips cut and re-encoded with ffmpeg's defaults. Frames and encoding are those of the test suite's
-`write_textured_video` (tests/fixtures/video_fixtures.py), which the benchmarks used before: figures measured then
-stay comparable.
+Kinetics clips cut and re-encoded with ffmpeg's defaults. The test suite's videos (tests/fixtures/video_fixtures.py)
+show the same frames.
 """
 
 import pathlib

@@ -2,13 +2,15 @@
 
 Tests compare results, they do not time them, so XLA compiles without LLVM's costly optimisations (about half the
 compile time of a tiny model; the programs compute the same thing). All tests of a run, their subprocesses and both
-xdist workers share one persistent compilation cache, so a program that several tests build compiles once.
+xdist workers share one persistent compilation cache, so a program that several tests build compiles once. The test
+model and other helpers are in tests/fixtures (tiny.py: the one tiny X-CLIP).
 """
 
 import atexit
 import os
 import pathlib
 import shutil
+import sys
 import tempfile
 
 import pytest
@@ -52,6 +54,10 @@ def labels_dir():
 
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache():
+  # Only where this process uses JAX: test modules import it when collected, before this runs. Static tests
+  # (test_layout) import nothing of the project; subprocesses find the cache through XCLIP_JAX_CACHE_DIR either way.
+  if "jax" not in sys.modules:
+    return
   # Imported here: it imports jax, which must see XLA_FLAGS as set above.
   from xclip_jax import compilation_cache as cache
 

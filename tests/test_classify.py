@@ -13,7 +13,7 @@ from input_pipeline import demo_data
 from input_pipeline import sampling
 from input_pipeline import video_dataset
 from input_pipeline import video_decode
-from tests.fixtures import tiny_model
+from tests.fixtures import tiny
 from tests.fixtures import video_fixtures
 import xclip_jax
 from xclip_jax import classify
@@ -67,7 +67,7 @@ def test_views_are_the_evaluation_pipelines_views(tmp_path):
 
 
 def test_batches_give_the_results_of_single_videos_and_unreadable_ones_are_reported(tmp_path):
-  model = tiny_model.random_model()
+  model = tiny.model()
   videos = [video_fixtures.write_indexed_video(tmp_path / f"{i}.mp4", num_frames=10 + 7 * i) for i in range(4)]
   (tmp_path / "broken.mp4").write_bytes(b"not a video")
   videos[1:1] = [tmp_path / "broken.mp4", tmp_path / "missing.mp4"]
@@ -84,7 +84,7 @@ def test_batches_give_the_results_of_single_videos_and_unreadable_ones_are_repor
 
 
 def test_twelve_views_average_the_softmax_of_each_view(tmp_path):
-  model = tiny_model.random_model()
+  model = tiny.model()
   video = demo_data.write_video(tmp_path / "v.mp4", demo_data.render(0, np.random.default_rng(0)))
   names = ["a", "b", "c"]
   (result,) = classify.classify(model, [video], names, top_k=0, views=12)
@@ -101,7 +101,7 @@ CLASSES = "a shape sliding,a shape spinning,a shape standing still"
 def cli_inputs(tmp_path_factory):
   """A tiny checkpoint, two videos and each kind of video that cannot be read."""
   root = tmp_path_factory.mktemp("cli")
-  checkpoint = tiny_model.random_model().save(root / "tiny")
+  checkpoint = tiny.model().save(root / "tiny")
   good = [demo_data.write_video(root / f"good{i}.mp4", demo_data.render(i, np.random.default_rng(i))) for i in range(2)]
   (root / "unreadable.mp4").write_bytes(b"not a video")
   data = good[0].read_bytes()
@@ -140,8 +140,8 @@ def test_command_reports_json_embeddings_and_every_unreadable_video(cli_inputs, 
   assert lines[-1].startswith(f"error: {len(bad)} of {len(videos)} videos could not be classified")
   embeddings = np.load(out)
   assert list(embeddings["labels"]) == names and list(embeddings["videos"]) == [str(good[0]), str(good[1])]
-  assert embeddings["text_embeddings"].shape == (3, tiny_model.TINY["embed_dim"])
-  assert embeddings["video_embeddings"].shape == (2, tiny_model.TINY["embed_dim"])
+  assert embeddings["text_embeddings"].shape == (3, tiny.ARCH["embed_dim"])
+  assert embeddings["video_embeddings"].shape == (2, tiny.ARCH["embed_dim"])
   for key in ("text_embeddings", "video_embeddings"):
     np.testing.assert_allclose(np.linalg.norm(embeddings[key], axis=1), 1.0, rtol=1e-5)
 

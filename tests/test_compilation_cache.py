@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.fixtures import tiny_model
+from tests.fixtures import tiny
 from tests.fixtures import video_fixtures
 from xclip_jax import classify
 from xclip_jax import compilation_cache
@@ -48,7 +48,7 @@ def run_classify(args, cache_dir):
 
 
 def test_second_classify_run_loads_every_program_from_the_cache(tmp_path):
-  checkpoint = tiny_model.random_model().save(tmp_path / "checkpoint")
+  checkpoint = tiny.model().save(tmp_path / "checkpoint")
   video = video_fixtures.write_indexed_video(tmp_path / "clip.mp4", num_frames=20)
   (tmp_path / "broken.mp4").write_bytes(b"not a video")
   args = [f"--checkpoint={checkpoint}", "--classes=juggling,knitting,surfing water", video, tmp_path / "broken.mp4"]

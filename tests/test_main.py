@@ -13,12 +13,12 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import common
-from tests.fixtures import train_fixtures
+from tests.fixtures import tiny
 from tests.fixtures import video_fixtures
 from xclip_jax import convert
 from xclip_jax.parallel import sharding
 from xclip_jax.train import trainer
-from xclip_jax.weights import torch_io
+from xclip_jax.weights import torch_checkpoint
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NUM_TRAIN, NUM_VAL = 12, 7  # 7 validation videos with eval batches of 2: the last batch is padded
@@ -33,12 +33,12 @@ def dataset(tmp_path_factory):
   for i in range(NUM_TRAIN + NUM_VAL):
     path = f"v{i}.mp4"
     video_fixtures.write_indexed_video(videos / path, 10 + 3 * (i % 5), width=40, height=36)
-    lines.append(f"{path} {i % train_fixtures.NUM_CLASSES}\n")
+    lines.append(f"{path} {i % tiny.NUM_CLASSES}\n")
   (root / "train.txt").write_text("".join(lines[:NUM_TRAIN]))
   (root / "val.txt").write_text("".join(lines[NUM_TRAIN:]))
   names = ["abseiling", "air drumming", "archery", "baking cookies"]
   (root / "labels.csv").write_text("id,name\n" + "".join(f"{i},{n}\n" for i, n in enumerate(names)))
-  checkpoint = train_fixtures.tiny_model().save(root / "tiny_xclip")
+  checkpoint = tiny.model().save(root / "tiny_xclip")
   return root, checkpoint
 
 
@@ -47,9 +47,9 @@ def overrides(dataset) -> dict:
   return {
     "arch": "",
     "init.checkpoint": str(checkpoint),
-    "num_classes": train_fixtures.NUM_CLASSES,
-    "num_frames": train_fixtures.TINY_ARCH["num_frames"],
-    "input_size": train_fixtures.TINY_ARCH["image_resolution"],
+    "num_classes": tiny.NUM_CLASSES,
+    "num_frames": tiny.ARCH["num_frames"],
+    "input_size": tiny.ARCH["image_resolution"],
     "data.root": str(root / "videos"),
     "data.train_file": str(root / "train.txt"),
     "data.val_file": str(root / "val.txt"),
@@ -107,7 +107,7 @@ def test_trains_end_to_end_with_checkpoints_metrics_and_results(uninterrupted, t
   assert "trainable" in result.stderr  # the parameter overview
   # The best checkpoint exports for the official code.
   exported = convert.convert(workdir / "best", tmp_path / "best.pth", to="official")
-  state_dict, _ = torch_io.read_state_dict(exported)
+  state_dict, _ = torch_checkpoint.read_state_dict(exported)
   assert "visual.transformer.resblocks.0.message_fc.weight" in state_dict
 
 

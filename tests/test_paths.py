@@ -5,7 +5,7 @@ import os
 import jax
 import numpy as np
 
-from tests.fixtures import tiny_model
+from tests.fixtures import tiny
 from xclip_jax import paths
 from xclip_jax import pretrained
 
@@ -19,7 +19,7 @@ def test_uris_stay_as_given_and_local_paths_become_absolute(tmp_path, monkeypatc
 
 
 def test_a_remote_init_checkpoint_is_read_from_a_local_copy_that_is_deleted_afterwards(tmp_path, monkeypatch):
-  model = tiny_model.random_model()
+  model = tiny.model()
   source = tmp_path / "bucket" / "tiny_xclip"
   model.save(source)
   # The same code as for gs://, with a local folder standing in for the bucket.

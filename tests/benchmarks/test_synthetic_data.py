@@ -5,7 +5,6 @@ import numpy as np
 
 from benchmarks import synthetic_data
 from input_pipeline import annotations
-from tests.fixtures import video_fixtures
 from xclip_jax.model import tokenizer
 from xclip_jax.model import xclip
 
@@ -22,9 +21,8 @@ def test_videos_have_the_shape_size_and_keyframes_of_kinetics_clips(tmp_path):
   assert keyframes[0] == 0 and all(200 <= b - a <= 250 for a, b in zip(keyframes, keyframes[1:])), keyframes
 
 
-def test_videos_show_the_frames_the_test_suite_writes(tmp_path):
+def test_videos_show_their_frames(tmp_path):
   frames = synthetic_data.textured_frames(20, 64, 48, seed=3)
-  np.testing.assert_array_equal(frames, video_fixtures.textured_frames(20, 64, 48, seed=3))
   path = synthetic_data.write_textured_video(tmp_path / "small.mp4", num_frames=20, width=64, height=48, seed=3)
   with av.open(str(path)) as container:
     decoded = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]

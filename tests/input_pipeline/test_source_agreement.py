@@ -5,6 +5,7 @@ import pathlib
 import numpy as np
 import pytest
 
+from benchmarks import synthetic_data
 from input_pipeline import augment
 from input_pipeline import build_tfds
 from input_pipeline import sampling
@@ -50,7 +51,7 @@ def _sources(root, annotation_name, tmp_path_factory):
 def textured(tmp_path_factory):
   root = tmp_path_factory.mktemp("textured")
   for i in range(NUM_VIDEOS):
-    video_fixtures.write_textured_video(root / f"clips/{i}.mp4", 40, width=64, height=48, seed=i)
+    synthetic_data.write_textured_video(root / f"clips/{i}.mp4", 40, width=64, height=48, seed=i)
   return _sources(root, "train.txt", tmp_path_factory)
 
 

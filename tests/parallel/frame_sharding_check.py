@@ -11,7 +11,7 @@ import traceback
 import jax
 import numpy as np
 
-from tests.fixtures import train_fixtures
+from tests.fixtures import tiny
 from xclip_jax import pretrained
 from xclip_jax.model import config as model_config
 from xclip_jax.parallel import collectives
@@ -22,16 +22,16 @@ FRAMES = 4
 BATCH = 8
 # 32px frames in 8px patches: 16 patch tokens, 17 with the class token; no parameter or other activation has an axis
 # of 16 or 17, so a frame-token tensor is recognisable in the HLO.
-ARCH = dict(train_fixtures.TINY_ARCH, num_frames=FRAMES, vision_patch_size=8, droppath=0.1)
+ARCH = dict(tiny.ARCH, num_frames=FRAMES, vision_patch_size=8, droppath=0.1)
 NUM_PATCHES = 16
-NUM_CLASSES = train_fixtures.NUM_CLASSES
+NUM_CLASSES = tiny.NUM_CLASSES
 # Frames split two and four ways, and with FSDP, remat and bfloat16; all against one float32 device. Drop path is on.
 MESHES = {
   "time=2": ({"data": 4, "fsdp": 1, "time": 2}, {}),
   "time=4": ({"data": 2, "fsdp": 1, "time": 4}, {}),
   "time=2,fsdp=2,remat,bfloat16": ({"data": 2, "fsdp": 2, "time": 2}, {"remat": True, "dtype": "bfloat16"}),
 }
-PARAMS = jax.device_get(pretrained.from_config(model_config.XCLIPConfig(**ARCH)).params)
+PARAMS = jax.device_get(tiny.model(**ARCH).params)
 
 
 def model(**overrides) -> pretrained.XCLIPModel:
@@ -45,15 +45,15 @@ def batch(seed: int) -> dict[str, np.ndarray]:
     "video": rng.normal(size=(BATCH, FRAMES, 32, 32, 3)).astype(np.float32),
     # Soft labels: Mixup pairs videos within each device's slice of the batch, so int labels blend differently per
     # mesh; with soft targets the step is the same function of the batch on every mesh.
-    "label": rng.dirichlet(np.ones(train_fixtures.NUM_CLASSES), BATCH).astype(np.float32),
+    "label": rng.dirichlet(np.ones(tiny.NUM_CLASSES), BATCH).astype(np.float32),
   }
 
 
 def train_one_step(mesh, options: dict):
   """Parameters and metrics after one step, and the step's compiled HLO."""
-  config = train_fixtures.tiny_config(num_frames=FRAMES, batch_size=BATCH, droppath=ARCH["droppath"])
+  config = tiny.experiment_config(num_frames=FRAMES, batch_size=BATCH, droppath=ARCH["droppath"])
   config.update(options)
-  state = step_lib.create_train_state(config, model(**options), train_fixtures.text_ids(), mesh)
+  state = step_lib.create_train_state(config, model(**options), tiny.text_ids(), mesh)
   global_batch = sharding.global_batch(batch(0), mesh)
   compiled = step_lib.make_sharded_step(state, mesh).lower(state, global_batch).compile()
   state, metrics = compiled(state, global_batch)
@@ -61,7 +61,7 @@ def train_one_step(mesh, options: dict):
 
 
 def check_forward(single_device):
-  video, text = batch(1)["video"], train_fixtures.text_ids()
+  video, text = batch(1)["video"], tiny.text_ids()
   expected = np.asarray(model().logits(video, text))
   for name in ("time=2", "time=4"):
     sharded = model()
@@ -85,7 +85,7 @@ def check_train_step(single_device, compiled_steps):
       np.testing.assert_allclose(metrics[key], reference_metrics[key], rtol=1e-5, err_msg=f"{name} {key}")
     # Adam's first step divides each gradient entry by its own size, so entries near zero turn summation-order
     # rounding into visible update differences; 1e-2 of each update's norm bounds them.
-    train_fixtures.assert_updates_close(PARAMS, params, reference_params, tolerance=1e-2)
+    tiny.assert_updates_close(PARAMS, params, reference_params, tolerance=1e-2)
 
 
 def check_time_axis_collectives(compiled_steps):

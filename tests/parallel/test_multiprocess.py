@@ -25,11 +25,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from tests.fixtures import tiny_model
-from tests.fixtures import train_fixtures
+from tests.fixtures import tiny
 from tests.fixtures import video_fixtures
-from xclip_jax import main
+from xclip_jax.parallel import distributed
 from xclip_jax.train import trainer
+from xclip_jax.weights import native
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 NUM_TRAIN, NUM_VAL = 8, 5  # 5 validation videos in global batches of 4: the second batch is mostly padding
@@ -48,11 +48,11 @@ def dataset(tmp_path_factory):
   lines = []
   for i in range(NUM_TRAIN + NUM_VAL):
     video_fixtures.write_indexed_video(root / "videos" / f"v{i}.mp4", 6 + 2 * (i % 3), width=40, height=36)
-    lines.append(f"v{i}.mp4 {i % train_fixtures.NUM_CLASSES}\n")
+    lines.append(f"v{i}.mp4 {i % tiny.NUM_CLASSES}\n")
   (root / "train.txt").write_text("".join(lines[:NUM_TRAIN]))
   (root / "val.txt").write_text("".join(lines[NUM_TRAIN:]))
-  (root / "labels.csv").write_text("id,name\n" + "".join(f"{i},class {i}\n" for i in range(train_fixtures.NUM_CLASSES)))
-  model = tiny_model.random_model()
+  (root / "labels.csv").write_text("id,name\n" + "".join(f"{i},class {i}\n" for i in range(tiny.NUM_CLASSES)))
+  model = tiny.model()
   model.save(root / "tiny_xclip")
   return root, model.params
 
@@ -62,9 +62,9 @@ def _command(dataset, workdir, overrides: dict, heartbeat_timeout: int) -> list[
   config = {
     "arch": "",
     "init.checkpoint": root / "tiny_xclip",
-    "num_classes": train_fixtures.NUM_CLASSES,
-    "num_frames": tiny_model.TINY["num_frames"],
-    "input_size": tiny_model.TINY["image_resolution"],
+    "num_classes": tiny.NUM_CLASSES,
+    "num_frames": tiny.ARCH["num_frames"],
+    "input_size": tiny.ARCH["image_resolution"],
     "data.root": root / "videos",
     "data.train_file": root / "train.txt",
     "data.val_file": root / "val.txt",
@@ -155,13 +155,13 @@ def _free_port() -> int:
 
 
 def _checkpoint_steps(workdir: pathlib.Path) -> list[int]:
-  directory = workdir / trainer.CHECKPOINT_DIR
+  directory = workdir / native.WORKDIR_CHECKPOINTS
   return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.is_dir() else []
 
 
 def _params(workdir: pathlib.Path, step: int = TOTAL_STEPS) -> dict:
   """The parameters of a checkpoint, as numpy arrays (it was written from 4 devices, this process has 1)."""
-  path = (workdir / trainer.CHECKPOINT_DIR / str(step) / "state").absolute()
+  path = (workdir / native.WORKDIR_CHECKPOINTS / str(step) / "state").absolute()
   checkpointer = ocp.PyTreeCheckpointer()
   as_numpy = jax.tree.map(
     lambda _: ocp.RestoreArgs(restore_type=np.ndarray), checkpointer.metadata(path).item_metadata.tree
@@ -171,7 +171,7 @@ def _params(workdir: pathlib.Path, step: int = TOTAL_STEPS) -> dict:
 
 def _resume_from(source: pathlib.Path, step: int, workdir: pathlib.Path) -> pathlib.Path:
   """A fresh workdir holding only `source`'s checkpoint at `step`."""
-  shutil.copytree(source / trainer.CHECKPOINT_DIR / str(step), workdir / trainer.CHECKPOINT_DIR / str(step))
+  shutil.copytree(source / native.WORKDIR_CHECKPOINTS / str(step), workdir / native.WORKDIR_CHECKPOINTS / str(step))
   return workdir
 
 
@@ -181,7 +181,7 @@ def _results(workdir: pathlib.Path) -> dict:
 
 def _assert_same_training(ours: dict, reference: dict, initial: dict):
   # Cross-process sums add in another order: the updates differ by up to about 2e-4 relative after 6 steps.
-  train_fixtures.assert_updates_close(initial, ours, reference, tolerance=1e-3)
+  tiny.assert_updates_close(initial, ours, reference, tolerance=1e-3)
 
 
 def _assert_same_evaluation(ours: dict, reference: dict):
@@ -273,4 +273,4 @@ def _wait_for_line(run: Run, process: int, text: str, timeout: float = 300):
 
 def test_distributed_flags_come_all_together():
   with pytest.raises(app.UsageError, match="all of --coordinator_address, --num_processes and --process_id"):
-    main.initialize_distributed("127.0.0.1:1234", 2, None, DEATH_HEARTBEAT_TIMEOUT)
+    distributed.initialize("127.0.0.1:1234", 2, None, DEATH_HEARTBEAT_TIMEOUT)

@@ -3,18 +3,18 @@
 import jax
 import numpy as np
 
-from tests.fixtures import train_fixtures
+from tests.fixtures import tiny
 from xclip_jax.parallel import sharding
 from xclip_jax.train import step as step_lib
 
 
 def run(mesh, accumulation_steps):
-  config = train_fixtures.tiny_config(accumulation_steps=accumulation_steps)
-  state = step_lib.create_train_state(config, train_fixtures.tiny_model(), train_fixtures.text_ids(), mesh)
+  config = tiny.experiment_config(accumulation_steps=accumulation_steps)
+  state = step_lib.create_train_state(config, tiny.model(), tiny.text_ids(), mesh)
   step = step_lib.make_sharded_step(state, mesh)
   for seed in range(2):
     # Soft labels: Mixup pairs videos within each device's slice, so int labels blend differently per mesh.
-    batch = sharding.global_batch(train_fixtures.batch(seed, soft=True), mesh)
+    batch = sharding.global_batch(tiny.batch(seed, soft=True), mesh)
     state, metrics = step(state, batch)
   return state, jax.device_get(metrics)
 
@@ -33,9 +33,7 @@ def main():
   mu = state.opt_state[0].mu["visual"]["transformer"]["resblocks_0"]["attn"]["in_proj"]["weight"]
   assert mu.sharding.spec[0] == "fsdp", mu.sharding
   np.testing.assert_allclose(metrics["loss"], reference_metrics["loss"], rtol=1e-5)
-  train_fixtures.assert_updates_close(
-    train_fixtures.tiny_model().params, jax.device_get(state.params), jax.device_get(reference.params)
-  )
+  tiny.assert_updates_close(tiny.model().params, jax.device_get(state.params), jax.device_get(reference.params))
   print("sharded step matches")
 
 

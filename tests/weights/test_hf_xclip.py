@@ -13,7 +13,7 @@ from xclip_jax.weights import torch_checkpoint
 
 # Widths differ from each other and head counts from width // 64, so a transposed
 # projection or a head count taken from the wrong field cannot go unnoticed.
-TINY_ARCH = dict(
+HF_ARCH = dict(
   embed_dim=64,
   image_resolution=32,
   vision_layers=2,
@@ -100,7 +100,7 @@ def _random_inputs(vocab_size=1000, seed=0):
 def test_reads_safetensors_checkpoint(safetensors_dir, hf_tensors):
   state_dict, arch = hf_xclip.read_hf_checkpoint(safetensors_dir)
 
-  assert arch == TINY_ARCH
+  assert arch == HF_ARCH
   assert {name: value.shape for name, value in state_dict.items()} == hf_xclip.official_shapes(arch)
   assert state_dict["visual.transformer.resblocks.1.message_attn.in_proj_weight"].shape == (288, 96)
   assert state_dict["visual.proj"].shape == (96, 64)
