@@ -1,7 +1,7 @@
 """The train-step benchmark behind `python -m benchmarks.model --mode=train`.
 
 Each side runs in a fresh process of its own, so that its peak resident memory is its own: ours (the sharded,
-donated step of `xclip_jax.train`, Mixup/CutMix on device) and, with `--official_code`, the official step built from
+donated step of `xclip_jax.train.step`, Mixup/CutMix on device) and, with `--official_code`, the official step built from
 the same weights by its own code (`build_model`, `build_optimizer`, `CutmixMixupBlending`, soft-target loss,
 `backward`, `optimizer.step`). The two alternate, `rounds` times each, so that both see the same machine load.
 """

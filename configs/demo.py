@@ -2,7 +2,7 @@ r"""The demo: a small X-CLIP trained from scratch on videos it makes itself, in 
 
   python -m xclip_jax.main --config=configs/demo.py --workdir=runs/demo
 
-The first run writes the data to WORKDIR/demo_data (`xclip_jax.demo_data`: six kinds of motion, each drawn with a
+The first run writes the data to WORKDIR/demo_data (`input_pipeline.demo_data`: six kinds of motion, each drawn with a
 random direction, shape, colour, size, position, speed and background; train, validation and held-out test splits
 from disjoint seeds), and `data.*` are set to those files. Then the same pipeline, sharding, checkpoints, metrics and
 evaluation as every other config: train from a random initialisation, text tower included (there are no CLIP weights
@@ -42,7 +42,7 @@ def get_config(arg: str | None = None):
   config.input_size = config.model.image_resolution
   config.num_frames = 4
   config.num_classes = len(demo_data.CLASS_NAMES)
-  # The generated data (see xclip_jax.demo_data); `prepare` fills in data.* and the control list.
+  # The generated data (see input_pipeline.demo_data); `prepare` fills in data.* and the control list.
   config.demo = ml_collections.ConfigDict(dict(num_train=1200, num_val=120, num_test=300, seed=0))
   config.data.single_frame_file = ""
 
