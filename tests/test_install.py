@@ -117,3 +117,13 @@ def test_every_installed_module_imports_from_the_installed_copy(installed):
 def test_console_script_runs(installed, script):
   result = installed.run(script, "--help")
   assert "USAGE" in result.stdout or "flags" in result.stdout, (script, result.stdout[-2000:], result.stderr[-2000:])
+
+
+def test_installed_package_ships_the_kinetics_600_zero_shot_splits(installed):
+  script = (
+    "import json; from input_pipeline import subsets; "
+    "print([len(s) for s in json.loads(subsets.KINETICS600_ZERO_SHOT_SPLITS.read_text())['splits']])"
+  )
+  result = installed.run("python", "-c", script)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.strip().splitlines()[-1] == "[160, 160, 160]"

@@ -1,7 +1,8 @@
 """Zero-shot evaluation: the paper's protocols over datasets whose classes training never saw.
 
-HMDB-51 and UCF-101 are evaluated on their three official test splits; Kinetics-600 on random subsets of the classes
-that Kinetics-400 lacks, with labels renumbered within each subset. Results are the mean and standard deviation
+HMDB-51 and UCF-101 are evaluated on their three official test splits; Kinetics-600 on the three published splits of
+160 of its 220 classes new to Kinetics-400 (`input_pipeline.subsets.KINETICS600_ZERO_SHOT_SPLITS`), with labels
+renumbered within each split. Results are the mean and standard deviation
 over the splits, as the paper reports them.
 """
 
@@ -28,8 +29,10 @@ class ZeroShotTask:
 
 
 def tasks(config: ml_collections.ConfigDict, workdir: epath.Path) -> list[ZeroShotTask]:
-  """The evaluation sets of `config.zero_shot`: one entry per split (HMDB-51/UCF-101 split files, or K600 novel-class
-  subsets, written to workdir as annotation files and label lists)."""
+  """The evaluation sets of `config.zero_shot`, one entry per split, by the fields of each task:
+  `class_splits` (a JSON file of class splits, as the Kinetics-600 protocol's), else `known_label_list` (the classes
+  not among the known ones, in `num_subsets` random subsets of `subset_size`), else `val_files` are the splits (as
+  HMDB-51's and UCF-101's split files). Class subsets are written to workdir as annotation files and label lists."""
   found = []
   for name, task in config.zero_shot.items():
     label_list = datasets.check_exists(task.label_list, f"zero_shot.{name}.label_list")
@@ -38,36 +41,41 @@ def tasks(config: ml_collections.ConfigDict, workdir: epath.Path) -> list[ZeroSh
     files = [datasets.check_exists(f, f"zero_shot.{name}.val_files") for f in task.val_files]
     if not files:
       raise ValueError(f"config.zero_shot.{name}.val_files is empty")
-    if not task.get("known_label_list"):
-      splits = [
-        datasets.EvalSet(f"{name}/split{i + 1}", f, root, label_list, tuple(names)) for i, f in enumerate(files)
-      ]
-    else:
-      # Novel classes (not among the training classes), in random subsets; labels renumbered within each subset.
+    if task.get("class_splits"):
+      class_splits = subsets.read_class_splits(
+        datasets.check_exists(task.class_splits, f"zero_shot.{name}.class_splits"), names
+      )
+    elif task.get("known_label_list"):
       known = annotations.read_label_list(
         datasets.check_exists(task.known_label_list, f"zero_shot.{name}.known_label_list")
       )
       novel = subsets.novel_classes(known, names)
-      records = [r for f in files for r in annotations.read_annotations(f, len(names))]
-      splits = []
-      for i, class_ids in enumerate(subsets.random_class_splits(novel, task.num_subsets, task.subset_size, task.seed)):
-        split_dir = workdir / "zero_shot" / name / f"subset{i + 1}"
-        if jax.process_index() == 0:
-          split_dir.mkdir(parents=True, exist_ok=True)
-          chosen = subsets.restrict_to_classes(records, class_ids)
-          (split_dir / "val.txt").write_text("".join(f"{r.path} {r.label}\n" for r in chosen))
-          (split_dir / "labels.csv").write_text(
-            "id,name\n" + "".join(f"{j},{names[c]}\n" for j, c in enumerate(class_ids))
-          )
-        subset_names = tuple(names[c] for c in class_ids)
-        splits.append(
-          datasets.EvalSet(
-            f"{name}/subset{i + 1}", str(split_dir / "val.txt"), root, str(split_dir / "labels.csv"), subset_names
-          )
-        )
-      multihost_utils.sync_global_devices("zero-shot subsets written")
+      class_splits = subsets.random_class_splits(novel, task.num_subsets, task.subset_size, task.seed)
+    else:
+      splits = [
+        datasets.EvalSet(f"{name}/split{i + 1}", f, root, label_list, tuple(names)) for i, f in enumerate(files)
+      ]
+      found.append(ZeroShotTask(name, tuple(splits)))
+      continue
+    records = [r for f in files for r in annotations.read_annotations(f, len(names))]
+    splits = [
+      _class_subset(workdir / "zero_shot" / name / f"split{i + 1}", f"{name}/split{i + 1}", records, names, ids, root)
+      for i, ids in enumerate(class_splits)
+    ]
+    multihost_utils.sync_global_devices("zero-shot subsets written")
     found.append(ZeroShotTask(name, tuple(splits)))
   return found
+
+
+def _class_subset(directory, split_name: str, records, names, class_ids, root) -> datasets.EvalSet:
+  """The videos of `class_ids`, labels renumbered in their order, written to `directory` (by process 0)."""
+  if jax.process_index() == 0:
+    directory.mkdir(parents=True, exist_ok=True)
+    chosen = subsets.restrict_to_classes(records, class_ids)
+    (directory / "val.txt").write_text("".join(f"{r.path} {r.label}\n" for r in chosen))
+    (directory / "labels.csv").write_text("id,name\n" + "".join(f"{j},{names[c]}\n" for j, c in enumerate(class_ids)))
+  subset_names = tuple(names[c] for c in class_ids)
+  return datasets.EvalSet(split_name, str(directory / "val.txt"), root, str(directory / "labels.csv"), subset_names)
 
 
 def summary(results: Sequence[dict]) -> dict:

@@ -1,0 +1,57 @@
+"""A zero-shot evaluation of Kinetics-600 runs on exactly the classes of each published split, renumbered."""
+
+import json
+
+import jax
+import ml_collections
+
+from input_pipeline import annotations
+from input_pipeline import subsets
+from tests.fixtures import tiny
+from tests.fixtures import video_fixtures
+from xclip_jax.evaluation import evaluate
+from xclip_jax.evaluation import zero_shot
+from xclip_jax.parallel import sharding
+
+
+def test_each_split_evaluates_its_160_classes_and_only_their_videos(labels_dir, tmp_path):
+  k600 = annotations.read_label_list(labels_dir / "kinetics_600_labels.csv")
+  published = json.loads(subsets.KINETICS600_ZERO_SHOT_SPLITS.read_text())["splits"]
+  # Videos of: a class of splits 1 and 2 but not 3 ("acting in play"), a class of splits 1 and 3 but not 2
+  # ("adjusting glasses"), and a Kinetics-400 class (never evaluated).
+  classes = ["acting in play", "adjusting glasses", "abseiling"]
+  lines = []
+  for i, name in enumerate(classes):
+    video_fixtures.write_indexed_video(tmp_path / "videos" / f"{i}.mp4", num_frames=8)
+    lines.append(f"{i}.mp4 {k600.index(name)}\n")
+  (tmp_path / "val.txt").write_text("".join(lines))
+  config = tiny.experiment_config(eval_batch_size=1)
+  with config.unlocked():
+    config.zero_shot = ml_collections.ConfigDict(
+      {
+        "k600_novel": {
+          "root": str(tmp_path / "videos"),
+          "val_files": (str(tmp_path / "val.txt"),),
+          "label_list": str(labels_dir / "kinetics_600_labels.csv"),
+          "class_splits": str(subsets.KINETICS600_ZERO_SHOT_SPLITS),
+        }
+      }
+    )
+  (task,) = zero_shot.tasks(config, tmp_path / "workdir")
+  assert [split.class_names for split in task.splits] == [tuple(names) for names in published]
+
+  model = tiny.model()
+  mesh = sharding.make_mesh(config.mesh)
+  param_shardings = sharding.tree_shardings(model.params, mesh)
+  eval_step = evaluate.make_eval_step(model.module, mesh, param_shardings)
+  params = jax.device_put(model.params, param_shardings)
+  text_encoder = evaluate.make_text_encoder(model.module)
+  expected_videos = {1: ["acting in play", "adjusting glasses"], 2: ["acting in play"], 3: ["adjusting glasses"]}
+  for number, eval_set in enumerate(task.splits, start=1):
+    results = evaluate.run_eval_set(config, eval_set, eval_step, text_encoder, params, mesh, 1, 1)
+    assert sorted(results["per_class"]) == expected_videos[number]
+    # 160 classes to choose from; each video counted once, in the row (true class) of its class's place in the split.
+    assert len(results["confusion_matrix"]) == 160
+    rows = [i for i, row in enumerate(results["confusion_matrix"]) if sum(row)]
+    assert rows == sorted(published[number - 1].index(name) for name in expected_videos[number])
+    assert results["num_videos"] == len(expected_videos[number])
