@@ -36,6 +36,7 @@ from PIL import Image
 from benchmarks import synthetic_data
 from input_pipeline import augment
 from input_pipeline import build_tfds
+from input_pipeline import normalization
 from input_pipeline import sampling
 from input_pipeline import tfds_dataset
 from input_pipeline import video_dataset
@@ -65,7 +66,7 @@ def decord_clips_per_second(paths, num_clips: int) -> float | None:
   except ImportError:
     return None
   rng = np.random.default_rng(0)
-  mean, std = np.array(augment.MEAN_RGB), np.array(augment.STD_RGB)
+  mean, std = np.array(normalization.MEAN_RGB), np.array(normalization.STD_RGB)
   scale = augment.resize_scale(_INPUT_SIZE)
   start = time.perf_counter()
   for i in range(num_clips):

@@ -22,8 +22,8 @@ INTER_LINEAR that mmcv calls.
 
 import tensorflow as tf
 
-MEAN_RGB = (123.675, 116.28, 103.53)
-STD_RGB = (58.395, 57.12, 57.375)
+from input_pipeline import normalization
+
 CROP_SCALES = (1, 0.875, 0.75, 0.66)
 # ITU-R 601-2 luma, as PIL's convert('L') used by the official grayscale.
 _LUMA_WEIGHTS = (0.299, 0.587, 0.114)
@@ -75,7 +75,7 @@ def _resize(frames: tf.Tensor, size) -> tf.Tensor:
 
 
 def _normalize(frames: tf.Tensor) -> tf.Tensor:
-  return (frames - MEAN_RGB) / STD_RGB
+  return (frames - normalization.MEAN_RGB) / normalization.STD_RGB
 
 
 def _luma(frames: tf.Tensor) -> tf.Tensor:
@@ -178,7 +178,7 @@ def train_augment(frames: tf.Tensor, seed: tf.Tensor, input_size: int = 224) -> 
     input_size: side of the square output.
 
   Returns:
-    float32 (T, input_size, input_size, 3), normalised with MEAN_RGB/STD_RGB.
+    float32 (T, input_size, input_size, 3), normalised with normalization.MEAN_RGB/STD_RGB.
   """
   frames = _resize_short_side(tf.cast(frames, tf.float32), resize_scale(input_size))
   shape = tf.shape(frames)

@@ -17,7 +17,8 @@ and sum to one). A video that cannot be read has {"path": ..., "error": ...} ins
 
 --embed=OUT.npz writes embeddings for retrieval, L2-normalised float32: `text_embeddings` (K, D), the class texts as
 plain text features (no video conditioning, `model.encode_text`); `video_embeddings` (N, D), each video's MIT output
-(`model.encode_video`) averaged over its views; with `labels` (K,) and `videos` (N,), the videos that could be read.
+(`model.encode_video`) of each view, normalised, averaged over the views and normalised again; with `labels` (K,) and
+`videos` (N,), the videos that could be read.
 Their dot products are cosine similarities between a video and a text on its own, which is not what the logits
 compare (there every class text is first conditioned on the video).
 
@@ -47,6 +48,7 @@ import numpy as np
 import tqdm
 
 from input_pipeline import annotations
+from input_pipeline import normalization
 from input_pipeline import sampling
 from input_pipeline import video_decode
 from xclip_jax import compilation_cache
@@ -55,10 +57,10 @@ from xclip_jax.model import tokenizer
 
 FLAGS = flags.FLAGS
 
-# input_pipeline.augment's normalisation; that module's evaluation crops are redone here in numpy, bit for bit, so
-# that classifying needs no TensorFlow (whose import alone takes seconds).
-MEAN_RGB = np.array((123.675, 116.28, 103.53), np.float32)
-STD_RGB = np.array((58.395, 57.12, 57.375), np.float32)
+# input_pipeline.augment's evaluation crops are redone here in numpy, bit for bit, so that classifying needs no
+# TensorFlow (whose import alone takes seconds); the normalisation constants are the pipeline's own.
+MEAN_RGB = np.array(normalization.MEAN_RGB, np.float32)
+STD_RGB = np.array(normalization.STD_RGB, np.float32)
 # --views: (clips, crops) per video, as the evaluation takes them.
 VIEWS = {1: (1, 1), 3: (1, 3), 12: (4, 3)}
 # Errors of one video's file or stream: reported, and the other videos are still classified.

@@ -25,7 +25,8 @@ from xclip_jax.weights import torch_checkpoint
 class XCLIPModel:
   """An X-CLIP model with its parameters; jit-compiled inference methods.
 
-  Video is (B, T, H, W, 3) float32, normalised with the CLIP mean and std; text is token ids from `tokenize`.
+  Video is (B, T, H, W, 3) float32, normalised as the evaluation pipeline does (`input_pipeline.normalization`);
+  text is token ids from `tokenize`.
   With a `mesh` (`sharding.make_mesh`), the parameters are laid out by the sharding rules and the videos split as in
   training: batch over the batch axes (B must be divisible by them), frames over `time`.
   """

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from benchmarks import synthetic_data
-from input_pipeline import augment
 from input_pipeline import build_tfds
+from input_pipeline import normalization
 from input_pipeline import sampling
 from input_pipeline import tfds_dataset
 from input_pipeline import video_dataset
@@ -17,8 +17,8 @@ from tests.fixtures import video_fixtures
 NUM_VIDEOS = 3
 # Indexed videos for evaluation: one shorter than the 8 frames of a clip.
 INDEXED_LENGTHS = (5, 20, 27)
-MEAN = np.array(augment.MEAN_RGB, np.float32)
-STD = np.array(augment.STD_RGB, np.float32)
+MEAN = np.array(normalization.MEAN_RGB, np.float32)
+STD = np.array(normalization.STD_RGB, np.float32)
 # Stored frames are JPEG quality 90 (build_tfds's default). On the noisy
 # textured footage below that moves a frame by 2.1 grey levels on average
 # (2.35 at most per augmented frame), while consecutive frames differ by 11:
