@@ -57,6 +57,21 @@ def test_eval_crops_are_augment_eval_augment_bit_for_bit(height, width, input_si
   np.testing.assert_array_equal(classify.eval_crops(frames, input_size, num_crops), expected)
 
 
+def test_eval_crops_normalise_with_the_official_mean_and_std():
+  frames = np.full((1, 32, 32, 3), 128, np.uint8)
+  # X-CLIP's mean (123.675, 116.28, 103.53) and std (58.395, 57.12, 57.375), ImageNet's: (128 - mean) / std.
+  np.testing.assert_allclose(classify.eval_crops(frames, 32)[0, 0, 0, 0], [0.0740646, 0.2051821, 0.4264924], rtol=1e-5)
+
+
+def test_classify_imports_no_tensorflow():
+  """Why classify keeps its own numpy copy of the evaluation crops and normalisation: importing TensorFlow takes
+  seconds."""
+  check = "import sys; import xclip_jax.classify; print('tensorflow' in sys.modules)"
+  result = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.strip() == "False"
+
+
 def test_views_are_the_evaluation_pipelines_views(tmp_path):
   video = video_fixtures.write_video(tmp_path / "clip.mp4", num_frames=30, width=64, height=48)
   frames, _ = video_decode.decode_sampled_frames(
@@ -116,13 +131,21 @@ def run_classify(*args, cwd=REPO):
   return subprocess.run(command, cwd=cwd, capture_output=True, text=True)
 
 
-def test_command_reports_json_embeddings_and_every_unreadable_video(cli_inputs, tmp_path):
+@pytest.fixture(scope="module")
+def cli_run(cli_inputs, tmp_path_factory):
+  """One run of the command with --json and --embed on two good videos around every kind of unreadable one."""
   root, checkpoint, good, bad = cli_inputs
   videos = [good[0], *bad, good[1]]
-  out = tmp_path / "embeddings.npz"
+  out = tmp_path_factory.mktemp("embed") / "embeddings.npz"
   result = run_classify(
     f"--checkpoint={checkpoint}", f"--classes={CLASSES}", "--views=3", "--top_k=0", "--json", f"--embed={out}", *videos
   )
+  return result, videos, out
+
+
+def test_command_reports_json_and_every_unreadable_video(cli_inputs, cli_run):
+  _, _, good, bad = cli_inputs
+  result, videos, _ = cli_run
   assert result.returncode == 2
   document = json.loads(result.stdout)
   assert document["views"] == 3 and [v["path"] for v in document["videos"]] == [str(v) for v in videos]
@@ -138,12 +161,29 @@ def test_command_reports_json_embeddings_and_every_unreadable_video(cli_inputs, 
   lines = result.stderr.strip().splitlines()
   assert [line.split(": cannot classify: ")[0] for line in lines[:-1]] == [str(v) for v in bad]
   assert lines[-1].startswith(f"error: {len(bad)} of {len(videos)} videos could not be classified")
-  embeddings = np.load(out)
+
+
+def _unit(x):
+  return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def test_embeddings_are_the_plain_class_texts_and_the_view_averaged_videos(cli_inputs, cli_run):
+  """--embed: text rows are the normalised `encode_text` of the class names, in order; video rows, for the videos
+  that could be read, in order, are the mean of the normalised `encode_video` of their views, normalised."""
+  _, checkpoint, good, _ = cli_inputs
+  embeddings = np.load(cli_run[2])
+  names = CLASSES.split(",")
   assert list(embeddings["labels"]) == names and list(embeddings["videos"]) == [str(good[0]), str(good[1])]
-  assert embeddings["text_embeddings"].shape == (3, tiny.ARCH["embed_dim"])
-  assert embeddings["video_embeddings"].shape == (2, tiny.ARCH["embed_dim"])
-  for key in ("text_embeddings", "video_embeddings"):
-    np.testing.assert_allclose(np.linalg.norm(embeddings[key], axis=1), 1.0, rtol=1e-5)
+  model = xclip_jax.load_pretrained(checkpoint)
+  text = _unit(np.asarray(model.encode_text(xclip_jax.tokenize(names))))
+  # The command runs the same programs on the same inputs: the same bits here; 1e-6 leaves room for other backends.
+  np.testing.assert_allclose(embeddings["text_embeddings"], text, rtol=0, atol=1e-6)
+  size, frames = model.config.image_resolution, model.config.num_frames
+  views = [classify.load_views(video, frames, size, num_clips=1, num_crops=3) for video in good]
+  video = np.stack([_unit(_unit(np.asarray(model.encode_video(v)[0])).mean(axis=0)) for v in views])
+  # Averaging the views before normalising them would move 60 of the 64 entries by more than 1e-6 (at most 1.2e-4).
+  np.testing.assert_allclose(embeddings["video_embeddings"], video, rtol=0, atol=1e-6)
+  assert embeddings["text_embeddings"].dtype == embeddings["video_embeddings"].dtype == np.float32
 
 
 @pytest.mark.parametrize(

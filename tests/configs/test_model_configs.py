@@ -4,18 +4,20 @@ import pytest
 
 from configs import common
 from configs import model as model_config
+from tests.model import test_presets
 import xclip_jax
 
 
-@pytest.mark.parametrize("arch", sorted(xclip_jax.PRESETS))
-def test_config_builds_the_preset(arch):
-  config = model_config.get_config(f"arch={arch},frames=16")
-  assert xclip_jax.XCLIPConfig.from_dict(config.to_dict()) == xclip_jax.preset(arch, num_frames=16)
+@pytest.mark.parametrize("arch", sorted(test_presets.BACKBONES))
+def test_config_builds_the_official_architecture(arch):
+  config = xclip_jax.XCLIPConfig.from_dict(model_config.get_config(f"arch={arch},frames=16").to_dict())
+  expected = {**test_presets.official(arch), "num_frames": 16}
+  assert test_presets.fields(config, expected) == expected
 
 
 def test_default_is_vit_b32_with_8_frames():
   config = model_config.get_config()
-  assert (config.vision_patch_size, config.vision_width, config.num_frames) == (32, 768, 8)
+  assert test_presets.fields(config, test_presets.official("ViT-B/32")) == test_presets.official("ViT-B/32")
 
 
 def test_typos_and_bad_arguments_fail():

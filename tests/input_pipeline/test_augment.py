@@ -6,8 +6,10 @@ import tensorflow as tf
 
 from input_pipeline import augment
 
-MEAN = np.array(augment.MEAN_RGB, np.float32)
-STD = np.array(augment.STD_RGB, np.float32)
+# The official X-CLIP normalisation (img_norm_cfg of its datasets/build.py): ImageNet's mean (0.485, 0.456, 0.406)
+# and std (0.229, 0.224, 0.225) times 255, not OpenAI CLIP's own (0.481, 0.458, 0.408), (0.269, 0.261, 0.276).
+MEAN = np.array((123.675, 116.28, 103.53), np.float32)
+STD = np.array((58.395, 57.12, 57.375), np.float32)
 # resize_scale(28) == 32, so a frame with a short side of 32 is not resized.
 INPUT_SIZE = 28
 
@@ -191,4 +193,5 @@ def test_eval_resizes_the_short_side_like_mmcv():
 def test_normalisation_uses_the_official_mean_and_std():
   clip = np.full((1, 32, 32, 3), 128, np.uint8)
   video = augment.eval_augment(clip, INPUT_SIZE)
-  np.testing.assert_allclose(video[0, 0, 0, 0], (128.0 - MEAN) / STD, rtol=1e-6)
+  # (128 - 123.675) / 58.395, (128 - 116.28) / 57.12, (128 - 103.53) / 57.375.
+  np.testing.assert_allclose(video[0, 0, 0, 0], [0.0740646, 0.2051821, 0.4264924], rtol=1e-5)
