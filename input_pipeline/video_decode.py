@@ -305,8 +305,9 @@ def decode_sampled_frames(
 ) -> tuple[np.ndarray, np.ndarray]:
   """Decodes the frames that choose_indices(num_frames) picks.
 
-  Frame i is the i-th frame of a full decode, converted to RGB, resized to
-  the first frame's size and turned upright (see the module doc).
+  Frame i is the i-th frame of a full decode, converted to RGB, resized
+  (bilinear, swscale's default) to the first frame's size and turned upright
+  (see the module doc).
 
   Args:
     video_bytes: the encoded video file.

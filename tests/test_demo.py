@@ -1,4 +1,5 @@
-"""The demo: its generated data, and `python -m xclip_jax.main --config=configs/demo.py` end to end (shortened)."""
+"""The demo: its data written once per workdir, and `python -m xclip_jax.main --config=configs/demo.py` end to end
+(shortened). What the data shows is tested in tests/input_pipeline/test_demo_data.py."""
 
 import json
 import pathlib
@@ -10,56 +11,12 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import demo as demo_config
-from input_pipeline import annotations
 from input_pipeline import demo_data
-from input_pipeline import video_decode
 import xclip_jax
 from xclip_jax.evaluation import report
 from xclip_jax.parallel import sharding
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SETTINGS = demo_data.Settings(num_train=6, num_val=2, num_test=7, seed=3)
-
-
-def _decode_all(path) -> np.ndarray:
-  data = pathlib.Path(path).read_bytes()
-  return video_decode.decode_sampled_frames(data, lambda total: np.arange(total))[0]
-
-
-def test_each_class_changes_over_time_and_only_standing_still_does_not():
-  for label, name in enumerate(demo_data.CLASS_NAMES):
-    frames = demo_data.render(label, np.random.default_rng([0, 0, label])).astype(np.float32)
-    change = np.abs(frames[-1] - frames[0]).mean()
-    if name == "a shape standing still":
-      assert change == 0, name
-    else:
-      assert change > 0.5, name
-
-
-def test_videos_are_drawn_from_their_seed_and_the_splits_from_disjoint_seeds():
-  first = demo_data.render(2, np.random.default_rng([0, 0, 5]))
-  np.testing.assert_array_equal(first, demo_data.render(2, np.random.default_rng([0, 0, 5])))
-  # Video 5 of another split (or another seed) is another video.
-  assert not np.array_equal(first, demo_data.render(2, np.random.default_rng([0, 1, 5])))
-
-
-def test_write_lays_out_the_official_files_and_a_single_frame_copy_of_the_test_split(tmp_path):
-  demo_data.write(tmp_path, SETTINGS)
-  names = annotations.read_label_list(tmp_path / "labels.csv")
-  assert tuple(names) == demo_data.CLASS_NAMES
-  for split in demo_data.SPLITS:
-    records = annotations.read_annotations(tmp_path / f"{split}.txt", len(names))
-    assert len(records) == SETTINGS.count(split)
-    assert [r.label for r in records] == [i % len(names) for i in range(len(records))]
-  test = annotations.read_annotations(tmp_path / "test.txt", len(names))
-  control = annotations.read_annotations(tmp_path / f"{demo_data.SINGLE_FRAME}.txt", len(names))
-  assert [r.label for r in control] == [r.label for r in test]
-  for original, copy in zip(test[:2], control[:2]):
-    moving, still = _decode_all(tmp_path / "videos" / original.path), _decode_all(tmp_path / "videos" / copy.path)
-    assert moving.shape == still.shape  # as many frames, so that sampling takes the same positions
-    # Every frame of the copy is the middle frame (up to the video coding).
-    assert np.abs(still.astype(int) - still[len(still) // 2]).mean() < 1
-    assert np.abs(still[0].astype(int) - moving[len(moving) // 2]).mean() < 2
 
 
 def test_prepare_writes_once_and_refuses_data_made_with_other_settings(tmp_path):

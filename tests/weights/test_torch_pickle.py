@@ -1,5 +1,6 @@
 """Tests for xclip_jax.weights.torch_pickle: torch.save files read without torch, never running pickled code."""
 
+import io
 import os
 import zipfile
 
@@ -164,3 +165,117 @@ def test_not_a_checkpoint_raises_error_naming_it(tmp_path):
 
   with pytest.raises(torch_pickle.CheckpointFormatError, match="notes.txt"):
     torch_pickle.load_torch_file(path)
+
+
+# Every global a checkpoint's pickle may name, written out: adding one to the unpickler's allowlist fails this test.
+ALLOWED_GLOBALS = {
+  ("collections", "OrderedDict"),
+  ("torch._utils", "_rebuild_tensor"),
+  ("torch._utils", "_rebuild_tensor_v2"),
+  ("torch._utils", "_rebuild_tensor_v3"),
+  ("torch._utils", "_rebuild_parameter"),
+  ("torch._utils", "_rebuild_parameter_with_state"),
+  ("torch._tensor", "_rebuild_from_type_v2"),
+  ("torch._tensor", "Tensor"),
+  ("torch", "Tensor"),
+  ("torch.nn.parameter", "Parameter"),
+  ("torch", "Size"),
+  ("torch.storage", "UntypedStorage"),
+  ("torch", "UntypedStorage"),
+  ("yacs.config", "CfgNode"),
+  ("argparse", "Namespace"),
+  ("_codecs", "encode"),
+  ("numpy", "dtype"),
+  ("numpy", "ndarray"),
+  ("numpy.core.multiarray", "scalar"),
+  ("numpy._core.multiarray", "scalar"),
+  ("numpy.core.multiarray", "_reconstruct"),
+  ("numpy._core.multiarray", "_reconstruct"),
+  ("torch", "DoubleStorage"),
+  ("torch", "FloatStorage"),
+  ("torch", "HalfStorage"),
+  ("torch", "BFloat16Storage"),
+  ("torch", "LongStorage"),
+  ("torch", "IntStorage"),
+  ("torch", "ShortStorage"),
+  ("torch", "CharStorage"),
+  ("torch", "ByteStorage"),
+  ("torch", "BoolStorage"),
+  ("torch", "ComplexFloatStorage"),
+  ("torch", "ComplexDoubleStorage"),
+  ("torch", "float64"),
+  ("torch", "float32"),
+  ("torch", "float16"),
+  ("torch", "bfloat16"),
+  ("torch", "float8_e4m3fn"),
+  ("torch", "float8_e4m3fnuz"),
+  ("torch", "float8_e5m2"),
+  ("torch", "float8_e5m2fnuz"),
+  ("torch", "int64"),
+  ("torch", "int32"),
+  ("torch", "int16"),
+  ("torch", "int8"),
+  ("torch", "uint64"),
+  ("torch", "uint32"),
+  ("torch", "uint16"),
+  ("torch", "uint8"),
+  ("torch", "bool"),
+  ("torch", "complex64"),
+  ("torch", "complex128"),
+  ("builtins", "set"),
+  ("builtins", "frozenset"),
+  ("builtins", "list"),
+  ("builtins", "dict"),
+  ("builtins", "tuple"),
+  ("builtins", "bytearray"),
+  ("builtins", "complex"),
+  ("__builtin__", "set"),
+  ("__builtin__", "frozenset"),
+  ("__builtin__", "list"),
+  ("__builtin__", "dict"),
+  ("__builtin__", "tuple"),
+  ("__builtin__", "bytearray"),
+  ("__builtin__", "complex"),
+  ("torch.jit._pickle", "build_intlist"),
+  ("torch.jit._pickle", "build_doublelist"),
+  ("torch.jit._pickle", "build_boollist"),
+  ("torch.jit._pickle", "build_tensorlist"),
+  ("torch.jit._pickle", "restore_type_tag"),
+}
+
+
+def _unpickler(allow_script_objects=False):
+  return torch_pickle._RestrictedUnpickler(
+    io.BytesIO(b""), path="pinned.pth", storage_loader=None, allow_script_objects=allow_script_objects
+  )
+
+
+@pytest.mark.parametrize("allow_script_objects", [False, True], ids=["torch.save", "torchscript"])
+def test_the_allowlist_is_exactly_the_pinned_globals(allow_script_objects):
+  # The claim that unpickling runs no code rests on this list: every entry is a pure-data builder or a marker.
+  unpickler = _unpickler(allow_script_objects)
+  assert set(unpickler._globals) == ALLOWED_GLOBALS
+  for module, name in sorted(ALLOWED_GLOBALS):
+    unpickler.find_class(module, name)
+  for module, name in [
+    ("os", "system"),
+    ("posix", "system"),
+    ("builtins", "eval"),
+    ("builtins", "getattr"),
+    ("__builtin__", "eval"),
+    ("torch", "load"),
+    ("numpy", "load"),
+    ("subprocess", "Popen"),
+    ("torch.nn.modules.linear", "Linear"),
+    ("__main__", "Model"),
+  ]:
+    with pytest.raises(torch_pickle.UnsafeCheckpointError, match=f"{module}.{name}"):
+      unpickler.find_class(module, name)
+
+
+def test_only_torchscript_archives_get_inert_records_of_their_torch_classes():
+  # `__torch__.*` names stand for TorchScript's own module classes: inert records in archives, refused elsewhere.
+  record_class = _unpickler(allow_script_objects=True).find_class("__torch__.model", "CLIP")
+  assert issubclass(record_class, torch_pickle.ScriptObject) and record_class.qualified_name == "__torch__.model.CLIP"
+  with pytest.raises(torch_pickle.UnsafeCheckpointError, match="__torch__.model.CLIP"):
+    _unpickler().find_class("__torch__.model", "CLIP")
