@@ -17,7 +17,7 @@ import venv
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SCRIPTS = ("xclip-classify", "xclip-convert", "xclip-build-tfds")
+SCRIPTS = ("xclip-classify", "xclip-convert", "xclip-build-tfds", "xclip-export")
 # Run in the environment: imports every module of the installed packages (walked with pkgutil), and reports each
 # module's file, or the traceback of its import.
 IMPORT_ALL = """

@@ -1,0 +1,214 @@
+"""`python -m xclip_jax.export`: the tiny model in each serving format, run by that format's runtime, gives the
+probabilities of `XCLIPModel.logits` through both entry points; a user's mistakes are one-line errors."""
+
+import contextlib
+import io
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import onnxruntime
+import pytest
+import tensorflow as tf
+
+from input_pipeline import annotations
+from input_pipeline import normalization
+from tests.fixtures import tiny
+import xclip_jax
+from xclip_jax import export
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CLASSES = ["a shape sliding", "a shape spinning", "a shape standing still"]
+# Served through the features entry point of the same files: another label set, of another size.
+OTHER_CLASSES = ["cooking", "dancing", "juggling", "knitting", "surfing"]
+BATCH_SIZES = (1, 3)
+FILES = {
+  "saved_model": {"saved_model.pb", "variables", "assets", "fingerprint.pb"},
+  "stablehlo": {"probabilities.jax_exported", "probabilities_from_features.jax_exported"},
+  "onnx": {"probabilities.onnx", "probabilities_from_features.onnx"},
+}
+
+
+def run_export(*args):
+  return subprocess.run(
+    [sys.executable, "-m", "xclip_jax.export", *map(str, args)], cwd=REPO, capture_output=True, text=True
+  )
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+  return tiny.model().save(tmp_path_factory.mktemp("export") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+  return xclip_jax.load_pretrained(checkpoint)
+
+
+class SavedModel:
+  error = tf.errors.InvalidArgumentError
+
+  def __init__(self, out):
+    self.signatures = tf.saved_model.load(str(out)).signatures
+
+  def __call__(self, frames, text_features=None):
+    if text_features is None:
+      return self.signatures["serving_default"](frames=tf.constant(frames))["probabilities"].numpy()
+    inputs = dict(frames=tf.constant(frames), text_features=tf.constant(text_features))
+    return self.signatures["probabilities_from_features"](**inputs)["probabilities"].numpy()
+
+
+class StableHLO:
+  error = ValueError
+
+  def __init__(self, out):
+    self.exported = {
+      name: jax.export.deserialize((out / f"{name}.jax_exported").read_bytes())
+      for name in ("probabilities", "probabilities_from_features")
+    }
+
+  def __call__(self, frames, text_features=None):
+    if text_features is None:
+      return np.asarray(self.exported["probabilities"].call(frames))
+    return np.asarray(self.exported["probabilities_from_features"].call(frames, text_features))
+
+
+class ONNX:
+  error = onnxruntime.capi.onnxruntime_pybind11_state.InvalidArgument
+
+  def __init__(self, out):
+    self.sessions = {
+      name: onnxruntime.InferenceSession(out / f"{name}.onnx", providers=["CPUExecutionProvider"])
+      for name in ("probabilities", "probabilities_from_features")
+    }
+
+  def __call__(self, frames, text_features=None):
+    if text_features is None:
+      return self.sessions["probabilities"].run(["probabilities"], {"frames": frames})[0]
+    inputs = {"frames": frames, "text_features": text_features}
+    return self.sessions["probabilities_from_features"].run(["probabilities"], inputs)[0]
+
+
+@pytest.fixture(scope="module")
+def exports(model, checkpoint, tmp_path_factory):
+  """Each format exported once: StableHLO by the command (from the checkpoint), the others by `export.export`."""
+  root = tmp_path_factory.mktemp("exports")
+  with contextlib.redirect_stdout(io.StringIO()) as stdout:
+    assert export.command(checkpoint, root / "stablehlo", classes=CLASSES, fmt="stablehlo") == 0
+  assert "frames (B, 2, 32, 32, 3) uint8 -> probabilities (B, 3)" in stdout.getvalue()
+  for fmt in ("saved_model", "onnx"):
+    export.export(model, CLASSES, root / fmt, fmt)
+  return root
+
+
+@pytest.fixture(scope="module", params=list(FILES))
+def served(request, exports):
+  fmt = request.param
+  runtime = {"saved_model": SavedModel, "stablehlo": StableHLO, "onnx": ONNX}[fmt]
+  return fmt, exports / fmt, runtime(exports / fmt)
+
+
+def frames(batch_size: int) -> np.ndarray:
+  size = tiny.ARCH["image_resolution"]
+  rng = np.random.default_rng(batch_size)
+  return rng.integers(0, 256, (batch_size, tiny.ARCH["num_frames"], size, size, 3), np.uint8)
+
+
+def expected_probabilities(model, frames, text_features) -> np.ndarray:
+  """Softmax of `XCLIPModel.logits` of the frames normalised as the evaluation does."""
+  mean, std = np.float32(normalization.MEAN_RGB), np.float32(normalization.STD_RGB)
+  logits = np.asarray(model.logits((frames.astype(np.float32) - mean) / std, text_features=text_features))
+  exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+  return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def test_each_format_writes_its_files_the_labels_and_the_text_features(served, model):
+  fmt, out, runtime = served
+  assert {path.name for path in out.iterdir()} == FILES[fmt] | {"labels.csv", "text_features.npy"}
+  if fmt == "saved_model":
+    assert set(runtime.signatures) == {"serving_default", "probabilities", "probabilities_from_features"}
+  assert annotations.read_label_list(out / "labels.csv") == CLASSES
+  text_features = np.load(out / "text_features.npy")
+  assert text_features.dtype == np.float32
+  np.testing.assert_allclose(text_features, model.encode_text(xclip_jax.tokenize(CLASSES)), atol=1e-6)
+
+
+@pytest.mark.parametrize("batch_size", BATCH_SIZES)
+def test_baked_classes_give_the_models_probabilities(served, model, batch_size):
+  _, _, runtime = served
+  video = frames(batch_size)
+  probabilities = runtime(video)
+  text_features = model.encode_text(xclip_jax.tokenize(CLASSES))
+  assert probabilities.shape == (batch_size, len(CLASSES)) and probabilities.dtype == np.float32
+  np.testing.assert_allclose(probabilities, expected_probabilities(model, video, text_features), atol=1e-4)
+
+
+# Both symbolic sizes vary: the batch, and the number of classes (the baked ones as features, then another set).
+@pytest.mark.parametrize("batch_size, class_names", [(1, None), (3, OTHER_CLASSES)])
+def test_text_features_entry_point_serves_any_label_set(served, model, batch_size, class_names):
+  _, out, runtime = served
+  video = frames(batch_size)
+  if class_names is None:
+    text_features = np.load(out / "text_features.npy")
+    np.testing.assert_allclose(runtime(video, text_features), runtime(video), atol=1e-6)
+  else:
+    text_features = np.asarray(model.encode_text(xclip_jax.tokenize(class_names)))
+  probabilities = runtime(video, text_features)
+  assert probabilities.shape == (batch_size, len(text_features)) and probabilities.dtype == np.float32
+  np.testing.assert_allclose(probabilities, expected_probabilities(model, video, text_features), atol=1e-4)
+
+
+def test_frames_of_another_size_are_refused(served):
+  _, _, runtime = served
+  with pytest.raises(runtime.error):
+    runtime(frames(1)[:, :, :-1])
+
+
+@pytest.mark.parametrize(
+  "case, message",
+  [
+    ("missing", "error: checkpoint MISSING: no checkpoint at MISSING"),
+    ("not_a_checkpoint", "error: checkpoint OTHER: OTHER: neither a torch zip archive nor a legacy torch.save file"),
+  ],
+)
+def test_a_missing_or_foreign_checkpoint_is_a_one_line_error_and_nothing_is_written(tmp_path, case, message):
+  checkpoint = tmp_path / case
+  if case == "not_a_checkpoint":
+    checkpoint.write_text("a text file, not a checkpoint\n")
+  result = run_export(checkpoint, tmp_path / "out", "--classes=a,b", "--format=onnx")
+  assert result.returncode == 2 and result.stdout == ""
+  expected = message.replace("MISSING", str(checkpoint)).replace("OTHER", str(checkpoint))
+  assert result.stderr.count("\n") == 1 and expected in result.stderr, result.stderr
+  assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+  "arguments, message",
+  [
+    (dict(classes=["a"], fmt="tflite"), "error: --format=tflite: unknown format; use one of saved_model, stablehlo"),
+    (dict(), "error: pass exactly one of --labels and --classes"),
+    (dict(classes=["a", "b", "a"]), "error: --classes lists 'a' more than once"),
+    (dict(labels="missing.csv"), "error: --labels: "),
+    (dict(classes=["a"], out="taken"), "exists and is not an empty directory"),
+  ],
+)
+def test_mistakes_are_one_line_errors_before_the_checkpoint_is_read(tmp_path, capsys, arguments, message):
+  (tmp_path / "taken").mkdir()
+  (tmp_path / "taken" / "file").touch()
+  if "labels" in arguments:
+    arguments["labels"] = tmp_path / arguments["labels"]
+  out = tmp_path / arguments.pop("out", "out")
+  # A checkpoint that is not there: the mistake is found first.
+  assert export.command(tmp_path / "no_checkpoint", out, **arguments) == 2
+  captured = capsys.readouterr()
+  assert captured.out == "" and captured.err.count("\n") == 1 and message in captured.err, captured.err
+  assert sorted(path.name for path in tmp_path.iterdir()) == ["taken"]
+
+
+def test_a_format_whose_extra_is_missing_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+  monkeypatch.setitem(export.EXTRAS, "onnx", "not_installed")
+  assert export.command(tmp_path / "no_checkpoint", tmp_path / "out", classes=["a"], fmt="onnx") == 2
+  assert capsys.readouterr().err == "error: --format=onnx needs not_installed: pip install 'xclip-jax[export]'\n"
+  assert not any(tmp_path.iterdir())

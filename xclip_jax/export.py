@@ -1,0 +1,278 @@
+r"""Exports an X-CLIP checkpoint as a video classifier for serving: SavedModel, StableHLO (jax.export) or ONNX.
+
+  python -m xclip_jax.export k400_32_8.pth out/k400 --labels=labels/kinetics_400_labels.csv --format=saved_model
+  python -m xclip_jax.export CKPT out/hlo --classes="dancing,cooking,playing guitar" --format=stablehlo
+  python -m xclip_jax.export CKPT out/onnx --labels=L.csv --format=onnx --num_frames=8
+
+CHECKPOINT is anything `xclip_jax.load_pretrained` reads. Every export has two entry points:
+  probabilities(frames) -> (B, K): the class probabilities (softmax of the logits) for the K classes of --labels or
+    --classes, whose text features are computed once at export and stored in the file as a constant;
+  probabilities_from_features(frames, text_features) -> (B, K): the same for any K classes, given as their (K, D)
+    float32 `XCLIPModel.encode_text` features, so that one file serves any label set.
+`frames` is (B, T, S, S, 3) uint8 RGB with T the model's frames and S its input size (printed at export; both are fixed
+in the file) and B any batch size. Sampling, resizing and cropping are the caller's job (`classify.eval_crops` does the
+evaluation's); the frames are normalised inside as the evaluation does: (x - mean) / std on 0-255 values, in float32.
+
+OUT, a new or empty directory, receives, besides `labels.csv` (the K classes in order, the `id,name` CSV that --labels
+reads) and `text_features.npy` ((K, D) float32, the baked features):
+  saved_model: a SavedModel with the signatures `serving_default` (also named `probabilities`) and
+    `probabilities_from_features`, inputs `frames` and `text_features`, output `probabilities`; through orbax-export
+    (jax2tf): the weights are variables and the computation XlaCallModule ops, lowered for CPU, CUDA and TPU.
+  stablehlo: `probabilities.jax_exported` and `probabilities_from_features.jax_exported`, serialised
+    `jax.export.Exported` (`jax.export.deserialize(data).call(frames)`) with the weights inside, for CPU, CUDA and TPU.
+  onnx: `probabilities.onnx` and `probabilities_from_features.onnx` (opset 23, through jax2onnx), same input and output
+    names; weights beyond 1 MB go to a `.onnx.data` file beside each.
+SavedModel and ONNX need the `export` extras: pip install 'xclip-jax[export]'.
+
+Errors are one line on stderr and exit status 2, with nothing written: a checkpoint that is missing or not an
+X-CLIP/CLIP checkpoint, an unknown --format, no (or a bad) label list, an OUT that is not empty, a missing extra.
+"""
+
+from collections.abc import Callable, Sequence
+import csv
+import importlib.util
+import logging as python_logging
+import os
+import pathlib
+import shutil
+import sys
+import tempfile
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from input_pipeline import annotations
+from input_pipeline import normalization
+from xclip_jax import classify
+from xclip_jax import pretrained
+from xclip_jax.model import tokenizer
+from xclip_jax.model import xclip
+
+FLAGS = flags.FLAGS
+
+FORMATS = ("saved_model", "stablehlo", "onnx")
+# The module each format's writer needs beyond the core dependencies: the `export` extras.
+EXTRAS = {"saved_model": "orbax.export", "onnx": "jax2onnx"}
+# SavedModel and StableHLO are lowered for all of these, so that one file serves on any of them.
+PLATFORMS = ("cpu", "cuda", "tpu")
+# Parameters of the text encoder, which the exported functions never run (they start from text features); flax builds
+# these submodules only when called, so the SavedModel's variables can leave them out (a third of ViT-B's weights).
+TEXT_ENCODER = ("token_embedding", "transformer", "ln_final")
+STABLEHLO_SUFFIX = ".jax_exported"
+MEAN_RGB = np.asarray(normalization.MEAN_RGB, np.float32)
+STD_RGB = np.asarray(normalization.STD_RGB, np.float32)
+
+
+def probabilities(model: pretrained.XCLIPModel, params, frames, text_features) -> jax.Array:
+  """(B, K) class probabilities of (B, T, S, S, 3) uint8 frames, normalised as the evaluation does, against (K, D)
+  text features."""
+  video = (frames.astype(jnp.float32) - MEAN_RGB) / STD_RGB
+  logits = model.module.apply({"params": params}, video, text_features, method=xclip.XCLIP.logits_from_features)
+  return jax.nn.softmax(logits, axis=-1)
+
+
+def _input_specs(config) -> tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct]:
+  """The frames and text features, of symbolic batch `b` and class count `k`."""
+  batch, classes = jax.export.symbolic_shape("b, k")
+  size = config.image_resolution
+  frames = jax.ShapeDtypeStruct((batch, config.num_frames, size, size, 3), jnp.uint8)
+  return frames, jax.ShapeDtypeStruct((classes, config.embed_dim), jnp.float32)
+
+
+def entry_points(model: pretrained.XCLIPModel, text_features: np.ndarray) -> dict[str, tuple[Callable, tuple]]:
+  """Name -> (function of the inputs, with the weights and baked text features as constants; input specs)."""
+  frames, features = _input_specs(model.config)
+  return {
+    "probabilities": (lambda f: probabilities(model, model.params, f, text_features), (frames,)),
+    "probabilities_from_features": (lambda f, t: probabilities(model, model.params, f, t), (frames, features)),
+  }
+
+
+def _write_stablehlo(model, text_features, out: pathlib.Path):
+  for name, (fn, specs) in entry_points(model, text_features).items():
+    exported = jax.export.export(jax.jit(fn), platforms=PLATFORMS)(*specs)
+    (out / f"{name}{STABLEHLO_SUFFIX}").write_bytes(exported.serialize())
+
+
+def _write_onnx(model, text_features, out: pathlib.Path):
+  import jax2onnx  # an optional extra, imported when used
+
+  for name, (fn, specs) in entry_points(model, text_features).items():
+    input_names = ["frames", "text_features"][: len(specs)]
+    jax2onnx.to_onnx(
+      fn,
+      specs,
+      model_name=name,
+      return_mode="file",
+      output_path=out / f"{name}.onnx",
+      input_names=input_names,
+      output_names=["probabilities"],
+    )
+
+
+def _write_saved_model(model, text_features, out: pathlib.Path):
+  from orbax import export as oex  # an optional extra, imported when used
+
+  # Imported here too: TensorFlow's start-up lines on stderr, which no setting silences, would spoil the one-line
+  # errors of the checks before.
+  import tensorflow as tf
+
+  config = model.config
+  size = config.image_resolution
+  frames = tf.TensorSpec((None, config.num_frames, size, size, 3), tf.uint8, name="frames")
+  features = tf.TensorSpec((None, config.embed_dim), tf.float32, name="text_features")
+  module = oex.JaxModule(
+    {key: value for key, value in model.params.items() if key not in TEXT_ENCODER},
+    {
+      "probabilities": lambda params, x: {"probabilities": probabilities(model, params, x["frames"], text_features)},
+      "probabilities_from_features": lambda params, x: {
+        "probabilities": probabilities(model, params, x["frames"], x["text_features"])
+      },
+    },
+    trainable=False,
+    input_polymorphic_shape={
+      "probabilities": {"frames": "(b, ...)"},
+      "probabilities_from_features": {"frames": "(b, ...)", "text_features": "(k, _)"},
+    },
+    jax2tf_kwargs={
+      name: {"native_serialization_platforms": PLATFORMS} for name in ("probabilities", "probabilities_from_features")
+    },
+  )
+  serving_configs = [
+    oex.ServingConfig(
+      ["serving_default", "probabilities"], input_signature=[{"frames": frames}], method_key="probabilities"
+    ),
+    oex.ServingConfig(
+      "probabilities_from_features",
+      input_signature=[{"frames": frames, "text_features": features}],
+      method_key="probabilities_from_features",
+    ),
+  ]
+  oex.ExportManager(module, serving_configs).save(os.fspath(out))
+
+
+WRITERS = {"saved_model": _write_saved_model, "stablehlo": _write_stablehlo, "onnx": _write_onnx}
+
+
+def check_destination(out, fmt: str) -> pathlib.Path:
+  """`out` as a path, or UserError for an unknown format, a missing extra, or an `out` that is not a new or empty
+  directory."""
+  if fmt not in FORMATS:
+    raise classify.UserError(f"--format={fmt}: unknown format; use one of {', '.join(FORMATS)}")
+  if fmt in EXTRAS and importlib.util.find_spec(EXTRAS[fmt]) is None:
+    raise classify.UserError(f"--format={fmt} needs {EXTRAS[fmt]}: pip install 'xclip-jax[export]'")
+  out = pathlib.Path(out)
+  if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+    raise classify.UserError(f"{out} exists and is not an empty directory")
+  return out
+
+
+def export(model: pretrained.XCLIPModel, class_names: Sequence[str], out, fmt: str = "saved_model") -> pathlib.Path:
+  """Writes `model` as a classifier of `class_names` in `fmt` (see the module doc) to `out`, a new or empty directory.
+
+  The files are written to a temporary directory beside `out` and moved there at the end: a failed export leaves
+  nothing behind.
+  """
+  out = check_destination(out, fmt)
+  class_names = classify.check_class_names(class_names, "the label list")
+  text_features = np.asarray(model.encode_text(tokenizer.tokenize(class_names)), np.float32)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  scratch = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+  staging = scratch / out.name
+  try:
+    staging.mkdir()  # with the user's permissions (mkdtemp's are private)
+    WRITERS[fmt](model, text_features, staging)
+    np.save(staging / "text_features.npy", text_features)
+    with open(staging / "labels.csv", "w", newline="", encoding="utf-8") as f:
+      csv.writer(f, lineterminator="\n").writerows([("id", "name"), *enumerate(class_names)])
+    if out.exists():
+      out.rmdir()
+    staging.rename(out)
+  finally:
+    shutil.rmtree(scratch, ignore_errors=True)
+  return out
+
+
+def _class_names(labels: str | None, classes: Sequence[str] | None) -> list[str]:
+  if (labels is None) == (classes is None):
+    raise classify.UserError("pass exactly one of --labels and --classes")
+  if labels is None:
+    return classify.check_class_names(classes, "--classes")
+  try:
+    return classify.check_class_names(annotations.read_label_list(labels), f"--labels={labels}")
+  except (OSError, ValueError) as e:
+    raise classify.UserError(f"--labels: {e}") from None
+
+
+def command(
+  checkpoint: str,
+  out: str,
+  *,
+  labels: str | None = None,
+  classes: Sequence[str] | None = None,
+  fmt: str = "saved_model",
+  num_frames: int | None = None,
+) -> int:
+  """What `python -m xclip_jax.export` does with its arguments; returns the exit status, a mistake is one line on
+  stderr."""
+  try:
+    # The cheap checks first: a mistake is reported before the checkpoint is read.
+    class_names = _class_names(labels, classes)
+    check_destination(out, fmt)
+    try:
+      model = pretrained.load_pretrained(checkpoint, num_frames=num_frames)
+    except (OSError, ValueError) as e:
+      raise classify.UserError(f"checkpoint {checkpoint}: {e}") from None
+    out = export(model, class_names, out, fmt)
+  except classify.UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return classify.EXIT_ERROR
+  config = model.config
+  size = config.image_resolution
+  print(
+    f"Wrote {out} ({fmt}): frames (B, {config.num_frames}, {size}, {size}, 3) uint8 -> probabilities (B, "
+    f"{len(class_names)}); probabilities_from_features takes text features (K, {config.embed_dim}) float32."
+  )
+  return 0
+
+
+def main(argv):
+  if len(argv) != 3:
+    raise app.UsageError(
+      "usage: python -m xclip_jax.export CHECKPOINT OUT --labels=FILE|--classes=a,b,c [--format=...]"
+    )
+  # What a user runs this for is the files; library logs below warnings (XLA, orbax, TensorFlow) are noise here.
+  logging.set_verbosity(logging.WARNING)
+  # Library warnings that say nothing about the export: onnx_ir drops the shape annotations of intermediate values
+  # (the graph is complete); jax2onnx skips, with tracebacks, plugins for other libraries that fail to import (dm_pix's
+  # under this jax), which the conversion does not use.
+  for name in ("onnx_ir", "jax2onnx.plugins.plugin_system"):
+    python_logging.getLogger(name).setLevel(python_logging.ERROR)
+  return command(
+    argv[1], argv[2], labels=FLAGS.labels, classes=FLAGS.classes, fmt=FLAGS.format, num_frames=FLAGS.num_frames
+  )
+
+
+def define_flags():
+  """Command-line flags, defined only when run as a program so that importing defines none."""
+  flags.DEFINE_string("labels", None, "An `id,name` CSV of class names.")
+  flags.DEFINE_list("classes", None, "Comma-separated class names (instead of --labels).")
+  # A string, not an enum: an unknown format is a one-line error with exit status 2, as the other mistakes.
+  flags.DEFINE_string("format", "saved_model", f"One of {', '.join(FORMATS)}.")
+  flags.DEFINE_integer("num_frames", None, "Frames per video (default: the checkpoint's).")
+
+
+def run():
+  """The console entry point."""
+  # TensorFlow's C++ logs below errors stay off the user's terminal (all but the few lines it prints while it starts).
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  define_flags()
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()
