@@ -18,15 +18,13 @@ each a dict keyed by the `time` size.
 import jax
 import numpy as np
 
+from benchmarks import throughput
 from benchmarks import train_step
 from xclip_jax import pretrained
-from xclip_jax.model import config as model_config
 from xclip_jax.parallel import collectives
 from xclip_jax.parallel import sharding
 from xclip_jax.train import step as step_lib
 from xclip_jax.weights import official
-
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 def _compile_step(arch: str, frames: int, classes: int, dtype: str, time_size: int, videos_per_shard: int = 1):
@@ -34,7 +32,7 @@ def _compile_step(arch: str, frames: int, classes: int, dtype: str, time_size: i
   mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "time": time_size})
   config = train_step.step_config(frames, classes, videos_per_shard * sharding.num_batch_shards(mesh))
   # Remat for ViT-L, as the official recipe (configs/common.py's `set_arch`).
-  architecture = model_config.preset(arch, num_frames=frames, dtype=dtype, remat=arch.startswith("ViT-L"))
+  architecture = throughput.architecture(arch, num_frames=frames, dtype=dtype, remat=arch.startswith("ViT-L"))
   params = official.abstract_params(architecture)
   text_ids = np.zeros((classes, 8), np.int32)
   text_ids[:, 0], text_ids[:, 1:7], text_ids[:, 7] = 49406, 320, 49407
@@ -51,7 +49,7 @@ def _compile_step(arch: str, frames: int, classes: int, dtype: str, time_size: i
     "label": jax.ShapeDtypeStruct((config.batch_size,), np.int32, sharding=sharding.batch_sharding(mesh)),
   }
   # Only buffer sizes and the HLO are read: skip the costly machine-code optimisation (hours for L/14 on 8 devices).
-  compiled = step_lib.make_sharded_step(state, mesh).lower(state, batch).compile(FAST_COMPILE)
+  compiled = step_lib.make_sharded_step(state, mesh).lower(state, batch).compile(throughput.ANALYSIS_ONLY)
   return compiled, mesh, params, architecture
 
 

@@ -6,6 +6,7 @@ train step (`--mode=train`), or the train step's memory and traffic with frames 
   python -m benchmarks.model --official_code=VideoX/X-CLIP   # side by side with the official PyTorch model
   python -m benchmarks.model --mode=classify      # `python -m xclip_jax.classify` as a user runs it
   python -m benchmarks.model --mode=train --official_code=VideoX/X-CLIP   # the train step, side by side
+  python -m benchmarks.model --mode=train --arch=ViT-B/16 --dtype=bfloat16 --batch=auto   # the largest batch
   python -m benchmarks.model --mode=memory --arch=ViT-L/14-336 --frames=16   # time = 1, 2, 4, 8 on 8 CPU devices
 
 Run from the repository root: benchmarks/ belongs to the repository, not to the installed package.
@@ -16,15 +17,22 @@ each size of the mesh's `time` axis and prints XLA's per-device memory and the b
 
 `--mode=train`: the sharded train step of `xclip_jax.train.step` (ViT-B/32, 8 frames, batch 2, 400 cached class texts,
 fp32, AdamW, frozen text, Mixup/CutMix on device) in fresh processes, alternating with the official step built by
-the official code (see `benchmarks.train_step`); `median_s` and `peak_rss_mb` for each side.
+the official code (see `benchmarks.train_step` for every figure): `step_s`, `clips_per_s`, FLOPs, `mfu`, memory and
+`matmul_only_s` (its forward and backward contractions alone); `official_step_s` and `peak_rss_mb` for each side.
 
 `--mode=eval`: the class texts are encoded once beforehand (as in evaluation, where the official code caches them);
-the timed call is the video encoder, the prompt generator and the logits. Weights are random: speed does not depend
-on them.
+the timed call is the video encoder, the prompt generator and the logits, on a video already on the device. Weights
+are arbitrary (`throughput.random_params`): speed does not depend on them. The JSON gives `step_s` (a call's median
+time), `clips_per_s`, `compile_s`, `first_call_s` (compiling and one call), `model_flops_per_clip`,
+`xla_flops_per_clip`, `mfu`, `peak_device_memory_bytes` (see `benchmarks.throughput`), `matmul_gflop` (the forward's
+matrix multiplies, per call), and `matmul_only_s`: the time of those multiplies alone (every dot_general of the
+traced forward, with its shapes, in jit-compiled functions of nothing else), a floor for any XLA formulation of the
+model on this machine.
 
-The JSON also gives `matmul_gflop` and `matmul_only_s`: the floating-point work of the forward's matrix multiplies
-and the time of those multiplies alone (every dot_general of the traced forward, with its shapes, in one jit-compiled
-function and nothing else), a floor for any XLA formulation of the model on this machine.
+`--batch=auto` (eval, train): the largest batch per device that XLA's memory analysis fits in the device's free
+memory and that then runs (`throughput.largest_batch`), up to `--max_batch` (default 8 on a CPU, 1024 on an
+accelerator); `batch_search` names the next size and why it does not fit. `--arch=tiny` is a few-second model for
+trying the benchmarks on a CPU.
 
 With `--official_code` (the X-CLIP folder of a microsoft/VideoX checkout; needs PyTorch, e.g. `pip install
 torch==2.13.0`), the official model is built with the same weights by its own `build_model`, its logits are checked
@@ -41,10 +49,7 @@ time beyond the warm run's, per extra video). `peak_rss_mb` is the largest peak 
 calls after one).
 """
 
-import functools
 import json
-import logging
-import math
 import os
 import pathlib
 import subprocess
@@ -55,139 +60,19 @@ import time
 from absl import app
 from absl import flags
 import jax
-import jax.extend as jex
 import numpy as np
 
+from benchmarks import eval_forward
 from benchmarks import memory as memory_benchmark
-from benchmarks import official_code as official_code_lib
 from benchmarks import synthetic_data
+from benchmarks import throughput
 from benchmarks import train_step as train_benchmark
 from input_pipeline import annotations
 from xclip_jax import compilation_cache
 from xclip_jax import pretrained
-from xclip_jax.model import config as model_config
 from xclip_jax.model import tokenizer
-from xclip_jax.model import xclip
-from xclip_jax.weights import official
 
 FLAGS = flags.FLAGS
-
-
-def _matmuls(fn, *args) -> list[tuple]:
-  """(lhs aval, rhs aval, dot_general params) of every dot_general of fn's jaxpr, in program order."""
-  found = []
-
-  def visit(jaxpr):
-    for eqn in jaxpr.eqns:
-      if eqn.primitive.name == "dot_general":
-        found.append((eqn.invars[0].aval, eqn.invars[1].aval, eqn.params))
-      for sub in jex.core.jaxprs_in_params(eqn.params):
-        visit(sub)
-
-  visit(jax.make_jaxpr(fn)(*args).jaxpr)
-  return found
-
-
-def _flops(lhs_shape, rhs_shape, dimension_numbers) -> int:
-  """2 x batch x lhs free x rhs free x contracted sizes."""
-  (_, rhs_contract), (_, rhs_batch) = dimension_numbers
-  shared = math.prod(rhs_shape[j] for j in (*rhs_contract, *rhs_batch))
-  return 2 * math.prod(lhs_shape) * math.prod(rhs_shape) // shared
-
-
-def _median_of_alternating(calls: dict, repeats: int) -> dict:
-  for call in calls.values():  # warm-up
-    for _ in range(3):
-      call()
-  times = {name: [] for name in calls}
-  for _ in range(repeats):  # alternate so that all see the same machine load
-    for name, call in calls.items():
-      start = time.perf_counter()
-      call()
-      times[name].append(time.perf_counter() - start)
-  return {name: float(np.median(t)) for name, t in times.items()}
-
-
-def eval_benchmark(
-  arch: str, frames: int, batch: int, classes: int, dtype: str, repeats: int, official_code: str | None = None
-) -> dict:
-  config = model_config.preset(arch, num_frames=frames, dtype=dtype)
-  model = pretrained.from_config(config)
-  rng = np.random.default_rng(0)
-  text_ids = rng.integers(1, config.vocab_size - 2, (classes, config.context_length), dtype=np.int32)
-  text_ids[:, -1] = config.vocab_size - 1  # an end-of-text token for the argmax pooling
-  text_features = jax.block_until_ready(model.encode_text(text_ids))
-  size = config.image_resolution
-  video = rng.standard_normal((batch, frames, size, size, 3), dtype=np.float32)
-  ours = lambda: jax.block_until_ready(model.logits(video, text_features=text_features))
-
-  forward = functools.partial(model.module.apply, method=xclip.XCLIP.logits_from_features)
-  matmuls = _matmuls(forward, {"params": model.params}, video, text_features)
-  operands = [
-    (rng.standard_normal(lhs.shape, np.float32), rng.standard_normal(rhs.shape, np.float32)) for lhs, rhs, _ in matmuls
-  ]
-  matmul_only = jax.jit(
-    lambda ops: [
-      jax.lax.dot_general(
-        a.astype(lhs.dtype),
-        b.astype(rhs.dtype),
-        params["dimension_numbers"],
-        preferred_element_type=params["preferred_element_type"],
-      )
-      for (a, b), (lhs, rhs, params) in zip(ops, matmuls)
-    ]
-  )
-  device_operands = jax.device_put(operands)
-
-  start = time.perf_counter()
-  our_logits = np.asarray(ours())
-  compile_s = time.perf_counter() - start
-  calls = {"ours": ours, "matmul_only": lambda: jax.block_until_ready(matmul_only(device_operands))}
-  result = {
-    "arch": arch,
-    "frames": frames,
-    "batch": batch,
-    "classes": classes,
-    "dtype": dtype,
-    "device": str(jax.devices()[0].device_kind),
-  }
-
-  if official_code:
-    import torch  # pylint: disable=g-import-not-at-top
-
-    build_model = official_code_lib.import_build_model(pathlib.Path(official_code).absolute())
-    state_dict = {k: torch.from_numpy(np.array(v)) for k, v in official.official_from_params(model.params).items()}
-    official_model = build_model(
-      state_dict,
-      T=frames,
-      prompts_alpha=config.prompts_alpha,
-      prompts_layers=config.prompts_layers,
-      mit_layers=config.mit_layers,
-      logger=logging.getLogger("official"),
-    )
-    torch_video = torch.from_numpy(video.transpose(0, 1, 4, 2, 3).copy())  # (B, T, 3, H, W)
-    torch_ids = torch.from_numpy(text_ids.astype(np.int64))
-
-    def official_forward():
-      with torch.no_grad():
-        return official_model(torch_video, torch_ids)
-
-    official_logits = official_forward().numpy()
-    calls["official"] = official_forward
-    result["official_torch_threads"] = torch.get_num_threads()
-    result["max_abs_logit_difference"] = float(np.abs(official_logits - our_logits).max())
-
-  medians = _median_of_alternating(calls, repeats)
-  result.update(
-    median_s=medians["ours"],
-    repeats=repeats,
-    first_call_s=compile_s,
-    matmul_gflop=sum(_flops(lhs.shape, rhs.shape, params["dimension_numbers"]) for lhs, rhs, params in matmuls) / 1e9,
-    matmul_only_s=medians["matmul_only"],
-  )
-  if official_code:
-    result.update(official_median_s=medians["official"], ratio_to_official=medians["ours"] / medians["official"])
-  return result
 
 
 # Runs its arguments and prints their peak resident memory (KB). A process's own ru_maxrss also counts the memory of the
@@ -222,7 +107,7 @@ def classify_benchmark(arch: str, frames: int, labels: str | None, num_videos: i
     workdir = pathlib.Path(workdir)
     labels = labels or str(synthetic_data.write_label_list(workdir / "labels.csv", classes))
     class_names = annotations.read_label_list(labels)
-    model = pretrained.from_config(model_config.preset(arch, num_frames=frames))
+    model = pretrained.from_config(throughput.architecture(arch, num_frames=frames))
     checkpoint = model.save(workdir / "checkpoint")
     ids = tokenizer.tokenize(class_names)
     jax.block_until_ready(model.encode_text(ids))
@@ -254,21 +139,37 @@ def classify_benchmark(arch: str, frames: int, labels: str | None, num_videos: i
   }
 
 
+def _batch(default: int) -> int | str:
+  if FLAGS.batch in (None, "auto"):
+    return FLAGS.batch or default
+  return int(FLAGS.batch)
+
+
 # One function per --mode, each reading its flags.
 MODES = {
-  "eval": lambda: eval_benchmark(
-    FLAGS.arch, FLAGS.frames, FLAGS.batch or 1, FLAGS.classes, FLAGS.dtype, FLAGS.repeats or 20, FLAGS.official_code
+  "eval": lambda: eval_forward.eval_benchmark(
+    FLAGS.arch,
+    FLAGS.frames,
+    _batch(1),
+    FLAGS.classes,
+    FLAGS.dtype,
+    FLAGS.repeats or 20,
+    FLAGS.official_code,
+    FLAGS.remat,
+    FLAGS.max_batch,
   ),
   "classify": lambda: classify_benchmark(FLAGS.arch, FLAGS.frames, FLAGS.labels, FLAGS.videos, FLAGS.classes),
   "train": lambda: train_benchmark.side_by_side(
     dict(
       arch=FLAGS.arch,
       frames=FLAGS.frames,
-      batch=FLAGS.batch or 2,
+      batch=_batch(2),
       classes=FLAGS.classes,
       dtype=FLAGS.dtype,
       steps=FLAGS.repeats or 8,
-      remat=False,
+      remat=FLAGS.remat,
+      freeze_text=FLAGS.freeze_text,
+      max_batch=FLAGS.max_batch,
     ),
     FLAGS.official_code,
     FLAGS.rounds,
@@ -293,9 +194,18 @@ def define_flags():
     list(MODES),
     "What to measure: the evaluation forward pass, classify runs, the train step, or the train step's memory.",
   )
-  flags.DEFINE_enum("arch", "ViT-B/32", list(model_config.PRESETS), "Backbone.")
+  flags.DEFINE_enum("arch", "ViT-B/32", list(throughput.ARCHS), "Backbone (tiny: a few-second model for CPUs).")
   flags.DEFINE_integer("frames", 8, "Frames per video.")
-  flags.DEFINE_integer("batch", None, "eval, train: videos per call or step (default 1 for eval, 2 for train).")
+  flags.DEFINE_string(
+    "batch",
+    None,
+    "eval, train: videos per call or step (default 1 for eval, 2 for train), or `auto`: the largest that fits.",
+  )
+  flags.DEFINE_integer(
+    "max_batch", None, "eval, train with --batch=auto: the largest size tried (default 8 on a CPU, 1024 otherwise)."
+  )
+  flags.DEFINE_bool("remat", False, "eval, train: rematerialise each CCT block in the backward pass (as for ViT-L).")
+  flags.DEFINE_bool("freeze_text", True, "train: the official frozen text tower (its features computed once).")
   flags.DEFINE_integer("classes", 400, "eval, memory, classify without --labels: class texts.")
   flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "eval, train, memory: compute dtype.")
   flags.DEFINE_integer(

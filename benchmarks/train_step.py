@@ -1,11 +1,24 @@
 """The train-step benchmark behind `python -m benchmarks.model --mode=train`.
 
 Each side runs in a fresh process of its own, so that its peak resident memory is its own: ours (the sharded,
-donated step of `xclip_jax.train.step`, Mixup/CutMix on device) and, with `--official_code`, the official step built from
-the same weights by its own code (`build_model`, `build_optimizer`, `CutmixMixupBlending`, soft-target loss,
+donated step of `xclip_jax.train.step`, Mixup/CutMix on device) and, with `--official_code`, the official step built
+from the same weights by its own code (`build_model`, `build_optimizer`, `CutmixMixupBlending`, soft-target loss,
 `backward`, `optimizer.step`). The two alternate, `rounds` times each, so that both see the same machine load.
+
+Ours reports (FLOPs and MFU as `benchmarks.throughput` counts them):
+  step_s, clips_per_s        median time of `steps` steps after the first; batch / step_s
+  compile_s, first_call_s    compiling the step; compiling it and running it once
+  model_flops_per_clip, xla_flops_per_clip, peak_flops_per_s, peak_source, mfu
+  matmul_only_s              the step's forward and backward contractions alone (every dot_general of the traced step,
+                             remat's recomputation included): its matmul floor; step_matmul_flops_per_clip, their FLOPs
+  xla_memory_bytes           device memory the compiled step needs by XLA's memory analysis
+  peak_device_memory_bytes   device 0's peak bytes in use (the process's VmHWM on a CPU: the one process ran nothing
+                             else); with batch "auto" it includes the sizes tried
+  batch_search               with batch "auto": the largest batch that fits and runs (`throughput.largest_batch`), the
+                             next size and why it does not
 """
 
+import functools
 import json
 import logging
 import pathlib
@@ -16,52 +29,53 @@ import time
 import types
 
 import jax
-import ml_collections
 import numpy as np
 
 from benchmarks import official_code
+from benchmarks import throughput
 from xclip_jax import pretrained
-from xclip_jax.model import config as model_config
+from xclip_jax.model import xclip
 from xclip_jax.parallel import sharding
 from xclip_jax.train import step as step_lib
 from xclip_jax.weights import official
 
 
-def step_config(frames: int, classes: int, batch: int) -> ml_collections.ConfigDict:
+def step_config(frames: int, classes: int, batch: int, freeze_text: bool = True) -> types.SimpleNamespace:
   """The fields of the experiment config (configs/common.py) that the train step reads, at the official defaults.
 
   Built here because the benchmarks import only the installed packages; tests/benchmarks checks it against
-  configs/common.py. The schedule needs some `steps_per_epoch`; its value does not change the cost of a step.
+  configs/common.py. A namespace, not an ml_collections.ConfigDict: the step only reads attributes, and the device
+  check runs where ml_collections is not installed. The schedule needs some `steps_per_epoch`; its value does not
+  change the cost of a step.
   """
-  return ml_collections.ConfigDict(
-    dict(
-      seed=0,
-      num_frames=frames,
-      num_classes=classes,
-      batch_size=batch,
-      accumulation_steps=1,
-      freeze_text=True,
-      lr=8e-6,
-      weight_decay=1e-3,
-      new_modules_lr_multiplier=10.0,
-      epochs=30,
-      warmup_epochs=5,
-      steps_per_epoch=1000,
-      label_smoothing=0.1,
-      mixup=0.8,
-      cutmix=1.0,
-      mixup_switch_prob=0.5,
-      mesh={"data": -1, "fsdp": 1, "time": 1},
-    )
+  return types.SimpleNamespace(
+    seed=0,
+    num_frames=frames,
+    num_classes=classes,
+    batch_size=batch,
+    accumulation_steps=1,
+    freeze_text=freeze_text,
+    lr=8e-6,
+    weight_decay=1e-3,
+    new_modules_lr_multiplier=10.0,
+    epochs=30,
+    warmup_epochs=5,
+    steps_per_epoch=1000,
+    label_smoothing=0.1,
+    mixup=0.8,
+    cutmix=1.0,
+    mixup_switch_prob=0.5,
+    mesh={"data": -1, "fsdp": 1, "time": 1},
   )
 
 
-def _setup(arch: str, frames: int, batch: int, classes: int, dtype: str, remat: bool):
-  config = step_config(frames, classes, batch)
-  model = pretrained.from_config(model_config.preset(arch, num_frames=frames, dtype=dtype, remat=remat))
+def _setup(arch: str, frames: int, batch: int, classes: int, dtype: str, remat: bool, freeze_text: bool = True):
+  config = step_config(frames, classes, batch, freeze_text)
+  architecture = throughput.architecture(arch, num_frames=frames, dtype=dtype, remat=remat)
+  model = pretrained.XCLIPModel(architecture, throughput.random_params(architecture))
   rng = np.random.default_rng(0)
-  text_ids = rng.integers(1, model.config.vocab_size - 2, (classes, model.config.context_length), dtype=np.int32)
-  text_ids[:, -1] = model.config.vocab_size - 1  # an end-of-text token for the argmax pooling
+  text_ids = rng.integers(1, architecture.vocab_size - 2, (classes, architecture.context_length), dtype=np.int32)
+  text_ids[:, -1] = architecture.vocab_size - 1  # an end-of-text token for the argmax pooling
   return config, model, text_ids, rng
 
 
@@ -73,46 +87,128 @@ def _peak_rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux
 
 
-def run_ours(arch, frames, batch, classes, dtype, steps, remat) -> dict:
-  config, model, text_ids, rng = _setup(arch, frames, batch, classes, dtype, remat)
+def _abstract(tree):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
+
+
+def run_ours(
+  arch,
+  frames,
+  batch,
+  classes,
+  dtype,
+  steps,
+  remat,
+  freeze_text=True,
+  max_batch=None,
+  matmul_floor=True,
+) -> dict:
+  """Our sharded train step: throughput, FLOPs, MFU, memory and its matmul floor; `batch` a number or "auto"."""
+  config, model, text_ids, rng = _setup(arch, frames, 1, classes, dtype, remat, freeze_text)
+  architecture = model.config
   mesh = sharding.make_mesh(config.mesh)
   state = step_lib.create_train_state(config, model, text_ids, mesh)
   del model  # the state holds the parameters
   step = step_lib.make_sharded_step(state, mesh)
-  size = model_config.PRESETS[arch]["image_resolution"]
-  batches = [
-    sharding.global_batch(
-      {
-        "video": rng.standard_normal((batch, frames, size, size, 3), dtype=np.float32),
-        "label": rng.integers(0, classes, batch).astype(np.int32),
-      },
-      mesh,
-    )
-    for _ in range(2)
-  ]
-  start = time.perf_counter()
-  state, metrics = step(state, batches[0])
-  jax.block_until_ready(metrics)
-  first_call_s = time.perf_counter() - start
-  times = []
-  for i in range(steps):
+  size = architecture.image_resolution
+
+  def abstract_batch(clips):
+    return {
+      "video": jax.ShapeDtypeStruct((clips, frames, size, size, 3), np.float32, sharding=sharding.video_sharding(mesh)),
+      "label": jax.ShapeDtypeStruct((clips,), np.int32, sharding=sharding.batch_sharding(mesh)),
+    }
+
+  @functools.cache
+  def batch_of(clips):  # every step's: only the state is donated
+    (video,) = throughput.filled([jax.ShapeDtypeStruct((clips, frames, size, size, 3), np.float32)], seed=3)
+    return {
+      "video": jax.device_put(video, sharding.video_sharding(mesh)),
+      "label": jax.device_put(rng.integers(0, classes, clips).astype(np.int32), sharding.batch_sharding(mesh)),
+    }
+
+  compiled, compile_s, first_call_s = {}, {}, {}
+
+  def run(clips):
+    """One real step at `clips` (compiled normally, as timed); a failed step may have consumed the donated state."""
+    nonlocal state
     start = time.perf_counter()
-    state, metrics = step(state, batches[i % 2])
+    if clips not in compiled:
+      compiled[clips] = step.lower(state, abstract_batch(clips)).compile()
+      compile_s[clips] = time.perf_counter() - start
+    try:
+      state, metrics = compiled[clips](state, batch_of(clips))
+      jax.block_until_ready(metrics)
+    except jax.errors.JaxRuntimeError:
+      batch_of.cache_clear()
+      state = step_lib.create_train_state(
+        config, pretrained.XCLIPModel(architecture, throughput.random_params(architecture)), text_ids, mesh
+      )
+      raise
+    first_call_s[clips] = time.perf_counter() - start
+
+  result = {"arch": arch, "frames": frames, "classes": classes, "dtype": dtype, "remat": remat}
+  result.update(freeze_text=freeze_text, device_kind=jax.devices()[0].device_kind)
+  if batch == "auto":
+    resident = sum(x.nbytes for x in jax.tree.leaves(state))  # in the analysis's arguments, already allocated
+    batch, search = throughput.largest_batch(
+      lambda clips: throughput.needed_bytes(step.lower(state, abstract_batch(clips)).compile(throughput.ANALYSIS_ONLY)),
+      run,
+      throughput.free_memory_bytes() + resident,
+      max_batch,
+    )
+    result["batch_search"] = search
+  else:
+    run(batch)
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    state, metrics = compiled[batch](state, batch_of(batch))
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - start)
-  return {"median_s": float(np.median(times)), "first_call_s": first_call_s, "peak_rss_mb": _peak_rss_mb()}
+  step_s = float(np.median(times))
+
+  method = xclip.XCLIP.logits_from_features if freeze_text else xclip.XCLIP.__call__
+  forward = functools.partial(xclip.XCLIP(architecture).apply, method=method)
+  video = jax.ShapeDtypeStruct((batch, frames, size, size, 3), np.float32)
+  forward_flops = throughput.census_flops(
+    throughput.matmuls(forward, {"params": _abstract(state.params)}, video, state.text)
+  )
+  model_flops = throughput.train_model_flops(forward_flops, architecture, batch) / batch
+  peak, peak_source = throughput.peak_flops(dtype)
+  result.update(
+    batch=batch,
+    steps=steps,
+    step_s=step_s,
+    clips_per_s=batch / step_s,
+    compile_s=compile_s[batch],
+    first_call_s=first_call_s[batch],
+    model_flops_per_clip=model_flops,
+    xla_flops_per_clip=throughput.xla_flops(compiled[batch]) / batch,
+    peak_flops_per_s=peak,
+    peak_source=peak_source,
+    mfu=None if peak is None else model_flops * batch / step_s / peak,
+    xla_memory_bytes=throughput.needed_bytes(compiled[batch]),
+  )
+  if matmul_floor:
+    census = throughput.matmuls(step_lib.step_fn, _abstract(state), abstract_batch(batch))
+    result["matmul_only_s"] = throughput.matmul_only_seconds(census, steps, throughput.free_memory_bytes() // 4)
+    result["step_matmul_flops_per_clip"] = throughput.census_flops(census) / batch
+  result.update(peak_device_memory_bytes=throughput.peak_memory_bytes(), peak_rss_mb=_peak_rss_mb())
+  return result
 
 
-def run_official(code_dir, arch, frames, batch, classes, steps) -> dict:
-  """The official training step on the same weights: FIX_TEXT, its optimiser groups, Mixup/CutMix, fp32."""
+def run_official(code_dir, arch, frames, batch, classes, steps, freeze_text=True) -> dict:
+  """The official training step on the same weights: FIX_TEXT as `freeze_text`, its optimiser groups, Mixup/CutMix,
+  fp32."""
   import torch
 
   code_dir = pathlib.Path(code_dir).absolute()
   build_model = official_code.import_build_model(code_dir)
   optimizer_lib, blending = official_code.import_train_parts(code_dir)
 
-  config, model, text_ids, rng = _setup(arch, frames, batch, classes, "float32", False)
+  config, model, text_ids, rng = _setup(arch, frames, batch, classes, "float32", False, freeze_text)
   state_dict = {k: torch.from_numpy(np.array(v)) for k, v in official.official_from_params(model.params).items()}
+  size = model.config.image_resolution
   del model
   official_model = build_model(
     state_dict,
@@ -120,20 +216,19 @@ def run_official(code_dir, arch, frames, batch, classes, steps) -> dict:
     prompts_alpha=0.1,
     prompts_layers=2,
     mit_layers=1,
-    use_cache=True,
+    use_cache=freeze_text,  # the class-text features computed once, as the official default with FIX_TEXT
     logger=logging.getLogger("official"),
   )
   del state_dict
   official_model.train()
   settings = types.SimpleNamespace(
-    MODEL=types.SimpleNamespace(FIX_TEXT=True),
+    MODEL=types.SimpleNamespace(FIX_TEXT=freeze_text),
     TRAIN=types.SimpleNamespace(WEIGHT_DECAY=config.weight_decay, LR=config.lr),
   )
   optimizer = optimizer_lib.build_optimizer(settings, official_model)
   mixup = blending.CutmixMixupBlending(
     num_classes=classes, smoothing=config.label_smoothing, mixup_alpha=config.mixup, cutmix_alpha=config.cutmix
   )
-  size = model_config.PRESETS[arch]["image_resolution"]
   videos = [torch.from_numpy(rng.standard_normal((batch, frames, 3, size, size), dtype=np.float32)) for _ in range(2)]
   labels = [torch.from_numpy(rng.integers(0, classes, batch)) for _ in range(2)]
   texts = torch.from_numpy(text_ids.astype(np.int64))
@@ -156,15 +251,33 @@ def run_official(code_dir, arch, frames, batch, classes, steps) -> dict:
     step(i)
     times.append(time.perf_counter() - start)
   return {
-    "median_s": float(np.median(times)),
+    "step_s": float(np.median(times)),
     "first_call_s": first_call_s,
     "peak_rss_mb": _peak_rss_mb(),
     "torch_threads": torch.get_num_threads(),
   }
 
 
+# Summaries of several fresh-process runs: the median of these, the largest of these, the first run's for the rest.
+_MEDIAN_KEYS = ("step_s", "clips_per_s", "compile_s", "first_call_s", "mfu", "matmul_only_s", "peak_flops_per_s")
+_MAX_KEYS = ("peak_rss_mb", "peak_device_memory_bytes")
+
+
+def _summarise(results: list[dict]) -> dict:
+  summary = dict(results[0])
+  for key in _MEDIAN_KEYS:
+    if results[0].get(key) is not None:
+      summary[key] = float(np.median([r[key] for r in results]))
+  for key in _MAX_KEYS:
+    if key in results[0]:
+      summary[key] = max(r[key] for r in results)
+  return summary
+
+
 def side_by_side(options: dict, official_code: str | None, rounds: int) -> dict:
   """Runs each side in fresh processes, alternating; returns both sides' figures (medians over rounds)."""
+  if official_code and options["batch"] == "auto":
+    raise SystemExit("--batch=auto searches our step's batch alone; give --official_code a number")
   sides = ["ours"] + (["official"] if official_code else [])
   runs = {side: [] for side in sides}
   for _ in range(rounds):
@@ -180,14 +293,12 @@ def side_by_side(options: dict, official_code: str | None, rounds: int) -> dict:
         raise RuntimeError(f"the {side} train benchmark failed:\n{result.stderr[-3000:]}")
       runs[side].append(json.loads(result.stdout.strip().splitlines()[-1]))
       print(f"{side}: {runs[side][-1]}", file=sys.stderr, flush=True)  # each run as it ends
-  summary = {"mode": "train", **options, "device": str(jax.devices()[0].device_kind), "rounds": rounds}
-  for side, results in runs.items():
-    prefix = "" if side == "ours" else "official_"
-    summary[f"{prefix}median_s"] = float(np.median([r["median_s"] for r in results]))
-    summary[f"{prefix}peak_rss_mb"] = float(max(r["peak_rss_mb"] for r in results))
-    summary[f"{prefix}runs"] = results
+  summary = {"mode": "train", **options, **_summarise(runs["ours"]), "rounds": rounds, "runs": runs["ours"]}
   if official_code:
-    summary["time_ratio"] = summary["median_s"] / summary["official_median_s"]
+    official_summary = _summarise(runs["official"])
+    summary.update({f"official_{key}": official_summary[key] for key in ("step_s", "first_call_s", "peak_rss_mb")})
+    summary["official_runs"] = runs["official"]
+    summary["time_ratio"] = summary["step_s"] / summary["official_step_s"]
     summary["memory_ratio"] = summary["peak_rss_mb"] / summary["official_peak_rss_mb"]
   return summary
 
@@ -198,8 +309,8 @@ def _child(request: dict):
   if side == "ours":
     result = run_ours(**request)
   else:
-    request.pop("dtype")
-    request.pop("remat")
+    for key in ("dtype", "remat", "max_batch", "matmul_floor"):
+      request.pop(key)
     result = run_official(code_dir, **request)
   print(json.dumps(result))
 

@@ -3,6 +3,8 @@
 import json
 import os
 import pathlib
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +19,7 @@ from tests.fixtures import tiny
 from tests.fixtures import video_fixtures
 from xclip_jax import convert
 from xclip_jax.parallel import sharding
+from xclip_jax.train import checkpoints
 from xclip_jax.train import trainer
 from xclip_jax.weights import torch_checkpoint
 
@@ -66,13 +69,16 @@ def overrides(dataset) -> dict:
   }
 
 
-def main_command(dataset, workdir, **extra) -> list[str]:
+def main_command(dataset, workdir, verbose: bool = False, **extra) -> list[str]:
+  """`verbose`: every INFO line on stderr, where tests read them, whatever the terminal shows by default."""
   flags = [f"--config.{key}={value}" for key, value in {**overrides(dataset), **extra}.items()]
+  flags += ["--verbosity=0"] if verbose else []
   return [sys.executable, "-m", "xclip_jax.main", "--config=configs/k400.py:small=True", f"--workdir={workdir}", *flags]
 
 
-def run_main(dataset, workdir, **extra):
-  return subprocess.run(main_command(dataset, workdir, **extra), cwd=REPO, capture_output=True, text=True, env=_env())
+def run_main(dataset, workdir, verbose: bool = False, **extra):
+  command = main_command(dataset, workdir, verbose, **extra)
+  return subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=_env())
 
 
 def _env():
@@ -112,39 +118,130 @@ def test_trains_end_to_end_with_checkpoints_metrics_and_results(uninterrupted, t
 
 
 def test_killed_and_resumed_run_ends_like_the_uninterrupted_one(dataset, uninterrupted, tmp_path):
+  """A run stopped mid-way (SIGTERM, then kill -9) resumes each time from its checkpoint's step and data position."""
   workdir = tmp_path / "interrupted"
-  # SIGTERM once the first checkpoint exists: the run saves and exits cleanly.
-  process = subprocess.Popen(main_command(dataset, workdir), cwd=REPO, env=_env(), stderr=subprocess.PIPE, text=True)
-  _wait_for_checkpoint(workdir, process)
+  batch_size = overrides(dataset)["batch_size"]
+  # Metrics every step tell where a run is. Once step 1 is logged the SIGTERM handler is installed and 7 steps and an
+  # evaluation remain: the run saves after the step it is at and exits cleanly, mid-run.
+  log = tmp_path / "stopped.log"
+  process = _start_main(dataset, workdir, log)
+  _wait_until(process, log, lambda text: _logged_steps(text), "step 1 logged")
   process.send_signal(signal.SIGTERM)
-  _, stderr = process.communicate(timeout=300)
-  assert process.returncode == 0, stderr[-3000:]
-  assert "SIGTERM" in stderr
-  stopped_at = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-  assert stopped_at < TOTAL_STEPS
-  # Resume, then kill -9 after the next checkpoint, and resume again to the end.
-  process = subprocess.Popen(main_command(dataset, workdir), cwd=REPO, env=_env(), stderr=subprocess.PIPE, text=True)
-  _wait_for_checkpoint(workdir, process, after=stopped_at)
+  assert process.wait(timeout=300) == 0, log.read_text()[-3000:]
+  stopped_at = _newest_checkpoint(workdir)
+  assert 0 < stopped_at < TOTAL_STEPS, f"SIGTERM landed after the last step ({stopped_at})"
+  assert f"Stopped at step {stopped_at} on SIGTERM" in log.read_text()
+  position = _data_position(workdir, stopped_at)
+  assert position == stopped_at * batch_size
+  # Resumed, it trains from the next step at the saved data position. kill -9 as it saves its first checkpoint (done
+  # or not by then: the next run resumes from the newest complete one), with steps left.
+  log = tmp_path / "resumed.log"
+  process = _start_main(dataset, workdir, log)
+  _wait_until(
+    process, log, lambda text: _logged_steps(text) and "Saved checkpoint at step" in text, "a checkpoint saved"
+  )
   process.kill()
-  process.communicate(timeout=60)
-  result = run_main(dataset, workdir)
+  assert process.wait(timeout=60) == -signal.SIGKILL, "the resumed run ended before kill -9"
+  text = log.read_text()
+  assert f"Resumed from the checkpoint at step {stopped_at} (data position {position})" in text
+  assert _logged_steps(text)[0] == stopped_at + 1
+  killed_at = _newest_checkpoint(workdir)
+  assert killed_at < TOTAL_STEPS, "kill -9 landed after the last checkpoint"
+  position = _data_position(workdir, killed_at)
+  # Resumed again, to the end.
+  result = run_main(dataset, workdir, verbose=True, log_every_steps=1)
   assert result.returncode == 0, result.stderr[-4000:]
-  assert "Resumed from the checkpoint" in result.stderr
+  assert f"Resumed from the checkpoint at step {killed_at} (data position {position})" in result.stderr
+  assert _logged_steps(result.stderr) == list(range(killed_at + 1, TOTAL_STEPS + 1))
   ours, reference = final_params(workdir), final_params(uninterrupted[0])
   for name in reference:
     np.testing.assert_allclose(ours[name], reference[name], rtol=1e-6, atol=1e-7, err_msg=name)
 
 
-def _wait_for_checkpoint(workdir: pathlib.Path, process, after: int = 0, timeout: float = 600):
+def _start_main(dataset, workdir: pathlib.Path, log: pathlib.Path) -> subprocess.Popen:
+  """`python -m xclip_jax.main` logging the metrics of every step to `log`."""
+  with log.open("w") as output:
+    return subprocess.Popen(
+      main_command(dataset, workdir, verbose=True, log_every_steps=1), cwd=REPO, env=_env(), stderr=output, text=True
+    )
+
+
+def _wait_until(process: subprocess.Popen, log: pathlib.Path, condition, what: str, timeout: float = 600):
+  """Polls `condition(log text)` while the process runs; the timeout only ends a run that hangs."""
   deadline = time.time() + timeout
-  while time.time() < deadline:
-    directory = workdir / "checkpoints"
-    if directory.is_dir() and any(p.name.isdigit() and int(p.name) > after for p in directory.iterdir()):
-      return
-    if process.poll() is not None:
-      raise AssertionError(f"the run ended before a checkpoint after step {after}: {process.stderr.read()[-3000:]}")
-    time.sleep(0.2)
-  raise AssertionError("no checkpoint appeared")
+  while not condition(log.read_text()):
+    assert process.poll() is None, f"the run ended before {what}: {log.read_text()[-3000:]}"
+    assert time.time() < deadline, f"no {what} within {timeout} s"
+    time.sleep(0.1)
+
+
+def _logged_steps(log: str) -> list[int]:
+  """The steps whose training metrics a run logged (clu's lines: `[STEP] clips_per_second=..., loss=...`)."""
+  return [int(step) for step in re.findall(r"\[(\d+)\] [^\n]*\bloss=", log)]
+
+
+def _newest_checkpoint(workdir: pathlib.Path) -> int:
+  """The step of the newest complete checkpoint (orbax writes each in a temporary folder, then renames it), or 0."""
+  directory = workdir / "checkpoints"
+  return max((int(p.name) for p in directory.iterdir() if p.name.isdigit()), default=0) if directory.is_dir() else 0
+
+
+def _data_position(workdir: pathlib.Path, step: int) -> int:
+  return json.loads((workdir / "checkpoints" / str(step) / "data" / "metadata").read_text())["data_position"]
+
+
+def _damage(step_dir: pathlib.Path) -> pathlib.Path:
+  """Cuts the largest OCDBT data file of a checkpoint to half its size, as a copy interrupted mid-file would."""
+  largest = max((p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"), key=_size)
+  with largest.open("r+b") as f:
+    f.truncate(_size(largest) // 2)
+  return largest
+
+
+def _size(path: pathlib.Path) -> int:
+  return path.stat().st_size
+
+
+def test_a_damaged_checkpoint_is_set_aside_and_the_run_resumes_from_the_newest_intact_one(
+  dataset, uninterrupted, tmp_path
+):
+  """A cut data file in the newest checkpoint: one warning, the folder renamed (kept), the run resumed from the
+  step before and ended like an uninterrupted run."""
+  workdir = tmp_path / "damaged"
+  for step in (4, 6):
+    shutil.copytree(uninterrupted[0] / "checkpoints" / str(step), workdir / "checkpoints" / str(step))
+  damaged = _damage(workdir / "checkpoints" / "6")
+  damaged_size = _size(damaged)
+  result = run_main(dataset, workdir, verbose=True)
+  assert result.returncode == 0, result.stderr[-4000:]
+  set_aside = workdir / "checkpoints" / f"6{checkpoints.DAMAGED_SUFFIX}"
+  warnings = [line for line in result.stderr.splitlines() if "cannot be read" in line]
+  assert len(warnings) == 1 and warnings[0].startswith("W"), warnings
+  assert "checkpoint at step 6 cannot be read (OUT_OF_RANGE" in warnings[0] and str(set_aside) in warnings[0]
+  assert "Traceback" not in result.stderr
+  # Kept as it was, under a name orbax does not list.
+  kept = set_aside / damaged.relative_to(workdir / "checkpoints" / "6")
+  assert kept.is_file() and _size(kept) == damaged_size, "the damaged checkpoint was not kept as it was"
+  assert "Resumed from the checkpoint at step 4 (data position 16)" in result.stderr
+  ours, reference = final_params(workdir), final_params(uninterrupted[0])
+  for name in reference:
+    np.testing.assert_allclose(ours[name], reference[name], rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+def test_without_an_intact_checkpoint_the_run_stops_naming_the_folder_and_what_it_tried(
+  dataset, uninterrupted, tmp_path
+):
+  """Every checkpoint unreadable: one line names the folder and each step's failure; nothing is set aside."""
+  workdir = tmp_path / "damaged"
+  shutil.copytree(uninterrupted[0] / "checkpoints" / "6", workdir / "checkpoints" / "6")
+  _damage(workdir / "checkpoints" / "6")
+  result = run_main(dataset, workdir)
+  assert result.returncode != 0
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"ValueError: no checkpoint in {workdir / 'checkpoints'} can be read (step 6: OUT_OF_RANGE")
+  # main.py's traceback of the trainer's frames, no more (the reads' own reports are the long part).
+  assert result.stderr.count("Traceback") == 1 and len(result.stderr.split("Traceback")[1].splitlines()) < 30
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["6"]
 
 
 def in_process_config(dataset, **extra):
@@ -184,9 +281,29 @@ def test_bad_setups_are_refused_naming_the_problem(dataset, tmp_path, field, val
     trainer.train_and_evaluate(in_process_config(dataset, **extra), tmp_path)
 
 
-def test_diverging_loss_stops_naming_the_step(dataset, tmp_path):
-  with pytest.raises(FloatingPointError, match=r"at step \d+"):
-    trainer.train_and_evaluate(in_process_config(dataset, lr=1e38, warmup_epochs=0), tmp_path)
+@pytest.mark.parametrize(
+  "lr",
+  [
+    1e30,  # the warm-up's first steps are saved, until their huge updates make a loss NaN
+    1e38,  # the first update is NaN (10 x lr overflows float32 for the new modules) with a finite loss
+  ],
+)
+def test_diverging_training_stops_naming_the_step_and_saves_nothing_of_it(dataset, tmp_path, lr):
+  """The first step that breaks is named and nothing of it or later is saved; the checkpoints left are intact."""
+  # A checkpoint every step, so that saving the step that breaks would show; the checkpoint is the first to read each
+  # step's metrics (metrics and evaluation only at the end).
+  config = in_process_config(
+    dataset, lr=lr, checkpoint_every_steps=1, log_every_steps=TOTAL_STEPS, eval_every_epochs=TOTAL_STEPS
+  )
+  with pytest.raises(FloatingPointError, match=r"step \d+;") as error:
+    trainer.train_and_evaluate(config, tmp_path)
+  failed = int(re.search(r"step (\d+);", str(error.value))[1])
+  # Complete checkpoints only (none still being written), all of earlier steps, with finite parameters.
+  saved = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+  assert all(name.isdigit() and int(name) < failed for name in saved), (saved, str(error.value))
+  for name in saved:
+    state = ocp.PyTreeCheckpointer().restore((tmp_path / "checkpoints" / name / "state").absolute())
+    assert all(np.isfinite(leaf).all() for leaf in sharding.flat_names(state["params"]).values()), name
 
 
 def test_zero_shot_evaluation_reports_each_split_and_the_mean(dataset, tmp_path):

@@ -1,12 +1,10 @@
-"""The benchmarks: the matmul census, which the matmul-only floor is built from, the fresh-process timing, the train
-step's config, and what they may import."""
+"""The benchmarks: the fresh-process timing, the train step's config, and what they may import (the measurements
+themselves: test_throughput.py)."""
 
 import os
 import re
 import sys
 
-import jax
-import jax.numpy as jnp
 import pytest
 
 from benchmarks import model as benchmark
@@ -14,18 +12,6 @@ from benchmarks import official_code
 from benchmarks import train_step
 from configs import common
 from tests import test_layout
-
-
-def test_matmul_census_finds_every_dot_with_its_shapes_and_flops():
-  @jax.jit  # the census must look inside nested jaxprs
-  def attention_like(x, w, q, k):
-    return jnp.tanh(x @ w), jnp.einsum("bqd,bkd->bqk", q, k)
-
-  args = (jnp.ones((4, 3)), jnp.ones((3, 5)), jnp.ones((2, 6, 8)), jnp.ones((2, 7, 8)))
-  matmuls = benchmark._matmuls(lambda *a: attention_like(*a), *args)
-  assert [(lhs.shape, rhs.shape) for lhs, rhs, _ in matmuls] == [((4, 3), (3, 5)), ((2, 6, 8), (2, 7, 8))]
-  flops = [benchmark._flops(lhs.shape, rhs.shape, params["dimension_numbers"]) for lhs, rhs, params in matmuls]
-  assert flops == [2 * 4 * 3 * 5, 2 * 2 * 6 * 7 * 8]
 
 
 def test_official_code_option_refuses_a_folder_that_is_not_the_official_x_clip(tmp_path):
@@ -44,8 +30,8 @@ def test_fresh_process_timing_reports_its_own_peak_memory_and_failures():
 
 
 def test_train_step_config_has_the_experiment_defaults_of_configs_common():
-  config = train_step.step_config(frames=8, classes=400, batch=256)
-  defaults = common.experiment_config()
+  config = vars(train_step.step_config(frames=8, classes=400, batch=256))
+  defaults = common.experiment_config().to_dict()
   # steps_per_epoch: None in configs/common.py (the trainer derives it from the data size).
   differing = {k: (v, defaults[k]) for k, v in config.items() if k != "steps_per_epoch" and v != defaults[k]}
   assert not differing

@@ -72,11 +72,23 @@ def test_tokenizer_and_model_together_reproduce_the_golden_text_ids(golden):
 
 
 def test_bfloat16_compute_stays_close_to_float32(golden):
+  """bfloat16 compute gives the official float32 logits to within 3% of the largest, and the same class ranking
+  wherever float32 separates the classes by more than bfloat16 blurs them."""
   path, io = golden
   model = xclip_jax.load_pretrained(path / "xclip_official.pth", dtype="bfloat16")
   assert jax.tree.leaves(model.params)[0].dtype == jnp.float32  # parameters stay float32
-  logits = model.logits(io["video_channels_last"], io["text"])
-  np.testing.assert_allclose(logits, io["logits"], atol=0.1 * np.abs(io["logits"]).max())
+  logits = np.asarray(model.logits(io["video_channels_last"], io["text"]), np.float64)
+  reference = io["logits"].astype(np.float64)
+  # bfloat16 keeps 8 significant bits (2^-9 relative rounding per operation); through both towers the logits move by
+  # 0.021 (measured), 1.1% of the largest (1.90). Bound: 3%, 0.057.
+  np.testing.assert_allclose(logits, reference, rtol=0, atol=0.03 * np.abs(reference).max())
+  np.testing.assert_array_equal(logits.argmax(axis=1), reference.argmax(axis=1))
+  # With 5 classes the top-5 is the whole ranking: every pair of classes more than 0.05 apart in float32 (2.4 times
+  # the measured error) keeps its order. 19 of the 20 pairs are; video 1's classes 1 and 2 are a tie at bfloat16's
+  # resolution (0.0076 apart), so their order is not checked.
+  apart = reference[:, :, None] - reference[:, None, :] > 0.05
+  assert apart.sum() == 19, apart.sum()
+  np.testing.assert_array_equal((logits[:, :, None] > logits[:, None, :])[apart], True)
 
 
 def test_wrong_number_of_frames_is_refused_with_advice(golden, golden_model):

@@ -3,15 +3,20 @@
 Two processes with 2 CPU devices each against one process with 4, the parameters sharded over all 4 devices
 (`mesh.fsdp=4`). Two processes train 6 steps; one process resumes their step-2 checkpoint and ends with their
 parameters and their evaluation; two processes resume its step-4 checkpoint, a SIGTERM to one of them stops both
-after the same step, with the parameters of the one-process run. A killed or failing process stops the other within
-the heartbeat timeout, saying so. Each process start costs seconds (imports, tracing, tf.data), so there are few;
+after the same step, with the parameters of the one-process run; two processes set aside a checkpoint that one of
+them cannot read and resume, both, from the one before. Of the files in the workdir they share, process 1
+writes none of those process 0 alone writes (recorded by an audit hook in each process). A killed or failing process
+stops the other, which finds it gone within the heartbeat timeout (by its own log's clock) and says so. Each process
+start costs seconds (imports, tracing, tf.data), so there are few;
 the runs share the test session's compilation cache (conftest), so that each program compiles once per process
 count.
 """
 
+import datetime
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import socket
@@ -27,7 +32,9 @@ import pytest
 
 from tests.fixtures import tiny
 from tests.fixtures import video_fixtures
+from xclip_jax.evaluation import report
 from xclip_jax.parallel import distributed
+from xclip_jax.train import checkpoints
 from xclip_jax.train import trainer
 from xclip_jax.weights import native
 
@@ -36,10 +43,13 @@ NUM_TRAIN, NUM_VAL = 8, 5  # 5 validation videos in global batches of 4: the sec
 TOTAL_STEPS = 6  # 3 epochs of 2 steps, a checkpoint after each
 # The runs are compared with each other, not timed: XLA compiles faster without LLVM's optimisations.
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-# Seconds. The tests of a dying process use a short timeout: the other must stop within a few of these. The other
-# runs keep the default, which a loaded machine's compilations (several processes on 2 cores) cannot exceed.
+# Seconds. The tests of a dying process use a short timeout: the other must find it gone within two of these, by its
+# log's clock. The other runs keep the default, which a loaded machine's compilations (several processes on 2 cores)
+# cannot exceed.
 DEATH_HEARTBEAT_TIMEOUT = 10
 HEARTBEAT_TIMEOUT = 100
+# The death tests' waits only end a run that hangs: they claim no wall time.
+HANG_SECONDS = 600
 
 
 @pytest.fixture(scope="module")
@@ -91,14 +101,35 @@ def _command(dataset, workdir, overrides: dict, heartbeat_timeout: int) -> list[
     "--config=configs/k400.py:small=True",
     f"--workdir={workdir}",
     f"--heartbeat_timeout_seconds={heartbeat_timeout}",
+    # Every INFO line on the process's output, where the tests read them, whatever the terminal shows by default.
+    "--verbosity=0",
     *(f"--config.{key}={value}" for key, value in config.items()),
   ]
+
+
+# Runs xclip_jax.main as `-m` does, recording each file that the process itself opens for writing or renames into
+# place, one path a line, in the file its first argument names (Python's audit hooks: writes of C++ code such as
+# TensorFlow's and TensorStore's escape them). A hook must not raise: it writes with os.write, which is not audited.
+_RECORDING_WRITES = """
+import os, runpy, sys
+record = os.open(sys.argv.pop(1), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+def audit(event, args):
+  if event == "open" and isinstance(args[1], str) and any(c in args[1] for c in "wax+"):
+    os.write(record, f"{args[0]}\\n".encode(errors="replace"))
+  elif event == "open" and args[1] is None and (args[2] or 0) & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+    os.write(record, f"{args[0]}\\n".encode(errors="replace"))
+  elif event == "os.rename":
+    os.write(record, f"{args[1]}\\n".encode(errors="replace"))
+sys.addaudithook(audit)
+runpy.run_module("xclip_jax.main", run_name="__main__", alter_sys=True)
+"""
 
 
 class Run:
   """`num_processes` processes of one run, each with 4 // num_processes CPU devices, logging to files.
 
-  `overrides` change the config of every process, `process_overrides[i]` that of process i alone.
+  `overrides` change the config of every process, `process_overrides[i]` that of process i alone; with
+  `record_writes`, `written(i)` lists the files that process i wrote.
   """
 
   def __init__(
@@ -108,6 +139,7 @@ class Run:
     num_processes: int,
     process_overrides=None,
     heartbeat_timeout: int = HEARTBEAT_TIMEOUT,
+    record_writes: bool = False,
     **overrides,
   ):
     self.workdir = workdir
@@ -121,17 +153,23 @@ class Run:
     if num_processes > 1:
       distributed = [f"--coordinator_address=127.0.0.1:{_free_port()}", f"--num_processes={num_processes}"]
     self.logs = [workdir / f"process{i}.log" for i in range(num_processes)]
+    self.writes = [workdir / f"process{i}.writes" for i in range(num_processes)]
     self.processes = []
     for i, log in enumerate(self.logs):
       config = {**overrides, **(process_overrides or {}).get(i, {})}
       command = _command(dataset, workdir, config, heartbeat_timeout) + distributed
       if num_processes > 1:
         command.append(f"--process_id={i}")
+      if record_writes:
+        command[1:3] = ["-c", _RECORDING_WRITES, str(self.writes[i])]
       with log.open("w") as output:
         self.processes.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT))
 
   def log(self, i: int) -> str:
     return self.logs[i].read_text()
+
+  def written(self, i: int) -> set[pathlib.Path]:
+    return {pathlib.Path(line) for line in self.writes[i].read_text().splitlines()}
 
   def wait(self, timeout: float = 400) -> list[int]:
     deadline = time.time() + timeout
@@ -194,7 +232,7 @@ def _assert_same_evaluation(ours: dict, reference: dict):
 @pytest.fixture(scope="module")
 def two_processes(dataset, tmp_path_factory):
   """Two processes, 2 devices each, the whole run."""
-  run = Run(dataset, tmp_path_factory.mktemp("two"), 2)
+  run = Run(dataset, tmp_path_factory.mktemp("two"), 2, record_writes=True)
   run.succeed()
   assert _checkpoint_steps(run.workdir) == [2, 4, TOTAL_STEPS]
   return run
@@ -209,10 +247,27 @@ def one_process(dataset, two_processes, tmp_path_factory):
   return run
 
 
-def test_two_processes_log_their_index_and_process_0_writes_the_metrics(two_processes):
+def test_two_processes_log_their_index(two_processes):
   for i in (0, 1):
     assert f"[process {i}/2] JAX: 2 processes, 4 devices (cpu)" in two_processes.log(i)
-  assert len(list(two_processes.workdir.glob("events.out.tfevents.*"))) == 1
+
+
+def test_only_process_0_writes_the_results_the_pictures_and_the_metrics(two_processes):
+  """Process 1 writes no eval_results.json, best.json, pictures or TensorBoard events in the workdir they share."""
+  names = {trainer.RESULTS_FILE, "best.json", report.CURVES_FILE, report.CONFUSION_FILE}
+  # The files of each process, as it opened them: process 0's show that the recording sees every one of them.
+  written = [{path.name for path in two_processes.written(i) if path.parent == two_processes.workdir} for i in (0, 1)]
+  assert names <= written[0], names - written[0]
+  events = [_events_files(two_processes.workdir, process.pid) for process in two_processes.processes]
+  assert len(events[0]) == 1, events
+  assert not (names & written[1]) and not events[1], (names & written[1], events[1])
+
+
+def _events_files(workdir: pathlib.Path, pid: int) -> list[str]:
+  """The TensorBoard events files of process `pid`: TensorFlow writes them in C++ (no audit hook sees it), naming
+  them events.out.tfevents.TIME.HOST.PID.N.v2."""
+  files = [path.name for path in workdir.glob("events.out.tfevents.*")]
+  return [name for name in files if re.search(rf"\.{pid}\.\d+\.v2$", name)]
 
 
 def test_one_process_resumes_a_two_process_checkpoint_and_ends_like_them(dataset, two_processes, one_process):
@@ -238,13 +293,35 @@ def test_two_processes_resume_a_one_process_checkpoint_and_a_sigterm_stops_both_
   _assert_same_training(_params(run.workdir, stopped), _params(one_process.workdir, stopped), dataset[1])
 
 
+def test_two_processes_set_aside_a_checkpoint_that_only_one_of_them_cannot_read(dataset, two_processes, tmp_path):
+  """A data file cut short that only process 1 reads: both set the checkpoint aside and resume from the same one."""
+  _resume_from(two_processes.workdir, 4, tmp_path)
+  _resume_from(two_processes.workdir, TOTAL_STEPS, tmp_path)
+  # Process 1's shards of the sharded arrays; process 0 reads its own.
+  files = (tmp_path / native.WORKDIR_CHECKPOINTS / str(TOTAL_STEPS) / "state" / "ocdbt.process_1" / "d").iterdir()
+  largest = max(files, key=lambda path: path.stat().st_size)
+  with largest.open("r+b") as f:
+    f.truncate(largest.stat().st_size // 2)
+  run = Run(dataset, tmp_path, 2)
+  run.succeed()
+  assert f"The checkpoint at step {TOTAL_STEPS} cannot be read (unreadable on process 1)" in run.log(0)
+  assert f"The checkpoint at step {TOTAL_STEPS} cannot be read (OUT_OF_RANGE" in run.log(1)
+  for i in (0, 1):
+    assert "Resumed from the checkpoint at step 4 (data position 16)" in run.log(i), run.log(i)[-3000:]
+  assert (tmp_path / native.WORKDIR_CHECKPOINTS / f"{TOTAL_STEPS}{checkpoints.DAMAGED_SUFFIX}").is_dir()
+  _assert_same_training(_params(tmp_path), _params(two_processes.workdir), dataset[1])
+
+
 @pytest.mark.parametrize("death", ["killed", "failing"])
 def test_a_process_that_dies_stops_the_other_with_a_clear_message(dataset, tmp_path, death):
+  """The other process finds the dead one out within the heartbeat timeout, on its own log's clock, says that
+  another process died, and exits."""
   if death == "killed":
     run = Run(dataset, tmp_path, 2, heartbeat_timeout=DEATH_HEARTBEAT_TIMEOUT)
     # Killed once both have joined, the other blocks in its first exchange with it.
     _wait_for_line(run, 1, "JAX: 2 processes")
     run.processes[1].kill()
+    died = time.time()
   else:
     # Process 1 alone cannot read its init checkpoint: it says so, with its index, and exits at once.
     run = Run(
@@ -254,13 +331,27 @@ def test_a_process_that_dies_stops_the_other_with_a_clear_message(dataset, tmp_p
       process_overrides={1: {"init.checkpoint": tmp_path / "missing"}},
       heartbeat_timeout=DEATH_HEARTBEAT_TIMEOUT,
     )
-    assert run.processes[1].wait(timeout=300) == 1
+    assert run.processes[1].wait(timeout=HANG_SECONDS) == 1
     assert "[process 1/2] Process 1 of 2 failed" in run.log(1) and "missing does not exist" in run.log(1)
-  died = time.time()
-  codes = run.wait(timeout=6 * DEATH_HEARTBEAT_TIMEOUT)
-  print(f"{death}: the other process stopped {time.time() - died:.1f} s after")
+    died = _logged_time(run.log(1), "Process 1 of 2 failed")
+  # Only a guard against a hang: how soon it stopped is read from its log below, whatever else loads the machine.
+  codes = run.wait(timeout=HANG_SECONDS)
   assert codes[0] != 0
   assert "another task died" in run.log(0), run.log(0)[-3000:]
+  # The coordination service (in process 0) logs when it finds a process gone: a heartbeat timeout after its last
+  # heartbeat (within one check interval), however busy the process's own threads were.
+  found = _logged_time(run.log(0), "stopped sending heartbeats") - died
+  print(f"{death}: process 0 found process 1 gone {found:.1f} s after it died")
+  assert 0 < found < 2 * DEATH_HEARTBEAT_TIMEOUT
+
+
+def _logged_time(log: str, text: str) -> float:
+  """When the first line of `log` that holds `text` was logged: absl's and XLA's `LMMDD HH:MM:SS.micros` prefix, in
+  the machine's local time, as seconds since the epoch (the year is this one's)."""
+  line = next(line for line in log.splitlines() if text in line)
+  stamp = re.match(r"[IWEF](\d{4} \d\d:\d\d:\d\d\.\d+)", line)
+  assert stamp, line
+  return datetime.datetime.strptime(f"{datetime.date.today().year}{stamp[1]}", "%Y%m%d %H:%M:%S.%f").timestamp()
 
 
 def _wait_for_line(run: Run, process: int, text: str, timeout: float = 300):

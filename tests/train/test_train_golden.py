@@ -75,6 +75,11 @@ def test_groups_match_the_official_optimiser(golden_train, trained):
     assert decays[names[name]] == (group["weight_decay"] > 0), name
 
 
+# The README claims every compared update within 8e-5 relative (measured 7.7e-5, visual.transformer.resblocks.0.ln_1
+# .weight); the golden's own acceptance bound is 1e-3 (../shared/golden/README.md).
+UPDATE_TOLERANCE = 1e-4
+
+
 def test_every_compared_update_matches_the_official_one(golden_train, trained):
   meta, _, after_golden = golden_train
   before, after, _, _ = trained
@@ -86,7 +91,7 @@ def test_every_compared_update_matches_the_official_one(golden_train, trained):
     if piece["compare"]:
       error = np.linalg.norm(ours - theirs) / np.linalg.norm(theirs)
       worst = max(worst, error)
-      assert error < 1e-3, (name, start, stop, error)
+      assert error < UPDATE_TOLERANCE, (name, start, stop, error)
     else:
       # Zero gradient in exact arithmetic: Adam moves it by at most about lr per step, plus the decay.
       bound = 5 * sum(meta["lr"] * 10 for _ in range(meta["steps"])) * (1 + np.abs(before[name][start:stop]).max())
@@ -97,7 +102,8 @@ def test_every_compared_update_matches_the_official_one(golden_train, trained):
 def test_losses_and_learning_rates_of_every_step(golden_train, trained):
   meta, steps, _ = golden_train
   _, _, history, state = trained
-  np.testing.assert_allclose([m["loss"] for m in history], steps["loss"], rtol=1e-4)
+  # Measured 1.8e-7 relative.
+  np.testing.assert_allclose([m["loss"] for m in history], steps["loss"], rtol=1e-5)
   np.testing.assert_allclose([m["lr"] for m in history], steps["lr"], rtol=1e-6, atol=1e-12)
   lr_x10 = [state.recipe.schedule(i, 10.0) for i in range(5)]
   np.testing.assert_allclose(lr_x10, steps["lr_x10"], rtol=1e-6, atol=1e-12)

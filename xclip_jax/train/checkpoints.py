@@ -2,18 +2,25 @@
 
 A checkpoint holds the train state (step, parameters, optimiser state, rng) and the global data position with the
 batch size it counts, so that a run resumes with any number of processes at the same place in the data. Class-text
-features are not saved: they are recomputed from the class names.
+features are not saved: they are recomputed from the class names. A run resumes from the newest checkpoint it can read,
+setting newer, damaged ones aside (STEP.damaged).
 """
 
 import logging
 import signal
+import sys
+import traceback
 
 import jax
 from jax.experimental import multihost_utils
+import numpy as np
 import orbax.checkpoint as ocp
 
 from xclip_jax.train import step as step_lib
 from xclip_jax.weights import native
+
+# Checkpoints that cannot be read are renamed STEP.damaged: orbax lists only numbered folders.
+DAMAGED_SUFFIX = ".damaged"
 
 
 def make_manager(workdir, keep: int) -> ocp.CheckpointManager:
@@ -44,26 +51,130 @@ def save(manager: ocp.CheckpointManager, state: step_lib.TrainState, position: i
 def restore(
   manager: ocp.CheckpointManager, state: step_lib.TrainState, mesh: jax.sharding.Mesh, batch_size: int
 ) -> tuple[step_lib.TrainState, int]:
-  """The newest checkpoint laid out on `mesh` (written by any number of processes) and its global data position."""
-  step = manager.latest_step()
+  """The newest readable checkpoint laid out on `mesh` (written by any number of processes) and its data position.
+
+  Newer checkpoints that cannot be read (a file cut short, a lost object) are set aside as STEP.damaged, which orbax
+  does not list, with a warning. When none can be read nothing is set aside, as the run's config is then more likely
+  at fault than every checkpoint: a ValueError names them.
+  """
   target = jax.tree.map(
     lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
     _arrays(state),
     _arrays(step_lib.state_shardings(state, mesh)),
   )
-  restored = manager.restore(
-    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore())
-  )
-  meta = restored["data"]
-  if meta.get("batch_size") != batch_size:
-    raise ValueError(
-      f"the checkpoint at step {step} was written with batch_size={meta.get('batch_size')}, this run has "
-      f"config.batch_size={batch_size}: its data position counts other batches (resume with the same batch size)"
+  unreadable = {}
+  for step in sorted(manager.all_steps(), reverse=True):
+    restored, error = _read(manager.directory / str(step), target)
+    if restored is None:
+      unreadable[step] = error
+      continue
+    if unreadable:
+      _set_aside(manager, unreadable, step)
+    meta = restored["data"]
+    if meta.get("batch_size") != batch_size:
+      raise ValueError(
+        f"the checkpoint at step {step} was written with batch_size={meta.get('batch_size')}, this run has "
+        f"config.batch_size={batch_size}: its data position counts other batches (resume with the same batch size)"
+      )
+    arrays = restored["state"]
+    logging.info("Resumed from the checkpoint at step %d (data position %d).", step, meta["data_position"])
+    state = state.replace(
+      step=arrays["step"], params=arrays["params"], opt_state=arrays["opt_state"], rng=arrays["rng"]
     )
-  arrays = restored["state"]
-  logging.info("Resumed from the checkpoint at step %d (data position %d).", step, meta["data_position"])
-  state = state.replace(step=arrays["step"], params=arrays["params"], opt_state=arrays["opt_state"], rng=arrays["rng"])
-  return state, int(meta["data_position"])
+    return state, int(meta["data_position"])
+  tried = "; ".join(f"step {step}: {error}" for step, error in unreadable.items())
+  raise ValueError(
+    f"no checkpoint in {manager.directory} can be read ({tried}); none was set aside, as all failing may mean that "
+    "this run's config differs from theirs: rerun with theirs, or move them away to start afresh"
+  )
+
+
+def _read(directory, target) -> tuple[ocp.args.Composite | None, str]:
+  """The checkpoint in `directory`, or None and why some process could not read it (in one line).
+
+  Every process reads its own part of the arrays, then all learn whether any failed, so that they resume from the
+  same step. Read without orbax's Checkpointer, whose barrier after reading a failing process would never reach.
+  """
+  try:
+    restored = ocp.CompositeCheckpointHandler().restore(
+      directory, ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore())
+    )
+    error = ""
+  except Exception as e:  # damage fails in tensorstore, json or orbax's metadata, with errors of many types
+    restored, error = None, _one_line(e)
+    _quiet_abandoned_reads()
+  if jax.process_count() > 1:
+    failed = multihost_utils.process_allgather(np.int32(restored is None))
+    if failed.any() and restored is not None:
+      restored, error = None, f"unreadable on process {int(np.argmax(failed))}"
+  return restored, error
+
+
+def _one_line(error: BaseException) -> str:
+  # The innermost cause says what is wrong ("OUT_OF_RANGE: Error reading ..."), the outer ones where it was read.
+  while error.__cause__ or error.__context__:
+    error = error.__cause__ or error.__context__
+  text = " ".join(str(error).split()) or type(error).__name__
+  return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _quiet_abandoned_reads():
+  """Drops Python's reports of the reads that orbax abandons when one fails (it closes their event loop): as each
+  finishes it reports the closed loop, as each is collected it raises with a TensorStore spec of some 60 lines; the
+  one line of the failure says it all. Other reports still go to the previous hook."""
+  previous = sys.unraisablehook
+  if getattr(previous, "quiets_abandoned_reads", False):
+    return
+
+  def hook(unraisable):
+    if not _abandoned_read(unraisable):
+      previous(unraisable)
+
+  hook.quiets_abandoned_reads = True
+  sys.unraisablehook = hook
+
+
+def _abandoned_read(unraisable) -> bool:
+  if getattr(unraisable.object, "__qualname__", None) == "_read_array_index_and_device_put":
+    return True  # the coroutine of a read, closed unfinished
+  # A read that finished after its event loop was closed, handing its result back to it.
+  error = unraisable.exc_value
+  return (
+    isinstance(error, RuntimeError)
+    and str(error) == "Event loop is closed"
+    and any(frame.name == "call_soon_threadsafe" for frame in traceback.extract_tb(unraisable.exc_traceback))
+  )
+
+
+def _set_aside(manager: ocp.CheckpointManager, unreadable: dict, resumed_step: int):
+  """Renames the unreadable checkpoints STEP.damaged (keeping their files), which orbax ignores; one warning each."""
+  names = {}
+  for step in unreadable:
+    name, n = f"{step}{DAMAGED_SUFFIX}", 1
+    while (manager.directory / name).exists():
+      n += 1
+      name = f"{step}{DAMAGED_SUFFIX}{n}"
+    names[step] = name
+  # Every process has chosen the names before process 0 renames, and waits for it before the manager lists steps.
+  _sync("xclip_jax: damaged checkpoints named")
+  if jax.process_index() == 0:
+    for step, name in names.items():
+      (manager.directory / str(step)).rename(manager.directory / name)
+  _sync("xclip_jax: damaged checkpoints set aside")
+  manager.reload()
+  for step, error in unreadable.items():
+    logging.warning(
+      "The checkpoint at step %d cannot be read (%s): set aside as %s; resuming from step %d.",
+      step,
+      error,
+      manager.directory / names[step],
+      resumed_step,
+    )
+
+
+def _sync(name: str):
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
 
 
 class Preemption:

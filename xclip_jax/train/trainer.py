@@ -1,8 +1,9 @@
 """`train_and_evaluate(config, workdir)`: fine-tuning with resumable checkpoints, metrics, and the final evaluation.
 
-Rerunning the same command resumes from the newest checkpoint in `workdir`, with any number of processes (the data
-position is global); SIGTERM saves one and exits cleanly. With several processes, every process runs this and
-process 0 writes the metrics and JSON files. `workdir` may be on cloud storage (gs://...).
+Rerunning the same command resumes from the newest checkpoint in `workdir` that can be read (newer, damaged ones are
+set aside as checkpoints/STEP.damaged), with any number of processes (the data position is global); SIGTERM saves one
+and exits cleanly. With several processes, every process runs this and process 0 writes the metrics and JSON files.
+`workdir` may be on cloud storage (gs://...).
 What lands in workdir:
   checkpoints/   orbax checkpoints of the train state and data position (the last `keep_checkpoints`)
   best/          the best model so far by validation top-1, as an xclip-jax checkpoint (`python -m xclip_jax.convert
@@ -20,6 +21,7 @@ import time
 from clu import metric_writers
 from etils import epath
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -281,7 +283,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       local_batch = next(batches)
       position = int(local_batch.pop("resume_position")[0])
       state, metrics = train_step(state, sharding.global_batch(local_batch, mesh))
-      window.add(step - 1, metrics)
+      window.add(step, metrics)
       if itstime(step, config.log_every_steps, total_steps):
         scalars = window.summary(step, total_steps, config.batch_size)
         writer.write_scalars(
@@ -292,17 +294,23 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         results = evaluate.run_eval_set(config, val_set, eval_step, text_encoder, state.params, mesh, 1, 1)
         writer.write_scalars(step, {"eval/top1": results["top1"], "eval/top5": results["top5"]})
         if results["top1"] > best_top1:
+          _check_finite_params(step, state.params)
           best_top1 = results["top1"]
           _save_best(model, state.params, workdir, step, results)
       stop = preemption.requested(step)
       if itstime(step, config.checkpoint_every_steps, total_steps) or stop:
         window.take_pending()
+        _check_finite_params(step, state.params)
         checkpoints.save(manager, state, position, config.batch_size, force=stop)
       if stop:
         manager.wait_until_finished()
         logging.warning("Stopped at step %d on SIGTERM; rerun the same command to resume.", step)
         return {"stopped_at_step": step}
     manager.wait_until_finished()
+  except FloatingPointError:
+    # The newest checkpoint, of an earlier step, may still be being written: it is finished, as the error says.
+    manager.wait_until_finished()
+    raise
   finally:
     preemption.restore_handler()
     writer.flush()
@@ -318,13 +326,27 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   return results
 
 
+_NOTHING_SAVED = (
+  "nothing of this step was saved, the newest checkpoint is intact (lower the learning rate or check the data, then "
+  "rerun to resume)"
+)
+
+
 def _check_finite(step: int, metrics):
   loss = float(metrics["loss"])
   if not np.isfinite(loss):
-    raise FloatingPointError(
-      f"the training loss is {loss} at step {step}; nothing of this step was saved, the newest checkpoint is intact "
-      "(lower the learning rate or check the data, then rerun to resume)"
-    )
+    raise FloatingPointError(f"the training loss is {loss} at step {step}; {_NOTHING_SAVED}")
+
+
+def _check_finite_params(step: int, params):
+  """Call before saving `params`: a step with a finite loss can still leave them infinite (its update overflowed)."""
+  if not bool(_all_finite(params)):
+    raise FloatingPointError(f"the parameters are not finite after step {step}; {_NOTHING_SAVED}")
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
 def _best_so_far(workdir: epath.Path) -> float:

@@ -1,0 +1,96 @@
+"""The one-command device check: its stored reference is the official code's output, and `--small` runs on a CPU as
+the accelerator machines would run it: without the packages they lack, checking parity and reporting speed."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from benchmarks import golden_tiny
+
+# Packages the accelerator machines do not have: a stand-in of each, first on the path, logs and refuses any import.
+ABSENT = ("tensorflow", "tensorflow_datasets", "clu", "ml_collections", "av", "ftfy", "regex")
+_REFUSING_PACKAGE = """import os
+
+with open(os.environ["ABSENT_IMPORTS_LOG"], "a") as log:
+  log.write(__name__ + "\\n")
+raise ImportError(f"{__name__} is not installed on the accelerator machines")
+"""
+
+
+def test_stored_reference_is_the_official_codes_output(golden_dir):
+  expected = golden_tiny.reference_arrays(golden_dir)
+  with np.load(golden_tiny.FILE) as stored:
+    assert sorted(stored) == sorted(expected)
+    for name, value in expected.items():
+      assert stored[name].dtype == value.dtype, name
+      np.testing.assert_array_equal(stored[name], value, err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def small_check(tmp_path_factory):
+  """(JSON report, names of absent packages something tried to import) of `device_check --small`."""
+  root = tmp_path_factory.mktemp("absent_packages")
+  for name in ABSENT:
+    (root / name).mkdir()
+    (root / name / "__init__.py").write_text(_REFUSING_PACKAGE)
+  log = root / "imports.log"
+  log.touch()
+  env = {**os.environ, "ABSENT_IMPORTS_LOG": str(log)}
+  env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+  done = subprocess.run(
+    [sys.executable, "-m", "benchmarks.device_check", "--small", "--budget_s=1500"],
+    capture_output=True,
+    text=True,
+    env=env,
+    check=False,
+    timeout=1800,
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  return json.loads(done.stdout), log.read_text().split()
+
+
+def test_small_check_imports_nothing_the_accelerator_machines_lack(small_check):
+  report, attempted = small_check
+  assert attempted == []
+  assert all("error" not in report[part] for part in ("golden", "train_b16", "eval_b16", "train_l14")), report
+
+
+def test_small_check_reproduces_the_official_outputs_in_float32_and_bfloat16(small_check):
+  golden = small_check[0]["golden"]
+  assert {case: golden[case]["passed"] for case in ("float32", "float32_default_precision", "bfloat16")} == {
+    "float32": True,
+    "float32_default_precision": True,
+    "bfloat16": True,
+  }
+  assert max(golden["float32"]["max_abs_error"].values()) < 1e-4
+
+
+def test_small_check_reports_speed_memory_and_the_batch_search(small_check):
+  report = small_check[0]
+  assert report["device_kind"] == "cpu"
+  for part in ("train_b16", "eval_b16", "train_l14"):
+    result = report[part]
+    assert result["dtype"] == "bfloat16" and result["batch"] == 4, part
+    assert result["clips_per_s"] == pytest.approx(4 / result["step_s"])
+    assert result["compile_s"] > 0 and result["peak_device_memory_bytes"] > 2**20
+    assert result["peak_source"].startswith("measured") and 0 < result["mfu"] < 2
+  search = report["train_b16"]["batch_search"]
+  assert search["max_batch"] == 4 and search["next_batch"] is None and search["next_failure"] == "--max_batch=4"
+  assert search["available_bytes"] > 2**20
+  assert report["train_l14"]["remat"] and report["train_b16"]["matmul_only_s"] > 0
+
+
+def test_flop_counts_analytic_and_xla_agree(small_check):
+  report = small_check[0]
+  for part in ("train_b16", "eval_b16"):
+    result = report[part]
+    assert result["xla_flops_per_clip"] == pytest.approx(result["model_flops_per_clip"], rel=0.1), part
+  # 3 x the forward's matmuls less the video's gradient is exactly the traced step's matmuls ...
+  assert report["train_b16"]["step_matmul_flops_per_clip"] == report["train_b16"]["model_flops_per_clip"]
+  # ... and remat's recomputed forward is XLA's work, not the model's.
+  assert report["train_l14"]["model_flops_per_clip"] == report["train_b16"]["model_flops_per_clip"]
+  assert report["train_l14"]["xla_flops_per_clip"] > 1.2 * report["train_l14"]["model_flops_per_clip"]

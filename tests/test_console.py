@@ -1,0 +1,245 @@
+"""The console of the command-line programs (xclip_jax.console): what reaches the terminal, what only the log file.
+
+Unit tests in process, then `python -m xclip_jax.main` on the small demo as a user's terminal would see it (stdout not
+a terminal, as in CI): twice in one workdir, the second time with --verbosity=1.
+"""
+
+import io
+import logging
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+from absl import logging as absl_logging
+import pytest
+
+from xclip_jax import console
+from xclip_jax import paths
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SCALARS = {"loss": 1.72421, "lr": 1.2e-4, "clips_per_second": 42.14, "eta_seconds": 377.2, "epoch": 3.333}
+# Libraries' start-up and internals: orbax, JAX's backend probing, TensorFlow's C++ start-up, clu's metric writer.
+NOISE = (
+  "CheckpointManager init",
+  "DefaultCheckpointHandlerRegistry",
+  "barrier_sync_fn",
+  "Unable to initialize backend",
+  "oneDNN",
+  "absl::InitializeLog",
+  "[Hyperparameters]",
+  "logging_writer.py",
+)
+
+
+@pytest.fixture(autouse=True)
+def isolated_logging(monkeypatch):
+  """Each test sets the console up afresh, at absl's level after flag parsing (INFO), and leaves logging as it was."""
+  root, absl_logger = logging.getLogger(), logging.getLogger("absl")
+  handlers, level, absl_level = list(root.handlers), root.level, absl_logger.level
+  root.setLevel(logging.INFO)
+  absl_logger.setLevel(logging.NOTSET)
+  for name in ("_handler", "_process_index", "_process_count"):
+    monkeypatch.setattr(console, name, getattr(console, name))
+  yield
+  for handler in root.handlers[:]:
+    if handler not in handlers:
+      root.removeHandler(handler)
+      handler.close()
+  for handler in handlers:
+    if handler not in root.handlers:
+      root.addHandler(handler)
+  root.setLevel(level)
+  absl_logger.setLevel(absl_level)
+  logging.captureWarnings(False)
+
+
+def test_plain_progress_is_one_greppable_line_per_update(capsys):
+  progress = console.Progress(1200, 0)
+  progress.tick()
+  progress.update(250, SCALARS)
+  progress.tick()
+  progress.close()
+  assert capsys.readouterr().out == "step 250/1200  epoch 3.33  loss 1.7242  lr 1.20e-04  42.1 clips/s  ETA 06:17\n"
+
+
+class _Terminal(io.StringIO):
+  def isatty(self):
+    return True
+
+
+def test_on_a_terminal_the_progress_is_one_live_line_with_what_is_printed_above_it(monkeypatch):
+  terminal = _Terminal()
+  monkeypatch.setattr(sys, "stdout", terminal)
+  progress = console.Progress(10, 2)
+  for _ in range(3):  # steps 3, 4, 5
+    progress.tick()
+  progress.update(5, SCALARS)
+  console.info("step 5: validation top-1 50.0%")
+  progress.close()
+  # What stays visible: a carriage return draws the line again from its start.
+  screen = [line.split("\r")[-1] for line in terminal.getvalue().split("\n")]
+  assert screen[0] == "step 5: validation top-1 50.0%"
+  assert screen[1].startswith("step 5/10 ") and "epoch 3.33  loss 1.7242  lr 1.20e-04  42.1 clips/s  ETA" in screen[1]
+  assert screen[2:] == [""]
+
+
+def test_log_file_takes_library_info_lines_that_the_terminal_does_not(tmp_path, capsys):
+  console.setup(verbose=False)
+  logging.getLogger("orbax.checkpoint").info("CheckpointManager init: checkpointers=None")  # before the file is known
+  path = console.open_log(tmp_path)
+  absl_logging.info("Unable to initialize backend 'tpu'")
+  absl_logging.warning("skipping video v3.mp4: no frames")
+  absl_logging.warning("`FeatureConnector.dtype` is deprecated.")  # a library's notice to its developers
+  console.info("step 3: validation top-1 16.7%")
+  console.flush()
+  terminal = capsys.readouterr()
+  assert terminal.out == "step 3: validation top-1 16.7%\n"
+  assert terminal.err == "warning: skipping video v3.mp4: no frames\n"
+  assert path == tmp_path / "logs" / "process_0.log"
+  lines = path.read_text().splitlines()
+  assert [line[0] for line in lines] == ["I", "I", "W", "W", "I"]  # absl's format
+  messages = ("CheckpointManager init", "backend 'tpu'", "skipping video", "is deprecated", "validation top-1")
+  for line, message in zip(lines, messages):
+    assert message in line, (line, message)
+
+
+def test_verbose_shows_the_whole_log_on_the_terminal(tmp_path, capsys):
+  console.setup(verbose=True)
+  console.open_log(tmp_path)
+  logging.getLogger("orbax.checkpoint").info("CheckpointManager init: checkpointers=None")
+  console.info("a result")
+  terminal = capsys.readouterr()
+  assert terminal.out == "a result\n"
+  # The log's line, as absl writes it; what was printed is not repeated as a log line.
+  assert re.fullmatch(r"I\d{4} [^\n]*\] CheckpointManager init: checkpointers=None\n", terminal.err)
+
+
+def test_other_processes_print_only_warnings_which_name_the_process(tmp_path, capsys):
+  console.setup(verbose=False)
+  path = console.open_log(tmp_path, process_index=1, process_count=2)
+  console.start_block([("model", "ViT-B/16")])
+  console.info("step 3: validation top-1 16.7%")
+  progress = console.Progress(6, 0)
+  progress.tick()
+  progress.update(3, SCALARS)
+  progress.close()
+  absl_logging.warning("skipping video v3.mp4: no frames")
+  terminal = capsys.readouterr()
+  assert terminal.out == ""
+  assert terminal.err == "[process 1/2] warning: skipping video v3.mp4: no frames\n"
+  assert path.name == "process_1.log"
+  records = [line for line in path.read_text().splitlines() if re.match(r"[IWE]\d{4} ", line)]
+  assert len(records) == 3 and all("] [process 1/2] " in line for line in records)
+
+
+def test_start_block_aligns_its_rows_and_names_the_log(tmp_path, capsys):
+  console.setup(verbose=False)
+  path = console.open_log(tmp_path)
+  console.start_block([("model", "ViT-B/16"), ("parameters", "4,780,993")])
+  assert capsys.readouterr().out.splitlines() == [
+    "  model       ViT-B/16",
+    "  parameters  4,780,993",
+    f"  full log    {path}",
+  ]
+
+
+def test_a_log_on_cloud_storage_is_uploaded_whole_and_a_resumed_run_appends(tmp_path, monkeypatch):
+  monkeypatch.setattr(paths, "is_remote", lambda path: True)  # the local folder stands in for gs://
+  console.setup(verbose=False)
+  path = console.open_log(tmp_path)
+  absl_logging.info("first run")
+  assert not path.exists()  # no appending on cloud storage: nothing until an upload
+  console.flush()
+  assert path.read_text().endswith("] first run\n")
+  console.setup(verbose=False)  # closing the previous handler uploads what it has, as at the end of a run
+  console.open_log(tmp_path)
+  absl_logging.info("second run")
+  console.flush()
+  assert [line.split("] ")[-1] for line in path.read_text().splitlines()] == ["first run", "second run"]
+
+
+@pytest.mark.parametrize(
+  "argv, environment, expected",
+  [
+    (["main"], None, "2"),
+    (["main", "--verbosity=1"], None, None),
+    (["main", "-v", "0", "--workdir=w"], None, None),
+    (["main", "--verbosity=-1"], None, "2"),
+    (["main"], "0", "0"),  # the user's setting wins
+  ],
+)
+def test_native_start_up_holds_c_stderr_for_the_log(tmp_path, capfd, monkeypatch, argv, environment, expected):
+  monkeypatch.setattr(sys, "argv", argv)
+  monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+  if environment is not None:
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", environment)
+  monkeypatch.setattr(console, "_native_start_up", [])
+  with console.native_start_up():
+    os.write(2, b"I0000 port.cc:153] oneDNN custom operations are on.\n")
+  assert os.environ.get("TF_CPP_MIN_LOG_LEVEL") == expected
+  assert capfd.readouterr().err == ""
+  console.setup(verbose=expected is None)
+  path = console.open_log(tmp_path)
+  console.flush()
+  assert path.read_text() == "I0000 port.cc:153] oneDNN custom operations are on.\n"
+  assert ("oneDNN" in capfd.readouterr().err) == (expected is None)
+
+
+def test_native_start_up_shows_what_it_held_when_the_import_fails(capfd, monkeypatch):
+  monkeypatch.setattr(console, "_native_start_up", [])
+  with pytest.raises(ImportError), console.native_start_up():
+    os.write(2, b"F0000 loader.cc:1] cannot load libtensorflow_framework.so\n")
+    raise ImportError("no tensorflow")
+  assert capfd.readouterr().err == "F0000 loader.cc:1] cannot load libtensorflow_framework.so\n"
+
+
+# `python -m xclip_jax.main` end to end.
+
+
+def _main(workdir: pathlib.Path, *flags: str) -> subprocess.CompletedProcess:
+  command = [sys.executable, "-m", "xclip_jax.main", "--config=configs/demo.py:small=True", f"--workdir={workdir}"]
+  return subprocess.run([*command, *flags], cwd=REPO, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """The small demo, then the same command again with --verbosity=1 (it resumes at the last step)."""
+  workdir = tmp_path_factory.mktemp("console") / "demo"
+  quiet = _main(workdir)
+  assert quiet.returncode == 0, quiet.stderr[-4000:]
+  verbose = _main(workdir, "--verbosity=1")
+  assert verbose.returncode == 0, verbose.stderr[-4000:]
+  return workdir, quiet, verbose
+
+
+def test_library_start_up_stays_off_the_terminal_and_goes_to_the_log(runs):
+  workdir, quiet, verbose = runs
+  log = (workdir / "logs" / "process_0.log").read_text()
+  shown = [marker for marker in NOISE if marker in verbose.stderr]
+  # orbax's always; JAX's and TensorFlow's where this machine's backends and CPU make them say something.
+  assert "CheckpointManager init" in shown and "[Hyperparameters]" in shown
+  for marker in shown:
+    assert marker in log, marker
+    assert marker not in quiet.stdout and marker not in quiet.stderr, marker
+  # No log line at all on the quiet terminal: warnings and errors only, in a few words.
+  assert all(line.startswith(("warning: ", "error: ")) for line in quiet.stderr.splitlines()), quiet.stderr
+  # The second run appends to the log of the first.
+  assert log.count("] Command line: ") == 2
+
+
+def test_the_terminal_shows_the_run_its_progress_results_and_summary(runs):
+  """Needs the trainer wired to the console (start block, progress, validation results)."""
+  workdir, quiet, verbose = runs
+  out = quiet.stdout
+  for row in ("model", "parameters", "data", "devices", "workdir"):
+    assert re.search(rf"^  {row} +\S", out, re.M), row
+  assert f"full log    {workdir / 'logs' / 'process_0.log'}" in out
+  progress = re.findall(
+    r"^step (\d+)/6  epoch \d+\.\d\d  loss \d+\.\d{4}  lr \d\.\d\de[-+]\d\d  \d+\.\d clips/s  ETA \d\d:\d\d$", out, re.M
+  )
+  assert progress == ["1", "2", "3", "4", "5", "6"]  # small demo: a line every step
+  assert re.findall(r"^step (\d): validation top-1 \d+\.\d%", out, re.M) == ["3", "6"]
+  assert "single-frame control top-1" in out and str(workdir / "eval_results.json") in out
+  assert re.search(r"^  resumed +from the checkpoint at step 6$", verbose.stdout, re.M)

@@ -1,0 +1,77 @@
+"""Damaged checkpoints, in the pieces that the end-to-end tests (tests/test_main.py, tests/parallel) cannot reach
+cheaply: a step set aside twice, and the reports of the reads that orbax abandons when one fails."""
+
+import asyncio
+import gc
+import sys
+import traceback
+import types
+
+from xclip_jax.train import checkpoints
+
+
+def test_a_step_set_aside_twice_keeps_both(tmp_path):
+  """A checkpoint set aside under a name already taken (the same step damaged again after a rerun) replaces nothing."""
+  manager = checkpoints.make_manager(tmp_path, keep=3)
+  folder = tmp_path / "checkpoints"
+  (folder / f"6{checkpoints.DAMAGED_SUFFIX}").mkdir()
+  (folder / f"6{checkpoints.DAMAGED_SUFFIX}" / "first").write_text("")
+  (folder / "6").mkdir()
+  (folder / "6" / "second").write_text("")
+  checkpoints._set_aside(manager, {6: "cut short"}, resumed_step=4)
+  assert sorted(p.name for p in folder.iterdir()) == ["6.damaged", "6.damaged2"]
+  assert (folder / "6.damaged" / "first").exists() and (folder / "6.damaged2" / "second").exists()
+
+
+def test_the_reads_abandoned_after_a_failed_one_are_not_reported(monkeypatch):
+  """Once a read has failed, the reports of the reads orbax abandons are dropped (as each finishes, it finds its event
+  loop closed; as each is collected, it raises with a traceback of some 60 lines); anything else is still reported."""
+  reported = []
+  monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: reported.append(_described(unraisable)))
+  checkpoints._quiet_abandoned_reads()
+  for read in (_read_array_index_and_device_put, _another_coroutine):
+    coroutine = read()
+    coroutine.send(None)
+    # Closed while suspended, it raises as orbax's does: Python reports that through sys.unraisablehook.
+    del coroutine
+    gc.collect()
+  # What TensorStore reports, through the same hook, when a read hands its result to a closed loop.
+  loop = asyncio.new_event_loop()
+  loop.close()
+  for hand_back in (loop.call_soon_threadsafe, _another_closed_loop):
+    try:
+      hand_back(print)
+    except RuntimeError as error:
+      sys.unraisablehook(types.SimpleNamespace(exc_value=error, exc_traceback=error.__traceback__, object=None))
+  assert reported == ["_another_coroutine", "_another_closed_loop"]
+
+
+def _described(unraisable) -> str:
+  if unraisable.object is not None:
+    return unraisable.object.__qualname__
+  return traceback.extract_tb(unraisable.exc_traceback)[-1].name  # where it was raised
+
+
+def _another_closed_loop(callback):
+  del callback
+  raise RuntimeError("Event loop is closed")
+
+
+@types.coroutine
+def _suspend():
+  yield
+
+
+async def _read_array_index_and_device_put():
+  # Named as orbax's read of one array index, which turns any exception, GeneratorExit included, into another.
+  try:
+    await _suspend()
+  except BaseException as error:
+    raise Exception("Encountered error while reading array index") from error
+
+
+async def _another_coroutine():
+  try:
+    await _suspend()
+  except BaseException as error:
+    raise Exception("something else") from error
