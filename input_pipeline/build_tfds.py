@@ -43,13 +43,17 @@ from absl import flags
 from absl import logging
 import av
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 import tqdm
 
-from input_pipeline import annotations
-from input_pipeline import tfds_format
-from input_pipeline import video_decode
+from xclip_jax import console
+
+with console.native_start_up():  # TensorFlow's C++ start-up lines go to the log, not the terminal
+  import tensorflow as tf
+  import tensorflow_datasets as tfds
+
+  from input_pipeline import annotations
+  from input_pipeline import tfds_format
+  from input_pipeline import video_decode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -453,6 +457,8 @@ _MAX_BAD_FRACTION = flags.DEFINE_float("max_bad_fraction", 0.01, "Share of bad v
 
 def main(argv):
   del argv
+  console.setup()
+  console.open_log(os.path.join(_OUTPUT_DIR.value, "_build"))
   builder = build_split(
     annotations_path=_ANNOTATIONS.value,
     root=_ROOT.value,
@@ -468,7 +474,7 @@ def main(argv):
     num_workers=_NUM_WORKERS.value,
     max_bad_fraction=_MAX_BAD_FRACTION.value,
   )
-  logging.info("Wrote %s: %s", _OUTPUT_DIR.value, builder.info.splits)
+  console.info(f"Wrote {_OUTPUT_DIR.value}: {builder.info.splits}")
 
 
 def run():

@@ -9,7 +9,8 @@ usage() {
 Usage: launch/gpu_single_host.sh [options] -- MAIN_FLAGS...
 
 Runs python -m xclip_jax.main MAIN_FLAGS as one process on the GPUs of this machine. One process drives all its
-GPUs (config.mesh splits every batch over them), so no coordinator is needed; the console shows the log.
+GPUs (config.mesh splits every batch over them), so no coordinator is needed; the terminal shows the progress and
+results, WORKDIR/logs/process_0.log the full log.
 
 Options (--flag=value):
   --gpus=LIST       the GPUs to use, as CUDA_VISIBLE_DEVICES (default: all)

@@ -11,7 +11,8 @@ Usage: launch/slurm_gpu.sh [options] -- MAIN_FLAGS...
 Submits python -m xclip_jax.main MAIN_FLAGS as a SLURM batch job: --nodes nodes x --gpus-per-node tasks, one
 process per GPU, started by srun from this checkout. jax.distributed reads everything from SLURM's environment:
 the coordinator (the job's first node), the number of processes, each one's id and its GPU.
-The job's log is LOGS/NAME-JOBID.out; each process logs to LOGS/NAME-JOBID-TASK.log.
+The job's output is LOGS/NAME-JOBID.out; each process's terminal goes to LOGS/NAME-JOBID-TASK.log (task 0: the
+progress, results and summary; the others: their warnings and errors) and its full log to WORKDIR/logs/process_I.log.
 
 Options (--flag=value):
   --nodes=N              default: 2

@@ -17,7 +17,8 @@ the order given, e.g. `create copy setup run`:
            requirements.txt and jax[tpu]
   run      start python -m xclip_jax.main MAIN_FLAGS on every worker in the background, each logging to
            ~/xclip-jax-run.log on its own disk; jax.distributed finds the other workers by itself
-  logs     the last --lines lines of every worker's log (each line says its process: [process I/N])
+  logs     the last --lines lines of every worker's ~/xclip-jax-run.log (worker 0: the progress and results;
+           the others: warnings, each saying its process [process I/N]; full logs in WORKDIR/logs/)
   stop     SIGTERM the run on every worker: the processes agree on a step, save a checkpoint there and exit
            (`run` with the same flags resumes)
   delete   delete the TPU VM (or the queued resource and its TPU)

@@ -1,10 +1,14 @@
 """Checkpoint conversion: official X-CLIP and OpenAI CLIP files in, xclip-jax and official files out."""
 
 import json
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
+from tests.fixtures import tiny
 import xclip_jax
 from xclip_jax import convert
 from xclip_jax.weights import official
@@ -184,3 +188,17 @@ def test_converted_directory_of_another_format_version_is_refused_with_advice(tm
   (directory / "xclip_config.json").write_text(json.dumps(meta))
   with pytest.raises(ValueError, match="checkpoint format 1.*convert the original checkpoint again"):
     xclip_jax.load_pretrained(directory)
+
+
+def test_command_prints_what_it_wrote_and_keeps_library_logs_off_the_terminal(tmp_path):
+  """`python -m xclip_jax.convert`: one line on stdout, nothing on stderr (orbax's and JAX's INFO lines stay in the
+  log, which --verbosity=0 shows)."""
+  src, dst = tmp_path / "tiny", tmp_path / "tiny.pth"
+  tiny.model().save(src)
+  command = [sys.executable, "-m", "xclip_jax.convert", str(src), str(dst), "--to=official"]
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  quiet = subprocess.run(command, cwd=repo, capture_output=True, text=True)
+  assert quiet.returncode == 0, quiet.stderr
+  assert (quiet.stdout, quiet.stderr) == (f"Wrote {dst} (official format).\n", "")
+  verbose = subprocess.run([*command, "--verbosity=0"], cwd=repo, capture_output=True, text=True)
+  assert verbose.returncode == 0 and "orbax" in verbose.stderr, verbose.stderr

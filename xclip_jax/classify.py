@@ -42,7 +42,6 @@ import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 import jax
 import numpy as np
 import tqdm
@@ -52,6 +51,7 @@ from input_pipeline import normalization
 from input_pipeline import sampling
 from input_pipeline import video_decode
 from xclip_jax import compilation_cache
+from xclip_jax import console
 from xclip_jax import pretrained
 from xclip_jax.model import tokenizer
 
@@ -323,8 +323,7 @@ def main(argv):
     raise app.UsageError("name at least one video file")
   if (FLAGS.labels is None) == (FLAGS.classes is None):
     raise app.UsageError("pass exactly one of --labels and --classes")
-  # What a user runs this for is the table; library logs below warnings (XLA's backends, orbax) are noise here.
-  logging.set_verbosity(logging.WARNING)
+  console.setup()  # the table on the terminal; libraries' INFO lines (XLA's backends, orbax) only with --verbosity
   compilation_cache.enable(FLAGS.compilation_cache_dir)
   try:
     return _run(videos)

@@ -11,9 +11,9 @@ import pathlib
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from xclip_jax import compilation_cache
+from xclip_jax import console
 from xclip_jax import pretrained
 from xclip_jax.weights import official
 from xclip_jax.weights import torch_writer
@@ -31,15 +31,16 @@ def convert(src, dst, to: str = "jax", num_frames: int | None = None) -> pathlib
     torch_writer.save_torch_checkpoint({"model": official.official_from_params(model.params)}, dst)
   else:
     raise ValueError(f"unknown target format {to!r}; use 'jax' or 'official'")
-  logging.info("Wrote %s (%s format, %d frames).", dst, to, model.config.num_frames)
   return dst
 
 
 def main(argv):
   if len(argv) != 3:
     raise app.UsageError("usage: python -m xclip_jax.convert SRC DST [--to=jax|official] [--num_frames=N]")
+  console.setup()
   compilation_cache.enable(FLAGS.compilation_cache_dir)  # a CLIP checkpoint compiles the X-CLIP modules' init
-  convert(argv[1], argv[2], FLAGS.to, FLAGS.num_frames)
+  dst = convert(argv[1], argv[2], FLAGS.to, FLAGS.num_frames)
+  console.info(f"Wrote {dst} ({FLAGS.to} format).")
 
 
 def define_flags():

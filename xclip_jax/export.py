@@ -40,7 +40,6 @@ import tempfile
 
 from absl import app
 from absl import flags
-from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,6 +47,7 @@ import numpy as np
 from input_pipeline import annotations
 from input_pipeline import normalization
 from xclip_jax import classify
+from xclip_jax import console
 from xclip_jax import pretrained
 from xclip_jax.model import tokenizer
 from xclip_jax.model import xclip
@@ -245,8 +245,7 @@ def main(argv):
     raise app.UsageError(
       "usage: python -m xclip_jax.export CHECKPOINT OUT --labels=FILE|--classes=a,b,c [--format=...]"
     )
-  # What a user runs this for is the files; library logs below warnings (XLA, orbax, TensorFlow) are noise here.
-  logging.set_verbosity(logging.WARNING)
+  console.setup()  # libraries' INFO lines (XLA, orbax, TensorFlow) only with --verbosity
   # Library warnings that say nothing about the export: onnx_ir drops the shape annotations of intermediate values
   # (the graph is complete); jax2onnx skips, with tracebacks, plugins for other libraries that fail to import (dm_pix's
   # under this jax), which the conversion does not use.

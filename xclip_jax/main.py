@@ -11,6 +11,9 @@ Several processes (TPU pod hosts, GPU cluster nodes) run the same command, one p
 SLURM or Open MPI, jax.distributed finds the others by itself; elsewhere give every process
 `--coordinator_address=HOST:PORT` (process 0's host) `--num_processes=N --process_id=I`. Alone, without a cluster,
 the command runs as a single process.
+
+The terminal shows what the run is, its progress, validation results, warnings and the final summary; the full log of
+every library goes to WORKDIR/logs/process_I.log, and --verbosity=0 (or 1, with DEBUG) shows it on the terminal too.
 """
 
 import os
@@ -23,8 +26,11 @@ import jax
 from ml_collections import config_flags
 
 from xclip_jax import compilation_cache
+from xclip_jax import console
 from xclip_jax.parallel import distributed
-from xclip_jax.train import trainer
+
+with console.native_start_up():  # TensorFlow's C++ start-up lines go to the log, not the terminal
+  from xclip_jax.train import trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. configs/k400.py:arch=ViT-B/16.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and eval_results.json go (may be gs://).")
@@ -46,11 +52,13 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  console.setup()
   compilation_cache.enable(_CACHE_DIR.value)
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _HEARTBEAT_TIMEOUT.value)
   multi_process = jax.process_count() > 1
+  console.open_log(_WORKDIR.value, jax.process_index(), jax.process_count())
+  logging.info("Command line: %s", " ".join(sys.argv))
   if multi_process:
-    logging.get_absl_handler().addFilter(distributed.ProcessPrefix())
     logging.info(
       "A process that stops (killed, crashed, unreachable) makes the others stop within %d s "
       "(--heartbeat_timeout_seconds).",
@@ -65,7 +73,7 @@ def main(argv):
     # An orderly exit would wait at jax.distributed's shutdown barrier for processes that wait for this one; exiting
     # at once lets their heartbeat check stop them, saying that another process died.
     logging.exception("Process %d of %d failed; stopping it.", jax.process_index(), jax.process_count())
-    logging.flush()
+    console.flush()
     sys.stderr.flush()
     os._exit(1)
 

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -191,7 +192,8 @@ def test_splits_share_the_folder_and_its_label_list(videos, tmp_path):
 
 
 def test_command_line_converts_in_a_worker_process(videos, tmp_path):
-  subprocess.run(
+  """... and keeps TensorFlow's and the libraries' log lines off the terminal, in OUTPUT_DIR/_build/logs."""
+  result = subprocess.run(
     [
       sys.executable,
       "-m",
@@ -206,8 +208,14 @@ def test_command_line_converts_in_a_worker_process(videos, tmp_path):
     cwd=REPO,
     check=True,
     capture_output=True,
+    text=True,
     timeout=120,
   )
   info = json.loads((tmp_path / "dataset_info.json").read_text())
   assert [int(n) for n in info["splits"][0]["shardLengths"]] == [2, 2, 1]
   assert os.path.exists(tmp_path / "videos-train.tfrecord-00002-of-00003")
+  assert result.stdout.startswith(f"Wrote {tmp_path}: "), result.stdout
+  # stderr: the progress bar only (no absl or TensorFlow C++ line: a level letter, then the date).
+  assert not re.search(r"^[IWEF]\d{4} ", result.stderr, re.M), result.stderr
+  log = (tmp_path / "_build" / "logs" / "process_0.log").read_text()
+  assert re.search(r"^I\d{4} .*\] Wrote ", log, re.M), log  # what the terminal shows, in absl's format

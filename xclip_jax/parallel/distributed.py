@@ -1,6 +1,4 @@
-"""Multi-process start-up: joining the processes of a run (TPU pod hosts, GPU cluster nodes), and their log prefix."""
-
-import logging as python_logging
+"""Multi-process start-up: joining the processes of a run (TPU pod hosts, GPU cluster nodes)."""
 
 from absl import app
 from absl import logging
@@ -32,15 +30,3 @@ def initialize(
     logging.info("No cluster found (Cloud TPU, SLURM, Open MPI): running as a single process.")
     return False
   return True
-
-
-class ProcessPrefix(python_logging.Filter):
-  """Starts every log line with `[process I/N]`, so that each process's errors are told apart in shared logs."""
-
-  def __init__(self):
-    super().__init__()
-    self._prefix = f"[process {jax.process_index()}/{jax.process_count()}] "
-
-  def filter(self, record):
-    record.msg = f"{self._prefix}{record.msg}"
-    return True

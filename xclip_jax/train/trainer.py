@@ -29,6 +29,7 @@ from input_pipeline import annotations
 from input_pipeline import datasets
 from input_pipeline import demo_data
 from input_pipeline import video_dataset
+from xclip_jax import console
 from xclip_jax import paths
 from xclip_jax import pretrained
 from xclip_jax.evaluation import evaluate
@@ -65,7 +66,10 @@ def load_model(config: ml_collections.ConfigDict) -> pretrained.XCLIPModel:
       architecture = model_config.XCLIPConfig(**config.model.to_dict(), num_frames=config.num_frames, **options)
     else:
       architecture = model_config.preset(config.arch, num_frames=config.num_frames, **options)
-    logging.warning("No init.clip or init.checkpoint: training %s from a random initialisation.", architecture)
+    if "model" in config:  # a config made to be trained from scratch (configs/demo.py) needs no warning
+      logging.info("Training %s from a random initialisation.", architecture)
+    else:
+      logging.warning("No init.clip or init.checkpoint: training %s from a random initialisation.", architecture)
     model = pretrained.from_config(architecture, seed=config.seed)
   if model.config.image_resolution != config.input_size:
     raise ValueError(
@@ -106,11 +110,38 @@ def _check_mesh_fits(config, mesh):
       )
 
 
-def _log_parameter_overview(state: step_lib.TrainState, new_modules_lr_multiplier: float, writer):
+def _log_parameter_overview(state: step_lib.TrainState, new_modules_lr_multiplier: float, writer) -> dict[str, int]:
   counts = optimizer.count_parameters(state.params, state.recipe.trainable, new_modules_lr_multiplier)
   lines = [f"{name:>10}: {count:,}" for name, count in counts.items()]
   logging.info("Parameters:\n%s", "\n".join(lines))
   writer.write_texts(0, {"parameters": "  \n".join(lines)})
+  return counts
+
+
+def _start_block(config, workdir, model, mesh, experiment, parameters: str, resumed_step: int | None):
+  """What the run is, printed as it starts: model, parameter counts, data, devices and mesh, workdir."""
+  arch = config.arch or _arch_of(model.config) or "custom"
+  c = model.config
+  rows = [
+    (
+      "model",
+      f"{arch}: width {c.vision_width}, depth {c.vision_layers}, patch {c.vision_patch_size}, "
+      f"{c.image_resolution}px, {c.num_frames} frames, {c.dtype}",
+    ),
+    ("parameters", parameters),
+  ]
+  if config.mode == "train":
+    data = f"{experiment.num_train_videos:,} training videos, {len(experiment.class_names)} classes"
+  else:
+    data = f"{len(experiment.class_names)} classes"
+  rows.append(("data", data))
+  axes = "  ".join(f"{name}={size}" for name, size in mesh.shape.items())
+  processes = f", {jax.process_count()} processes" if jax.process_count() > 1 else ""
+  rows.append(("devices", f"{jax.device_count()} x {jax.devices()[0].device_kind}{processes}; mesh {axes}"))
+  rows.append(("workdir", str(workdir)))
+  if resumed_step is not None:
+    rows.append(("resumed", f"from the checkpoint at step {resumed_step}"))
+  console.start_block(rows)
 
 
 def _write_json(path: epath.Path, value):
@@ -160,9 +191,7 @@ def _final_evaluation(config, workdir, experiment, model, params, mesh, eval_ste
         )
         split_results.append({"split": eval_set.name, **split_result})
       summary = zero_shot.summary(split_results)
-      logging.info(
-        "zero-shot %s: top-1 %.2f +- %.2f%%", task.name, 100 * summary["top1_mean"], 100 * summary["top1_std"]
-      )
+      console.info(f"zero-shot {task.name}: top-1 {100 * summary['top1_mean']:.2f} +- {100 * summary['top1_std']:.2f}%")
       results["zero_shot"][task.name] = summary
   _write_json(workdir / RESULTS_FILE, results)
   return results
@@ -191,7 +220,7 @@ def _report(config, workdir, results: dict, seconds: float):
   if (workdir / native.WORKDIR_BEST).is_dir():
     files.insert(len(files) - 1, ("best model by validation", str(workdir / native.WORKDIR_BEST)))
   files += [("plot", str(path)) for path in report.write_plots(workdir, results, class_names)]
-  print(report.run_summary(results, seconds, files), flush=True)
+  console.info(report.run_summary(results, seconds, files))
 
 
 def itstime(step: int, every_steps: int, total_steps: int) -> bool:
@@ -254,6 +283,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   param_shardings = sharding.tree_shardings(model.params, mesh)
   eval_step = evaluate.make_eval_step(model.module, mesh, param_shardings)
   if config.mode == "eval":
+    total = sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree.leaves(model.params))
+    _start_block(config, workdir, model, mesh, experiment, f"{total:,}", resumed_step=None)
     params = jax.device_put(model.params, param_shardings)
     return _final_evaluation(config, workdir, experiment, model, params, mesh, eval_step, text_encoder, step=0)
 
@@ -262,11 +293,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   writer = metric_writers.create_default_writer(os.fspath(workdir), just_logging=jax.process_index() > 0)
   writer.write_hparams({k: v for k, v in _flat_config(config).items() if isinstance(v, (int, float, str, bool))})
   state = step_lib.create_train_state(config, model, tokenizer.tokenize(list(experiment.class_names)), mesh)
-  _log_parameter_overview(state, config.new_modules_lr_multiplier, writer)
+  counts = _log_parameter_overview(state, config.new_modules_lr_multiplier, writer)
   manager = checkpoints.make_manager(workdir, config.keep_checkpoints)
   position = 0
+  resumed_step = None
   if manager.latest_step() is not None:
     state, position = checkpoints.restore(manager, state, mesh, config.batch_size)
+    resumed_step = int(state.step)
+  parameters = f"{counts['total']:,} ({counts['trainable']:,} trainable)"
+  _start_block(config, workdir, model, mesh, experiment, parameters, resumed_step)
   train_step = step_lib.make_sharded_step(state, mesh)
   total_steps = int(config.epochs * config.steps_per_epoch)
   eval_every_steps = config.eval_every_epochs * config.steps_per_epoch
@@ -278,21 +313,26 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   # The loop: one step, then whatever is due after it.
   preemption = checkpoints.Preemption(int(state.step))
   window = _MetricWindow()
+  progress = console.Progress(total_steps, int(state.step))
   try:
     for step in range(int(state.step) + 1, total_steps + 1):
       local_batch = next(batches)
       position = int(local_batch.pop("resume_position")[0])
       state, metrics = train_step(state, sharding.global_batch(local_batch, mesh))
       window.add(step, metrics)
+      progress.tick()
       if itstime(step, config.log_every_steps, total_steps):
-        scalars = window.summary(step, total_steps, config.batch_size)
-        writer.write_scalars(
-          step, {**scalars, "skipped_videos": failures.count, "epoch": step / config.steps_per_epoch}
-        )
+        scalars = {**window.summary(step, total_steps, config.batch_size), "epoch": step / config.steps_per_epoch}
+        writer.write_scalars(step, {**scalars, "skipped_videos": failures.count})
+        progress.update(step, scalars)
       if itstime(step, eval_every_steps, total_steps):
         window.take_pending()
         results = evaluate.run_eval_set(config, val_set, eval_step, text_encoder, state.params, mesh, 1, 1)
         writer.write_scalars(step, {"eval/top1": results["top1"], "eval/top5": results["top5"]})
+        console.info(
+          f"step {step}: validation top-1 {100 * results['top1']:.1f}%  top-5 {100 * results['top5']:.1f}%  "
+          f"({results['num_videos']} videos)"
+        )
         if results["top1"] > best_top1:
           _check_finite_params(step, state.params)
           best_top1 = results["top1"]
@@ -312,12 +352,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     manager.wait_until_finished()
     raise
   finally:
+    progress.close()
     preemption.restore_handler()
     writer.flush()
   # Stops the training stream, which would otherwise go on decoding ahead while the final evaluation runs.
   del batches
 
   # Final evaluation: the official code evaluates the final model (not the best) with all views.
+  console.info(
+    f"Evaluating the model of step {total_steps} ({config.final_eval_clips} clips x {config.final_eval_crops} crops)"
+  )
   results = _final_evaluation(
     config, workdir, experiment, model, state.params, mesh, eval_step, text_encoder, total_steps
   )
