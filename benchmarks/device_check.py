@@ -20,13 +20,13 @@ one with under 10 s left {"skipped": ...}. --small: the tiny model (`throughput.
 4 classes, batch 4 (train_b16: --batch=auto up to 4), compiled without LLVM's costly optimisations.
 
 What it imports. The machines it is for have jax, flax, optax, orbax-checkpoint, einops, absl-py, numpy and
-safetensors, but not TensorFlow, tensorflow-datasets, clu, ml_collections, PyAV, ftfy or regex, and it imports none
-of those. xclip_jax imports three of them at module level for code this check never runs: ftfy and regex for the
-tokenizer (through xclip_jax/__init__.py and weights/hf_clip.py), ml_collections for annotations in xclip_jax.train;
-the check puts stand-ins for those three in sys.modules first (any use of one raises). So no wheel needs carrying
-along. Were a small pure-Python dependency missing there (einops, say): `pip download --no-deps -d .whl/
-einops==0.8.2` here, carry `.whl`, and run `PYTHONPATH=$(ls -d .whl/*.whl | paste -sd:) python -m
-benchmarks.device_check`.
+safetensors (with their own dependencies: xclip_jax also imports etils, which orbax-checkpoint requires, and
+ml_dtypes, which jax requires), but not TensorFlow, tensorflow-datasets, clu, ml_collections, PyAV, ftfy or regex,
+and the check imports none of those: the tokenizer imports ftfy and regex only when it first tokenizes, which no part
+does, and xclip_jax.train names ml_collections in annotations only. tests/benchmarks/test_device_check.py runs
+`--small` with those seven made unimportable. So no wheel needs carrying along. Were a small pure-Python dependency
+missing there (einops, say): `pip download --no-deps -d .whl/ einops==0.8.2` here, carry `.whl`, and run
+`PYTHONPATH=$(ls -d .whl/*.whl | paste -sd:) python -m benchmarks.device_check`.
 """
 
 import functools
@@ -35,7 +35,6 @@ import os
 import subprocess
 import sys
 import time
-import types
 
 from absl import app
 from absl import flags
@@ -80,29 +79,7 @@ GOLDEN_CASES = (
 )
 
 
-def _install_stand_ins():
-  """Stand-ins for the packages xclip_jax imports at module level but this check never uses (module docstring)."""
-
-  def stand_in(name: str, **attributes) -> types.ModuleType:
-    module = types.ModuleType(name, f"A stand-in: {name} is not available to benchmarks.device_check.")
-
-    def missing(attribute):
-      raise AttributeError(f"{name}.{attribute}: {name} is a stand-in in benchmarks.device_check")
-
-    module.__getattr__ = missing
-    module.__dict__.update(attributes)
-    return module
-
-  regex = stand_in("regex", IGNORECASE=0)
-  regex.compile = lambda *args: regex  # the tokenizer compiles its patterns at import; using one raises
-  sys.modules.update(
-    ftfy=stand_in("ftfy"),
-    regex=regex,
-    ml_collections=stand_in("ml_collections", ConfigDict=types.SimpleNamespace),
-  )
-
-
-# The project's modules are imported inside the functions below: after the stand-ins are in place.
+# Each part imports the project's modules it needs, so the orchestrating process imports none of them.
 def golden_parity() -> dict:
   from benchmarks import golden_tiny  # pylint: disable=g-import-not-at-top
 
@@ -177,7 +154,6 @@ def check(small: bool, budget_s: float) -> dict:
 
 def main(argv):
   del argv
-  _install_stand_ins()
   if FLAGS.part:
     print(json.dumps(run_part(json.loads(FLAGS.part))))
   else:

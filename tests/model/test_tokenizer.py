@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -224,3 +225,13 @@ def test_malformed_merge_line_is_reported_with_its_line_number(tmp_path):
 
   with pytest.raises(ValueError, match=r"bad.txt.gz, line 6: .*'a b c'"):
     Tokenizer(path)
+
+
+@pytest.mark.parametrize("package", ["ftfy", "regex"])
+def test_tokenizing_without_ftfy_or_regex_names_the_package_to_install(monkeypatch, tokenizer, package):
+  # None in sys.modules fails the import as for a package not installed; a failed build of the tools is not cached.
+  tokenizer_lib._text_tools.cache_clear()
+  monkeypatch.setitem(sys.modules, package, None)
+  with pytest.raises(ImportError, match=rf"^tokenizing text needs {package}, .*: pip install {package}$"):
+    tokenize("abseiling")
+  assert tokenizer.decode([START, 320, END]) == "<|startoftext|> a <|endoftext|>"  # decoding needs neither

@@ -12,18 +12,21 @@ OpenAI's CLIP vocabulary (MIT licence), taken unchanged from the
 open_clip_torch 3.3.0 wheel on PyPI (MIT licence; sha256
 924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a, the same
 bytes as openai/CLIP's copy).
+
+Cleaning and splitting text need ftfy and regex, imported on first use: the
+model (which imports this module) and `decode` run without them.
 """
 
 from collections.abc import Iterable, Sequence
 import functools
 import gzip
 import html
+import importlib
 import operator
 import pathlib
+import types
 
-import ftfy
 import numpy as np
-import regex
 
 DEFAULT_BPE_PATH = pathlib.Path(__file__).with_name("bpe_simple_vocab_16e6.txt.gz")
 START_OF_TEXT = "<|startoftext|>"
@@ -37,16 +40,34 @@ _END_OF_WORD = "</w>"
 # CLIP keeps the first 48894 merges of the file: 256 bytes, 256 end-of-word
 # bytes, these merges and the two special tokens make the 49408-entry vocab.
 _NUM_MERGES = VOCAB_SIZE - 2 * 256 - 2
-# Pre-tokenization of CLIP: special tokens, English contractions, runs of
-# letters, single digits, runs of other non-space symbols. The regex module
-# (not re) is needed for \p{...}, and its \s also decides whitespace cleaning.
-# IGNORECASE still matters after lower-casing: "'ſ" (long s) matches "'s".
-_PRE_TOKEN_PATTERN = regex.compile(
-  r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d"
-  r"|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+",
-  regex.IGNORECASE,
-)
-_WHITESPACE_RUN = regex.compile(r"\s+")
+
+
+def _import_for_text(name: str) -> types.ModuleType:
+  """Imports ftfy or regex, which only cleaning and splitting text need."""
+  try:
+    return importlib.import_module(name)
+  except ModuleNotFoundError as error:
+    if error.name != name:  # a dependency of the package is missing: its own error says which
+      raise
+    raise ImportError(f"tokenizing text needs {name}, which is not installed: pip install {name}") from error
+
+
+@functools.cache
+def _text_tools():
+  """(ftfy's fix_text, pre-token pattern, whitespace-run pattern), built on first use."""
+  fix_text = _import_for_text("ftfy").fix_text
+  regex = _import_for_text("regex")
+  # Pre-tokenization of CLIP: special tokens, English contractions, runs of
+  # letters, single digits, runs of other non-space symbols. The regex module
+  # (not re) is needed for \p{...}, and its \s also decides whitespace
+  # cleaning. IGNORECASE still matters after lower-casing: "'ſ" (long s)
+  # matches "'s".
+  pre_token = regex.compile(
+    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d"
+    r"|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+",
+    regex.IGNORECASE,
+  )
+  return fix_text, pre_token, regex.compile(r"\s+")
 
 
 class TextTooLongError(ValueError, RuntimeError):
@@ -87,8 +108,9 @@ def clean_text(text: str) -> str:
   Returns:
     The cleaned string.
   """
-  text = html.unescape(html.unescape(ftfy.fix_text(text)))
-  return _WHITESPACE_RUN.sub(" ", text.strip()).strip().lower()
+  fix_text, _, whitespace_run = _text_tools()
+  text = html.unescape(html.unescape(fix_text(text)))
+  return whitespace_run.sub(" ", text.strip()).strip().lower()
 
 
 def _read_merges(bpe_path: pathlib.Path) -> list[tuple[str, str]]:
@@ -162,7 +184,8 @@ class Tokenizer:
     if not isinstance(text, str):
       raise TypeError(f"encode expects a str, got {type(text).__name__}: {text!r}")
     ids = []
-    for pre_token in _PRE_TOKEN_PATTERN.findall(clean_text(text)):
+    _, pre_token_pattern, _ = _text_tools()
+    for pre_token in pre_token_pattern.findall(clean_text(text)):
       cached = self._pre_token_ids.get(pre_token)
       if cached is None:
         cached = [self._token_to_id[symbol] for symbol in self._bpe(pre_token)]

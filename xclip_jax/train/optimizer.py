@@ -8,15 +8,18 @@ groups, stepped after each optimiser step (so step j uses the schedule's value a
 
 from collections.abc import Mapping
 import dataclasses
+from typing import TYPE_CHECKING
 
 import flax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
 from xclip_jax import param_rules
 from xclip_jax.parallel import sharding
+
+if TYPE_CHECKING:  # annotations only: the optimiser runs without ml_collections (benchmarks.device_check)
+  import ml_collections
 
 # The official keyword rules (utils/optimizer.py: fix_text, the groups of build_optimizer, set_weight_decay) as
 # full-match rules over Flax names (`xclip_jax.param_rules`). Each keyword names whole modules: "visual." the video
@@ -131,7 +134,7 @@ def _scale_by_group_learning_rates(schedule, multipliers: Mapping[str, float]) -
 
 
 def make_optimizer(
-  config: ml_collections.ConfigDict, trainable_params, schedule: Schedule
+  config: "ml_collections.ConfigDict", trainable_params, schedule: Schedule
 ) -> optax.GradientTransformation:
   """AdamW with the official groups, over a tree of the trainable parameters; logs which rule set each group."""
   mask = decay_mask(trainable_params, log="weight decay")

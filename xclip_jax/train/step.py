@@ -11,12 +11,11 @@ soft-target cross-entropy after Mixup/CutMix with label smoothing. The optimiser
 
 import dataclasses
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
@@ -26,6 +25,9 @@ from xclip_jax.model import xclip
 from xclip_jax.parallel import sharding
 from xclip_jax.train import mixup
 from xclip_jax.train import optimizer
+
+if TYPE_CHECKING:  # annotations only: the step runs without ml_collections (benchmarks.device_check)
+  import ml_collections
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +95,7 @@ def _recipe(
 
 
 def create_train_state(
-  config: ml_collections.ConfigDict, model: pretrained.XCLIPModel, text_ids, mesh: jax.sharding.Mesh | None = None
+  config: "ml_collections.ConfigDict", model: pretrained.XCLIPModel, text_ids, mesh: jax.sharding.Mesh | None = None
 ) -> TrainState:
   """The initial train state, laid out on `mesh` (default: from `config.mesh`) by the sharding rules.
 
