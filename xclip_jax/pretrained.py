@@ -140,6 +140,7 @@ def load_pretrained(
   dtype: str = "float32",
   droppath: float = 0.0,
   remat: bool = False,
+  attention: str = "auto",
   seed: int = 0,
   mesh: jax.sharding.Mesh | None = None,
 ) -> XCLIPModel:
@@ -160,10 +161,11 @@ def load_pretrained(
     dtype: compute dtype, 'float32' or 'bfloat16' (parameters stay float32).
     droppath: stochastic depth rate of the video encoder, for fine-tuning.
     remat: rematerialise the video encoder blocks in the backward pass (saves memory in training).
+    attention: the attention implementation, `XCLIPConfig.attention`: 'auto', 'hand', 'xla' or 'cudnn'.
     seed: initialisation seed of the X-CLIP modules when loading a CLIP checkpoint.
     mesh: run on these devices (`sharding.make_mesh`), e.g. with frames split over `time` for long clips.
   """
-  options = dict(dtype=dtype, droppath=droppath, remat=remat, seed=seed)
+  options = dict(dtype=dtype, droppath=droppath, remat=remat, attention=attention, seed=seed)
   if not epath.Path(path).exists():
     raise FileNotFoundError(f"no checkpoint at {path}")
   if paths.is_remote(path):
@@ -173,7 +175,7 @@ def load_pretrained(
         paths.copy_to_local(path, pathlib.Path(local) / epath.Path(path).name), num_frames, **options
       )
   path = pathlib.Path(path)
-  overrides = dict(dtype=dtype, droppath=droppath, remat=remat)
+  overrides = dict(dtype=dtype, droppath=droppath, remat=remat, attention=attention)
   if path.is_dir():
     if native.is_checkpoint(path):
       config, params = native.read_checkpoint(path, **overrides)

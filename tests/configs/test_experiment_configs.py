@@ -15,6 +15,7 @@ FIELDS = (
   "batch_size",
   "accumulation_steps",
   "freeze_text",
+  "attention",
   "mode",
   "init.clip",
   "init.checkpoint",

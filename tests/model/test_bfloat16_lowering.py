@@ -22,15 +22,6 @@ from xclip_jax.train import step as step_lib
 # step its two gradients. LayerNorm statistics, softmax and the loss are float32 too, but they are not products.
 ALLOWED_F32 = {r"/bd,bkd->bk/dot_general$": "the normalised-feature einsum of the logits, float32 by design"}
 
-# Float32 products by a flaw of the product, to be fixed in xclip_jax/model/layers.py `dot_product_attention`: the
-# attention logits are the float32 result (preferred_element_type) of bfloat16 q and k, so their cotangent is
-# float32 and JAX's transpose rule runs both gradients of q.k^T (dq, dk) as float32 x float32 products. Listed so
-# that any other float32 product fails here; the strict xfail below passes once they are fixed, and then they go.
-KNOWN_F32 = {
-  r"^jit\(step_fn\)/transpose\(.*/(attn|message_attn|cross_attn)/dot_general$": "the gradients of the attention "
-  "logits q.k^T (dq, dk): their float32 cotangent makes float32 products"
-}
-
 # A dot_general or convolution: its operand and result types and the location that names it.
 _OP = re.compile(
   r"stablehlo\.(dot_general|convolution)\b.*: \(tensor<([^>]*)>, tensor<([^>]*)>\) -> tensor<([^>]*)> loc\((#loc\d+)\)"
@@ -85,7 +76,7 @@ def eval_forward():
 def test_train_step_products_are_bfloat16_but_the_listed_ones(step):
   lowered, _ = step
   names = float32_products(lowered)
-  assert unexplained(names, ALLOWED_F32, KNOWN_F32) == []
+  assert unexplained(names, ALLOWED_F32) == []
   # The allowance still applies, and to no more than it says: the forward einsum and its two gradients.
   assert len(names) - len(unexplained(names, ALLOWED_F32)) == 3
 
@@ -95,10 +86,13 @@ def test_eval_forward_products_are_bfloat16_but_the_final_einsum(eval_forward):
   assert len(names) == 1 and unexplained(names, ALLOWED_F32) == []
 
 
-@pytest.mark.xfail(strict=True, reason="product: the gradients of the attention logits run in float32 (KNOWN_F32)")
 def test_attention_logit_gradients_take_bfloat16_operands(step):
+  """The attention logits q.k^T are float32 products of bfloat16 q and k; their float32 cotangent must not make the
+  gradients dq and dk float32 products (nor those of the weights times v)."""
   lowered, _ = step
-  assert unexplained(float32_products(lowered), ALLOWED_F32) == []
+  attention_core = re.compile(r"^jit\(step_fn\)/transpose\(.*/(attn|message_attn|cross_attn)/dot_general$")
+  gradients = [(lhs, rhs) for lhs, rhs, _, name in products(lowered) if attention_core.search(name)]
+  assert gradients and set(gradients) == {("bf16", "bf16")}
 
 
 def test_parameters_and_optimiser_state_stay_float32(step):

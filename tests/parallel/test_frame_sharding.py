@@ -24,9 +24,9 @@ def test_sharded_forward_logits_equal_unsharded(check_output):
 
 
 def test_train_step_with_frames_split_equals_one_device(check_output):
-  # time=2 and time=4 with data filling the rest, and time=2 with fsdp=2, in float32: loss, gradient norm and every
-  # parameter after the step (updates within 1e-3); time=2 with fsdp=2, remat and bfloat16: the parameters' update
-  # directions against float32's. Drop path on.
+  # time=2 (with the hand-written attention and with jax.nn.dot_product_attention) and time=4 with data filling the
+  # rest, and time=2 with fsdp=2, in float32: loss, gradient norm and every parameter after the step (updates within
+  # 1e-3); time=2 with fsdp=2, remat and bfloat16: the parameters' update directions against float32's. Drop path on.
   _assert_passed(check_output, "train_step")
 
 

@@ -5,6 +5,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from xclip_jax.model import layers
+
 
 @dataclasses.dataclass(frozen=True)
 class XCLIPConfig:
@@ -31,6 +33,8 @@ class XCLIPConfig:
   droppath: float = 0.0
   remat: bool = False
   dtype: str = "float32"
+  # The attention implementation (layers.ATTENTION_IMPLEMENTATIONS); "auto" picks one for the backend.
+  attention: str = "auto"
 
   def __post_init__(self):
     for name, width in (
@@ -49,6 +53,8 @@ class XCLIPConfig:
       )
     if self.dtype not in ("float32", "bfloat16"):
       raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+    if self.attention not in layers.ATTENTION_IMPLEMENTATIONS:
+      raise ValueError(f"attention must be one of {layers.ATTENTION_IMPLEMENTATIONS}, got {self.attention!r}")
 
   @property
   def compute_dtype(self):

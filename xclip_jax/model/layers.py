@@ -4,6 +4,7 @@ Weights keep PyTorch's (out, in) layout and names, so that converting official c
 statistics and softmax run in float32.
 """
 
+import functools
 import math
 from typing import Any
 
@@ -68,22 +69,95 @@ class QuickGELU(nn.Module):
     return x * jax.nn.sigmoid(1.702 * x)
 
 
-def dot_product_attention(q, k, v, num_heads: int, mask=None):
+# Attention implementations: `auto` picks one for the backend at trace time (`attention_implementation`); `hand` is
+# `hand_attention`; `xla` and `cudnn` are those of jax.nn.dot_product_attention.
+ATTENTION_IMPLEMENTATIONS = ("auto", "hand", "xla", "cudnn")
+
+
+def attention_implementation(attention: str, backend: str) -> str | None:
+  """What `attention` runs on `backend` (jax.default_backend(): 'cpu', 'gpu', 'tpu').
+
+  Returns "hand" for `hand_attention`, else the `implementation` argument of jax.nn.dot_product_attention: "xla",
+  "cudnn", or None (jax's own choice, which `auto` takes on accelerators; jax 0.10 chooses XLA).
+  """
+  if attention not in ATTENTION_IMPLEMENTATIONS:
+    raise ValueError(f"attention must be one of {ATTENTION_IMPLEMENTATIONS}, got {attention!r}")
+  if attention == "cudnn" and backend != "gpu":
+    raise ValueError(f"attention='cudnn' needs an NVIDIA GPU, but the backend is {backend!r}; use 'auto' or 'xla'")
+  if attention == "auto":
+    return "hand" if backend == "cpu" else None
+  return attention
+
+
+@jax.custom_vjp
+def _low_precision_logits(q, k):
+  """q.k^T of bfloat16 (or float16) q and k as float32, with gradients that also multiply in the operands' dtype.
+
+  JAX's own transpose of a float32 result multiplies its float32 cotangent with q and k promoted to float32.
+  """
+  return jnp.matmul(q, jnp.swapaxes(k, -1, -2), preferred_element_type=jnp.float32)
+
+
+def _low_precision_logits_fwd(q, k):
+  return _low_precision_logits(q, k), (q, k)
+
+
+def _low_precision_logits_bwd(operands, cotangent):
+  q, k = operands
+  cotangent = cotangent.astype(q.dtype)
+  dq = jnp.matmul(cotangent, k, preferred_element_type=jnp.float32).astype(q.dtype)
+  dk = jnp.matmul(jnp.swapaxes(cotangent, -1, -2), q, preferred_element_type=jnp.float32).astype(k.dtype)
+  return dq, dk
+
+
+_low_precision_logits.defvjp(_low_precision_logits_fwd, _low_precision_logits_bwd)
+
+
+def hand_attention(q, k, v, num_heads: int, causal: bool = False):
   """Multi-head attention core on (..., L, D) projections, as PyTorch computes it (q scaled before q.k).
 
   Heads are moved before the sequence axis so that both products are plain batched matmuls, and the softmax is
   normalised after the product with v (one division of (L, head_dim) instead of (L, L)); both are faster on CPU.
+  `causal`: query i attends to keys 0..i only.
   """
   *batch, q_len, width = q.shape
   head_dim = width // num_heads
   heads_first = lambda t: jnp.moveaxis(t.reshape(*t.shape[:-1], num_heads, head_dim), -2, -3)
   q, k, v = heads_first(q * (head_dim**-0.5)), heads_first(k), heads_first(v)
-  logits = jnp.matmul(q, jnp.swapaxes(k, -1, -2), preferred_element_type=jnp.float32)
-  if mask is not None:
-    logits = jnp.where(mask, logits, -jnp.inf)
+  if q.dtype == jnp.float32:  # JAX's own gradients, as ever: float32 results stay bit-for-bit the same
+    logits = jnp.matmul(q, jnp.swapaxes(k, -1, -2), preferred_element_type=jnp.float32)
+  else:
+    logits = _low_precision_logits(q, k)
+  if causal:
+    logits = jnp.where(jnp.tril(jnp.ones(logits.shape[-2:], bool)), logits, -jnp.inf)
   weights = jnp.exp(logits - logits.max(axis=-1, keepdims=True))
   out = jnp.matmul(weights.astype(v.dtype), v) / weights.sum(axis=-1, keepdims=True).astype(v.dtype)
   return jnp.moveaxis(out, -3, -2).reshape(*batch, q_len, width)
+
+
+def dot_product_attention(q, k, v, num_heads: int, causal: bool = False, attention: str = "auto"):
+  """Multi-head attention of (..., T, D) queries over (..., S, D) keys and values by the `attention` implementation.
+
+  Every implementation scales q by head_dim**-0.5 before q.k, as PyTorch does, and runs the softmax in float32.
+  """
+  implementation = attention_implementation(attention, jax.default_backend())
+  if implementation == "hand":
+    return hand_attention(q, k, v, num_heads, causal)
+  *batch, q_len, width = q.shape
+  head_dim = width // num_heads
+  split_heads = lambda t: t.reshape(*t.shape[:-1], num_heads, head_dim)
+  # jax.nn.dot_product_attention takes ([batch,] length, heads, head_dim): further batch axes are vmapped, not
+  # flattened into one, because flattening (videos, frames) would undo frames split over the mesh's `time` axis.
+  attend = functools.partial(
+    jax.nn.dot_product_attention,
+    scale=1.0,  # q is scaled below; the default would scale the logits instead
+    is_causal=causal,
+    implementation=implementation,
+  )
+  for _ in batch[1:]:
+    attend = jax.vmap(attend)
+  out = attend(split_heads(q * (head_dim**-0.5)), split_heads(k), split_heads(v))
+  return out.reshape(*batch, q_len, width)
 
 
 class MultiheadAttention(nn.Module):
@@ -93,14 +167,15 @@ class MultiheadAttention(nn.Module):
   dtype: Any = jnp.float32
   in_proj_init: Any = None  # None: torch's xavier_uniform
   out_proj_init: Any = None  # None: torch's nn.Linear default
+  attention: str = "auto"  # the implementation (ATTENTION_IMPLEMENTATIONS)
 
   @nn.compact
-  def __call__(self, x, mask=None, num_queries=None):
+  def __call__(self, x, causal: bool = False, num_queries=None):
     """Self-attention over the L tokens of x; only the first `num_queries` tokens (default all) are queries."""
     width = x.shape[-1]
     qkv = Linear(3 * width, dtype=self.dtype, weight_init=self.in_proj_init or XAVIER_UNIFORM, name="in_proj")(x)
     q, k, v = jnp.split(qkv, 3, axis=-1)
-    out = dot_product_attention(q[..., :num_queries, :], k, v, self.num_heads, mask)
+    out = dot_product_attention(q[..., :num_queries, :], k, v, self.num_heads, causal, self.attention)
     return Linear(
       width, dtype=self.dtype, weight_init=self.out_proj_init or torch_linear_weight_init(), name="out_proj"
     )(out)
@@ -160,13 +235,19 @@ class ResidualAttentionBlock(nn.Module):
   num_heads: int
   dtype: Any = jnp.float32
   inits: dict | None = None  # optional {'in_proj', 'out_proj', 'c_fc', 'c_proj'} initialisers
+  attention: str = "auto"
 
   @nn.compact
-  def __call__(self, x, mask=None):
+  def __call__(self, x, causal: bool = False):
     inits = self.inits or {}
     attn = MultiheadAttention(
-      self.num_heads, self.dtype, in_proj_init=inits.get("in_proj"), out_proj_init=inits.get("out_proj"), name="attn"
+      self.num_heads,
+      self.dtype,
+      in_proj_init=inits.get("in_proj"),
+      out_proj_init=inits.get("out_proj"),
+      attention=self.attention,
+      name="attn",
     )
-    x = x + attn(layer_norm("ln_1", self.dtype)(x), mask)
+    x = x + attn(layer_norm("ln_1", self.dtype)(x), causal)
     mlp = MLP(self.dtype, fc_init=inits.get("c_fc"), proj_init=inits.get("c_proj"), name="mlp")
     return x + mlp(layer_norm("ln_2", self.dtype)(x))

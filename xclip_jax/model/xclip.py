@@ -5,8 +5,8 @@ PyTorch's layouts, so that weight conversion is a renaming (`visual.transformer.
 `visual/transformer/resblocks_0/message_fc/weight` here, the same (out, in) array). Only LayerNorm weights are called
 `scale` and the token embedding `embedding`, as in Flax. Video is channels-last: (B, T, H, W, 3).
 
-Parameters are float32; `XCLIPConfig.dtype` sets the compute dtype. LayerNorm statistics and softmax always run in
-float32.
+Parameters are float32; `XCLIPConfig.dtype` sets the compute dtype, `XCLIPConfig.attention` the attention
+implementation. LayerNorm statistics and softmax always run in float32.
 """
 
 from typing import Any
@@ -28,11 +28,10 @@ class TextTransformer(nn.Module):
   layers: int
   heads: int
   dtype: Any = jnp.float32
+  attention: str = "auto"
 
   @nn.compact
   def __call__(self, x):
-    length = x.shape[-2]
-    causal = jnp.tril(jnp.ones((length, length), bool))
     # CLIP.initialize_parameters.
     proj_std = self.width**-0.5 * (2 * self.layers) ** -0.5
     inits = dict(
@@ -42,7 +41,8 @@ class TextTransformer(nn.Module):
       c_proj=nn.initializers.normal(proj_std),
     )
     for i in range(self.layers):
-      x = layers.ResidualAttentionBlock(self.heads, self.dtype, inits, name=f"resblocks_{i}")(x, causal)
+      block = layers.ResidualAttentionBlock(self.heads, self.dtype, inits, self.attention, name=f"resblocks_{i}")
+      x = block(x, causal=True)
     return x
 
 
@@ -55,6 +55,7 @@ class CrossFrameAttentionBlock(nn.Module):
   num_heads: int
   droppath: float = 0.0
   dtype: Any = jnp.float32
+  attention: str = "auto"
 
   @nn.compact
   def __call__(self, x, deterministic: bool = True):
@@ -66,7 +67,7 @@ class CrossFrameAttentionBlock(nn.Module):
     message = layers.Linear(width, dtype=self.dtype, bias_init=layers.torch_linear_bias_init(width), name="message_fc")(
       x[:, :, 0]
     )
-    message_attn = layers.MultiheadAttention(self.num_heads, self.dtype, name="message_attn")
+    message_attn = layers.MultiheadAttention(self.num_heads, self.dtype, attention=self.attention, name="message_attn")
     message = message + message_drop(message_attn(layers.layer_norm("message_ln", self.dtype)(message)), deterministic)
     # With frames split over devices, the attention above is the block's only exchange between them (of message
     # tokens); each device keeps its own frames' results.
@@ -75,7 +76,7 @@ class CrossFrameAttentionBlock(nn.Module):
     # Each frame attends over [its tokens, its message token]; the message token's own output is dropped by the
     # official code, so it is not computed as a query here.
     tokens = jnp.concatenate([x, message[:, :, None]], axis=2)
-    attn = layers.MultiheadAttention(self.num_heads, self.dtype, name="attn")
+    attn = layers.MultiheadAttention(self.num_heads, self.dtype, attention=self.attention, name="attn")
     x = x + token_drop(attn(layers.layer_norm("ln_1", self.dtype)(tokens), num_queries=length), deterministic)
     mlp = layers.MLP(self.dtype, name="mlp")
     return sharding.split_frames(x + token_drop(mlp(layers.layer_norm("ln_2", self.dtype)(x)), deterministic))
@@ -108,6 +109,7 @@ class CrossFrameTransformer(nn.Module):
   droppath: float = 0.0
   remat: bool = False
   dtype: Any = jnp.float32
+  attention: str = "auto"
 
   @nn.compact
   def __call__(self, x, deterministic: bool = True):
@@ -116,7 +118,7 @@ class CrossFrameTransformer(nn.Module):
     # static_argnums counts the module itself as argument 0.
     block = nn.remat(CrossFrameAttentionBlock, static_argnums=(2,)) if self.remat else CrossFrameAttentionBlock
     for i in range(self.layers):
-      x = block(self.heads, float(rates[i]), self.dtype, name=f"resblocks_{i}")(x, deterministic)
+      x = block(self.heads, float(rates[i]), self.dtype, self.attention, name=f"resblocks_{i}")(x, deterministic)
     return x
 
 
@@ -135,6 +137,7 @@ class CrossFrameCommunicationTransformer(nn.Module):
   droppath: float = 0.0
   remat: bool = False
   dtype: Any = jnp.float32
+  attention: str = "auto"
 
   @nn.compact
   def __call__(self, video, deterministic: bool = True):
@@ -149,9 +152,9 @@ class CrossFrameCommunicationTransformer(nn.Module):
     x = jnp.concatenate([cls, patches], axis=2) + positional_embedding.astype(self.dtype)
     x = sharding.split_frames(layers.layer_norm("ln_pre", self.dtype)(x))
 
-    x = CrossFrameTransformer(self.layers, self.heads, self.droppath, self.remat, self.dtype, name="transformer")(
-      x, deterministic
-    )
+    x = CrossFrameTransformer(
+      self.layers, self.heads, self.droppath, self.remat, self.dtype, self.attention, name="transformer"
+    )(x, deterministic)
 
     cls_features = layers.layer_norm("ln_post", self.dtype)(x[:, :, 0])
     proj = self.param("proj", nn.initializers.normal(scale), (self.width, self.output_dim))
@@ -165,6 +168,7 @@ class MultiframeIntegrationTransformer(nn.Module):
   layers: int
   heads: int
   dtype: Any = jnp.float32
+  attention: str = "auto"
 
   @nn.compact
   def __call__(self, frame_features):
@@ -179,7 +183,7 @@ class MultiframeIntegrationTransformer(nn.Module):
     # The official MIT initialises every layers.Linear (out_proj included) with trunc_normal(0.02) and zero bias.
     inits = dict(out_proj=layers.TRUNC_NORMAL_02, c_fc=layers.TRUNC_NORMAL_02, c_proj=layers.TRUNC_NORMAL_02)
     for i in range(self.layers):
-      x = layers.ResidualAttentionBlock(self.heads, self.dtype, inits, name=f"resblocks_{i}")(x)
+      x = layers.ResidualAttentionBlock(self.heads, self.dtype, inits, self.attention, name=f"resblocks_{i}")(x)
     return (x + frame_features).mean(axis=1)
 
 
@@ -188,6 +192,7 @@ class CrossAttention(nn.Module):
 
   num_heads: int
   dtype: Any = jnp.float32
+  attention: str = "auto"
 
   @nn.compact
   def __call__(self, queries, memory):
@@ -196,7 +201,11 @@ class CrossAttention(nn.Module):
       width, use_bias=bias, dtype=self.dtype, weight_init=layers.TRUNC_NORMAL_02, name=name
     )
     out = layers.dot_product_attention(
-      dense("q_proj", False)(queries), dense("k_proj", False)(memory), dense("v_proj", False)(memory), self.num_heads
+      dense("q_proj", False)(queries),
+      dense("k_proj", False)(memory),
+      dense("v_proj", False)(memory),
+      self.num_heads,
+      attention=self.attention,
     )
     return dense("proj", True)(out)
 
@@ -204,11 +213,12 @@ class CrossAttention(nn.Module):
 class PromptGeneratorLayer(nn.Module):
   num_heads: int
   dtype: Any = jnp.float32
+  attention: str = "auto"
 
   @nn.compact
   def __call__(self, text, visual):
     width = text.shape[-1]
-    text = text + CrossAttention(self.num_heads, self.dtype, name="cross_attn")(
+    text = text + CrossAttention(self.num_heads, self.dtype, self.attention, name="cross_attn")(
       layers.layer_norm("norm1", self.dtype)(text), visual
     )
     # Official names: mlp.0 (layers.Linear), mlp.1 (layers.QuickGELU), mlp.2 (Dropout), mlp.3 (layers.Linear).
@@ -230,12 +240,13 @@ class VideoSpecificPrompt(nn.Module):
   heads: int
   alpha: float
   dtype: Any = jnp.float32
+  attention: str = "auto"
 
   @nn.compact
   def __call__(self, text, visual):
     visual = layers.layer_norm("norm", self.dtype)(visual)
     for i in range(self.layers):
-      text = PromptGeneratorLayer(self.heads, self.dtype, name=f"decoder_{i}")(text, visual)
+      text = PromptGeneratorLayer(self.heads, self.dtype, self.attention, name=f"decoder_{i}")(text, visual)
     alpha = self.param("alpha", nn.initializers.constant(self.alpha), (text.shape[-1],))
     return alpha.astype(text.dtype) * text
 
@@ -289,8 +300,11 @@ class XCLIP(nn.Module):
       cfg.droppath,
       cfg.remat,
       dtype,
+      cfg.attention,
     )
-    self.transformer = TextTransformer(cfg.transformer_width, cfg.transformer_layers, cfg.transformer_heads, dtype)
+    self.transformer = TextTransformer(
+      cfg.transformer_width, cfg.transformer_layers, cfg.transformer_heads, dtype, cfg.attention
+    )
     self.token_embedding = nn.Embed(cfg.vocab_size, cfg.transformer_width, embedding_init=nn.initializers.normal(0.02))
     self.positional_embedding = self.param(
       "positional_embedding", nn.initializers.normal(0.01), (cfg.context_length, cfg.transformer_width)
@@ -300,8 +314,10 @@ class XCLIP(nn.Module):
       "text_projection", nn.initializers.normal(cfg.transformer_width**-0.5), (cfg.transformer_width, cfg.embed_dim)
     )
     self.logit_scale = self.param("logit_scale", nn.initializers.constant(np.log(1 / 0.07)), ())
-    self.mit = MultiframeIntegrationTransformer(cfg.num_frames, cfg.mit_layers, cfg.mit_heads, dtype)
-    self.prompts_generator = VideoSpecificPrompt(cfg.prompts_layers, cfg.prompts_heads, cfg.prompts_alpha, dtype)
+    self.mit = MultiframeIntegrationTransformer(cfg.num_frames, cfg.mit_layers, cfg.mit_heads, dtype, cfg.attention)
+    self.prompts_generator = VideoSpecificPrompt(
+      cfg.prompts_layers, cfg.prompts_heads, cfg.prompts_alpha, dtype, cfg.attention
+    )
     self.prompts_visual_ln = layers.layer_norm("prompts_visual_ln", dtype)
     self.prompts_visual_proj = self.param(
       "prompts_visual_proj", nn.initializers.normal(1.0), (cfg.vision_width, cfg.embed_dim)

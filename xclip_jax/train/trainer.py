@@ -49,7 +49,7 @@ RESULTS_FILE = "eval_results.json"
 def load_model(config: ml_collections.ConfigDict) -> pretrained.XCLIPModel:
   """The model to start from: `init.checkpoint` (X-CLIP), `init.clip` (CLIP), or `arch` (or the architecture `model`
   gives, as configs/demo.py does) initialised at random."""
-  options = dict(dtype=config.dtype, droppath=config.droppath, remat=config.remat)
+  options = dict(dtype=config.dtype, droppath=config.droppath, remat=config.remat, attention=config.attention)
   if config.init.checkpoint and config.init.clip:
     raise ValueError("set one of config.init.checkpoint and config.init.clip, not both")
   path = config.init.checkpoint or config.init.clip

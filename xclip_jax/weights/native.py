@@ -25,8 +25,9 @@ FORMAT_NAME = "xclip-jax"
 FORMAT_VERSION = 2
 WORKDIR_CHECKPOINTS = "checkpoints"
 WORKDIR_BEST = "best"
-# Run-time options of the config (compute dtype, drop path, remat): the loader chooses them, not the checkpoint.
-_RUNTIME_FIELDS = ("droppath", "remat", "dtype")
+# Run-time options of the config (compute dtype, drop path, remat, attention implementation): the loader chooses them,
+# not the checkpoint.
+_RUNTIME_FIELDS = ("droppath", "remat", "dtype", "attention")
 
 
 def write_checkpoint(directory, config: model_config.XCLIPConfig, params) -> epath.Path:
