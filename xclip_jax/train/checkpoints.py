@@ -95,6 +95,8 @@ def _read(directory, target) -> tuple[ocp.args.Composite | None, str]:
   Every process reads its own part of the arrays, then all learn whether any failed, so that they resume from the
   same step. Read without orbax's Checkpointer, whose barrier after reading a failing process would never reach.
   """
+  # Before reading: orbax's abandoned reads may report the moment a read fails, before the failure reaches here.
+  _quiet_abandoned_reads()
   try:
     restored = ocp.CompositeCheckpointHandler().restore(
       directory, ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore())
@@ -102,7 +104,6 @@ def _read(directory, target) -> tuple[ocp.args.Composite | None, str]:
     error = ""
   except Exception as e:  # damage fails in tensorstore, json or orbax's metadata, with errors of many types
     restored, error = None, _one_line(e)
-    _quiet_abandoned_reads()
   if jax.process_count() > 1:
     failed = multihost_utils.process_allgather(np.int32(restored is None))
     if failed.any() and restored is not None:
