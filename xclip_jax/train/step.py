@@ -9,6 +9,8 @@ soft-target cross-entropy after Mixup/CutMix with label smoothing. The optimiser
 `xclip_jax.train.optimizer`.
 """
 
+import contextlib
+import ctypes
 import dataclasses
 import functools
 from typing import TYPE_CHECKING, Any
@@ -260,3 +262,16 @@ def make_sharded_step(state: TrainState, mesh: jax.sharding.Mesh):
     out_shardings=(shardings, sharding.replicated(mesh)),
     donate_argnums=0,
   )
+
+
+def compile_step(step, state: TrainState, batch):
+  """`step` (`make_sharded_step`) compiled for this state and batch (arrays or ShapeDtypeStructs).
+
+  Compiling frees host memory that glibc keeps for reuse, but the step's buffers, allocated next, cannot reuse it
+  (its temporaries are one large block): it is handed back to the system here. For ViT-B/32's step on a CPU that
+  lowers the process's peak by 0.4 GB (benchmarks/train_step.py).
+  """
+  compiled = step.lower(state, batch).compile()
+  with contextlib.suppress(AttributeError, OSError):  # not glibc (macOS, musl): nothing to hand back this way
+    ctypes.CDLL(None).malloc_trim(0)
+  return compiled

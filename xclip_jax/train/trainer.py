@@ -314,11 +314,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   preemption = checkpoints.Preemption(int(state.step))
   window = _MetricWindow()
   progress = console.Progress(total_steps, int(state.step))
+  compiled_step = None
   try:
     for step in range(int(state.step) + 1, total_steps + 1):
       local_batch = next(batches)
       position = int(local_batch.pop("resume_position")[0])
-      state, metrics = train_step(state, sharding.global_batch(local_batch, mesh))
+      batch = sharding.global_batch(local_batch, mesh)
+      if compiled_step is None:  # for the first batch's shapes, which every batch has (drop_remainder)
+        compiled_step = step_lib.compile_step(train_step, state, batch)
+      state, metrics = compiled_step(state, batch)
       window.add(step, metrics)
       progress.tick()
       if itstime(step, config.log_every_steps, total_steps):
