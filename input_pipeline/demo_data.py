@@ -140,7 +140,10 @@ def write_video(path: pathlib.Path, frames: np.ndarray) -> pathlib.Path:
   """Writes frames (N, H, W, 3) uint8 as an H.264 mp4; returns its path."""
   path.parent.mkdir(parents=True, exist_ok=True)
   with av.open(str(path), mode="w") as container:
-    stream = container.add_stream("libx264", rate=FPS, options={"preset": "veryfast", "crf": "18", "threads": "1"})
+    # cpu-independent: without it x264 gave other bytes for the same frames now and then, even in one process, and
+    # reruns of the demo trained on other data.
+    options = {"preset": "veryfast", "crf": "18", "threads": "1", "x264-params": "cpu-independent=1"}
+    stream = container.add_stream("libx264", rate=FPS, options=options)
     stream.height, stream.width = frames.shape[1:3]
     stream.pix_fmt = "yuv420p"
     for image in frames:

@@ -234,6 +234,14 @@ def written(tmp_path_factory):
   return directory
 
 
+def test_write_is_reproducible_byte_for_byte(written, tmp_path):
+  # Every rerun of the demo (another workdir, another machine) trains on the same data.
+  demo_data.write(tmp_path, SETTINGS)
+  videos = sorted(path.relative_to(written) for path in (written / "videos").rglob("*.mp4"))
+  assert len(videos) == 6 + 2 + 2 * 7
+  assert [path for path in videos if (written / path).read_bytes() != (tmp_path / path).read_bytes()] == []
+
+
 def test_write_lays_out_the_official_files(written):
   names = annotations.read_label_list(written / "labels.csv")
   assert tuple(names) == demo_data.CLASS_NAMES
