@@ -121,23 +121,32 @@ def _one_line(error: BaseException) -> str:
 
 def _quiet_abandoned_reads():
   """Drops Python's reports of the reads that orbax abandons when one fails (it closes their event loop): as each
-  finishes it reports the closed loop, as each is collected it raises with a TensorStore spec of some 60 lines; the
-  one line of the failure says it all. Other reports still go to the previous hook."""
+  finishes it reports the closed loop; as each is collected, it or the future gathering it reports its exception
+  with a TensorStore spec of some 60 lines. The one line of the failure says it all. Other reports still go out."""
+  logging.getLogger("asyncio").addFilter(_not_from_abandoned_read)  # "Task/Future exception was never retrieved"
   previous = sys.unraisablehook
   if getattr(previous, "quiets_abandoned_reads", False):
     return
 
   def hook(unraisable):
-    if not _abandoned_read(unraisable):
+    if not (_raised_in_read(unraisable.exc_value) or _handed_to_closed_loop(unraisable)):
       previous(unraisable)
 
   hook.quiets_abandoned_reads = True
   sys.unraisablehook = hook
 
 
-def _abandoned_read(unraisable) -> bool:
-  if getattr(unraisable.object, "__qualname__", None) == "_read_array_index_and_device_put":
-    return True  # the coroutine of a read, closed unfinished
+def _not_from_abandoned_read(record: logging.LogRecord) -> bool:
+  return not (record.exc_info and _raised_in_read(record.exc_info[1]))
+
+
+def _raised_in_read(error: BaseException | None) -> bool:
+  # orbax's read of one array index; it turns any exception, GeneratorExit at closing included, into another.
+  frames = traceback.extract_tb(error.__traceback__) if error is not None else ()
+  return any(frame.name == "_read_array_index_and_device_put" for frame in frames)
+
+
+def _handed_to_closed_loop(unraisable) -> bool:
   # A read that finished after its event loop was closed, handing its result back to it.
   error = unraisable.exc_value
   return (
