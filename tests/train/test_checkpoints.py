@@ -109,4 +109,3 @@ async def _another_coroutine():
     await _suspend()
   except BaseException as error:
     raise Exception("something else") from error
-
