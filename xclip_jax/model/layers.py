@@ -42,18 +42,23 @@ def apply_weight(x, weight):
 
 
 class Linear(nn.Module):
-  """torch.nn.Linear: `weight` in PyTorch's (out, in) layout and `bias`."""
+  """torch.nn.Linear: `weight` in PyTorch's (out, in) layout and `bias`.
+
+  With `quick_gelu_input`, the input goes through QuickGELU first (`quick_gelu_then_weight`).
+  """
 
   features: int
   use_bias: bool = True
   dtype: Any = jnp.float32
   weight_init: Any = torch_linear_weight_init()
   bias_init: Any = nn.initializers.zeros
+  quick_gelu_input: bool = False
 
   @nn.compact
   def __call__(self, x):
     weight = self.param("weight", self.weight_init, (self.features, x.shape[-1]))
-    y = apply_weight(x.astype(self.dtype), weight.astype(self.dtype))
+    product = quick_gelu_then_weight if self.quick_gelu_input else apply_weight
+    y = product(x.astype(self.dtype), weight.astype(self.dtype))
     if self.use_bias:
       y = y + self.param("bias", self.bias_init, (self.features,)).astype(self.dtype)
     return y
@@ -72,7 +77,7 @@ class QuickGELU(nn.Module):
 @jax.custom_vjp
 def quick_gelu(x):
   """CLIP's x * sigmoid(1.702 x). Its gradient keeps only x for the backward pass and recomputes the sigmoid there:
-  autodiff would keep the sigmoid as well, one more activation of the MLP's hidden width per block in training."""
+  autodiff would keep the sigmoid as well. (The blocks' MLPs use `quick_gelu_then_weight`.)"""
   return x * jax.nn.sigmoid(1.702 * x)
 
 
@@ -81,16 +86,52 @@ def _quick_gelu_fwd(x):
 
 
 def _quick_gelu_bwd(x, cotangent):
-  # Tied to the cotangent, the recomputed sigmoid is neither merged with the forward's (XLA would then keep that
-  # until here) nor computed before it is needed.
-  x, cotangent = jax.lax.optimization_barrier((x, cotangent))
-  # In float32 for bfloat16 inputs too: the derivative's two terms cancel near x = -0.94.
+  x = _once_cotangent_exists(x, cotangent)
+  return ((cotangent.astype(jnp.float32) * _quick_gelu_derivative(x)).astype(cotangent.dtype),)
+
+
+def _once_cotangent_exists(x, cotangent):
+  """x, made to depend on the cotangent, so that what a backward rule recomputes from it is computed there, not
+  merged with the forward pass's values or moved into it by XLA (which would keep the result until the backward pass:
+  the memory the recomputation is meant to save). XLA's CPU compiler moved such work across an optimization_barrier;
+  a data dependency it cannot move. An infinite cotangent gives NaN gradients instead of infinite ones: both stop
+  the run."""
+  return x + (0 * cotangent[..., :1]).astype(x.dtype)
+
+
+def _quick_gelu_derivative(x):
+  # In float32 for bfloat16 inputs too: its two terms cancel near x = -0.94.
   x32 = x.astype(jnp.float32)
   s = jax.nn.sigmoid(1.702 * x32)
-  return ((cotangent.astype(jnp.float32) * (s + 1.702 * x32 * s * (1 - s))).astype(cotangent.dtype),)
+  return s + 1.702 * x32 * s * (1 - s)
 
 
 quick_gelu.defvjp(_quick_gelu_fwd, _quick_gelu_bwd)
+
+
+@jax.custom_vjp
+def quick_gelu_then_weight(x, weight):
+  """apply_weight(quick_gelu(x), weight), keeping only x and the weight for the backward pass: the weight's gradient
+  needs QuickGELU's output, which is recomputed there instead of kept, one activation of the MLP's hidden width less
+  per block in training."""
+  return apply_weight(quick_gelu(x), weight)
+
+
+def _quick_gelu_then_weight_fwd(x, weight):
+  return quick_gelu_then_weight(x, weight), (x, weight)
+
+
+def _quick_gelu_then_weight_bwd(saved, cotangent):
+  x, weight = saved
+  x = _once_cotangent_exists(x, cotangent)
+  activation = x * jax.nn.sigmoid(1.702 * x)  # the forward's formula in its dtype: the same values
+  weight_grad = jnp.einsum("...o,...i->oi", cotangent, activation)
+  activation_grad = jnp.einsum("...o,oi->...i", cotangent, weight)
+  x_grad = (activation_grad.astype(jnp.float32) * _quick_gelu_derivative(x)).astype(x.dtype)
+  return x_grad, weight_grad.astype(weight.dtype)
+
+
+quick_gelu_then_weight.defvjp(_quick_gelu_then_weight_fwd, _quick_gelu_then_weight_bwd)
 
 
 # Attention implementations: `auto` picks one for the backend at trace time (`attention_implementation`); `hand` is
@@ -222,12 +263,12 @@ class MLP(nn.Module):
       bias_init=torch_linear_bias_init(width),
       name="c_fc",
     )(x)
-    x = QuickGELU()(x)
     return Linear(
       width,
       dtype=self.dtype,
       weight_init=self.proj_init or torch_linear_weight_init(),
       bias_init=torch_linear_bias_init(4 * width),
+      quick_gelu_input=True,
       name="c_proj",
     )(x)
 
