@@ -1,6 +1,11 @@
-"""The model's LayerNorm in bfloat16 keeps its statistics in float32 (mean and variance of bfloat16 inputs)."""
+"""The model's LayerNorm: PyTorch's formula, float32 statistics for bfloat16 inputs, and a hand-written gradient that
+keeps only the input for the backward pass."""
 
+import re
+
+import flax.linen as nn
 import jax
+import jax.ad_checkpoint
 import jax.numpy as jnp
 import numpy as np
 
@@ -21,3 +26,81 @@ def test_bfloat16_layer_norm_statistics_are_float32():
   y = norm.apply(variables, jnp.asarray(x, jnp.bfloat16))
   assert y.dtype == jnp.bfloat16
   np.testing.assert_allclose(np.asarray(y, np.float64), expected, rtol=0, atol=2 * 2**-8)
+
+
+def _numpy_layer_norm(x, scale, bias):
+  normalized = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + layers.LAYER_NORM_EPS)
+  return normalized * scale + bias
+
+
+def _inputs():
+  rng = np.random.default_rng(0)
+  as_float32 = lambda a: np.asarray(a, np.float32).astype(np.float64)
+  x = as_float32(rng.normal(0.5, 2, (2, 5, 16)))
+  scale, bias, c = as_float32(rng.normal(1, 0.3, 16)), as_float32(rng.normal(0, 0.3, 16)), rng.normal(size=(2, 5, 16))
+  return x, scale, bias, as_float32(c)
+
+
+def test_float32_layer_norm_is_pytorchs_formula():
+  x, scale, bias, _ = _inputs()
+  y = layers.layer_norm("ln", jnp.float32).apply(
+    {"params": {"scale": scale, "bias": bias}}, jnp.asarray(x, jnp.float32)
+  )
+  np.testing.assert_allclose(np.asarray(y, np.float64), _numpy_layer_norm(x, scale, bias), rtol=0, atol=1e-5)
+
+
+def test_gradients_are_the_derivatives():
+  # loss = sum(c * layer_norm(x)): central differences of the NumPy formula in float64, entry by entry.
+  x, scale, bias, c = _inputs()
+  loss = lambda x, scale, bias: np.sum(c * _numpy_layer_norm(x, scale, bias))
+  expected = []
+  for i, value in enumerate((x, scale, bias)):
+    grad = np.zeros_like(value)
+    for index in np.ndindex(value.shape):
+      step = np.zeros_like(value)
+      step[index] = 1e-6
+      args = [x, scale, bias]
+      plus, minus = list(args), list(args)
+      plus[i], minus[i] = value + step, value - step
+      grad[index] = (loss(*plus) - loss(*minus)) / 2e-6
+    expected.append(grad)
+  norm = layers.layer_norm("ln", jnp.float32)
+  grads = jax.grad(lambda x, p: (jnp.asarray(c, jnp.float32) * norm.apply({"params": p}, x)).sum(), argnums=(0, 1))(
+    jnp.asarray(x, jnp.float32), {"scale": jnp.asarray(scale, jnp.float32), "bias": jnp.asarray(bias, jnp.float32)}
+  )
+  x_grad, params_grad = grads
+  for name, ours, theirs in zip(
+    ("x", "scale", "bias"), (x_grad, params_grad["scale"], params_grad["bias"]), expected, strict=True
+  ):
+    np.testing.assert_allclose(np.asarray(ours, np.float64), theirs, rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+def test_the_backward_pass_keeps_only_the_input_and_two_numbers_per_row(capsys):
+  """Autodiff of the formula keeps three arrays of the input's size: x^2's, x - mean and the normalised values."""
+  norm = layers.layer_norm("ln", jnp.float32)
+  x = jnp.ones((3, 5, 8))
+  variables = norm.init(jax.random.key(0), x)
+  jax.ad_checkpoint.print_saved_residuals(lambda v, x: norm.apply(v, x), variables, x)
+  saved = capsys.readouterr().out.splitlines()
+  assert len([line for line in saved if re.match(r"f32\[3,5,8\] ", line)]) == 1, saved
+  assert len([line for line in saved if re.match(r"f32\[3,5,1\] ", line)]) == 2, saved
+
+
+class _Blocks(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    for i in range(8):
+      x = x + layers.Linear(x.shape[-1], name=f"linear_{i}")(layers.layer_norm(f"ln_{i}", jnp.float32)(x))
+    return x
+
+
+def test_compiled_each_block_keeps_its_input_and_the_normalised_input():
+  """Once XLA compiled the gradient of 8 blocks x + linear(layer_norm(x)): each keeps its input (for the LayerNorm)
+  and the LayerNorm's output (for the linear's weight gradient), plus at most 6 arrays of that size for the loss and
+  the backward pass's working buffers. Flax's nn.LayerNorm needs 35 in all."""
+  blocks, x = _Blocks(), jnp.ones((4, 50, 64))
+  params = blocks.init(jax.random.key(0), x)["params"]
+  grad = jax.jit(jax.grad(lambda p, v: (blocks.apply({"params": p}, v) ** 2).sum()))
+  temporaries = grad.lower(params, x).compile().memory_analysis().temp_size_in_bytes
+  activation = 4 * 50 * 64 * 4
+  assert temporaries <= (2 * 8 + 6) * activation, temporaries / activation

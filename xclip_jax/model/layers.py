@@ -64,8 +64,58 @@ class Linear(nn.Module):
     return y
 
 
-def layer_norm(name: str, dtype) -> nn.LayerNorm:
-  return nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=dtype, name=name)
+def layer_norm(name: str, dtype) -> "LayerNorm":
+  return LayerNorm(dtype=dtype, name=name)
+
+
+class LayerNorm(nn.Module):
+  """torch.nn.LayerNorm over the last axis (`scale`, `bias`), as Flax's nn.LayerNorm computes it (float32 statistics,
+  the result in `dtype`), with a gradient that keeps only its input and two numbers per row for the backward pass:
+  autodiff keeps three activations of the input's size."""
+
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
+    bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],))
+    return _layer_norm(x, scale, bias).astype(self.dtype)
+
+
+def _layer_norm_statistics(x):
+  """Flax's: float32 mean and 1 / sqrt(variance + eps), the variance as E[x^2] - E[x]^2 (at least 0)."""
+  x32 = x.astype(jnp.float32)
+  mean = x32.mean(axis=-1, keepdims=True)
+  variance = jnp.maximum(0.0, (x32 * x32).mean(axis=-1, keepdims=True) - mean * mean)
+  return x32, mean, jax.lax.rsqrt(variance + LAYER_NORM_EPS)
+
+
+@jax.custom_vjp
+def _layer_norm(x, scale, bias):
+  x32, mean, inverse_std = _layer_norm_statistics(x)
+  return (x32 - mean) * (inverse_std * scale) + bias
+
+
+def _layer_norm_fwd(x, scale, bias):
+  x32, mean, inverse_std = _layer_norm_statistics(x)
+  return (x32 - mean) * (inverse_std * scale) + bias, (x, mean, inverse_std, scale)
+
+
+def _layer_norm_bwd(saved, cotangent):
+  x, mean, inverse_std, scale = saved
+  x = _once_cotangent_exists(x, cotangent)
+  normalized = (x.astype(jnp.float32) - mean) * inverse_std
+  rows = tuple(range(cotangent.ndim - 1))
+  scale_grad = (cotangent * normalized).sum(axis=rows)
+  bias_grad = cotangent.sum(axis=rows)
+  g = cotangent * scale
+  x_grad = inverse_std * (
+    g - g.mean(axis=-1, keepdims=True) - normalized * (g * normalized).mean(axis=-1, keepdims=True)
+  )
+  return x_grad.astype(x.dtype), scale_grad, bias_grad
+
+
+_layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 
 class QuickGELU(nn.Module):
