@@ -64,10 +64,6 @@ class Linear(nn.Module):
     return y
 
 
-def layer_norm(name: str, dtype) -> "LayerNorm":
-  return LayerNorm(dtype=dtype, name=name)
-
-
 class LayerNorm(nn.Module):
   """torch.nn.LayerNorm over the last axis (`scale`, `bias`), as Flax's nn.LayerNorm computes it (float32 statistics,
   the result in `dtype`), with a gradient that keeps only its input and two numbers per row for the backward pass:
@@ -82,6 +78,10 @@ class LayerNorm(nn.Module):
     return _layer_norm(x, scale, bias).astype(self.dtype)
 
 
+def layer_norm(name: str, dtype) -> LayerNorm:
+  return LayerNorm(dtype=dtype, name=name)
+
+
 def _layer_norm_statistics(x):
   """Flax's: float32 mean and 1 / sqrt(variance + eps), the variance as E[x^2] - E[x]^2 (at least 0)."""
   x32 = x.astype(jnp.float32)
@@ -92,8 +92,7 @@ def _layer_norm_statistics(x):
 
 @jax.custom_vjp
 def _layer_norm(x, scale, bias):
-  x32, mean, inverse_std = _layer_norm_statistics(x)
-  return (x32 - mean) * (inverse_std * scale) + bias
+  return _layer_norm_fwd(x, scale, bias)[0]
 
 
 def _layer_norm_fwd(x, scale, bias):
@@ -174,7 +173,7 @@ def _quick_gelu_then_weight_fwd(x, weight):
 def _quick_gelu_then_weight_bwd(saved, cotangent):
   x, weight = saved
   x = _once_cotangent_exists(x, cotangent)
-  activation = x * jax.nn.sigmoid(1.702 * x)  # the forward's formula in its dtype: the same values
+  activation = quick_gelu(x)  # as the forward pass computed it, in its dtype: the same values
   weight_grad = jnp.einsum("...o,...i->oi", cotangent, activation)
   activation_grad = jnp.einsum("...o,oi->...i", cotangent, weight)
   x_grad = (activation_grad.astype(jnp.float32) * _quick_gelu_derivative(x)).astype(x.dtype)
