@@ -4,10 +4,11 @@ FLOPs per clip are counted two ways:
   model (`model_flops_per_clip`, analytic): the matmul census of the traced forward (`matmuls`: every dot_general with
     its shapes, 2 x m x n x k each). Inference: the forward's. Training: 3 x the forward's, since each contraction's
     backward is two contractions of its size (the gradient of each operand), less the gradient of the patch
-    embedding's input, which the video does not need. Remat's recomputed forward is not counted: MFU counts the
-    model's FLOPs, not the hardware's (PaLM, Chowdhery et al. 2022, appendix B).
+    embedding's input, which the video does not need. Recomputation is not counted (remat's forward, the attention
+    logits the hand-written core recomputes in its backward pass): MFU counts the model's FLOPs, not the hardware's
+    (PaLM, Chowdhery et al. 2022, appendix B).
   XLA (`xla_flops_per_clip`): `compiled.cost_analysis()["flops"]` of the compiled program: every floating-point
-    operation it runs, elementwise ones, the optimiser update and remat's recomputation included.
+    operation it runs, elementwise ones, the optimiser update and recomputation included.
 `mfu` is model FLOPs per second over the device's dense peak for the compute dtype (`PEAK_FLOPS`); on a CPU, over
 the machine's own dense matmul rate, timed here (`measured_matmul_flops_per_s`).
 """

@@ -1,5 +1,5 @@
 """The model's LayerNorm: PyTorch's formula, float32 statistics for bfloat16 inputs, and a hand-written gradient that
-keeps only the input for the backward pass."""
+keeps only the input for the backward pass; followed by a weight (`then_weight`), not its output either."""
 
 import re
 
@@ -104,3 +104,81 @@ def test_compiled_each_block_keeps_its_input_and_the_normalised_input():
   temporaries = grad.lower(params, x).compile().memory_analysis().temp_size_in_bytes
   activation = 4 * 50 * 64 * 4
   assert temporaries <= (2 * 8 + 6) * activation, temporaries / activation
+
+
+def test_followed_by_a_weight_the_forward_values_are_unchanged():
+  """LayerNorm(x, then_weight=w) is apply_weight(LayerNorm(x), w), bit for bit, in float32 and bfloat16."""
+  x, scale, bias, _ = _inputs()
+  weight = np.random.default_rng(1).normal(0, 0.3, (6, 16))
+  for dtype in (jnp.float32, jnp.bfloat16):
+    norm = layers.layer_norm("ln", dtype)
+    variables = {"params": {"scale": jnp.asarray(scale, jnp.float32), "bias": jnp.asarray(bias, jnp.float32)}}
+    w, inputs = jnp.asarray(weight, dtype), jnp.asarray(x, dtype)
+    fused = norm.apply(variables, inputs, then_weight=w)
+    separate = layers.apply_weight(norm.apply(variables, inputs), w)
+    assert fused.dtype == dtype
+    np.testing.assert_array_equal(np.asarray(fused, np.float32), np.asarray(separate, np.float32))
+
+
+def test_followed_by_a_weight_the_gradients_are_the_derivatives():
+  # loss = sum(c * (layer_norm(x) @ w.T)): central differences of the NumPy formula in float64, entry by entry.
+  x, scale, bias, _ = _inputs()
+  rng = np.random.default_rng(1)
+  weight, c = np.asarray(rng.normal(0, 0.3, (6, 16)), np.float32), np.asarray(rng.normal(size=(2, 5, 6)), np.float32)
+  loss = lambda x, scale, bias, w: np.sum(c * (_numpy_layer_norm(x, scale, bias) @ w.T))
+  args = [x, scale, bias, weight.astype(np.float64)]
+  expected = []
+  for i, value in enumerate(args):
+    grad = np.zeros_like(value)
+    for index in np.ndindex(value.shape):
+      plus, minus = list(args), list(args)
+      plus[i], minus[i] = value.copy(), value.copy()
+      plus[i][index] += 1e-6
+      minus[i][index] -= 1e-6
+      grad[index] = (loss(*plus) - loss(*minus)) / 2e-6
+    expected.append(grad)
+  norm = layers.layer_norm("ln", jnp.float32)
+
+  def ours(x, params, w):
+    return (jnp.asarray(c) * norm.apply({"params": params}, x, then_weight=w)).sum()
+
+  x_grad, params_grad, w_grad = jax.grad(ours, argnums=(0, 1, 2))(
+    jnp.asarray(x, jnp.float32),
+    {"scale": jnp.asarray(scale, jnp.float32), "bias": jnp.asarray(bias, jnp.float32)},
+    jnp.asarray(weight),
+  )
+  for name, grad, want in zip(
+    ("x", "scale", "bias", "weight"), (x_grad, params_grad["scale"], params_grad["bias"], w_grad), expected, strict=True
+  ):
+    np.testing.assert_allclose(np.asarray(grad, np.float64), want, rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+def test_followed_by_a_weight_the_backward_pass_keeps_no_normalised_input(capsys):
+  """The input, two numbers per row and the weight: the normalised input, which the weight's gradient needs, is
+  recomputed in the backward pass."""
+  norm = layers.layer_norm("ln", jnp.float32)
+  x, weight = jnp.ones((3, 5, 8)), jnp.ones((6, 8))
+  variables = norm.init(jax.random.key(0), x)
+  jax.ad_checkpoint.print_saved_residuals(lambda v, x, w: norm.apply(v, x, then_weight=w), variables, x, weight)
+  saved = capsys.readouterr().out.splitlines()
+  assert len([line for line in saved if re.match(r"f32\[3,5,8\] ", line)]) == 1, saved
+  assert len([line for line in saved if re.match(r"f32\[3,5,1\] ", line)]) == 2, saved
+
+
+class _FusedBlocks(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    for i in range(8):
+      x = x + layers.Linear(x.shape[-1], name=f"linear_{i}")(x, input_norm=layers.layer_norm(f"ln_{i}", jnp.float32))
+    return x
+
+
+def test_compiled_followed_by_a_weight_each_block_keeps_only_its_input():
+  """As above, with the LayerNorm and the weight computed together: each block keeps its input alone, plus at most 7
+  arrays of that size for the loss and the working buffers. Measured: 14.1 in all; 21.1 with the LayerNorm alone."""
+  blocks, x = _FusedBlocks(), jnp.ones((4, 50, 64))
+  params = blocks.init(jax.random.key(0), x)["params"]
+  grad = jax.jit(jax.grad(lambda p, v: (blocks.apply({"params": p}, v) ** 2).sum()))
+  temporaries = grad.lower(params, x).compile().memory_analysis().temp_size_in_bytes
+  activation = 4 * 50 * 64 * 4
+  assert temporaries <= (8 + 7) * activation, temporaries / activation

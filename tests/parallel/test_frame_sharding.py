@@ -35,7 +35,8 @@ def test_only_message_sized_tensors_cross_the_time_axis(check_output):
 
 
 def test_time_axis_traffic_is_the_message_sized_accounting(check_output):
-  # Bytes across `time` per step at most message keys and values per block, frame class tokens and the prompt mean.
+  # Bytes across `time` per step at most the message keys and values per block (gathered forward, and again backward
+  # by the hand-written core), their gradients, frame class tokens and the prompt mean.
   _assert_passed(check_output, "traffic_is_message_sized")
 
 

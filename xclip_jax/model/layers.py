@@ -55,10 +55,14 @@ class Linear(nn.Module):
   quick_gelu_input: bool = False
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, input_norm: "LayerNorm | None" = None):
+    """x @ weight.T + bias; with `input_norm`, of input_norm(x), computed together (`LayerNorm.__call__`)."""
     weight = self.param("weight", self.weight_init, (self.features, x.shape[-1]))
-    product = quick_gelu_then_weight if self.quick_gelu_input else apply_weight
-    y = product(x.astype(self.dtype), weight.astype(self.dtype))
+    if input_norm is not None:
+      y = input_norm(x, then_weight=weight.astype(self.dtype))
+    else:
+      product = quick_gelu_then_weight if self.quick_gelu_input else apply_weight
+      y = product(x.astype(self.dtype), weight.astype(self.dtype))
     if self.use_bias:
       y = y + self.param("bias", self.bias_init, (self.features,)).astype(self.dtype)
     return y
@@ -72,9 +76,14 @@ class LayerNorm(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, then_weight=None):
+    """LayerNorm(x); with `then_weight` (a Linear's, in PyTorch's layout and the compute dtype), LayerNorm(x) @
+    then_weight.T, keeping for the backward pass only x, its statistics and the weight: the normalised x, which the
+    weight's gradient needs, is recomputed there (`layer_norm_then_weight`)."""
     scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
     bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],))
+    if then_weight is not None:
+      return layer_norm_then_weight(x, scale, bias, then_weight)
     return _layer_norm(x, scale, bias).astype(self.dtype)
 
 
@@ -115,6 +124,31 @@ def _layer_norm_bwd(saved, cotangent):
 
 
 _layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
+@jax.custom_vjp
+def layer_norm_then_weight(x, scale, bias, weight):
+  """apply_weight(LayerNorm(x) in the weight's dtype, weight), the LayerNorm's output recomputed in the backward pass."""
+  return _layer_norm_then_weight_fwd(x, scale, bias, weight)[0]
+
+
+def _layer_norm_then_weight_fwd(x, scale, bias, weight):
+  normalized, (x, mean, inverse_std, scale) = _layer_norm_fwd(x, scale, bias)
+  return apply_weight(normalized.astype(weight.dtype), weight), (x, mean, inverse_std, scale, bias, weight)
+
+
+def _layer_norm_then_weight_bwd(saved, cotangent):
+  x, mean, inverse_std, scale, bias, weight = saved
+  x = _once_cotangent_exists(x, cotangent)
+  # As the forward pass computed it: the same values.
+  normalized = ((x.astype(jnp.float32) - mean) * (inverse_std * scale) + bias).astype(weight.dtype)
+  weight_grad = jnp.einsum("...o,...i->oi", cotangent, normalized)
+  normalized_grad = jnp.einsum("...o,oi->...i", cotangent, weight)
+  x_grad, scale_grad, bias_grad = _layer_norm_bwd((x, mean, inverse_std, scale), normalized_grad)
+  return x_grad, scale_grad, bias_grad, weight_grad.astype(weight.dtype)
+
+
+layer_norm_then_weight.defvjp(_layer_norm_then_weight_fwd, _layer_norm_then_weight_bwd)
 
 
 class QuickGELU(nn.Module):
@@ -203,50 +237,74 @@ def attention_implementation(attention: str, backend: str) -> str | None:
   return attention
 
 
-@jax.custom_vjp
-def _low_precision_logits(q, k):
-  """q.k^T of bfloat16 (or float16) q and k as float32, with gradients that also multiply in the operands' dtype.
-
-  JAX's own transpose of a float32 result multiplies its float32 cotangent with q and k promoted to float32.
-  """
-  return jnp.matmul(q, jnp.swapaxes(k, -1, -2), preferred_element_type=jnp.float32)
-
-
-def _low_precision_logits_fwd(q, k):
-  return _low_precision_logits(q, k), (q, k)
-
-
-def _low_precision_logits_bwd(operands, cotangent):
-  q, k = operands
-  cotangent = cotangent.astype(q.dtype)
-  dq = jnp.matmul(cotangent, k, preferred_element_type=jnp.float32).astype(q.dtype)
-  dk = jnp.matmul(jnp.swapaxes(cotangent, -1, -2), q, preferred_element_type=jnp.float32).astype(k.dtype)
-  return dq, dk
-
-
-_low_precision_logits.defvjp(_low_precision_logits_fwd, _low_precision_logits_bwd)
-
-
 def hand_attention(q, k, v, num_heads: int, causal: bool = False):
   """Multi-head attention core on (..., L, D) projections, as PyTorch computes it (q scaled before q.k).
 
   Heads are moved before the sequence axis so that both products are plain batched matmuls, and the softmax is
   normalised after the product with v (one division of (L, head_dim) instead of (L, L)); both are faster on CPU.
-  `causal`: query i attends to keys 0..i only.
+  `causal`: query i attends to keys 0..i only. Its gradient keeps q, k, v and one number per query and head (the log
+  of the softmax's denominator), and recomputes the probabilities in the backward pass: autodiff would keep three
+  arrays of (L, L) per head (the probabilities, the row maximum's mask and its float copy) and the heads-first copies
+  of q, k, v and of the output.
   """
-  *batch, q_len, width = q.shape
-  head_dim = width // num_heads
-  heads_first = lambda t: jnp.moveaxis(t.reshape(*t.shape[:-1], num_heads, head_dim), -2, -3)
-  q, k, v = heads_first(q * (head_dim**-0.5)), heads_first(k), heads_first(v)
-  if q.dtype == jnp.float32:  # JAX's own gradients, as ever: float32 results stay bit-for-bit the same
-    logits = jnp.matmul(q, jnp.swapaxes(k, -1, -2), preferred_element_type=jnp.float32)
-  else:
-    logits = _low_precision_logits(q, k)
+  return _attention_core(q * (q.shape[-1] // num_heads) ** -0.5, k, v, num_heads, causal)
+
+
+def _heads_first(t, num_heads: int):
+  """(..., L, D) -> (..., heads, L, D / heads)."""
+  return jnp.moveaxis(t.reshape(*t.shape[:-1], num_heads, t.shape[-1] // num_heads), -2, -3)
+
+
+def _heads_last(t):
+  """(..., heads, L, head_dim) -> (..., L, heads * head_dim)."""
+  t = jnp.moveaxis(t, -3, -2)
+  return t.reshape(*t.shape[:-2], -1)
+
+
+def _attention_logits(q, k, causal: bool):
+  """q.k^T of heads-first arrays in float32 (bfloat16 operands too), -inf where `causal` hides a key."""
+  logits = jnp.matmul(q, jnp.swapaxes(k, -1, -2), preferred_element_type=jnp.float32)
   if causal:
     logits = jnp.where(jnp.tril(jnp.ones(logits.shape[-2:], bool)), logits, -jnp.inf)
-  weights = jnp.exp(logits - logits.max(axis=-1, keepdims=True))
-  out = jnp.matmul(weights.astype(v.dtype), v) / weights.sum(axis=-1, keepdims=True).astype(v.dtype)
-  return jnp.moveaxis(out, -3, -2).reshape(*batch, q_len, width)
+  return logits
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _attention_core(q, k, v, num_heads: int, causal: bool):
+  """softmax(q.k^T) v per head of (..., L, D) arrays, q already scaled."""
+  return _attention_core_fwd(q, k, v, num_heads, causal)[0]
+
+
+def _attention_core_fwd(q, k, v, num_heads, causal):
+  logits = _attention_logits(_heads_first(q, num_heads), _heads_first(k, num_heads), causal)
+  row_max = logits.max(axis=-1, keepdims=True)
+  weights = jnp.exp(logits - row_max)
+  total = weights.sum(axis=-1, keepdims=True)
+  out = jnp.matmul(weights.astype(v.dtype), _heads_first(v, num_heads)) / total.astype(v.dtype)
+  return _heads_last(out), (q, k, v, row_max + jnp.log(total))
+
+
+def _attention_core_bwd(num_heads, causal, saved, cotangent):
+  q, k, v, log_total = saved
+  # Tied to the cotangent before the heads are split: the split copies are made here, not kept from the forward pass.
+  # Entry by entry where the shapes agree, so that no shard of a sequence split over devices (frames over `time`)
+  # waits for another's; keys and values longer than the queries tie to its first row.
+  anchor = lambda t: cotangent if t.shape == cotangent.shape else cotangent[..., :1, :]
+  q, k, v = (_heads_first(_once_cotangent_exists(t, anchor(t)), num_heads) for t in (q, k, v))
+  cotangent = _heads_first(cotangent, num_heads)
+  probabilities = jnp.exp(_attention_logits(q, k, causal) - log_total)
+  # Operands in their own dtype, products summed in float32, as the forward pass multiplies.
+  product = lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32)
+  probabilities_grad = product(cotangent, jnp.swapaxes(v, -1, -2))
+  logits_grad = probabilities * (probabilities_grad - (probabilities * probabilities_grad).sum(axis=-1, keepdims=True))
+  logits_grad = logits_grad.astype(q.dtype)
+  q_grad = product(logits_grad, k)
+  k_grad = product(jnp.swapaxes(logits_grad, -1, -2), q)
+  v_grad = product(jnp.swapaxes(probabilities.astype(v.dtype), -1, -2), cotangent.astype(v.dtype))
+  return tuple(_heads_last(grad).astype(t.dtype) for grad, t in ((q_grad, q), (k_grad, k), (v_grad, v)))
+
+
+_attention_core.defvjp(_attention_core_fwd, _attention_core_bwd)
 
 
 def dot_product_attention(q, k, v, num_heads: int, causal: bool = False, attention: str = "auto"):
@@ -284,10 +342,12 @@ class MultiheadAttention(nn.Module):
   attention: str = "auto"  # the implementation (ATTENTION_IMPLEMENTATIONS)
 
   @nn.compact
-  def __call__(self, x, causal: bool = False, num_queries=None):
-    """Self-attention over the L tokens of x; only the first `num_queries` tokens (default all) are queries."""
+  def __call__(self, x, causal: bool = False, num_queries=None, input_norm: "LayerNorm | None" = None):
+    """Self-attention over the L tokens of x (of input_norm(x)); only the first `num_queries` tokens (default all)
+    are queries."""
     width = x.shape[-1]
-    qkv = Linear(3 * width, dtype=self.dtype, weight_init=self.in_proj_init or XAVIER_UNIFORM, name="in_proj")(x)
+    in_proj = Linear(3 * width, dtype=self.dtype, weight_init=self.in_proj_init or XAVIER_UNIFORM, name="in_proj")
+    qkv = in_proj(x, input_norm)
     q, k, v = jnp.split(qkv, 3, axis=-1)
     out = dot_product_attention(q[..., :num_queries, :], k, v, self.num_heads, causal, self.attention)
     return Linear(
@@ -303,7 +363,8 @@ class MLP(nn.Module):
   proj_init: Any = None
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, input_norm: "LayerNorm | None" = None):
+    """The MLP of x (of input_norm(x))."""
     width = x.shape[-1]
     x = Linear(
       4 * width,
@@ -311,7 +372,7 @@ class MLP(nn.Module):
       weight_init=self.fc_init or torch_linear_weight_init(),
       bias_init=torch_linear_bias_init(width),
       name="c_fc",
-    )(x)
+    )(x, input_norm)
     return Linear(
       width,
       dtype=self.dtype,
@@ -362,6 +423,6 @@ class ResidualAttentionBlock(nn.Module):
       attention=self.attention,
       name="attn",
     )
-    x = x + attn(layer_norm("ln_1", self.dtype)(x), causal)
+    x = x + attn(x, causal, input_norm=layer_norm("ln_1", self.dtype))
     mlp = MLP(self.dtype, fc_init=inits.get("c_fc"), proj_init=inits.get("c_proj"), name="mlp")
-    return x + mlp(layer_norm("ln_2", self.dtype)(x))
+    return x + mlp(x, input_norm=layer_norm("ln_2", self.dtype))

@@ -68,7 +68,9 @@ class CrossFrameAttentionBlock(nn.Module):
       x[:, :, 0]
     )
     message_attn = layers.MultiheadAttention(self.num_heads, self.dtype, attention=self.attention, name="message_attn")
-    message = message + message_drop(message_attn(layers.layer_norm("message_ln", self.dtype)(message)), deterministic)
+    message = message + message_drop(
+      message_attn(message, input_norm=layers.layer_norm("message_ln", self.dtype)), deterministic
+    )
     # With frames split over devices, the attention above is the block's only exchange between them (of message
     # tokens); each device keeps its own frames' results.
     message = sharding.split_frames(message)
@@ -77,9 +79,12 @@ class CrossFrameAttentionBlock(nn.Module):
     # official code, so it is not computed as a query here.
     tokens = jnp.concatenate([x, message[:, :, None]], axis=2)
     attn = layers.MultiheadAttention(self.num_heads, self.dtype, attention=self.attention, name="attn")
-    x = x + token_drop(attn(layers.layer_norm("ln_1", self.dtype)(tokens), num_queries=length), deterministic)
+    ln_1 = layers.layer_norm("ln_1", self.dtype)
+    x = x + token_drop(attn(tokens, num_queries=length, input_norm=ln_1), deterministic)
     mlp = layers.MLP(self.dtype, name="mlp")
-    return sharding.split_frames(x + token_drop(mlp(layers.layer_norm("ln_2", self.dtype)(x)), deterministic))
+    return sharding.split_frames(
+      x + token_drop(mlp(x, input_norm=layers.layer_norm("ln_2", self.dtype)), deterministic)
+    )
 
 
 class PatchEmbedding(nn.Module):

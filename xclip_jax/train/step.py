@@ -9,6 +9,7 @@ soft-target cross-entropy after Mixup/CutMix with label smoothing. The optimiser
 `xclip_jax.train.optimizer`.
 """
 
+from collections.abc import Callable
 import contextlib
 import ctypes
 import dataclasses
@@ -105,7 +106,19 @@ def create_train_state(
   parameter buffers are donated to the state on a one-device mesh, so that the parameters are not held twice:
   afterwards read `state.params`, not `model.params`.
   """
-  mesh = mesh or sharding.make_mesh(config.mesh)
+  _, create = plan_train_state(config, model, text_ids, mesh or sharding.make_mesh(config.mesh))
+  return create()
+
+
+def plan_train_state(
+  config: "ml_collections.ConfigDict", model: pretrained.XCLIPModel, text_ids, mesh: jax.sharding.Mesh
+) -> tuple[TrainState, Callable[[], TrainState]]:
+  """(the train state as shapes, dtypes and shardings, a function creating it as `create_train_state` does).
+
+  Only the class texts are encoded here (with `freeze_text`): the step can be compiled from the first
+  (`compile_step`) before the state takes its memory, and neither the compiler's memory nor the state's comes on
+  top of what encoding the texts takes for a while.
+  """
   sharding.check_frames_divisible(config.num_frames, mesh)
   text_ids = np.asarray(text_ids, np.int32)
   if text_ids.ndim != 2 or text_ids.shape[0] != config.num_classes:
@@ -118,6 +131,8 @@ def create_train_state(
   recipe = _recipe(config, model, trainable, tx, schedule)
   # Unfrozen, the text tower runs at every step: on the ids up to the last end token (the same features, exactly).
   text = model.encode_text(text_ids) if config.freeze_text else jnp.asarray(xclip.truncate_text_ids(text_ids))
+  jax.block_until_ready(text)  # JAX computes asynchronously: what it frees is freed when it ends
+  _release_freed_memory()
 
   def init(params, text):
     return TrainState(
@@ -131,9 +146,15 @@ def create_train_state(
 
   abstract = jax.eval_shape(init, model.params, text)
   shardings = state_shardings(abstract, mesh, log="sharding")
-  # Donating lets one device hold the parameters once; XLA cannot alias a whole input buffer to a sharded output.
-  donate = (0,) if mesh.size == 1 else ()
-  return jax.jit(init, out_shardings=shardings, donate_argnums=donate)(model.params, text)
+
+  def create():
+    # Donating lets one device hold the parameters once; XLA cannot alias a whole input buffer to a sharded output.
+    donate = (0,) if mesh.size == 1 else ()
+    state = jax.block_until_ready(jax.jit(init, out_shardings=shardings, donate_argnums=donate)(model.params, text))
+    _release_freed_memory()
+    return state
+
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings), create
 
 
 def state_shardings(state: TrainState, mesh: jax.sharding.Mesh, *, log: str | None = None) -> TrainState:
@@ -264,14 +285,33 @@ def make_sharded_step(state: TrainState, mesh: jax.sharding.Mesh):
   )
 
 
-def compile_step(step, state: TrainState, batch):
-  """`step` (`make_sharded_step`) compiled for this state and batch (arrays or ShapeDtypeStructs).
+def abstract_batch(config: "ml_collections.ConfigDict", mesh: jax.sharding.Mesh) -> dict:
+  """The shapes, dtypes and shardings of the training batches (`input_pipeline`'s, made global): {"video": (B, T, S,
+  S, 3) float32, "label": (B,) int32}."""
+  size = config.input_size
+  return {
+    "video": jax.ShapeDtypeStruct(
+      (config.batch_size, config.num_frames, size, size, 3), jnp.float32, sharding=sharding.video_sharding(mesh)
+    ),
+    "label": jax.ShapeDtypeStruct((config.batch_size,), jnp.int32, sharding=sharding.batch_sharding(mesh)),
+  }
 
-  Compiling frees host memory that glibc keeps for reuse, but the step's buffers, allocated next, cannot reuse it
-  (its temporaries are one large block): it is handed back to the system here. For ViT-B/32's step on a CPU that
-  lowers the process's peak by 0.4 GB (benchmarks/train_step.py).
+
+def compile_step(step, state: TrainState, batch):
+  """`step` (`make_sharded_step`) compiled for this state and batch (arrays or ShapeDtypeStructs: with
+  `abstract_train_state` and `abstract_batch`, before the state exists).
+
+  Compiling a large program takes host memory for a while: on a CPU, compiling before the state is allocated keeps
+  that from adding to the state's (for ViT-B/32's step, 0.5 to 0.9 GB more at the process's peak otherwise). What it
+  frees, glibc keeps for reuse, but the step's buffers cannot reuse it (its temporaries are one large block): it is
+  handed back to the system here.
   """
   compiled = step.lower(state, batch).compile()
+  _release_freed_memory()
+  return compiled
+
+
+def _release_freed_memory():
+  """Hands the memory glibc keeps for reuse back to the system."""
   with contextlib.suppress(AttributeError, OSError):  # not glibc (macOS, musl): nothing to hand back this way
     ctypes.CDLL(None).malloc_trim(0)
-  return compiled

@@ -292,7 +292,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   config = _resolved(config, experiment)
   writer = metric_writers.create_default_writer(os.fspath(workdir), just_logging=jax.process_index() > 0)
   writer.write_hparams({k: v for k, v in _flat_config(config).items() if isinstance(v, (int, float, str, bool))})
-  state = step_lib.create_train_state(config, model, tokenizer.tokenize(list(experiment.class_names)), mesh)
+  abstract_state, create_state = step_lib.plan_train_state(
+    config, model, tokenizer.tokenize(list(experiment.class_names)), mesh
+  )
+  # Compiled before the state exists: compiling takes host memory for a while, which would otherwise add to the
+  # state's at the process's peak on a CPU.
+  train_step = step_lib.make_sharded_step(abstract_state, mesh)
+  compiled_step = step_lib.compile_step(train_step, abstract_state, step_lib.abstract_batch(config, mesh))
+  state = create_state()
   counts = _log_parameter_overview(state, config.new_modules_lr_multiplier, writer)
   manager = checkpoints.make_manager(workdir, config.keep_checkpoints)
   position = 0
@@ -302,7 +309,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     resumed_step = int(state.step)
   parameters = f"{counts['total']:,} ({counts['trainable']:,} trainable)"
   _start_block(config, workdir, model, mesh, experiment, parameters, resumed_step)
-  train_step = step_lib.make_sharded_step(state, mesh)
   total_steps = int(config.epochs * config.steps_per_epoch)
   eval_every_steps = config.eval_every_epochs * config.steps_per_epoch
   failures = video_dataset.FailureLog()
@@ -314,14 +320,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   preemption = checkpoints.Preemption(int(state.step))
   window = _MetricWindow()
   progress = console.Progress(total_steps, int(state.step))
-  compiled_step = None
   try:
     for step in range(int(state.step) + 1, total_steps + 1):
       local_batch = next(batches)
       position = int(local_batch.pop("resume_position")[0])
       batch = sharding.global_batch(local_batch, mesh)
-      if compiled_step is None:  # for the first batch's shapes, which every batch has (drop_remainder)
-        compiled_step = step_lib.compile_step(train_step, state, batch)
       state, metrics = compiled_step(state, batch)
       window.add(step, metrics)
       progress.tick()
