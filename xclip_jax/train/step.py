@@ -299,7 +299,7 @@ def abstract_batch(config: "ml_collections.ConfigDict", mesh: jax.sharding.Mesh)
 
 def compile_step(step, state: TrainState, batch):
   """`step` (`make_sharded_step`) compiled for this state and batch (arrays or ShapeDtypeStructs: with
-  `abstract_train_state` and `abstract_batch`, before the state exists).
+  `plan_train_state` and `abstract_batch`, before the state exists).
 
   Compiling a large program takes host memory for a while: on a CPU, compiling before the state is allocated keeps
   that from adding to the state's (for ViT-B/32's step, 0.5 to 0.9 GB more at the process's peak otherwise). What it
