@@ -41,13 +41,7 @@ def _compile_step(arch: str, frames: int, classes: int, dtype: str, time_size: i
     return step_lib.create_train_state(config, pretrained.XCLIPModel(architecture, params), text_ids, mesh)
 
   state = jax.eval_shape(make_state, params)
-  size = architecture.image_resolution
-  batch = {
-    "video": jax.ShapeDtypeStruct(
-      (config.batch_size, frames, size, size, 3), np.float32, sharding=sharding.video_sharding(mesh)
-    ),
-    "label": jax.ShapeDtypeStruct((config.batch_size,), np.int32, sharding=sharding.batch_sharding(mesh)),
-  }
+  batch = step_lib.abstract_batch(config.batch_size, frames, architecture.image_resolution, mesh)
   # Only buffer sizes and the HLO are read: skip the costly machine-code optimisation (hours for L/14 on 8 devices).
   compiled = step_lib.make_sharded_step(state, mesh).lower(state, batch).compile(throughput.ANALYSIS_ONLY)
   return compiled, mesh, params, architecture

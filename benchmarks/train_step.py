@@ -122,10 +122,7 @@ def run_ours(
   size = architecture.image_resolution
 
   def abstract_batch(clips):
-    return {
-      "video": jax.ShapeDtypeStruct((clips, frames, size, size, 3), np.float32, sharding=sharding.video_sharding(mesh)),
-      "label": jax.ShapeDtypeStruct((clips,), np.int32, sharding=sharding.batch_sharding(mesh)),
-    }
+    return step_lib.abstract_batch(clips, frames, size, mesh)
 
   @functools.cache
   def batch_of(clips):  # every step's: only the state is donated

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.fixtures import numerics
 from tests.fixtures import tiny
 import xclip_jax
 from xclip_jax.model import layers
@@ -74,15 +75,7 @@ def test_gradients_of_the_hand_written_core_are_the_derivatives(queries, causal)
   q, k, v = (rng.normal(size=(2, length, 8)) for length in (queries, 5, 5))
   c = rng.normal(size=(2, queries, 8))
   reference_loss = lambda q, k, v: np.sum(c * reference_attention(q, k, v, 2, causal))
-  expected = []
-  for i, operand in enumerate((q, k, v)):
-    grad = np.zeros_like(operand)
-    for index in np.ndindex(operand.shape):
-      shifted = [[t.copy() for t in (q, k, v)] for _ in range(2)]
-      shifted[0][i][index] += 1e-6
-      shifted[1][i][index] -= 1e-6
-      grad[index] = (reference_loss(*shifted[0]) - reference_loss(*shifted[1])) / 2e-6
-    expected.append(grad)
+  expected = numerics.central_differences(reference_loss, [q, k, v])
   loss = lambda q, k, v: jnp.sum(jnp.asarray(c, jnp.float32) * layers.hand_attention(q, k, v, 2, causal))
   grads = jax.grad(loss, argnums=(0, 1, 2))(*(jnp.asarray(t, jnp.float32) for t in (q, k, v)))
   for grad, want in zip(grads, expected, strict=True):

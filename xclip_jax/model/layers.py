@@ -96,7 +96,7 @@ def _layer_norm_statistics(x):
   x32 = x.astype(jnp.float32)
   mean = x32.mean(axis=-1, keepdims=True)
   variance = jnp.maximum(0.0, (x32 * x32).mean(axis=-1, keepdims=True) - mean * mean)
-  return x32, mean, jax.lax.rsqrt(variance + LAYER_NORM_EPS)
+  return mean, jax.lax.rsqrt(variance + LAYER_NORM_EPS)
 
 
 @jax.custom_vjp
@@ -105,8 +105,13 @@ def _layer_norm(x, scale, bias):
 
 
 def _layer_norm_fwd(x, scale, bias):
-  x32, mean, inverse_std = _layer_norm_statistics(x)
-  return (x32 - mean) * (inverse_std * scale) + bias, (x, mean, inverse_std, scale)
+  mean, inverse_std = _layer_norm_statistics(x)
+  return _normalize(x, mean, inverse_std, scale, bias), (x, mean, inverse_std, scale)
+
+
+def _normalize(x, mean, inverse_std, scale, bias):
+  """LayerNorm's output from its statistics, in float32."""
+  return (x.astype(jnp.float32) - mean) * (inverse_std * scale) + bias
 
 
 def _layer_norm_bwd(saved, cotangent):
@@ -140,8 +145,7 @@ def _layer_norm_then_weight_fwd(x, scale, bias, weight):
 def _layer_norm_then_weight_bwd(saved, cotangent):
   x, mean, inverse_std, scale, bias, weight = saved
   x = _once_cotangent_exists(x, cotangent)
-  # As the forward pass computed it: the same values.
-  normalized = ((x.astype(jnp.float32) - mean) * (inverse_std * scale) + bias).astype(weight.dtype)
+  normalized = _normalize(x, mean, inverse_std, scale, bias).astype(weight.dtype)  # as the forward pass computed it
   weight_grad = jnp.einsum("...o,...i->oi", cotangent, normalized)
   normalized_grad = jnp.einsum("...o,oi->...i", cotangent, weight)
   x_grad, scale_grad, bias_grad = _layer_norm_bwd((x, mean, inverse_std, scale), normalized_grad)

@@ -285,15 +285,14 @@ def make_sharded_step(state: TrainState, mesh: jax.sharding.Mesh):
   )
 
 
-def abstract_batch(config: "ml_collections.ConfigDict", mesh: jax.sharding.Mesh) -> dict:
-  """The shapes, dtypes and shardings of the training batches (`input_pipeline`'s, made global): {"video": (B, T, S,
-  S, 3) float32, "label": (B,) int32}."""
-  size = config.input_size
+def abstract_batch(batch_size: int, num_frames: int, input_size: int, mesh: jax.sharding.Mesh) -> dict:
+  """The shapes, dtypes and shardings of training batches (`input_pipeline`'s, made global): {"video": (B, T, S, S, 3)
+  float32, "label": (B,) int32}."""
   return {
     "video": jax.ShapeDtypeStruct(
-      (config.batch_size, config.num_frames, size, size, 3), jnp.float32, sharding=sharding.video_sharding(mesh)
+      (batch_size, num_frames, input_size, input_size, 3), jnp.float32, sharding=sharding.video_sharding(mesh)
     ),
-    "label": jax.ShapeDtypeStruct((config.batch_size,), jnp.int32, sharding=sharding.batch_sharding(mesh)),
+    "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=sharding.batch_sharding(mesh)),
   }
 
 

@@ -298,7 +298,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   # Compiled before the state exists: compiling takes host memory for a while, which would otherwise add to the
   # state's at the process's peak on a CPU.
   train_step = step_lib.make_sharded_step(abstract_state, mesh)
-  compiled_step = step_lib.compile_step(train_step, abstract_state, step_lib.abstract_batch(config, mesh))
+  batch_shapes = step_lib.abstract_batch(config.batch_size, config.num_frames, config.input_size, mesh)
+  compiled_step = step_lib.compile_step(train_step, abstract_state, batch_shapes)
   state = create_state()
   counts = _log_parameter_overview(state, config.new_modules_lr_multiplier, writer)
   manager = checkpoints.make_manager(workdir, config.keep_checkpoints)
