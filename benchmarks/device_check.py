@@ -12,7 +12,8 @@ own (and the orchestrating process never takes the accelerator):
              at XLA's default matmul precision (TF32 on recent NVIDIA GPUs) within 1% of each output's largest
              magnitude, bfloat16 within 3% (a CPU gives 4e-6 absolute, the same, and at most 0.8%)
   train_b16  the train step (`benchmarks.train_step`) of ViT-B/16, 8 frames, bfloat16, frozen text, 400 classes at
-             --batch=auto: clips/s, MFU, memory, compile time, and its matmul floor
+             --batch=auto: clips/s, MFU, memory, compile time, its matmul floor, and where two more steps' time
+             goes besides the matmuls (`benchmarks.step_profile`: on a GPU, through the trace's `hlo_op` names)
   eval_b16   the evaluation forward (`benchmarks.eval_forward`) of the same model at batch 64: clips/s, compile time
   train_l14  the train step of ViT-L/14 likewise, with remat (as the official recipe trains ViT-L), without the floor
 A part gets a share of the budget plus what earlier parts left; one that fails or overruns reports {"error": ...},
@@ -51,7 +52,7 @@ PARTS = (
   (
     "train_b16",
     0.35,
-    {**_TRAIN, "arch": "ViT-B/16", "remat": False, "max_batch": None, "matmul_floor": True},
+    {**_TRAIN, "arch": "ViT-B/16", "remat": False, "max_batch": None, "matmul_floor": True, "profile": True},
     {**_SMALL, "steps": 2, "max_batch": 4},
   ),
   (

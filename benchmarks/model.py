@@ -7,6 +7,7 @@ train step (`--mode=train`), or the train step's memory and traffic with frames 
   python -m benchmarks.model --mode=classify      # `python -m xclip_jax.classify` as a user runs it
   python -m benchmarks.model --mode=train --official_code=VideoX/X-CLIP   # the train step, side by side
   python -m benchmarks.model --mode=train --arch=ViT-B/16 --dtype=bfloat16 --batch=auto   # the largest batch
+  python -m benchmarks.model --mode=train --profile   # and where the step's time goes besides its matmuls
   python -m benchmarks.model --mode=memory --arch=ViT-L/14-336 --frames=16   # time = 1, 2, 4, 8 on 8 CPU devices
 
 Run from the repository root: benchmarks/ belongs to the repository, not to the installed package.
@@ -19,6 +20,8 @@ each size of the mesh's `time` axis and prints XLA's per-device memory and the b
 fp32, AdamW, frozen text, Mixup/CutMix on device) in fresh processes, alternating with the official step built by
 the official code (see `benchmarks.train_step` for every figure): `step_s`, `clips_per_s`, FLOPs, `mfu`, memory and
 `matmul_only_s` (its forward and backward contractions alone); `official_step_s` and `peak_rss_mb` for each side.
+With `--profile`, `profile` says where two more steps' time goes: contractions, other work running alone (by phase
+and place in the model), idle (`benchmarks.step_profile`).
 
 `--mode=eval`: the class texts are encoded once beforehand (as in evaluation, where the official code caches them);
 the timed call is the video encoder, the prompt generator and the logits, on a video already on the device. Weights
@@ -170,6 +173,7 @@ MODES = {
       remat=FLAGS.remat,
       freeze_text=FLAGS.freeze_text,
       max_batch=FLAGS.max_batch,
+      profile=FLAGS.profile,
     ),
     FLAGS.official_code,
     FLAGS.rounds,
@@ -205,6 +209,12 @@ def define_flags():
     "max_batch", None, "eval, train with --batch=auto: the largest size tried (default 8 on a CPU, 1024 otherwise)."
   )
   flags.DEFINE_bool("remat", False, "eval, train: rematerialise each CCT block in the backward pass (as for ViT-L).")
+  flags.DEFINE_bool(
+    "profile",
+    False,
+    "train: also trace two steps and report where their time goes besides the matrix multiplies "
+    "(benchmarks.step_profile).",
+  )
   flags.DEFINE_bool("freeze_text", True, "train: the official frozen text tower (its features computed once).")
   flags.DEFINE_integer("classes", 400, "eval, memory, classify without --labels: class texts.")
   flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "eval, train, memory: compute dtype.")

@@ -16,6 +16,8 @@ Ours reports (FLOPs and MFU as `benchmarks.throughput` counts them):
                              else); with batch "auto" it includes the sizes tried
   batch_search               with batch "auto": the largest batch that fits and runs (`throughput.largest_batch`), the
                              next size and why it does not
+  profile                    with `profile`: two more steps traced, their time split into contractions, other work
+                             running alone (by phase and by place in the model) and idle (`benchmarks.step_profile`)
 """
 
 import functools
@@ -32,6 +34,7 @@ import jax
 import numpy as np
 
 from benchmarks import official_code
+from benchmarks import step_profile
 from benchmarks import throughput
 from xclip_jax import pretrained
 from xclip_jax.model import xclip
@@ -111,8 +114,10 @@ def run_ours(
   freeze_text=True,
   max_batch=None,
   matmul_floor=True,
+  profile=False,
 ) -> dict:
-  """Our sharded train step: throughput, FLOPs, MFU, memory and its matmul floor; `batch` a number or "auto"."""
+  """Our sharded train step: throughput, FLOPs, MFU, memory and its matmul floor; `batch` a number or "auto"; with
+  `profile`, where two more steps' time goes (`benchmarks.step_profile`)."""
   config, model, text_ids, rng = _setup(arch, frames, 1, classes, dtype, remat, freeze_text)
   architecture = model.config
   mesh = sharding.make_mesh(config.mesh)
@@ -205,6 +210,14 @@ def run_ours(
   )
   # The step's peak, before the matmul floor's operands are made.
   result.update(peak_device_memory_bytes=throughput.peak_memory_bytes(), peak_rss_mb=_peak_rss_mb())
+  if profile:
+
+    def one_step():
+      nonlocal state
+      state, metrics = compiled[batch](state, batch_of(batch))
+      jax.block_until_ready(metrics)
+
+    result["profile"] = step_profile.profile(compiled[batch].as_text(), one_step)
   if matmul_floor:
     census = throughput.matmuls(step_lib.step_fn, _abstract(state), abstract_batch(batch))
     result["matmul_only_s"] = throughput.matmul_only_seconds(census, steps, throughput.free_memory_bytes() // 4)
@@ -324,7 +337,7 @@ def _child(request: dict):
   if side == "ours":
     result = run_ours(**request)
   else:
-    for key in ("dtype", "remat", "max_batch", "matmul_floor"):
+    for key in ("dtype", "remat", "max_batch", "matmul_floor", "profile"):
       request.pop(key)
     result = run_official(code_dir, **request)
   print(json.dumps(result))

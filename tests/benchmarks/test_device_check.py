@@ -86,6 +86,8 @@ def test_small_check_reports_speed_memory_and_the_batch_search(small_check):
   assert search["max_batch"] == 4 and search["next_batch"] is None and search["next_failure"] == "--max_batch=4"
   assert search["available_bytes"] > 2**20
   assert report["train_l14"]["remat"] and report["train_b16"]["matmul_only_s"] > 0
+  profile = report["train_b16"]["profile"]
+  assert profile["available"] and 0 < profile["matmul_s"] < profile["traced_s"], profile
 
 
 def test_flop_counts_analytic_and_xla_agree(small_check):
