@@ -218,8 +218,12 @@ def _results(workdir: pathlib.Path) -> dict:
 
 
 def _assert_same_training(ours: dict, reference: dict, initial: dict):
-  # Cross-process sums add in another order: the updates differ by up to about 2e-4 relative after 6 steps.
-  tiny.assert_updates_close(initial, ours, reference, tolerance=1e-3)
+  # Cross-process sums add in another order, and the CPU's matmul kernels block sums by its vector width: after 6
+  # steps most updates agree to 1e-5 relative, but those of the prompt generator's query and key path (decoder_0's
+  # norm1, q_proj, k_proj), whose gradients nearly cancel, to 2e-4 on an AMD EPYC (AVX2) and 1.02e-3 on an Intel Xeon
+  # (AVX-512). A resume one step off would change each update by about a sixth, other batches or a lost optimiser
+  # state by the order of the updates themselves.
+  tiny.assert_updates_close(initial, ours, reference, tolerance=5e-3)
 
 
 def _assert_same_evaluation(ours: dict, reference: dict):
