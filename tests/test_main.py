@@ -206,27 +206,43 @@ def _size(path: pathlib.Path) -> int:
 def test_a_damaged_checkpoint_is_set_aside_and_the_run_resumes_from_the_newest_intact_one(
   dataset, uninterrupted, tmp_path
 ):
-  """A cut data file in the newest checkpoint: one warning, the folder renamed (kept), the run resumed from the
-  step before and ended like an uninterrupted run."""
+  """A cut data file in the newest checkpoint, the run's last: one warning, the folder renamed (kept), the run resumed
+  from the step before (its step compiled then: the newest checkpoint said nothing was left to train) and ended like
+  an uninterrupted run."""
   workdir = tmp_path / "damaged"
-  for step in (4, 6):
+  last = TOTAL_STEPS
+  for step in (last - 2, last):
     shutil.copytree(uninterrupted[0] / "checkpoints" / str(step), workdir / "checkpoints" / str(step))
-  damaged = _damage(workdir / "checkpoints" / "6")
+  damaged = _damage(workdir / "checkpoints" / str(last))
   damaged_size = _size(damaged)
   result = run_main(dataset, workdir, verbose=True)
   assert result.returncode == 0, result.stderr[-4000:]
-  set_aside = workdir / "checkpoints" / f"6{checkpoints.DAMAGED_SUFFIX}"
+  set_aside = workdir / "checkpoints" / f"{last}{checkpoints.DAMAGED_SUFFIX}"
   warnings = [line for line in result.stderr.splitlines() if "cannot be read" in line]
   assert len(warnings) == 1 and warnings[0].startswith("W"), warnings
-  assert "checkpoint at step 6 cannot be read (OUT_OF_RANGE" in warnings[0] and str(set_aside) in warnings[0]
+  assert f"checkpoint at step {last} cannot be read (OUT_OF_RANGE" in warnings[0] and str(set_aside) in warnings[0]
   assert "Traceback" not in result.stderr
   # Kept as it was, under a name orbax does not list.
-  kept = set_aside / damaged.relative_to(workdir / "checkpoints" / "6")
+  kept = set_aside / damaged.relative_to(workdir / "checkpoints" / str(last))
   assert kept.is_file() and _size(kept) == damaged_size, "the damaged checkpoint was not kept as it was"
-  assert "Resumed from the checkpoint at step 4 (data position 16)" in result.stderr
+  batch_size = overrides(dataset)["batch_size"]
+  assert f"Resumed from the checkpoint at step {last - 2} (data position {(last - 2) * batch_size})" in result.stderr
+  assert "Compiled the train step" in result.stderr
   ours, reference = final_params(workdir), final_params(uninterrupted[0])
   for name in reference:
     np.testing.assert_allclose(ours[name], reference[name], rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+def test_rerunning_a_finished_run_evaluates_again_without_compiling_the_train_step(dataset, uninterrupted, tmp_path):
+  workdir = tmp_path / "finished"
+  shutil.copytree(uninterrupted[0] / "checkpoints" / str(TOTAL_STEPS), workdir / "checkpoints" / str(TOTAL_STEPS))
+  result = run_main(dataset, workdir)
+  assert result.returncode == 0, result.stderr[-4000:]
+  log, reference_log = ((w / "logs" / "process_0.log").read_text() for w in (workdir, uninterrupted[0]))
+  assert f"Resumed from the checkpoint at step {TOTAL_STEPS}" in log
+  assert "Compiled the train step" in reference_log and "Compiled the train step" not in log
+  ours, reference = (json.loads((w / trainer.RESULTS_FILE).read_text()) for w in (workdir, uninterrupted[0]))
+  assert ours["top1"] == reference["top1"] and ours["confusion_matrix"] == reference["confusion_matrix"]
 
 
 def test_without_an_intact_checkpoint_the_run_stops_naming_the_folder_and_what_it_tried(

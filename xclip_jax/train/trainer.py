@@ -295,22 +295,33 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   abstract_state, create_state = step_lib.plan_train_state(
     config, model, tokenizer.tokenize(list(experiment.class_names)), mesh
   )
-  # Compiled before the state exists: compiling takes host memory for a while, which would otherwise add to the
-  # state's at the process's peak on a CPU.
   train_step = step_lib.make_sharded_step(abstract_state, mesh)
   batch_shapes = step_lib.abstract_batch(config.batch_size, config.num_frames, config.input_size, mesh)
-  compiled_step = step_lib.compile_step(train_step, abstract_state, batch_shapes)
+
+  def compile_train_step():
+    start = time.perf_counter()
+    compiled = step_lib.compile_step(train_step, abstract_state, batch_shapes)
+    logging.info("Compiled the train step in %.1f s", time.perf_counter() - start)
+    return compiled
+
+  manager = checkpoints.make_manager(workdir, config.keep_checkpoints)
+  total_steps = int(config.epochs * config.steps_per_epoch)
+  # Compiled before the state exists: compiling takes host memory for a while, which would otherwise add to the
+  # state's at the process's peak on a CPU. Not at all for a run whose newest checkpoint ends it: only the final
+  # evaluation is left.
+  latest = manager.latest_step()
+  compiled_step = compile_train_step() if latest is None or latest < total_steps else None
   state = create_state()
   counts = _log_parameter_overview(state, config.new_modules_lr_multiplier, writer)
-  manager = checkpoints.make_manager(workdir, config.keep_checkpoints)
   position = 0
   resumed_step = None
-  if manager.latest_step() is not None:
+  if latest is not None:
     state, position = checkpoints.restore(manager, state, mesh, config.batch_size)
     resumed_step = int(state.step)
+  if compiled_step is None and int(state.step) < total_steps:  # the newest checkpoint was set aside, unreadable
+    compiled_step = compile_train_step()
   parameters = f"{counts['total']:,} ({counts['trainable']:,} trainable)"
   _start_block(config, workdir, model, mesh, experiment, parameters, resumed_step)
-  total_steps = int(config.epochs * config.steps_per_epoch)
   eval_every_steps = config.eval_every_epochs * config.steps_per_epoch
   failures = video_dataset.FailureLog()
   batches = datasets.train_stream(config, experiment, position, failures).as_numpy_iterator()
