@@ -68,7 +68,6 @@ def instruction_table(hlo_text: str) -> dict[str, tuple[bool, str]]:
 
   def instruction_contracts(name: str) -> bool:
     if name not in contracts:
-      contracts[name] = False  # no cycles in HLO; this only ends the recursion early
       contracts[name] = (
         opcodes[name] in _CONTRACTIONS
         or bool(_CONTRACTION_TARGETS.search(targets[name]))
@@ -118,8 +117,10 @@ def breakdown(events: list[tuple[float, float, str]], table: dict[str, tuple[boo
       idle += length
   by_phase, by_place = collections.Counter(), collections.Counter()
   for name, seconds in exposed.items():
-    by_phase[phase(table[name][1])] += seconds / calls
-    by_place[f"{phase(table[name][1])} {place(table[name][1])}"] += seconds / calls
+    op_name = table[name][1]
+    when = phase(op_name)
+    by_phase[when] += seconds / calls
+    by_place[f"{when} {place(op_name)}"] += seconds / calls
   return {
     "available": True,
     "calls": calls,

@@ -178,11 +178,16 @@ def run_ours(
     result["batch_search"] = search
   else:
     run(batch)
+
+  def one_step():  # timed below, and traced with `profile`
+    nonlocal state
+    state, metrics = compiled[batch](state, batch_of(batch))
+    jax.block_until_ready(metrics)
+
   times = []
   for _ in range(steps):
     start = time.perf_counter()
-    state, metrics = compiled[batch](state, batch_of(batch))
-    jax.block_until_ready(metrics)
+    one_step()
     times.append(time.perf_counter() - start)
   step_s = float(np.median(times))
 
@@ -211,12 +216,6 @@ def run_ours(
   # The step's peak, before the matmul floor's operands are made.
   result.update(peak_device_memory_bytes=throughput.peak_memory_bytes(), peak_rss_mb=_peak_rss_mb())
   if profile:
-
-    def one_step():
-      nonlocal state
-      state, metrics = compiled[batch](state, batch_of(batch))
-      jax.block_until_ready(metrics)
-
     result["profile"] = step_profile.profile(compiled[batch].as_text(), one_step)
   if matmul_floor:
     census = throughput.matmuls(step_lib.step_fn, _abstract(state), abstract_batch(batch))
