@@ -1,6 +1,7 @@
 """The benchmarks: the fresh-process timing, the train step's config, and what they may import (the measurements
 themselves: test_throughput.py)."""
 
+import inspect
 import os
 import re
 import sys
@@ -35,6 +36,14 @@ def test_train_step_config_has_the_experiment_defaults_of_configs_common():
   # steps_per_epoch: None in configs/common.py (the trainer derives it from the data size).
   differing = {k: (v, defaults[k]) for k, v in config.items() if k != "steps_per_epoch" and v != defaults[k]}
   assert not differing
+
+
+def test_the_official_train_step_gets_every_argument_it_takes_from_the_benchmark_options():
+  options = {name: f"value of {name}" for name in inspect.signature(train_step.run_ours).parameters}
+  arguments = train_step.official_arguments(options)
+  code_dir, *taken = inspect.signature(train_step.run_official).parameters
+  assert sorted(arguments) == sorted(taken)
+  assert all(arguments[name] == options[name] for name in arguments)
 
 
 def test_benchmarks_import_only_the_installed_packages_and_their_own_folder():
