@@ -289,6 +289,7 @@ def official_arguments(options: dict) -> dict:
   """The benchmark's options that the official step takes (it runs float32, without remat, at the given batch)."""
   return {key: options[key] for key in ("arch", "frames", "batch", "classes", "steps", "freeze_text")}
 
+
 # Summaries of several fresh-process runs: the median of these, the largest of these, the first run's for the rest.
 _MEDIAN_KEYS = ("step_s", "clips_per_s", "compile_s", "first_call_s", "mfu", "matmul_only_s", "peak_flops_per_s")
 _MAX_KEYS = ("peak_rss_mb", "peak_device_memory_bytes")
@@ -342,7 +343,6 @@ def _child(request: dict):
   else:
     result = run_official(code_dir, **official_arguments(request))
   print(json.dumps(result))
-
 
 
 if __name__ == "__main__":
