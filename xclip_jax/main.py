@@ -19,6 +19,11 @@ every library goes to WORKDIR/logs/process_I.log, and --verbosity=0 (or 1, with 
 import os
 import sys
 
+from xclip_jax import host_memory
+
+if __name__ == "__main__":  # first: glibc reads its tunables when a process starts, and the imports below take seconds
+  host_memory.restart_with_huge_pages()
+
 from absl import app
 from absl import flags
 from absl import logging
@@ -64,6 +69,7 @@ def main(argv):
       "(--heartbeat_timeout_seconds).",
       _HEARTBEAT_TIMEOUT.value,
     )
+  logging.info("Host memory: %s", host_memory.status())
   logging.info("JAX: %d processes, %d devices (%s)", jax.process_count(), jax.device_count(), jax.devices()[0].platform)
   try:
     trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
