@@ -5,8 +5,8 @@ train step at batch 2. glibc maps a block that large afresh from the system on e
 in and zeroes it 4 KiB at a time: 100,000 page faults a step. With the tunable, glibc asks the kernel to back such
 blocks with 2 MiB pages (`madvise(MADV_HUGEPAGE)`, which is what counts where the system's transparent huge page
 mode is `madvise`, the usual default): 512 times fewer faults, and fewer TLB misses in the step's matrix multiplies.
-On a 2-core AMD EPYC (Zen 5) the ViT-B/32 train step took 1.21-1.23 s instead of 1.33-1.37 s, and the demo trained at
-430-455 clips/s instead of 360-375; the eval forward pass was unchanged.
+On a 2-core AMD EPYC (Zen 5) the ViT-B/32 train step took 1.21-1.25 s instead of 1.31-1.37 s, and the demo trained at
+430-460 clips/s instead of 360-375; the eval forward pass was unchanged.
 
 glibc reads its tunables only when a process starts, so `restart_with_huge_pages` starts the command again in the
 same process (`exec`) with the tunable added to GLIBC_TUNABLES. It leaves the process as it is where that would not
