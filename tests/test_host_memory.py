@@ -1,6 +1,7 @@
 """The training command's restart with glibc's huge-page tunable (`xclip_jax.host_memory`)."""
 
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -8,7 +9,7 @@ import pytest
 
 from xclip_jax import host_memory
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = pathlib.Path(__file__).resolve().parents[1]
 _WITHOUT_TUNABLES = {key: value for key, value in os.environ.items() if key != "GLIBC_TUNABLES"}
 needs_madvise_huge_pages = pytest.mark.skipif(
   not host_memory.would_help(_WITHOUT_TUNABLES),
@@ -18,7 +19,7 @@ needs_madvise_huge_pages = pytest.mark.skipif(
 
 def _python(code: str, *args: str, environ=_WITHOUT_TUNABLES) -> list[str]:
   result = subprocess.run(
-    [sys.executable, "-c", code, *args], env=environ, cwd=_ROOT, capture_output=True, text=True, check=True
+    [sys.executable, "-c", code, *args], env=environ, cwd=REPO, capture_output=True, text=True, check=True
   )
   return result.stdout.splitlines()
 
@@ -81,6 +82,6 @@ def test_the_training_command_restarts_with_the_tunable():
     "sys.argv = ['xclip_jax.main', '--helpshort']; runpy.run_module('xclip_jax.main', run_name='__main__')"
   )
   result = subprocess.run(
-    [sys.executable, "-c", code], env=_WITHOUT_TUNABLES, cwd=_ROOT, capture_output=True, text=True, check=False
+    [sys.executable, "-c", code], env=_WITHOUT_TUNABLES, cwd=REPO, capture_output=True, text=True, check=False
   )
   assert result.stdout.splitlines()[-1] == "glibc.malloc.hugetlb=1", result.stderr[-2000:]
