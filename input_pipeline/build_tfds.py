@@ -396,7 +396,9 @@ def build_split(
   if not writer.is_published():
     todo = [s for s in range(writer.num_shards) if writer.read_marker(s) is None]
     tasks = [(i, records[i]) for s in todo for i in writer.shard_range(s)]
-    progress = tqdm.tqdm(total=len(records), initial=len(records) - len(tasks), unit="video", desc=f"{name}/{split}")
+    done = len(records) - len(tasks)
+    # A live bar on a terminal; elsewhere (CI, SLURM, a log file) a plain line per shard written.
+    progress = tqdm.tqdm(total=len(records), initial=done, unit="video", desc=f"{name}/{split}", disable=None)
     if num_workers:
       # Spawned, not forked: TensorFlow's threads do not survive a fork.
       pool = futures.ProcessPoolExecutor(
@@ -409,6 +411,9 @@ def build_split(
     try:
       for shard in todo:
         writer.write_shard(shard, results, progress)
+        done += len(writer.shard_range(shard))
+        if progress.disable:
+          console.info(f"{name}/{split}: {done}/{len(records)} videos (shard {shard + 1}/{writer.num_shards})")
     finally:
       progress.close()
       if pool is not None:

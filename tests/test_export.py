@@ -210,5 +210,32 @@ def test_mistakes_are_one_line_errors_before_the_checkpoint_is_read(tmp_path, ca
 def test_a_format_whose_extra_is_missing_is_a_one_line_error(tmp_path, capsys, monkeypatch):
   monkeypatch.setitem(export.EXTRAS, "onnx", "not_installed")
   assert export.command(tmp_path / "no_checkpoint", tmp_path / "out", classes=["a"], fmt="onnx") == 2
-  assert capsys.readouterr().err == "error: --format=onnx needs not_installed: pip install 'xclip-jax[export]'\n"
+  assert capsys.readouterr().err == (
+    "error: --format=onnx needs not_installed: pip install '.[export]' in the xclip-jax checkout\n"
+  )
+  assert not any(tmp_path.iterdir())
+
+
+def test_an_export_its_runtime_cannot_run_is_a_one_line_error_naming_the_versions(
+  checkpoint, tmp_path, capsys, monkeypatch
+):
+  def fails(out, frames):
+    # As TensorFlow's errors: several lines, the cause the last that says "error:".
+    raise RuntimeError("Graph execution error:\n<unknown>:0: error: cannot read this artifact\n\t [[node]]")
+
+  monkeypatch.setitem(export.SERVERS, "stablehlo", fails)
+  assert export.command(checkpoint, tmp_path / "out", classes=CLASSES, fmt="stablehlo") == 2
+  captured = capsys.readouterr()
+  expected = f"error: --format=stablehlo failed (jax {jax.__version__}): RuntimeError: <unknown>:0: error: cannot read"
+  assert captured.out == "" and captured.err.count("\n") == 1 and captured.err.startswith(expected), captured.err
+  assert not any(tmp_path.iterdir())
+
+
+def test_an_export_whose_runtime_gives_other_probabilities_is_refused(checkpoint, tmp_path, capsys, monkeypatch):
+  serve = export.SERVERS["stablehlo"]
+  monkeypatch.setitem(export.SERVERS, "stablehlo", lambda out, frames: serve(out, frames) + 0.05)
+  assert export.command(checkpoint, tmp_path / "out", classes=CLASSES, fmt="stablehlo") == 2
+  captured = capsys.readouterr()
+  message = "error: --format=stablehlo: the exported model's probabilities differ from JAX's by 0.05 (shape (2, 3)"
+  assert captured.err.count("\n") == 1 and captured.err.startswith(message), captured.err
   assert not any(tmp_path.iterdir())

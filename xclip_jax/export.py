@@ -22,14 +22,20 @@ reads) and `text_features.npy` ((K, D) float32, the baked features):
     `jax.export.Exported` (`jax.export.deserialize(data).call(frames)`) with the weights inside, for CPU, CUDA and TPU.
   onnx: `probabilities.onnx` and `probabilities_from_features.onnx` (opset 23, through jax2onnx), same input and output
     names; weights beyond 1 MB go to a `.onnx.data` file beside each.
-SavedModel and ONNX need the `export` extras: pip install 'xclip-jax[export]'.
+SavedModel and ONNX need the `export` extras: pip install '.[export]' in the xclip-jax checkout.
+
+Before the files reach OUT, the format's runtime (TensorFlow, jax, onnxruntime) runs `probabilities` on two clips and
+must give JAX's probabilities, so that an export that would fail at serving fails here instead: with jax 0.11, say,
+TensorFlow 2.21 cannot read the SavedModel's StableHLO and jax2onnx 0.17 cannot convert.
 
 Errors are one line on stderr and exit status 2, with nothing written: a checkpoint that is missing or not an
-X-CLIP/CLIP checkpoint, an unknown --format, no (or a bad) label list, an OUT that is not empty, a missing extra.
+X-CLIP/CLIP checkpoint, an unknown --format, no (or a bad) label list, an OUT that is not empty, a missing extra, an
+export that its runtime cannot run (naming the versions involved).
 """
 
 from collections.abc import Callable, Sequence
 import csv
+import importlib.metadata
 import importlib.util
 import logging as python_logging
 import os
@@ -115,10 +121,8 @@ def _write_onnx(model, text_features, out: pathlib.Path):
 
 
 def _write_saved_model(model, text_features, out: pathlib.Path):
-  from orbax import export as oex  # an optional extra, imported when used
-
-  # Imported here too: TensorFlow's start-up lines on stderr, which no setting silences, would spoil the one-line
-  # errors of the checks before.
+  # Imported when used: orbax-export is an optional extra, and TensorFlow takes seconds to import.
+  from orbax import export as oex
   import tensorflow as tf
 
   config = model.config
@@ -158,13 +162,84 @@ def _write_saved_model(model, text_features, out: pathlib.Path):
 WRITERS = {"saved_model": _write_saved_model, "stablehlo": _write_stablehlo, "onnx": _write_onnx}
 
 
+def _serve_saved_model(out: pathlib.Path, frames: np.ndarray) -> np.ndarray:
+  import tensorflow as tf
+
+  signature = tf.saved_model.load(os.fspath(out)).signatures["serving_default"]
+  return signature(frames=tf.constant(frames))["probabilities"].numpy()
+
+
+def _serve_stablehlo(out: pathlib.Path, frames: np.ndarray) -> np.ndarray:
+  return np.asarray(jax.export.deserialize((out / f"probabilities{STABLEHLO_SUFFIX}").read_bytes()).call(frames))
+
+
+def _serve_onnx(out: pathlib.Path, frames: np.ndarray) -> np.ndarray:
+  import onnxruntime  # an optional extra, imported when used
+
+  session = onnxruntime.InferenceSession(os.fspath(out / "probabilities.onnx"), providers=["CPUExecutionProvider"])
+  return session.run(["probabilities"], {"frames": frames})[0]
+
+
+# Each format's `probabilities` run from its files, and the distributions that write and run them (named in errors).
+SERVERS = {"saved_model": _serve_saved_model, "stablehlo": _serve_stablehlo, "onnx": _serve_onnx}
+PACKAGES = {
+  "saved_model": ("jax", "orbax-export", "tensorflow-cpu", "tensorflow"),
+  "stablehlo": ("jax",),
+  "onnx": ("jax", "jax2onnx", "onnxruntime"),
+}
+# How far the runtime's probabilities may be from JAX's: float32 rounding gives 1e-5, TF32 matmuls on a GPU 1e-3;
+# wrong weights or a wrong normalisation move them by far more.
+SERVED_ATOL = 1e-2
+
+
+def _versions(fmt: str) -> str:
+  versions = []
+  for package in PACKAGES[fmt]:
+    try:
+      versions.append(f"{package} {importlib.metadata.version(package)}")
+    except importlib.metadata.PackageNotFoundError:
+      continue  # TensorFlow is one of tensorflow-cpu and tensorflow
+  return ", ".join(versions)
+
+
+def write_and_check(model: pretrained.XCLIPModel, text_features: np.ndarray, out: pathlib.Path, fmt: str):
+  """Writes `fmt` to `out`, then runs its `probabilities` on two clips in the format's runtime against JAX's: an
+  export that cannot be written or served, whatever the library's error, is a UserError naming the versions."""
+  config = model.config
+  size = config.image_resolution
+  frames = np.random.default_rng(0).integers(0, 256, (2, config.num_frames, size, size, 3), np.uint8)
+  with jax.default_matmul_precision("highest"):
+    expected = np.asarray(probabilities(model, model.params, frames, text_features))
+  failure = None
+  # What C code writes to stderr meanwhile (TensorFlow's start-up lines, its errors' details) goes to the log, and to
+  # the terminal with --verbosity, not among what the export prints.
+  with console.native_start_up():
+    try:
+      WRITERS[fmt](model, text_features, out)
+      served = SERVERS[fmt](out, frames)
+    except Exception as e:  # each library raises its own types; the message says which libraries, of which versions
+      failure = e
+  if failure is not None:
+    lines = [line.strip() for line in str(failure).splitlines() if line.strip()] or [""]
+    # TensorFlow's errors run over many lines, the cause the last that says "error:"; the others' are one line.
+    reason = [line for line in lines if "error:" in line.lower()][-1:] or lines[:1]
+    name = type(failure).__name__
+    raise classify.UserError(f"--format={fmt} failed ({_versions(fmt)}): {name}: {reason[0][:300]}") from failure
+  error = np.max(np.abs(served - expected)) if served.shape == expected.shape else np.inf
+  if not error <= SERVED_ATOL:
+    raise classify.UserError(
+      f"--format={fmt}: the exported model's probabilities differ from JAX's by {error:.3g} (shape "
+      f"{served.shape}, expected {expected.shape}; {_versions(fmt)})"
+    )
+
+
 def check_destination(out, fmt: str) -> pathlib.Path:
   """`out` as a path, or UserError for an unknown format, a missing extra, or an `out` that is not a new or empty
   directory."""
   if fmt not in FORMATS:
     raise classify.UserError(f"--format={fmt}: unknown format; use one of {', '.join(FORMATS)}")
   if fmt in EXTRAS and importlib.util.find_spec(EXTRAS[fmt]) is None:
-    raise classify.UserError(f"--format={fmt} needs {EXTRAS[fmt]}: pip install 'xclip-jax[export]'")
+    raise classify.UserError(f"--format={fmt} needs {EXTRAS[fmt]}: pip install '.[export]' in the xclip-jax checkout")
   out = pathlib.Path(out)
   if out.exists() and not (out.is_dir() and not any(out.iterdir())):
     raise classify.UserError(f"{out} exists and is not an empty directory")
@@ -174,8 +249,8 @@ def check_destination(out, fmt: str) -> pathlib.Path:
 def export(model: pretrained.XCLIPModel, class_names: Sequence[str], out, fmt: str = "saved_model") -> pathlib.Path:
   """Writes `model` as a classifier of `class_names` in `fmt` (see the module doc) to `out`, a new or empty directory.
 
-  The files are written to a temporary directory beside `out` and moved there at the end: a failed export leaves
-  nothing behind.
+  The files are written to a temporary directory beside `out`, run in their runtime (`write_and_check`) and moved
+  there at the end: a failed export leaves nothing behind.
   """
   out = check_destination(out, fmt)
   class_names = classify.check_class_names(class_names, "the label list")
@@ -185,7 +260,7 @@ def export(model: pretrained.XCLIPModel, class_names: Sequence[str], out, fmt: s
   staging = scratch / out.name
   try:
     staging.mkdir()  # with the user's permissions (mkdtemp's are private)
-    WRITERS[fmt](model, text_features, staging)
+    write_and_check(model, text_features, staging, fmt)
     np.save(staging / "text_features.npy", text_features)
     with open(staging / "labels.csv", "w", newline="", encoding="utf-8") as f:
       csv.writer(f, lineterminator="\n").writerows([("id", "name"), *enumerate(class_names)])

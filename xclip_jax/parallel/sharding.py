@@ -28,10 +28,10 @@ MESH_AXES = ("data", "fsdp", "time")
 BATCH_AXES = ("data", "fsdp")
 FRAMES_AXIS = "time"
 
-# Rules in the format of `xclip_jax.param_rules` (full match, first match wins). They split the first (output) axis
-# of every matrix over `fsdp`: Linear and conv weights are (out, in, ...) as in PyTorch, the projections
-# (width, embed) and the token embedding (vocab, width). LayerNorms, biases and embeddings of a few KB stay
-# replicated.
+# Rules in the format of `xclip_jax.param_rules` (full match, first match wins). They split the first axis of every
+# matrix over `fsdp`: the output axis of Linear and conv weights, (out, in, ...) as in PyTorch; the input axis of the
+# projections, (width, embed); the vocabulary of the token embedding, (vocab, width). LayerNorms, biases and
+# embeddings of a few KB stay replicated.
 PARAM_RULES = (
   (r".*/weight", P("fsdp")),
   (r"visual/proj|text_projection|prompts_visual_proj", P("fsdp")),
