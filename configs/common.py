@@ -118,6 +118,8 @@ def experiment_config(*, small: bool = False) -> ml_collections.ConfigDict:
 
 def set_arch(config: ml_collections.ConfigDict, arch: str, frames: int):
   """The backbone and frame count; the official settings that go with them (L/14 at 336px: 336 crops, remat)."""
+  if frames < 1:
+    raise ValueError(f"config argument frames={frames} must be at least 1")
   model_config.preset(arch, num_frames=frames)  # refuses an unknown name, listing the known ones
   config.arch = arch
   config.num_frames = frames

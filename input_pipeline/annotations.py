@@ -1,7 +1,7 @@
 """Annotation files and label lists in the official X-CLIP layout.
 
 Label list: a CSV with the header `id,name` and one `id,name` row per class,
-ids 0..N-1 in order (names may contain commas when quoted).
+ids 0..N-1 in order, each name once (names may contain commas when quoted).
 Annotation file: one `relative/path.mp4 label` line per video.
 Problems are refused when the files are read, naming file and line. Both may
 be on cloud storage (gs://...): they are read through etils.epath.
@@ -29,6 +29,7 @@ def read_label_list(csv_path: str | os.PathLike[str]) -> list[str]:
   if not rows or [cell.strip() for cell in rows[0]] != ["id", "name"]:
     raise ValueError(f'{csv_path}:1: expected the header "id,name"')
   names = []
+  first_seen = {}  # name -> (id, line)
   for line_number, row in enumerate(rows[1:], start=2):
     if not row:
       continue
@@ -41,6 +42,13 @@ def read_label_list(csv_path: str | os.PathLike[str]) -> list[str]:
       )
     if not name:
       raise ValueError(f"{csv_path}:{line_number}: empty class name")
+    if name in first_seen:
+      # Two ids of one name: their text prompts are the same, and results keyed by class name merge them.
+      first_id, first_line = first_seen[name]
+      raise ValueError(
+        f"{csv_path}:{line_number}: class {name!r} (id {class_id}) is already id {first_id} (line {first_line})"
+      )
+    first_seen[name] = (len(names), line_number)
     names.append(name)
   if not names:
     raise ValueError(f"{csv_path}: the label list has no classes")

@@ -26,6 +26,10 @@ TFDS dataset, and `input_pipeline.tfds_dataset` reads it with TF ops.
 A video that cannot be read or decoded, or has no frames, is logged with its
 path, left out and listed in its shard's marker; more than `--max_bad_fraction`
 of them stops the build with an error before the metadata is written.
+
+A bad flag or input file stops the command with one line, `error: ...`, and
+exit status 2 (the traceback goes to OUTPUT_DIR/_build/logs/); the shards
+already done stay for the next run.
 """
 
 from collections.abc import Iterator, Sequence
@@ -54,6 +58,10 @@ with console.native_start_up():  # TensorFlow's C++ start-up lines go to the log
   from input_pipeline import annotations
   from input_pipeline import tfds_format
   from input_pipeline import video_decode
+
+
+class TooManyBadVideosError(RuntimeError):
+  """More videos could not be converted than --max_bad_fraction allows."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -378,6 +386,8 @@ def build_split(
   )
   label_names = annotations.read_label_list(labels_path)
   records = annotations.read_annotations(annotations_path, len(label_names))
+  # Here, not in each worker, whose error would only break the pool.
+  video_decode.check_root(root)
   config = BuildConfig(
     name=name,
     split=split,
@@ -422,7 +432,7 @@ def build_split(
     markers = [writer.read_marker(s) for s in range(writer.num_shards)]
     skipped = [f for m in markers for f in m["skipped"]]
     if len(skipped) > max_bad_fraction * len(records):
-      raise RuntimeError(
+      raise TooManyBadVideosError(
         f"{len(skipped)} of {len(records)} videos of {annotations_path} "
         f"could not be converted (more than --max_bad_fraction="
         f"{max_bad_fraction}), e.g. {skipped[:3]}. All are listed in "
@@ -451,41 +461,54 @@ _LABELS = flags.DEFINE_string("labels", None, "`id,name` CSV of the classes.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Dataset folder (local or gs://).")
 _SPLIT = flags.DEFINE_string("split", "train", "TFDS split name.")
 _NAME = flags.DEFINE_string("name", "videos", "TFDS dataset name.")
-_SHORT_SIDE = flags.DEFINE_integer("short_side", 256, "Resize frames down to this short side.")
-_FPS = flags.DEFINE_float("fps", None, "Keep at most this many frames/s.")
-_MAX_FRAMES = flags.DEFINE_integer("max_frames", None, "Keep at most this many frames per video.")
-_JPEG_QUALITY = flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality.")
-_VIDEOS_PER_SHARD = flags.DEFINE_integer("videos_per_shard", 64, "Annotation lines per shard.")
-_NUM_WORKERS = flags.DEFINE_integer("num_workers", os.cpu_count(), "Conversion processes (0: in-process).")
-_MAX_BAD_FRACTION = flags.DEFINE_float("max_bad_fraction", 0.01, "Share of bad videos that stops the build.")
+_SHORT_SIDE = flags.DEFINE_integer("short_side", 256, "Resize frames down to this short side.", lower_bound=1)
+_FPS = flags.DEFINE_float("fps", None, "Keep at most this many frames/s.", lower_bound=0)
+_MAX_FRAMES = flags.DEFINE_integer("max_frames", None, "Keep at most this many frames per video.", lower_bound=1)
+_JPEG_QUALITY = flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality.", lower_bound=1, upper_bound=100)
+_VIDEOS_PER_SHARD = flags.DEFINE_integer("videos_per_shard", 64, "Annotation lines per shard.", lower_bound=1)
+_NUM_WORKERS = flags.DEFINE_integer(
+  "num_workers", os.cpu_count(), "Conversion processes (0: in-process).", lower_bound=0
+)
+_MAX_BAD_FRACTION = flags.DEFINE_float(
+  "max_bad_fraction", 0.01, "Share of bad videos that stops the build.", lower_bound=0, upper_bound=1
+)
+
+# What bad input raises: a file missing or unreadable, a malformed one, settings that differ from the split's start.
+_INPUT_ERRORS = (OSError, ValueError, TooManyBadVideosError, tf.errors.OpError)
 
 
 def main(argv):
   del argv
   console.setup()
-  console.open_log(os.path.join(_OUTPUT_DIR.value, "_build"))
-  builder = build_split(
-    annotations_path=_ANNOTATIONS.value,
-    root=_ROOT.value,
-    labels_path=_LABELS.value,
-    output_dir=_OUTPUT_DIR.value,
-    split=_SPLIT.value,
-    name=_NAME.value,
-    short_side=_SHORT_SIDE.value,
-    fps=_FPS.value,
-    max_frames=_MAX_FRAMES.value,
-    jpeg_quality=_JPEG_QUALITY.value,
-    videos_per_shard=_VIDEOS_PER_SHARD.value,
-    num_workers=_NUM_WORKERS.value,
-    max_bad_fraction=_MAX_BAD_FRACTION.value,
-  )
+  try:
+    console.open_log(os.path.join(_OUTPUT_DIR.value, "_build"))
+    builder = build_split(
+      annotations_path=_ANNOTATIONS.value,
+      root=_ROOT.value,
+      labels_path=_LABELS.value,
+      output_dir=_OUTPUT_DIR.value,
+      split=_SPLIT.value,
+      name=_NAME.value,
+      short_side=_SHORT_SIDE.value,
+      fps=_FPS.value,
+      max_frames=_MAX_FRAMES.value,
+      jpeg_quality=_JPEG_QUALITY.value,
+      videos_per_shard=_VIDEOS_PER_SHARD.value,
+      num_workers=_NUM_WORKERS.value,
+      max_bad_fraction=_MAX_BAD_FRACTION.value,
+    )
+  except _INPUT_ERRORS as error:
+    # The traceback to the log file only (console's handler of an error that ends the program), one line here.
+    for handler in app.EXCEPTION_HANDLERS:
+      handler.handle(error)
+    console.fail(str(error))
   console.info(f"Wrote {_OUTPUT_DIR.value}: {builder.info.splits}")
 
 
 def run():
   """The console entry point."""
   flags.mark_flags_as_required(["annotations", "root", "labels", "output_dir"])
-  app.run(main)
+  app.run(main, flags_parser=console.parse_flags)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Every path may be on cloud storage (gs://...). Batch sizes are global: each proc
 """
 
 import dataclasses
+import os
 
 from etils import epath
 import jax
@@ -52,9 +53,55 @@ def _class_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   return names
 
 
+def _evaluation_lists(config: ml_collections.ConfigDict) -> list[str]:
+  """The config.data fields of the annotation lists that evaluation will read (as trainer's evaluations choose)."""
+  fields = []
+  if not config.data.tfds_dir and (config.mode == "train" or config.data.val_file):
+    fields.append("val_file")
+  fields += [field for field in ("test_file", "single_frame_file") if config.data.get(field)]
+  return fields
+
+
+def _missing_videos(records: list[annotations.VideoRecord], root: str) -> list[str]:
+  """The listed videos that a local folder root lacks; none are looked for in a .tar or on cloud storage.
+
+  One listing per folder of videos, not one look-up per video: cheap for Kinetics' 240,000.
+  """
+  if not os.path.isdir(root):
+    return []
+  listings = {}
+  missing = []
+  for record in records:
+    folder, name = os.path.split(os.path.join(root, record.path))
+    if folder not in listings:
+      listings[folder] = set(os.listdir(folder)) if os.path.isdir(folder) else set()
+    if name not in listings[folder]:
+      missing.append(record.path)
+  return missing
+
+
+def _read_list(config: ml_collections.ConfigDict, field: str) -> list[annotations.VideoRecord]:
+  """The records of the annotation list config.data.<field>, refused (naming file and line, or the missing videos)
+  before any training when the pipeline would stop on it later."""
+  path = check_exists(config.data[field], f"data.{field}")
+  root = check_exists(config.data.root, "data.root", "folder or .tar")
+  records = annotations.read_annotations(path, config.num_classes)
+  missing = _missing_videos(records, root)
+  allowed = config.data.max_failure_fraction * len(records)
+  if len(missing) > allowed:
+    raise ValueError(
+      f"{path}: {len(missing)} of its {len(records)} videos are missing from {root}, more than the {allowed:g} that "
+      f"data.max_failure_fraction={config.data.max_failure_fraction:g} allows: {', '.join(missing[:3])}"
+      + (", ..." if len(missing) > 3 else "")
+    )
+  return records
+
+
 def resolve(config: ml_collections.ConfigDict, workdir: epath.Path) -> Experiment:
   """Checks the data the config names and prepares the training list (writing the few-shot subset to workdir)."""
   class_names = _class_names(config)
+  for field in _evaluation_lists(config):
+    _read_list(config, field)
   if config.mode == "eval":
     return Experiment(class_names, 0, "")
   if config.data.tfds_dir:
@@ -62,9 +109,8 @@ def resolve(config: ml_collections.ConfigDict, workdir: epath.Path) -> Experimen
       raise ValueError("data.shots (few-shot lists) needs annotation files, not data.tfds_dir records")
     index = tfds_dataset.RecordIndex.load(check_exists(config.data.tfds_dir, "data.tfds_dir", "folder"), "train")
     return Experiment(class_names, index.num_videos, "")
-  train_file = check_exists(config.data.train_file, "data.train_file")
-  check_exists(config.data.root, "data.root", "folder or .tar")
-  records = annotations.read_annotations(train_file, config.num_classes)
+  records = _read_list(config, "train_file")
+  train_file = config.data.train_file
   if config.data.shots:
     records = subsets.k_shot_subset(records, config.num_classes, config.data.shots, config.seed)
     train_file = str(workdir / f"train_{config.data.shots}shot.txt")
@@ -75,8 +121,11 @@ def resolve(config: ml_collections.ConfigDict, workdir: epath.Path) -> Experimen
   return Experiment(class_names, len(records), train_file)
 
 
-def train_stream(config, experiment: Experiment, start_position: int, failures: video_dataset.FailureLog):
-  """This process's endless stream of training batches (its rows of each global batch)."""
+def train_stream(
+  config, experiment: Experiment, start_position: int, failures: video_dataset.FailureLog
+) -> video_dataset.Batches:
+  """This process's endless stream of training batches (its rows of each global batch); its iterator raises
+  TooManyFailuresError once too many videos failed."""
   options = dict(
     num_frames=config.num_frames,
     input_size=config.input_size,
@@ -106,8 +155,11 @@ def list_set(config, experiment: Experiment, field: str, name: str) -> EvalSet:
   return EvalSet(name, path, config.data.root, config.data.label_list, experiment.class_names)
 
 
-def eval_stream(config, eval_set: EvalSet, num_clips: int, num_crops: int, failures: video_dataset.FailureLog):
-  """This process's evaluation batches of `eval_set`: every video once over all processes, padding masked."""
+def eval_stream(
+  config, eval_set: EvalSet, num_clips: int, num_crops: int, failures: video_dataset.FailureLog
+) -> video_dataset.Batches:
+  """This process's evaluation batches of `eval_set`: every video once over all processes, padding masked; its
+  iterator raises TooManyFailuresError once too many videos failed."""
   options = dict(
     num_frames=config.num_frames,
     input_size=config.input_size,

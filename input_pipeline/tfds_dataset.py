@@ -134,7 +134,7 @@ def make_train_dataset(
   max_failure_fraction: float = 0.01,
   start_position: int = 0,
   failures: video_dataset.FailureLog | None = None,
-) -> tf.data.Dataset:
+) -> video_dataset.Batches:
   """Endless stream of this process's training batches, from records.
 
   Args:
@@ -145,7 +145,7 @@ def make_train_dataset(
       video_dataset.make_train_dataset.
 
   Returns:
-    A dataset of {'video': (b, T, S, S, 3) float32, 'label': (b,) int32,
+    Batches of {'video': (b, T, S, S, 3) float32, 'label': (b,) int32,
     'resume_position': (b,) int64}, as video_dataset.make_train_dataset.
   """
   index = RecordIndex.load(data_dir, split)
@@ -197,7 +197,7 @@ def make_train_dataset(
   dataset = dataset.map(decode_and_augment, num_parallel_calls=tf.data.AUTOTUNE)
   dataset = dataset.batch(batch_size // process_count, drop_remainder=True)
   dataset = dataset.map(order.add_resume_position)
-  return video_dataset.finish(dataset)
+  return video_dataset.finish(dataset, failures)
 
 
 def make_eval_dataset(
@@ -213,7 +213,7 @@ def make_eval_dataset(
   process_count: int = 1,
   max_failure_fraction: float = 0.01,
   failures: video_dataset.FailureLog | None = None,
-) -> tf.data.Dataset:
+) -> video_dataset.Batches:
   """This process's evaluation batches, one pass, every video once overall.
 
   Args:
@@ -224,7 +224,7 @@ def make_eval_dataset(
       video_dataset.make_eval_dataset.
 
   Returns:
-    A dataset of {'video': (b, num_clips * num_crops, T, S, S, 3) float32,
+    Batches of {'video': (b, num_clips * num_crops, T, S, S, 3) float32,
     'label': (b,) int32, 'mask': (b,) bool, 'index': (b,) int64}, as
     video_dataset.make_eval_dataset (views clip-major, -1 and mask=False for
     padding and for videos the build skipped).
@@ -273,4 +273,4 @@ def make_eval_dataset(
   dataset = _read_records(dataset, index)
   dataset = dataset.map(decode_and_crop, num_parallel_calls=tf.data.AUTOTUNE)
   dataset = dataset.batch(batch_size // process_count, drop_remainder=True)
-  return video_dataset.finish(dataset)
+  return video_dataset.finish(dataset, failures)

@@ -35,14 +35,17 @@ Bad videos. A video that is missing, unreadable, truncated or without frames
 is logged with its path and counted in a FailureLog; in training a stand-in
 takes its place (a video drawn at random from the list, seeded by the slot,
 so that the batch does not depend on who reads it), evaluation masks it
-out. When more distinct videos than max_failure_fraction of a process's
-share have failed, the pipeline stops: the iterator raises a
-tf.errors.OpError whose message is the TooManyFailuresError's (count,
-allowed share, last path and reason).
+out; each is one warning, the first time it fails. When more distinct
+videos than max_failure_fraction of a process's share have failed, the
+FailureLog holds a TooManyFailuresError (count, allowed share, last path and
+reason) and Batches, the pipeline's iterator, raises it, in Python, with the
+next batch. Not tf.data: an exception inside a tf.data function reaches the
+caller as an OpError whose message is TensorFlow's rendering of the Python
+traceback, which its C++ log prints too (once per prefetched batch).
 """
 
 import atexit
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 import contextlib
 import dataclasses
 import functools
@@ -113,18 +116,38 @@ class FailureLog:
     self._lock = threading.Lock()
     self.count = 0
     self.paths: set[str] = set()
+    # Set once more than the allowed videos failed; Batches raises it.
+    self.error: TooManyFailuresError | None = None
 
   def add(self, path: str, reason: str, max_failures: float):
-    """Records a failure; raises once more than max_failures videos failed."""
-    logging.warning("skipping video %s: %s", path, reason)
+    """Records a failure; once more than max_failures videos failed, sets `error` (the pipeline goes on)."""
     with self._lock:
       self.count += 1
+      first_failure = path not in self.paths
       self.paths.add(path)
       num_failed = len(self.paths)
-    if num_failed > max_failures:
-      raise TooManyFailuresError(
-        f"{num_failed} videos failed to decode, more than the allowed {max_failures:g}; the last was {path}: {reason}"
-      )
+      if num_failed > max_failures and self.error is None:
+        self.error = TooManyFailuresError(
+          f"{num_failed} videos failed to decode, more than the allowed {max_failures:g}; the last was {path}: {reason}"
+        )
+    if first_failure:
+      logging.warning("skipping video %s: %s", path, reason)
+
+
+@dataclasses.dataclass(frozen=True)
+class Batches:
+  """A pipeline: its tf.data `dataset`, and its batches as numpy arrays, which stop with its FailureLog's error once
+  too many videos failed."""
+
+  dataset: tf.data.Dataset
+  failures: FailureLog
+
+  def as_numpy_iterator(self) -> Iterator[dict[str, np.ndarray]]:
+    for batch in self.dataset.as_numpy_iterator():
+      # Checked as each batch comes out: the failure that set it may be in a batch still being prefetched.
+      if self.failures.error is not None:
+        raise self.failures.error
+      yield batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,7 +271,7 @@ def make_train_dataset(
   max_failure_fraction: float = 0.01,
   start_position: int = 0,
   failures: FailureLog | None = None,
-) -> tf.data.Dataset:
+) -> Batches:
   """Endless stream of this process's training batches.
 
   Args:
@@ -267,7 +290,7 @@ def make_train_dataset(
     failures: where skipped videos are counted (a fresh log if None).
 
   Returns:
-    A dataset of {'video': (b, T, S, S, 3) float32, 'label': (b,) int32,
+    Batches of {'video': (b, T, S, S, 3) float32, 'label': (b,) int32,
     'resume_position': (b,) int64}.
   """
   records, source = _load_inputs(annotation_file, video_root, label_list)
@@ -285,6 +308,9 @@ def make_train_dataset(
       frames = _decode_or_skip(config, record_index, choose)
       if frames is not None:
         return frames, np.int32(records[record_index].label), augment_seed
+      if config.failures.error is not None:
+        # No batch from here on is used (Batches raises the error): no more stand-ins to decode.
+        return np.zeros((num_frames, input_size, input_size, 3), np.uint8), np.int32(-1), augment_seed
       record_index = order.stand_in(epoch, slot, attempt)
 
   def decode(position):
@@ -309,11 +335,12 @@ def make_train_dataset(
   dataset = dataset.map(augment_clip, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   dataset = dataset.batch(batch_size // process_count, drop_remainder=True)
   dataset = dataset.map(order.add_resume_position)
-  return finish(dataset)
+  return finish(dataset, config.failures)
 
 
-def finish(dataset: tf.data.Dataset) -> tf.data.Dataset:
-  """The end of every pipeline here and in tfds_dataset: prefetching, with tf.data's autotuning off.
+def finish(dataset: tf.data.Dataset, failures: FailureLog) -> Batches:
+  """The end of every pipeline here and in tfds_dataset: prefetching, with tf.data's autotuning off, and the Batches
+  that stop on `failures`' error.
 
   Freeing an iterator waits for tf.data's autotuning thread to wake up, and that thread sleeps up to a minute
   between rounds: ending the demo's 5-minute training stream stalled for 15-60 s. Without autotuning, AUTOTUNE
@@ -322,7 +349,7 @@ def finish(dataset: tf.data.Dataset) -> tf.data.Dataset:
   """
   options = tf.data.Options()
   options.autotune.enabled = False
-  return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
+  return Batches(dataset.prefetch(tf.data.AUTOTUNE).with_options(options), failures)
 
 
 def eval_lines(num_videos: int, batch_size: int, process_index: int, process_count: int) -> np.ndarray:
@@ -362,7 +389,7 @@ def make_eval_dataset(
   process_count: int = 1,
   max_failure_fraction: float = 0.01,
   failures: FailureLog | None = None,
-) -> tf.data.Dataset:
+) -> Batches:
   """This process's evaluation batches, one pass, every video once overall.
 
   batch_size is global: this process yields its batch_size // process_count
@@ -371,7 +398,7 @@ def make_eval_dataset(
   sampling.eval_frame_indices, crops as in augment.eval_augment).
 
   Returns:
-    A dataset of {'video': (b, num_clips * num_crops, T, S, S, 3) float32,
+    Batches of {'video': (b, num_clips * num_crops, T, S, S, 3) float32,
     'label': (b,) int32 (-1 for padding), 'mask': (b,) bool (False for
     padding and for videos that failed), 'index': (b,) int64 line of the
     video in the annotation file, counting videos from 0 (-1 for padding)}.
@@ -399,4 +426,4 @@ def make_eval_dataset(
   dataset = tf.data.Dataset.from_tensor_slices(lines)
   dataset = dataset.map(decode_and_crop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   dataset = dataset.batch(batch_size // process_count, drop_remainder=True)
-  return finish(dataset)
+  return finish(dataset, config.failures)

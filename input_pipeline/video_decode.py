@@ -69,12 +69,7 @@ class VideoSource:
 
   def __init__(self, root: str | os.PathLike[str]):
     self.root = epath.Path(root)
-    if self.root.is_dir():
-      self._tar_members = None
-    elif self.root.name.endswith(".tar") and self.root.exists():
-      self._tar_members = _index_tar(self.root)
-    else:
-      raise ValueError(f"video root {os.fspath(self.root)!r} is neither a folder nor a .tar file")
+    self._tar_members = None if check_root(root) == "folder" else _index_tar(self.root)
 
   def read_bytes(self, relative_path: str) -> bytes:
     """Returns the file's bytes; raises VideoDecodeError if it is missing."""
@@ -96,6 +91,16 @@ class VideoSource:
     if len(data) != size:
       raise VideoDecodeError(f"{relative_path}: {self.root} ends inside this member")
     return data
+
+
+def check_root(root: str | os.PathLike[str]) -> str:
+  """'folder' or 'tar', what the root of the videos is; ValueError if it is neither."""
+  path = epath.Path(root)
+  if path.is_dir():
+    return "folder"
+  if path.name.endswith(".tar") and path.exists():
+    return "tar"
+  raise ValueError(f"video root {os.fspath(path)!r} is neither a folder nor a .tar file")
 
 
 def _index_tar(tar_path: epath.Path) -> dict[str, tuple[int, int]]:

@@ -200,7 +200,7 @@ def test_embeddings_are_the_plain_class_texts_and_the_view_averaged_videos(cli_i
   [
     ("--classes=", None, "error: --classes lists no classes"),
     ("--classes=a shape,b,a shape", None, "error: --classes lists 'a shape' more than once"),
-    ("duplicated.csv", None, "lists 'b' more than once"),
+    ("duplicated.csv", None, "duplicated.csv:4: class 'b' (id 2) is already id 1 (line 3)"),
     ("header_only.csv", None, "the label list has no classes"),
     (f"--classes={CLASSES}", "missing", "error: --checkpoint=MISSING: no checkpoint at MISSING"),
     (f"--classes={CLASSES}", "not_a_checkpoint.txt", "error: --checkpoint=OTHER: "),
@@ -223,3 +223,103 @@ def test_bad_labels_and_checkpoints_are_one_line_errors(cli_inputs, tmp_path, la
   assert result.returncode == 2
   assert result.stdout == ""
   assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+  "flag, message",
+  [
+    ("--num_frames=0", "error: --num_frames=0: 0 is not a positive integer"),
+    ("--num_frames=-3", "error: --num_frames=-3: -3 is not a positive integer"),
+    ("--batch_size=0", "error: --batch_size=0: 0 is not a positive integer"),
+    ("--batch_size=-2", "error: --batch_size=-2: -2 is not a positive integer"),
+  ],
+)
+def test_flags_out_of_range_are_one_line_errors(cli_inputs, flag, message):
+  _, checkpoint, good, _ = cli_inputs
+  result = run_classify(f"--checkpoint={checkpoint}", f"--classes={CLASSES}", flag, good[0])
+  assert result.returncode == 2 and result.stdout == ""
+  assert result.stderr == message + "\n", result.stderr
+
+
+@pytest.mark.parametrize(
+  "arguments, message",
+  [
+    (("--checkpoint=CKPT", "--labels=LABELS", "--classes=a,b", "VIDEO"), "pass exactly one of --labels and --classes"),
+    (("--checkpoint=CKPT", "VIDEO"), "pass exactly one of --labels and --classes"),
+    (("--checkpoint=CKPT", "--classes=a,b"), "name at least one video file"),
+    (("--classes=a,b", "VIDEO"), "--checkpoint=None: Flag --checkpoint must have a value other than None."),
+  ],
+)
+def test_usage_mistakes_are_one_line_errors(cli_inputs, tmp_path, arguments, message):
+  _, checkpoint, good, _ = cli_inputs
+  labels = tmp_path / "labels.csv"
+  labels.write_text("id,name\n0,a\n1,b\n")
+  names = {"CKPT": checkpoint, "LABELS": labels, "VIDEO": good[0]}
+  for name, path in names.items():
+    arguments = [argument.replace(name, str(path)) for argument in arguments]
+  result = run_classify(*arguments)
+  assert result.returncode == 2 and result.stdout == ""
+  assert result.stderr == f"error: {message}\n", result.stderr
+
+
+@pytest.mark.parametrize(
+  "embed, message",
+  [
+    ("no_folder/x.npz", "error: --embed=DIR/no_folder/x.npz: no directory DIR/no_folder"),
+    ("folder", "error: --embed=DIR/folder is a directory; name the .npz file to write"),
+  ],
+)
+def test_an_embed_file_that_cannot_be_written_is_refused_before_any_video_is_classified(
+  cli_inputs, tmp_path, embed, message
+):
+  _, checkpoint, good, _ = cli_inputs
+  (tmp_path / "folder").mkdir()
+  result = run_classify(f"--checkpoint={checkpoint}", f"--classes={CLASSES}", f"--embed={tmp_path / embed}", good[0])
+  assert result.returncode == 2 and result.stdout == ""  # no video classified
+  assert result.stderr == message.replace("DIR", str(tmp_path)) + "\n", result.stderr
+  assert [path.name for path in tmp_path.iterdir()] == ["folder"] and not any((tmp_path / "folder").iterdir())
+
+
+def test_an_embed_file_in_a_folder_without_write_permission_is_refused(tmp_path, monkeypatch):
+  # Tests may run as root, who may write anywhere: the permission is denied here.
+  monkeypatch.setattr(classify.os, "access", lambda path, mode: False)
+  with pytest.raises(classify.UserError, match=f"^--embed={tmp_path / 'x.npz'}: cannot write in {tmp_path}$"):
+    classify.check_embed_path(tmp_path / "x.npz")
+
+
+@pytest.fixture(scope="module")
+def scored(cli_inputs):
+  """The tiny model and its results, with embeddings, on the two good videos."""
+  _, checkpoint, good, _ = cli_inputs
+  model = xclip_jax.load_pretrained(checkpoint)
+  return model, list(classify.classify(model, good, CLASSES.split(","), embed=True))
+
+
+def test_embeddings_are_written_under_the_name_given(scored, tmp_path):
+  model, results = scored
+  classify.write_embeddings(tmp_path / "embeddings", model, CLASSES.split(","), results)
+  assert [path.name for path in tmp_path.iterdir()] == ["embeddings"]  # numpy's savez would add .npz
+  assert list(np.load(tmp_path / "embeddings")["videos"]) == [result.video for result in results]
+
+
+@pytest.mark.parametrize("interruption", [KeyboardInterrupt(), OSError(28, "No space left on device")])
+def test_an_interrupted_embeddings_write_leaves_the_previous_file_and_no_partial_one(
+  scored, tmp_path, monkeypatch, interruption
+):
+  model, results = scored
+  out = tmp_path / "embeddings.npz"
+  out.write_bytes(b"the previous run's file")
+
+  def interrupted(file, **arrays):
+    file.write(b"PK\x03\x04 half an archive")
+    raise interruption
+
+  monkeypatch.setattr(classify.np, "savez", interrupted)
+  # A full disk is one line; Ctrl-C goes on as Ctrl-C.
+  expected = classify.UserError if isinstance(interruption, OSError) else KeyboardInterrupt
+  with pytest.raises(expected) as raised:
+    classify.write_embeddings(out, model, CLASSES.split(","), results)
+  if expected is classify.UserError:
+    assert str(raised.value) == f"--embed={out}: cannot write it: [Errno 28] No space left on device"
+  assert [path.name for path in tmp_path.iterdir()] == ["embeddings.npz"]
+  assert out.read_bytes() == b"the previous run's file"

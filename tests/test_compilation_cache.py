@@ -9,8 +9,8 @@ import pytest
 
 from tests.fixtures import tiny
 from tests.fixtures import video_fixtures
-from xclip_jax import classify
 from xclip_jax import compilation_cache
+from xclip_jax import console
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -56,7 +56,7 @@ def test_second_classify_run_loads_every_program_from_the_cache(tmp_path):
 
   first = run_classify(args, cache)
   # The unreadable video is named on stderr and fails the run, but the other one is classified.
-  assert first.returncode == classify.EXIT_ERROR, first.stderr
+  assert first.returncode == console.EXIT_ERROR, first.stderr
   assert f"{tmp_path / 'broken.mp4'}: cannot classify: not a readable video" in first.stderr
   assert first.stdout.splitlines()[0] == str(video) and len(first.stdout.splitlines()) == 4
   assert "PERSISTENT COMPILATION CACHE MISS for 'jit_apply'" in first.stderr
@@ -64,7 +64,7 @@ def test_second_classify_run_loads_every_program_from_the_cache(tmp_path):
   assert any(name.startswith("jit_apply-") for name in entries)
 
   second = run_classify(args, cache)
-  assert second.returncode == classify.EXIT_ERROR and second.stdout == first.stdout
+  assert second.returncode == console.EXIT_ERROR and second.stdout == first.stdout
   assert "Persistent compilation cache hit for 'jit_apply'" in second.stderr
   assert "PERSISTENT COMPILATION CACHE MISS" not in second.stderr
   assert sorted(path.name for path in cache.iterdir()) == entries

@@ -168,6 +168,7 @@ def test_a_log_on_cloud_storage_is_uploaded_whole_and_a_resumed_run_appends(tmp_
     (["main", "-v", "0", "--workdir=w"], None, None),
     (["main", "--verbosity=-1"], None, "2"),
     (["main"], "0", "0"),  # the user's setting wins
+    (["main"], "1", "2"),  # what importing jax sets where the environment does not
   ],
 )
 def test_native_start_up_holds_c_stderr_for_the_log(tmp_path, capfd, monkeypatch, argv, environment, expected):

@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -195,10 +196,150 @@ def test_command_prints_what_it_wrote_and_keeps_library_logs_off_the_terminal(tm
   log, which --verbosity=0 shows)."""
   src, dst = tmp_path / "tiny", tmp_path / "tiny.pth"
   tiny.model().save(src)
-  command = [sys.executable, "-m", "xclip_jax.convert", str(src), str(dst), "--to=official"]
+  command = [sys.executable, "-m", "xclip_jax.convert", str(src), "--to=official"]
   repo = pathlib.Path(__file__).resolve().parents[1]
-  quiet = subprocess.run(command, cwd=repo, capture_output=True, text=True)
+  quiet = subprocess.run([*command, str(dst)], cwd=repo, capture_output=True, text=True)
   assert quiet.returncode == 0, quiet.stderr
   assert (quiet.stdout, quiet.stderr) == (f"Wrote {dst} (official format).\n", "")
-  verbose = subprocess.run([*command, "--verbosity=0"], cwd=repo, capture_output=True, text=True)
+  verbose = subprocess.run(
+    [*command, str(tmp_path / "verbose.pth"), "--verbosity=0"], cwd=repo, capture_output=True, text=True
+  )
   assert verbose.returncode == 0 and "orbax" in verbose.stderr, verbose.stderr
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+  return pathlib.Path(tiny.model().save(tmp_path_factory.mktemp("convert") / "tiny"))
+
+
+def _contents(root: pathlib.Path) -> dict[str, bytes]:
+  return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+def _one_line_error(capsys, message: str):
+  captured = capsys.readouterr()
+  assert captured.out == "" and captured.err.count("\n") == 1 and message in captured.err, captured.err
+
+
+@pytest.mark.parametrize("num_frames", [0, -2])
+def test_frames_below_one_are_a_one_line_error_and_a_conversion_in_place_keeps_its_source(
+  checkpoint, tmp_path, capsys, num_frames
+):
+  """`convert SRC SRC --num_frames=0` once left SRC with only a config of 0 frames and orbax's temporary folder."""
+  source = tmp_path / "source"
+  shutil.copytree(checkpoint, source)
+  before = _contents(source)
+  assert convert.command(str(source), str(source), num_frames=num_frames) == 2
+  _one_line_error(capsys, f"error: --num_frames={num_frames}: a video has at least 1 frame")
+  assert _contents(source) == before
+  assert convert.command(str(source), str(tmp_path / "new"), num_frames=num_frames) == 2
+  _one_line_error(capsys, f"error: --num_frames={num_frames}: a video has at least 1 frame")
+  assert sorted(path.name for path in tmp_path.iterdir()) == ["source"]
+
+
+def test_a_conversion_into_its_own_source_is_refused(checkpoint, tmp_path, capsys):
+  source = tmp_path / "source"
+  shutil.copytree(checkpoint, source)
+  before = _contents(source)
+  assert convert.command(str(source), str(source), num_frames=4) == 2
+  _one_line_error(capsys, f"error: {source} exists and is not an empty directory")
+  assert _contents(source) == before
+
+
+@pytest.mark.parametrize(
+  "existing, to, message",
+  [
+    ("converted", "jax", "DST exists and is not an empty directory"),
+    ("directory_with_a_file", "jax", "DST exists and is not an empty directory"),
+    ("file", "jax", "DST exists and is not an empty directory"),
+    ("file", "official", "DST exists"),
+    ("empty_directory", "official", "DST exists"),
+  ],
+)
+def test_an_existing_destination_is_refused_and_kept(checkpoint, tmp_path, capsys, existing, to, message):
+  dst = tmp_path / "dst"
+  if existing == "converted":
+    tiny.model(seed=1).save(dst)
+  elif existing == "directory_with_a_file":
+    dst.mkdir()
+    (dst / "notes.txt").write_text("mine\n")
+  elif existing == "file":
+    dst.write_text("mine\n")
+  else:
+    dst.mkdir()
+  before = _contents(tmp_path)
+  assert convert.command(str(checkpoint), str(dst), to=to) == 2
+  _one_line_error(capsys, f"error: {message.replace('DST', str(dst))}")
+  assert _contents(tmp_path) == before and dst.exists()
+
+
+def test_an_empty_directory_is_a_destination(checkpoint, tmp_path):
+  (tmp_path / "empty").mkdir()
+  convert.convert(checkpoint, tmp_path / "empty")
+  assert xclip_jax.load_pretrained(tmp_path / "empty").config.num_frames == tiny.ARCH["num_frames"]
+
+
+@pytest.mark.parametrize("to", ["jax", "official"])
+def test_a_write_that_fails_leaves_nothing_behind(checkpoint, tmp_path, capsys, monkeypatch, to):
+  """The output is written beside DST and moved there at the end: a write that fails midway (a full disk) leaves
+  neither DST nor the partial files."""
+
+  def fails_midway(path):
+    path = pathlib.Path(path)
+    if to == "jax":
+      path.mkdir()
+      path = path / "params"
+    path.write_bytes(b"half")
+    raise OSError(28, "No space left on device")
+
+  if to == "jax":
+    monkeypatch.setattr(xclip_jax.XCLIPModel, "save", lambda self, path: fails_midway(path))
+  else:
+    monkeypatch.setattr(torch_writer, "save_torch_checkpoint", lambda value, path: fails_midway(path))
+  assert convert.command(str(checkpoint), str(tmp_path / "out" / "dst"), to=to) == 2
+  _one_line_error(capsys, f"error: cannot write {tmp_path / 'out' / 'dst'}: [Errno 28] No space left on device")
+  assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+  "source, message",
+  [
+    ("missing.pth", "error: checkpoint SRC: no checkpoint at SRC"),
+    ("text.pth", "error: checkpoint SRC: SRC: neither a torch zip archive nor a legacy torch.save file"),
+    ("arrays.npz", "error: checkpoint SRC: SRC: expected exactly one '<archive>/data.pkl' record, found none"),
+    ("foreign.pth", "error: checkpoint SRC: not a ViT X-CLIP/CLIP state dict"),
+    ("directory", "error: checkpoint SRC: SRC is a directory but neither an xclip-jax checkpoint"),
+  ],
+)
+def test_a_source_that_is_not_a_checkpoint_is_a_one_line_error_and_nothing_is_written(
+  tmp_path, capsys, source, message
+):
+  path = tmp_path / source
+  if source == "text.pth":
+    path.write_text("a text file, not a checkpoint\n")
+  elif source == "arrays.npz":
+    np.savez(path, a=np.zeros(3))
+  elif source == "foreign.pth":
+    torch_writer.save_torch_checkpoint({"model": {"foo.weight": np.zeros((3, 4), np.float32)}}, path)
+  elif source == "directory":
+    path.mkdir()
+    (path / "notes.txt").write_text("not a checkpoint\n")
+  before = _contents(tmp_path)
+  assert convert.command(str(path), str(tmp_path / "out")) == 2
+  _one_line_error(capsys, message.replace("SRC", str(path)))
+  assert _contents(tmp_path) == before and not (tmp_path / "out").exists()
+
+
+def test_an_unknown_format_is_a_one_line_error(checkpoint, tmp_path, capsys):
+  assert convert.command(str(checkpoint), str(tmp_path / "out"), to="onnx") == 2
+  _one_line_error(capsys, "error: --to=onnx: unknown format; use one of jax, official")
+  assert not any(tmp_path.iterdir())
+
+
+def test_a_missing_destination_argument_is_a_one_line_usage_error(checkpoint):
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  result = subprocess.run(
+    [sys.executable, "-m", "xclip_jax.convert", str(checkpoint)], cwd=repo, capture_output=True, text=True
+  )
+  assert result.returncode == 2 and result.stdout == ""
+  assert result.stderr == "error: usage: python -m xclip_jax.convert SRC DST [--to=jax|official] [--num_frames=N]\n"

@@ -239,3 +239,31 @@ def test_an_export_whose_runtime_gives_other_probabilities_is_refused(checkpoint
   message = "error: --format=stablehlo: the exported model's probabilities differ from JAX's by 0.05 (shape (2, 3)"
   assert captured.err.count("\n") == 1 and captured.err.startswith(message), captured.err
   assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+  "arguments, message",
+  [
+    (("CKPT", "OUT", "--classes=a,b", "--num_frames=0"), "--num_frames=0: 0 is not a positive integer"),
+    (("CKPT", "OUT", "--classes=a,b", "--num_frames=-1"), "--num_frames=-1: -1 is not a positive integer"),
+    (
+      ("CKPT", "--classes=a,b"),
+      "usage: python -m xclip_jax.export CHECKPOINT OUT --labels=FILE|--classes=a,b,c [--format=...]",
+    ),
+  ],
+)
+def test_command_line_mistakes_are_one_line_errors(checkpoint, tmp_path, arguments, message):
+  out = tmp_path / "out"
+  result = run_export(*[{"CKPT": checkpoint, "OUT": out}.get(argument, argument) for argument in arguments])
+  assert result.returncode == 2 and result.stdout == ""
+  assert result.stderr == f"error: {message}\n", result.stderr
+  assert not out.exists()
+
+
+@pytest.mark.parametrize("num_frames", [0, -1])
+def test_frames_below_one_from_python_are_a_one_line_error_naming_num_frames(checkpoint, tmp_path, capsys, num_frames):
+  assert export.command(checkpoint, tmp_path / "out", classes=CLASSES, fmt="stablehlo", num_frames=num_frames) == 2
+  captured = capsys.readouterr()
+  expected = f"error: checkpoint {checkpoint}: num_frames must be at least 1, got {num_frames}\n"
+  assert captured.out == "" and captured.err == expected, captured.err
+  assert not any(tmp_path.iterdir())

@@ -1,6 +1,7 @@
 """`python -m xclip_jax.main` end to end on generated videos: training, checkpoints, resuming, evaluation, bad input."""
 
 import json
+import logging
 import os
 import pathlib
 import re
@@ -15,13 +16,16 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import common
+from configs import k400
 from tests.fixtures import tiny
 from tests.fixtures import video_fixtures
 from xclip_jax import convert
+from xclip_jax import main
 from xclip_jax.parallel import sharding
 from xclip_jax.train import checkpoints
 from xclip_jax.train import trainer
 from xclip_jax.weights import torch_checkpoint
+from xclip_jax.weights import torch_pickle
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NUM_TRAIN, NUM_VAL = 12, 7  # 7 validation videos with eval batches of 2: the last batch is padded
@@ -253,11 +257,10 @@ def test_without_an_intact_checkpoint_the_run_stops_naming_the_folder_and_what_i
   shutil.copytree(uninterrupted[0] / "checkpoints" / "6", workdir / "checkpoints" / "6")
   _damage(workdir / "checkpoints" / "6")
   result = run_main(dataset, workdir)
-  assert result.returncode != 0
+  assert result.returncode == 1
   last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith(f"ValueError: no checkpoint in {workdir / 'checkpoints'} can be read (step 6: OUT_OF_RANGE")
-  # main.py's traceback of the trainer's frames, no more (the reads' own reports are the long part).
-  assert result.stderr.count("Traceback") == 1 and len(result.stderr.split("Traceback")[1].splitlines()) < 30
+  assert last.startswith(f"error: no checkpoint in {workdir / 'checkpoints'} can be read (step 6: OUT_OF_RANGE")
+  assert "Traceback" not in result.stderr  # neither main's nor the reads' own reports
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["6"]
 
 
@@ -370,3 +373,125 @@ def test_few_shot_trains_on_k_videos_per_class(dataset, tmp_path):
   assert results["num_videos"] == NUM_VAL
   # steps_per_epoch from the data: 8 videos in batches of 4.
   assert (tmp_path / "checkpoints" / "2").is_dir()
+
+
+# Mistakes and errors as the terminal shows them: one line each.
+
+
+def run_command(*args: str) -> subprocess.CompletedProcess:
+  return subprocess.run(
+    [sys.executable, "-m", "xclip_jax.main", *args], cwd=REPO, capture_output=True, text=True, env=_env()
+  )
+
+
+@pytest.mark.parametrize(
+  "args, message",
+  [
+    (
+      ["--config=configs/k400.py:arch=ViT-X/99"],
+      "--config: unknown architecture 'ViT-X/99'; choose one of ['ViT-B/16', 'ViT-B/32', 'ViT-L/14', 'ViT-L/14-336']",
+    ),
+    (["--config=configs/demo.py", "--config.no.such=1"], "--config.no.such: no such field"),
+    (["--config=configs/nope.py"], "--config: [Errno 2] No such file or directory: 'configs/nope.py'"),
+    (["--config=configs/demo.py", "extra"], "unexpected arguments: extra"),
+  ],
+  ids=["config-argument", "unknown-field", "missing-config-file", "extra-argument"],
+)
+def test_a_command_line_mistake_is_one_line_with_exit_status_2_and_runs_nothing(tmp_path, args, message):
+  workdir = tmp_path / "run"
+  result = run_command(f"--workdir={workdir}", *args)
+  assert result.returncode == 2
+  assert result.stderr.splitlines() == [f"error: {message}"]
+  assert not workdir.exists()
+
+
+def test_an_error_in_the_run_is_one_line_naming_the_log_that_holds_its_traceback(tmp_path):
+  workdir = tmp_path / "run"
+  result = run_command("--config=configs/demo.py:small=True", f"--workdir={workdir}", "--config.mode=bogus")
+  log = workdir / "logs" / "process_0.log"
+  assert result.returncode == 1
+  assert result.stderr.splitlines() == [
+    f"error: config.mode must be 'train' or 'eval', got 'bogus' (traceback in {log})"
+  ]
+  text = log.read_text()
+  assert "Traceback (most recent call last)" in text
+  assert "ValueError: config.mode must be 'train' or 'eval', got 'bogus'" in text
+
+
+def test_an_error_of_bad_input_shows_its_message_and_any_other_its_type_too():
+  assert main._describe(ValueError("no such\n  file")) == "no such file"
+  assert main._describe(torch_pickle.CheckpointFormatError("not a checkpoint")) == "not a checkpoint"
+  assert main._describe(KeyError("step")) == "KeyError: 'step'"
+
+
+def test_a_config_file_refuses_fewer_than_one_frame():
+  with pytest.raises(ValueError, match=re.escape("config argument frames=0 must be at least 1")):
+    k400.get_config("frames=0")
+
+
+@pytest.mark.parametrize(
+  "field, value, error",
+  [
+    ("batch_size", 0, "config.batch_size=0 must be at least 1"),
+    ("eval_batch_size", -1, "config.eval_batch_size=-1 must be at least 1"),
+    ("accumulation_steps", 0, "config.accumulation_steps=0 must be at least 1"),
+    ("num_frames", 0, "config.num_frames=0 must be at least 1"),
+    ("lr", -1.0, "config.lr=-1.0 must be at least 0"),
+    ("weight_decay", -0.1, "config.weight_decay=-0.1 must be at least 0"),
+    ("epochs", 0, "config.epochs=0 must be more than 0"),
+  ],
+)
+def test_a_config_number_out_of_range_is_refused_naming_the_field_before_anything_is_written(
+  dataset, tmp_path, field, value, error
+):
+  workdir = tmp_path / "run"
+  with pytest.raises(ValueError, match=re.escape(error)):
+    trainer.train_and_evaluate(in_process_config(dataset, **{field: value}), workdir)
+  assert not workdir.exists()
+
+
+def test_an_error_mid_run_leaves_the_checkpoint_being_written_complete(dataset, tmp_path, monkeypatch):
+  """An error just after a checkpoint has started to be written (in the background): the run finishes it first."""
+  save = checkpoints.save
+
+  def save_then_fail(*args, **kwargs):
+    save(*args, **kwargs)
+    raise RuntimeError("the data failed")
+
+  monkeypatch.setattr(checkpoints, "save", save_then_fail)
+  with pytest.raises(RuntimeError, match="the data failed"):
+    trainer.train_and_evaluate(in_process_config(dataset), tmp_path)
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2"]  # no STEP.orbax-checkpoint-tmp
+  assert _data_position(tmp_path, 2) == 2 * overrides(dataset)["batch_size"]
+
+
+def _files(directory: pathlib.Path) -> dict[str, bytes]:
+  return {str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+
+
+def test_resuming_with_a_model_of_another_architecture_is_refused_before_anything_is_written(
+  dataset, uninterrupted, tmp_path
+):
+  workdir = tmp_path / "finished"
+  shutil.copytree(uninterrupted[0], workdir)
+  written = _files(workdir)
+  one_head = tiny.model(transformer_heads=1).save(tmp_path / "one_head")  # the tiny model has 2
+  config = in_process_config(dataset, **{"init.checkpoint": str(one_head)})
+  refusal = f"the checkpoints in {workdir} are of another model (transformer_heads 2 -> 1)"
+  with pytest.raises(ValueError, match=re.escape(refusal)):
+    trainer.train_and_evaluate(config, workdir)
+  assert _files(workdir) == written
+
+
+def test_resuming_with_other_config_values_warns_naming_them_and_goes_on(dataset, uninterrupted, tmp_path, caplog):
+  """Fields that cannot change what is trained (how often to log) are left out."""
+  workdir = tmp_path / "finished"
+  shutil.copytree(uninterrupted[0], workdir)
+  with caplog.at_level(logging.WARNING):
+    trainer.train_and_evaluate(in_process_config(dataset, lr=2e-3, log_every_steps=1), workdir)
+  warnings = [record.getMessage() for record in caplog.records if "config differs" in record.getMessage()]
+  assert warnings == [
+    f"This run's config differs from that of the checkpoints it resumes in {workdir} (lr 0.001 -> 0.002); training "
+    "goes on with this run's."
+  ]
+  assert json.loads((workdir / trainer.CONFIG_FILE).read_text())["config"]["lr"] == 2e-3

@@ -15,7 +15,8 @@ text a prompt generated from the video before comparing them.
 ...}, ...]}, ...]}, the --top_k most probable classes first (--top_k=0: all; the probabilities are over all classes
 and sum to one). A video that cannot be read has {"path": ..., "error": ...} instead.
 
---embed=OUT.npz writes embeddings for retrieval, L2-normalised float32: `text_embeddings` (K, D), the class texts as
+--embed=OUT.npz writes embeddings for retrieval to OUT.npz (that name, as given; through a temporary file beside it,
+so that an interrupted write leaves none), L2-normalised float32: `text_embeddings` (K, D), the class texts as
 plain text features (no video conditioning, `model.encode_text`); `video_embeddings` (N, D), each video's MIT output
 (`model.encode_video`) of each view, normalised, averaged over the views and normalised again; with `labels` (K,) and
 `videos` (N,), the videos that could be read.
@@ -25,8 +26,10 @@ compare (there every class text is first conditioned on the video).
 The class texts are encoded once per run; videos are decoded in threads ahead of the model and scored in batches of
 `--batch_size` videos. Errors are one line on stderr and exit status 2: a video that cannot be read (missing,
 unreadable, truncated, no frames; the other videos are still classified and reported), an empty label list or one that
-names a class twice, a checkpoint that is missing or not an X-CLIP/CLIP checkpoint. Compiled programs are kept in
-JAX's persistent compilation cache (`xclip_jax.compilation_cache`), so that a second run does not compile again.
+names a class twice, a checkpoint that is missing or not an X-CLIP/CLIP checkpoint; and, before any video is read, a
+flag out of range, no video, not exactly one of --labels and --classes, an --embed that is a directory or whose folder
+is missing or not writable. Compiled programs are kept in JAX's persistent compilation cache
+(`xclip_jax.compilation_cache`), so that a second run does not compile again.
 """
 
 import collections
@@ -67,7 +70,6 @@ VIEWS = {1: (1, 1), 3: (1, 3), 12: (4, 3)}
 VIDEO_ERRORS = (OSError, video_decode.VideoDecodeError)
 # A progress bar on stderr from this many clips (videos x views) on.
 PROGRESS_FROM_CLIPS = 10
-EXIT_ERROR = 2
 
 
 def _bilinear_taps(in_size: int, out_size: int, start: int, count: int):
@@ -254,13 +256,32 @@ def check_class_names(names: Sequence[str], source: str) -> list[str]:
   return names
 
 
-def _class_names() -> list[str]:
-  if FLAGS.labels is None:
-    return check_class_names(FLAGS.classes, "--classes")
+def read_class_names(labels: str | None, classes: Sequence[str] | None) -> list[str]:
+  """The class names of --labels (a CSV file) or --classes (a list), or UserError unless exactly one is given."""
+  if (labels is None) == (classes is None):
+    raise UserError("pass exactly one of --labels and --classes")
+  if labels is None:
+    return check_class_names(classes, "--classes")
   try:
-    return check_class_names(annotations.read_label_list(FLAGS.labels), f"--labels={FLAGS.labels}")
+    return check_class_names(annotations.read_label_list(labels), f"--labels={labels}")
   except (OSError, ValueError) as e:
     raise UserError(f"--labels: {e}") from None
+
+
+def check_embed_path(path: str) -> pathlib.Path:
+  """--embed's file, or UserError where it cannot be written: checked before any video is classified.
+
+  The file is written under exactly this name (numpy's `savez` would add `.npz` to a name without it): a user who
+  names a file expects that file, and `np.load` reads an .npz archive whatever its name.
+  """
+  path = pathlib.Path(path)
+  if path.is_dir():
+    raise UserError(f"--embed={path} is a directory; name the .npz file to write")
+  if not path.parent.is_dir():
+    raise UserError(f"--embed={path}: no directory {path.parent}")
+  if not os.access(path.parent, os.W_OK):
+    raise UserError(f"--embed={path}: cannot write in {path.parent}")
+  return path
 
 
 def _load_model() -> pretrained.XCLIPModel:
@@ -270,20 +291,34 @@ def _load_model() -> pretrained.XCLIPModel:
     raise UserError(f"--checkpoint={FLAGS.checkpoint}: {e}") from None
 
 
-def _write_embeddings(path, model, class_names, results: list[Result]):
+def write_embeddings(path: pathlib.Path, model, class_names: Sequence[str], results: list[Result]):
+  """The --embed file (see the module doc) of the results, at `path` exactly; UserError if it cannot be written."""
   read = [result for result in results if result.embedding is not None]
   dimension = model.config.embed_dim
-  np.savez(
-    path,
-    text_embeddings=text_embeddings(model, class_names),
-    video_embeddings=np.stack([r.embedding for r in read]) if read else np.zeros((0, dimension), np.float32),
-    labels=np.array(class_names),
-    videos=np.array([r.video for r in read]),
-  )
+  # Written beside the file, then renamed onto it: an interrupted write leaves no partial file under its name.
+  partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+  try:
+    with open(partial, "wb") as f:
+      np.savez(
+        f,
+        text_embeddings=text_embeddings(model, class_names),
+        video_embeddings=np.stack([r.embedding for r in read]) if read else np.zeros((0, dimension), np.float32),
+        labels=np.array(class_names),
+        videos=np.array([r.video for r in read]),
+      )
+    os.replace(partial, path)
+  except OSError as e:
+    raise UserError(f"--embed={path}: cannot write it: {e}") from None
+  finally:
+    partial.unlink(missing_ok=True)
 
 
 def _run(videos: list[str]) -> int:
-  class_names = _class_names()
+  # The cheap checks first: a mistake is reported before the checkpoint is read or any video classified.
+  if not videos:
+    raise UserError("name at least one video file")
+  class_names = read_class_names(FLAGS.labels, FLAGS.classes)
+  embed_path = check_embed_path(FLAGS.embed) if FLAGS.embed else None
   model = _load_model()
   views = int(FLAGS.views)
   results = []
@@ -308,28 +343,23 @@ def _run(videos: list[str]) -> int:
     ]
     json.dump({"checkpoint": FLAGS.checkpoint, "views": views, "videos": documents}, sys.stdout, indent=1)
     print()
-  if FLAGS.embed:
-    _write_embeddings(FLAGS.embed, model, class_names, results)
+  if embed_path:
+    write_embeddings(embed_path, model, class_names, results)
   failed = [r.video for r in results if r.error is not None]
   if failed:
     print(f"error: {len(failed)} of {len(videos)} videos could not be classified: {', '.join(failed)}", file=sys.stderr)
-    return EXIT_ERROR
+    return console.EXIT_ERROR
   return 0
 
 
 def main(argv):
-  videos = argv[1:]
-  if not videos:
-    raise app.UsageError("name at least one video file")
-  if (FLAGS.labels is None) == (FLAGS.classes is None):
-    raise app.UsageError("pass exactly one of --labels and --classes")
   console.setup()  # the table on the terminal; libraries' INFO lines (XLA's backends, orbax) only with --verbosity
   compilation_cache.enable(FLAGS.compilation_cache_dir)
   try:
-    return _run(videos)
+    return _run(argv[1:])
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
-    return EXIT_ERROR
+    return console.EXIT_ERROR
 
 
 def define_flags():
@@ -339,14 +369,16 @@ def define_flags():
   )
   flags.DEFINE_string("labels", None, "An `id,name` CSV of class names.")
   flags.DEFINE_list("classes", None, "Comma-separated class names (instead of --labels).")
-  flags.DEFINE_integer("num_frames", None, "Frames per video (default: the checkpoint's).")
+  flags.DEFINE_integer("num_frames", None, "Frames per video (default: the checkpoint's).", lower_bound=1)
   flags.DEFINE_integer("top_k", 5, "Classes to show per video, most probable first (0: all).", lower_bound=0)
   flags.DEFINE_enum(
     "views", "1", [str(v) for v in VIEWS], "Views per video: 1 (1 clip x 1 crop), 3 (1 x 3), 12 (4 x 3)."
   )
   flags.DEFINE_boolean("json", False, "Print one JSON document of all results on stdout.")
   flags.DEFINE_string("embed", None, "Also write text and video embeddings for retrieval to this .npz file.")
-  flags.DEFINE_integer("batch_size", None, "Videos scored per call of the model (default: 1 on CPU, else 8).")
+  flags.DEFINE_integer(
+    "batch_size", None, "Videos scored per call of the model (default: 1 on CPU, else 8).", lower_bound=1
+  )
   compilation_cache.define_flag()
 
 
@@ -355,7 +387,7 @@ def run():
   # TensorFlow's C++ start-up messages, should anything import it, stay off the user's terminal.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=console.parse_flags)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import os
 import sys
 import tempfile
 import time
+from typing import NoReturn
 
 from absl import app
 from absl import flags
@@ -39,6 +40,7 @@ import tqdm
 from xclip_jax import paths
 
 LOG_DIR = "logs"
+EXIT_ERROR = 2  # a mistake of the user's (a flag, an argument, an input), told in one line
 # Cloud storage has no appending: a remote log is uploaded whole, at the end, on errors, and meanwhile with the first
 # line this long after the last upload.
 UPLOAD_EVERY_SECONDS = 300
@@ -160,6 +162,26 @@ class Progress:
       self._bar.close()
 
 
+def fail(message: str) -> NoReturn:
+  """Ends a command on a mistake of its user's: `error: MESSAGE`, one line on stderr, and exit status EXIT_ERROR."""
+  print(f"error: {' '.join(message.split())}", file=sys.stderr)
+  sys.exit(EXIT_ERROR)
+
+
+def flag_error(error: flags.Error) -> str:
+  """absl's message for a bad or missing flag in one line, less its `flag ` prefix (`--num_frames=0: 0 is not ...`)."""
+  return "; ".join(line.strip() for line in str(error).splitlines() if line.strip()).removeprefix("flag ")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing of the command line (`app.run(main, flags_parser=console.parse_flags)`), with a bad or missing flag
+  a `fail` (absl prints two lines, the second pointing to --help, and exits with status 1)."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as error:
+    fail(flag_error(error))
+
+
 @contextlib.contextmanager
 def native_start_up() -> Iterator[None]:
   """Holds what C code writes to stderr meanwhile, for `setup` to put in the log (and on the terminal with
@@ -168,10 +190,11 @@ def native_start_up() -> Iterator[None]:
   For imports that bring in TensorFlow: it writes C++ start-up lines (oneDNN, CPU features) through absl's C++ log
   before absl::InitializeLog, which writes to stderr whatever TF_CPP_MIN_LOG_LEVEL says, and before absl has read
   any flag. TF_CPP_MIN_LOG_LEVEL=2, which TensorFlow reads when imported, keeps its later C++ INFO and WARNING lines
-  off the terminal, unless the environment sets it or the command line has --verbosity.
+  off the terminal, unless the environment sets another level or the command line has --verbosity.
   """
-  if not _verbose_argv(sys.argv):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  # 1 counts as unset: importing jax sets it, where the environment does not.
+  if not _verbose_argv(sys.argv) and os.environ.get("TF_CPP_MIN_LOG_LEVEL", "1") == "1":
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
   sys.stderr.flush()
   with tempfile.TemporaryFile() as held:
     stderr = os.dup(2)

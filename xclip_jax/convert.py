@@ -5,13 +5,20 @@ r"""Converts an X-CLIP or CLIP checkpoint for xclip-jax, or exports one back to 
   python -m xclip_jax.convert SRC DST.pth --to=official   # -> {'model': state_dict}, as the official code loads
 
 SRC is anything `xclip_jax.load_pretrained` reads; the conversion never executes code from it and needs no PyTorch.
+DST is a new or empty directory (--to=jax) or a new file (--to=official): nothing is overwritten, the source least of
+all. Errors are one line on stderr and exit status 2, with nothing written: a checkpoint that is missing or not an
+X-CLIP/CLIP checkpoint, an unknown --to, a --num_frames below 1, a DST that exists, a DST that cannot be written.
 """
 
 import pathlib
+import shutil
+import sys
+import tempfile
 
 from absl import app
 from absl import flags
 
+from xclip_jax import classify
 from xclip_jax import compilation_cache
 from xclip_jax import console
 from xclip_jax import pretrained
@@ -20,36 +27,87 @@ from xclip_jax.weights import torch_writer
 
 FLAGS = flags.FLAGS
 
+FORMATS = ("jax", "official")
+USAGE = "usage: python -m xclip_jax.convert SRC DST [--to=jax|official] [--num_frames=N]"
+
+
+def check_arguments(dst, to: str, num_frames: int | None) -> pathlib.Path:
+  """`dst` as a path, or UserError for an unknown format, a --num_frames below 1, or a `dst` that exists (other than
+  as an empty directory, for --to=jax)."""
+  if to not in FORMATS:
+    raise classify.UserError(f"--to={to}: unknown format; use one of {', '.join(FORMATS)}")
+  if num_frames is not None and num_frames < 1:
+    raise classify.UserError(f"--num_frames={num_frames}: a video has at least 1 frame")
+  dst = pathlib.Path(dst)
+  if to == "jax" and dst.exists() and not (dst.is_dir() and not any(dst.iterdir())):
+    raise classify.UserError(f"{dst} exists and is not an empty directory")
+  if to == "official" and (dst.exists() or dst.is_symlink()):
+    raise classify.UserError(f"{dst} exists")
+  return dst
+
+
+def write(model: pretrained.XCLIPModel, dst, to: str = "jax") -> pathlib.Path:
+  """Writes `model` to `dst` in format `to` (see the module doc); UserError if `dst` exists.
+
+  The output is written to a temporary directory beside `dst` and moved there at the end (a rename, which replaces an
+  empty directory): a failed conversion leaves nothing behind.
+  """
+  dst = check_arguments(dst, to, None)
+  dst.parent.mkdir(parents=True, exist_ok=True)
+  scratch = pathlib.Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+  staging = scratch / dst.name
+  try:
+    if to == "jax":
+      model.save(staging)  # a folder with the user's permissions, in mkdtemp's private one
+    else:
+      torch_writer.save_torch_checkpoint({"model": official.official_from_params(model.params)}, staging)
+    staging.rename(dst)
+  finally:
+    shutil.rmtree(scratch, ignore_errors=True)
+  return dst
+
 
 def convert(src, dst, to: str = "jax", num_frames: int | None = None) -> pathlib.Path:
-  model = pretrained.load_pretrained(src, num_frames=num_frames)
-  dst = pathlib.Path(dst)
-  if to == "jax":
-    model.save(dst)
-  elif to == "official":
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    torch_writer.save_torch_checkpoint({"model": official.official_from_params(model.params)}, dst)
-  else:
-    raise ValueError(f"unknown target format {to!r}; use 'jax' or 'official'")
-  return dst
+  """Converts the checkpoint `src` to `dst` (`write`), checking the arguments before reading it."""
+  check_arguments(dst, to, num_frames)
+  return write(pretrained.load_pretrained(src, num_frames=num_frames), dst, to)
+
+
+def command(src: str, dst: str, *, to: str = "jax", num_frames: int | None = None) -> int:
+  """What `python -m xclip_jax.convert` does with its arguments; returns the exit status, a mistake is one line on
+  stderr."""
+  try:
+    # The cheap checks first: a mistake is reported before the checkpoint is read.
+    check_arguments(dst, to, num_frames)
+    try:
+      model = pretrained.load_pretrained(src, num_frames=num_frames)
+    except (OSError, ValueError) as e:
+      raise classify.UserError(f"checkpoint {src}: {e}") from None
+    try:
+      dst = write(model, dst, to)
+    except OSError as e:
+      raise classify.UserError(f"cannot write {dst}: {e}") from None
+  except classify.UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return console.EXIT_ERROR
+  console.info(f"Wrote {dst} ({to} format).")
+  return 0
 
 
 def main(argv):
   if len(argv) != 3:
-    raise app.UsageError("usage: python -m xclip_jax.convert SRC DST [--to=jax|official] [--num_frames=N]")
+    print(f"error: {USAGE}", file=sys.stderr)
+    return console.EXIT_ERROR
   console.setup()
   compilation_cache.enable(FLAGS.compilation_cache_dir)  # a CLIP checkpoint compiles the X-CLIP modules' init
-  dst = convert(argv[1], argv[2], FLAGS.to, FLAGS.num_frames)
-  console.info(f"Wrote {dst} ({FLAGS.to} format).")
+  return command(argv[1], argv[2], to=FLAGS.to, num_frames=FLAGS.num_frames)
 
 
 def define_flags():
   """Command-line flags, defined only when run as a program so that importing defines none."""
-  flags.DEFINE_enum(
-    "to",
-    "jax",
-    ["jax", "official"],
-    "jax: an xclip-jax checkpoint directory; official: a .pth the official PyTorch code loads.",
+  # A string, not an enum: an unknown format is a one-line error with exit status 2, as the other mistakes.
+  flags.DEFINE_string(
+    "to", "jax", "jax: an xclip-jax checkpoint directory; official: a .pth the official PyTorch code loads."
   )
   flags.DEFINE_integer("num_frames", None, "Frames per video (default: the checkpoint's).")
   compilation_cache.define_flag()
@@ -58,7 +116,7 @@ def define_flags():
 def run():
   """The console entry point."""
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=console.parse_flags)
 
 
 if __name__ == "__main__":

@@ -29,8 +29,8 @@ must give JAX's probabilities, so that an export that would fail at serving fail
 TensorFlow 2.21 cannot read the SavedModel's StableHLO and jax2onnx 0.17 cannot convert.
 
 Errors are one line on stderr and exit status 2, with nothing written: a checkpoint that is missing or not an
-X-CLIP/CLIP checkpoint, an unknown --format, no (or a bad) label list, an OUT that is not empty, a missing extra, an
-export that its runtime cannot run (naming the versions involved).
+X-CLIP/CLIP checkpoint, an unknown --format, a --num_frames below 1, no (or a bad) label list, an OUT that is not empty,
+a missing extra, an export that its runtime cannot run (naming the versions involved).
 """
 
 from collections.abc import Callable, Sequence
@@ -50,7 +50,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from input_pipeline import annotations
 from input_pipeline import normalization
 from xclip_jax import classify
 from xclip_jax import console
@@ -272,17 +271,6 @@ def export(model: pretrained.XCLIPModel, class_names: Sequence[str], out, fmt: s
   return out
 
 
-def _class_names(labels: str | None, classes: Sequence[str] | None) -> list[str]:
-  if (labels is None) == (classes is None):
-    raise classify.UserError("pass exactly one of --labels and --classes")
-  if labels is None:
-    return classify.check_class_names(classes, "--classes")
-  try:
-    return classify.check_class_names(annotations.read_label_list(labels), f"--labels={labels}")
-  except (OSError, ValueError) as e:
-    raise classify.UserError(f"--labels: {e}") from None
-
-
 def command(
   checkpoint: str,
   out: str,
@@ -296,7 +284,7 @@ def command(
   stderr."""
   try:
     # The cheap checks first: a mistake is reported before the checkpoint is read.
-    class_names = _class_names(labels, classes)
+    class_names = classify.read_class_names(labels, classes)
     check_destination(out, fmt)
     try:
       model = pretrained.load_pretrained(checkpoint, num_frames=num_frames)
@@ -305,7 +293,7 @@ def command(
     out = export(model, class_names, out, fmt)
   except classify.UserError as e:
     print(f"error: {e}", file=sys.stderr)
-    return classify.EXIT_ERROR
+    return console.EXIT_ERROR
   config = model.config
   size = config.image_resolution
   print(
@@ -317,9 +305,11 @@ def command(
 
 def main(argv):
   if len(argv) != 3:
-    raise app.UsageError(
-      "usage: python -m xclip_jax.export CHECKPOINT OUT --labels=FILE|--classes=a,b,c [--format=...]"
+    print(
+      "error: usage: python -m xclip_jax.export CHECKPOINT OUT --labels=FILE|--classes=a,b,c [--format=...]",
+      file=sys.stderr,
     )
+    return console.EXIT_ERROR
   console.setup()  # libraries' INFO lines (XLA, orbax, TensorFlow) only with --verbosity
   # Library warnings that say nothing about the export: onnx_ir drops the shape annotations of intermediate values
   # (the graph is complete); jax2onnx skips, with tracebacks, plugins for other libraries that fail to import (dm_pix's
@@ -337,15 +327,13 @@ def define_flags():
   flags.DEFINE_list("classes", None, "Comma-separated class names (instead of --labels).")
   # A string, not an enum: an unknown format is a one-line error with exit status 2, as the other mistakes.
   flags.DEFINE_string("format", "saved_model", f"One of {', '.join(FORMATS)}.")
-  flags.DEFINE_integer("num_frames", None, "Frames per video (default: the checkpoint's).")
+  flags.DEFINE_integer("num_frames", None, "Frames per video (default: the checkpoint's).", lower_bound=1)
 
 
 def run():
   """The console entry point."""
-  # TensorFlow's C++ logs below errors stay off the user's terminal (all but the few lines it prints while it starts).
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=console.parse_flags)
 
 
 if __name__ == "__main__":

@@ -14,10 +14,15 @@ the command runs as a single process.
 
 The terminal shows what the run is, its progress, validation results, warnings and the final summary; the full log of
 every library goes to WORKDIR/logs/process_I.log, and --verbosity=0 (or 1, with DEBUG) shows it on the terminal too.
+
+A mistake on the command line (a flag, the config file or its arguments, an argument too many) is one line on stderr,
+`error: ...`, and exit status 2, before anything runs. An error in the run is one line too, naming the log file that
+holds its traceback, and exit status 1.
 """
 
 import os
 import sys
+from typing import NoReturn
 
 from xclip_jax import host_memory
 
@@ -29,6 +34,7 @@ from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
+from ml_collections.config_flags import config_path
 
 from xclip_jax import compilation_cache
 from xclip_jax import console
@@ -53,36 +59,109 @@ _HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
 )
 flags.mark_flags_as_required(["config", "workdir"])
 
+EXIT_FAILED = 1  # the run stopped on an error (a command-line mistake: console.EXIT_ERROR, before anything runs)
+
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    console.fail(f"unexpected arguments: {' '.join(argv[1:])}")
   console.setup()
-  compilation_cache.enable(_CACHE_DIR.value)
-  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _HEARTBEAT_TIMEOUT.value)
-  multi_process = jax.process_count() > 1
-  console.open_log(_WORKDIR.value, jax.process_index(), jax.process_count())
-  logging.info("Command line: %s", " ".join(sys.argv))
-  if multi_process:
-    logging.info(
-      "A process that stops (killed, crashed, unreachable) makes the others stop within %d s "
-      "(--heartbeat_timeout_seconds).",
-      _HEARTBEAT_TIMEOUT.value,
-    )
-  logging.info("Host memory: %s", host_memory.status())
-  logging.info("JAX: %d processes, %d devices (%s)", jax.process_count(), jax.device_count(), jax.devices()[0].platform)
+  log = None
   try:
+    compilation_cache.enable(_CACHE_DIR.value)
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _HEARTBEAT_TIMEOUT.value)
+    log = console.open_log(_WORKDIR.value, jax.process_index(), jax.process_count())
+    logging.info("Command line: %s", " ".join(sys.argv))
+    if jax.process_count() > 1:
+      logging.info(
+        "A process that stops (killed, crashed, unreachable) makes the others stop within %d s "
+        "(--heartbeat_timeout_seconds).",
+        _HEARTBEAT_TIMEOUT.value,
+      )
+    logging.info("Host memory: %s", host_memory.status())
+    logging.info(
+      "JAX: %d processes, %d devices (%s)", jax.process_count(), jax.device_count(), jax.devices()[0].platform
+    )
     trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except Exception:
-    if not multi_process:
-      raise
-    # An orderly exit would wait at jax.distributed's shutdown barrier for processes that wait for this one; exiting
-    # at once lets their heartbeat check stop them, saying that another process died.
-    logging.exception("Process %d of %d failed; stopping it.", jax.process_index(), jax.process_count())
-    console.flush()
-    sys.stderr.flush()
-    os._exit(1)
+  except app.UsageError as error:  # distributed.initialize's: the --coordinator_address flags given in part
+    console.fail(str(error))
+  except Exception as error:
+    _stop(error, log)
+
+
+def _stop(error: Exception, log) -> NoReturn:
+  """Ends the program on an error in the run: its traceback to the log file, one line naming it on the terminal."""
+  # The handler console installed puts the traceback in the log file only, as for any error that leaves main.
+  for handler in app.EXCEPTION_HANDLERS:
+    handler.handle(error)
+  where = f" (traceback in {log})" if log is not None else ""
+  if jax.process_count() == 1:
+    logging.error("%s%s", _describe(error), where)
+    sys.exit(EXIT_FAILED)
+  logging.error(
+    "Process %d of %d failed; stopping it: %s%s", jax.process_index(), jax.process_count(), _describe(error), where
+  )
+  # An orderly exit would wait at jax.distributed's shutdown barrier for processes that wait for this one; exiting at
+  # once lets their heartbeat check stop them, saying that another process died.
+  console.flush()
+  sys.stderr.flush()
+  os._exit(EXIT_FAILED)
+
+
+def _describe(error: Exception) -> str:
+  """The error in one line: its message, after its type's name unless it is an error of bad input (ValueError,
+  OSError, the trainer's FloatingPointError, this project's own errors), which says it all; any other is likely a
+  bug, whose type helps."""
+  message = " ".join(str(error).split()) or type(error).__name__
+  ours = type(error).__module__.split(".")[0] in ("xclip_jax", "input_pipeline")
+  if ours or isinstance(error, (ValueError, OSError, FloatingPointError)):
+    return message
+  return f"{type(error).__name__}: {message}"
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing of the command line, with a mistake in a flag, the config file or its arguments as one line
+  (`error: --FLAG: PROBLEM`, exit status 2) instead of absl's help text and ml_collections' tracebacks."""
+  try:
+    remaining = flags.FLAGS(argv)
+    _CONFIG.value.lock()  # ml_collections raises a config file's OSError (missing, a folder) when it is first used
+    return remaining
+  except flags.Error as error:
+    console.fail(_flag_error(error))
+  except OSError as error:  # the config file cannot be read; the error it was raised from says why, last
+    console.fail(f"--config: {str(error.__cause__ or error).splitlines()[-1].strip()}")
+  except (LookupError, AttributeError) as error:  # ml_collections walking a --config.FIELD override to no field
+    field = _override_of_no_field(argv)
+    console.fail(f"--config.{field}: no such field" if field else f"--config: {_describe(error)}")
+
+
+def _flag_error(error: flags.Error) -> str:
+  """absl's message, less its `flag ` prefix; for an error raised by the config file (ml_collections wraps it in one
+  whose message is the traceback), that error's own message."""
+  wrapper = error.__context__
+  if wrapper is not None and wrapper.__context__ is not None and str(wrapper).startswith("Error whilst parsing config"):
+    return f"--config: {_describe(wrapper.__context__)}"
+  return console.flag_error(error)
+
+
+def _override_of_no_field(argv: list[str]) -> str | None:
+  """The first `--config.FIELD=VALUE` of the command line naming no field of the config: ml_collections' error names
+  only the part that is missing, if that."""
+  args = flags.FLAGS.read_flags_from_files(argv[1:], force_gnu=False)
+  config, fields = None, []
+  for i, arg in enumerate(args):
+    name, equals, value = arg.lstrip("-").partition("=")
+    if name == "config":
+      config = flags.FLAGS["config"].parser.parse(value if equals else args[i + 1])
+    elif name.startswith(("config.", "noconfig.")):
+      fields.append(name.split(".", 1)[1])
+  for field in fields:
+    try:
+      config_path.get_value(field, config)
+    except (LookupError, AttributeError):
+      return field
+  return None
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -165,6 +165,9 @@ def load_pretrained(
     seed: initialisation seed of the X-CLIP modules when loading a CLIP checkpoint.
     mesh: run on these devices (`sharding.make_mesh`), e.g. with frames split over `time` for long clips.
   """
+  # Before reading the checkpoint: a CLIP checkpoint would take 0 for its default of 8 frames.
+  if num_frames is not None and num_frames < 1:
+    raise ValueError(f"num_frames must be at least 1, got {num_frames}")
   options = dict(dtype=dtype, droppath=droppath, remat=remat, attention=attention, seed=seed)
   if not epath.Path(path).exists():
     raise FileNotFoundError(f"no checkpoint at {path}")

@@ -63,3 +63,9 @@ def test_bad_annotation_line_is_refused_with_its_line_number(tmp_path, bad_line,
 def test_empty_annotation_file_is_refused(tmp_path):
   with pytest.raises(ValueError, match=r"val\.txt: the annotation file lists"):
     annotations.read_annotations(_write(tmp_path, "val.txt", "\n"), 3)
+
+
+def test_a_class_named_twice_is_refused_naming_both_ids_and_lines(tmp_path):
+  path = _write(tmp_path, "labels.csv", "id,name\n0,run\n1,jump\n2, run\n")
+  with pytest.raises(ValueError, match=r"labels\.csv:4: class 'run' \(id 2\) is already id 0 \(line 2\)"):
+    annotations.read_label_list(path)

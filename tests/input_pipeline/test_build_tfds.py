@@ -221,3 +221,57 @@ def test_command_line_converts_in_a_worker_process(videos, tmp_path):
   assert result.stderr == "", result.stderr
   log = (tmp_path / "_build" / "logs" / "process_0.log").read_text()
   assert re.search(r"^I\d{4} .*\] Wrote ", log, re.M), log  # what the terminal shows, in absl's format
+
+
+def test_a_missing_root_is_refused_before_the_workers_start(videos, tmp_path):
+  with pytest.raises(ValueError, match=r"video root '.*nowhere' is neither a folder nor a \.tar file"):
+    build_tfds.build_split(
+      annotations_path=str(videos / "good.txt"),
+      root=str(tmp_path / "nowhere"),
+      labels_path=str(videos / "labels.csv"),
+      output_dir=str(tmp_path / "out"),
+      num_workers=1,
+    )
+
+
+def _command(videos, output_dir, *args):
+  return subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "input_pipeline.build_tfds",
+      f"--root={videos}",
+      f"--labels={videos / 'labels.csv'}",
+      f"--output_dir={output_dir}",
+      "--num_workers=0",
+      *args,
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+
+
+def test_bad_input_is_one_error_line_and_its_traceback_goes_to_the_log(videos, tmp_path):
+  (tmp_path / "bad.txt").write_text("class0/0.mp4 0\nclass1/1.mp4 2\n")
+  result = _command(videos, tmp_path, f"--annotations={tmp_path / 'bad.txt'}")
+  assert result.returncode == 2
+  assert result.stderr == f"error: {tmp_path / 'bad.txt'}:2: label 2 is outside the label list of 2 classes\n"
+  log = (tmp_path / "_build" / "logs" / "process_0.log").read_text()
+  assert "Traceback (most recent call last)" in log and "read_annotations" in log, log
+
+
+def test_a_flag_out_of_range_is_one_error_line(videos, tmp_path):
+  result = _command(videos, tmp_path, f"--annotations={videos / 'good.txt'}", "--num_workers=-1")
+  assert (result.returncode, result.stderr) == (2, "error: --num_workers=-1: -1 is not a non-negative integer\n")
+
+
+def test_too_many_bad_videos_are_one_error_line_and_the_shards_stay(videos, tmp_path):
+  args = (f"--annotations={videos / 'with_bad.txt'}", "--videos_per_shard=3", "--max_bad_fraction=0.2")
+  result = _command(videos, tmp_path, *args)
+  assert result.returncode == 2
+  # After a warning per bad video.
+  assert "Traceback" not in result.stderr
+  assert re.fullmatch(r"error: 2 of 7 videos .*junk\.mp4.* and rerun\.", result.stderr.splitlines()[-1])
+  assert len(list((tmp_path / "_build" / "train").glob("*.done.json"))) == 3

@@ -7,7 +7,6 @@ import sys
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from input_pipeline import video_dataset
 from input_pipeline import video_decode
@@ -63,8 +62,8 @@ def _eval(data, annotation, **kwargs):
   return video_dataset.make_eval_dataset(str(annotation), str(data["folder"]), str(data["labels"]), **settings)
 
 
-def _take(dataset, count):
-  return [{k: v.numpy() for k, v in batch.items()} for batch in dataset.take(count)]
+def _take(batches, count):
+  return list(itertools.islice(batches.as_numpy_iterator(), count))
 
 
 # Decoding.
@@ -240,11 +239,26 @@ def test_broken_and_missing_videos_are_replaced_by_good_ones_and_counted(data):
   assert failures.count >= 4
 
 
-def test_too_many_failures_stop_with_a_clear_error(data):
+# 10 lines, 2 broken, 10% allowed: of an epoch's 9 training slots (3 batches of 3), of the 10 evaluated videos.
+@pytest.mark.parametrize("make,message", [(_train, "1 videos .* allowed 0.9;"), (_eval, "2 videos .* allowed 1;")])
+def test_too_many_failures_stop_the_iterator_with_a_python_error(data, make, message):
+  # Raised by Batches, not inside tf.data, whose OpError would carry the traceback (and be logged by TensorFlow).
   lines = _good_lines(data) + ["broken/garbage.mp4 0", "broken/empty.mp4 1"]
   annotation = _annotations(data, "too_broken.txt", lines)
-  with pytest.raises(tf.errors.OpError, match="videos failed to decode"):
-    _take(_train(data, annotation, max_failure_fraction=0.1), 4)
+  with pytest.raises(video_dataset.TooManyFailuresError, match=f"^{message}"):
+    _take(make(data, annotation, max_failure_fraction=0.1), 4)
+
+
+def test_a_skipped_video_is_one_warning_however_often_it_fails(caplog):
+  failures = video_dataset.FailureLog()
+  for _ in range(3):
+    failures.add("broken/garbage.mp4", "not a readable video", max_failures=10)
+  failures.add("broken/empty.mp4", "no frames", max_failures=10)
+  assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+    "skipping video broken/garbage.mp4: not a readable video",
+    "skipping video broken/empty.mp4: no frames",
+  ]
+  assert failures.count == 4 and failures.error is None
 
 
 def test_bad_annotation_is_refused_at_start_up(data):
@@ -313,8 +327,8 @@ def test_train_clips_follow_the_training_sampling_rule(data):
 def test_pipelines_run_without_tf_data_autotuning(data):
   # Freeing an autotuned iterator waits for the autotuning thread's next round, up to a minute (see finish).
   annotation = _annotations(data, "autotune.txt", _good_lines(data))
-  for dataset in (_train(data, annotation), _eval(data, annotation)):
-    assert dataset.options().autotune.enabled is False
+  for batches in (_train(data, annotation), _eval(data, annotation)):
+    assert batches.dataset.options().autotune.enabled is False
 
 
 def test_process_exits_while_a_training_iterator_is_alive(data):
@@ -332,7 +346,7 @@ video_decode.decode_sampled_frames = slow_decode
 dataset = video_dataset.make_train_dataset(
     {str(data["good"])!r}, {str(data["folder"])!r}, {str(data["labels"])!r},
     num_frames={T}, input_size={SIZE}, batch_size=1, seed=0)
-iterator = iter(dataset)
+iterator = dataset.as_numpy_iterator()
 next(iterator)
 print('one batch')
 """

@@ -9,6 +9,7 @@ import traceback
 import types
 
 from xclip_jax.train import checkpoints
+from xclip_jax.weights import native
 
 
 def test_a_step_set_aside_twice_keeps_both(tmp_path):
@@ -29,7 +30,7 @@ def test_the_reads_abandoned_after_a_failed_one_are_not_reported(monkeypatch):
   loop closed; as each is collected, it raises with a traceback of some 60 lines); anything else is still reported."""
   reported = []
   monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: reported.append(_described(unraisable)))
-  checkpoints._quiet_abandoned_reads()
+  native.quiet_abandoned_reads()
   for read in (_read_array_index_and_device_put, _another_coroutine):
     coroutine = read()
     coroutine.send(None)
@@ -50,7 +51,7 @@ def test_the_reads_abandoned_after_a_failed_one_are_not_reported(monkeypatch):
 def test_the_abandoned_reads_that_asyncio_reports_when_collected_are_not_reported(caplog):
   """A failed read whose task, or the future gathering it, nobody awaits any more: asyncio logs "exception was never
   retrieved" with the read's 60-line error as each is collected. Those are dropped; other such reports still go out."""
-  checkpoints._quiet_abandoned_reads()
+  native.quiet_abandoned_reads()
 
   async def _read_array_index_and_device_put():  # named as orbax's, failing as a damaged file makes it
     try:

@@ -1,11 +1,36 @@
 """The architecture of an X-CLIP model (`XCLIPConfig`) and the CLIP backbones it starts from (`PRESETS`)."""
 
 import dataclasses
+import numbers
 from typing import Any
 
 import jax.numpy as jnp
 
 from xclip_jax.model import layers
+
+# Fields of at least 1: widths, the encoders' depths, the input's size and frames, token positions and ids.
+SIZES = (
+  "embed_dim",
+  "image_resolution",
+  "vision_layers",
+  "vision_width",
+  "vision_patch_size",
+  "context_length",
+  "vocab_size",
+  "transformer_width",
+  "transformer_layers",
+  "num_frames",
+)
+# Fields of at least 0: no MIT or prompt-generator layer skips that block (the model still computes), 0 heads takes
+# the official rule.
+COUNTS = (
+  "mit_layers",
+  "prompts_layers",
+  "vision_heads",
+  "transformer_heads",
+  "mit_heads",
+  "prompts_heads",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +62,11 @@ class XCLIPConfig:
   attention: str = "auto"
 
   def __post_init__(self):
+    # Before the checks below, which divide by some of them.
+    for name, minimum in [*((name, 1) for name in SIZES), *((name, 0) for name in COUNTS)]:
+      value = getattr(self, name)
+      if not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer of at least {minimum}, got {value!r}")
     for name, width in (
       ("vision_heads", self.vision_width),
       ("mit_heads", self.embed_dim),

@@ -8,8 +8,6 @@ setting newer, damaged ones aside (STEP.damaged).
 
 import logging
 import signal
-import sys
-import traceback
 
 import jax
 from jax.experimental import multihost_utils
@@ -96,64 +94,19 @@ def _read(directory, target) -> tuple[ocp.args.Composite | None, str]:
   same step. Read without orbax's Checkpointer, whose barrier after reading a failing process would never reach.
   """
   # Before reading: orbax's abandoned reads may report the moment a read fails, before the failure reaches here.
-  _quiet_abandoned_reads()
+  native.quiet_abandoned_reads()
   try:
     restored = ocp.CompositeCheckpointHandler().restore(
       directory, ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore())
     )
     error = ""
   except Exception as e:  # damage fails in tensorstore, json or orbax's metadata, with errors of many types
-    restored, error = None, _one_line(e)
+    restored, error = None, native.one_line(e)
   if jax.process_count() > 1:
     failed = multihost_utils.process_allgather(np.int32(restored is None))
     if failed.any() and restored is not None:
       restored, error = None, f"unreadable on process {int(np.argmax(failed))}"
   return restored, error
-
-
-def _one_line(error: BaseException) -> str:
-  # The innermost cause says what is wrong ("OUT_OF_RANGE: Error reading ..."), the outer ones where it was read.
-  while error.__cause__ or error.__context__:
-    error = error.__cause__ or error.__context__
-  text = " ".join(str(error).split()) or type(error).__name__
-  return text if len(text) <= 300 else text[:297] + "..."
-
-
-def _quiet_abandoned_reads():
-  """Drops Python's reports of the reads that orbax abandons when one fails (it closes their event loop): as each
-  finishes it reports the closed loop; as each is collected, it or the future gathering it reports its exception
-  with a TensorStore spec of some 60 lines. The one line of the failure says it all. Other reports still go out."""
-  logging.getLogger("asyncio").addFilter(_not_from_abandoned_read)  # "Task/Future exception was never retrieved"
-  previous = sys.unraisablehook
-  if getattr(previous, "quiets_abandoned_reads", False):
-    return
-
-  def hook(unraisable):
-    if not (_raised_in_read(unraisable.exc_value) or _handed_to_closed_loop(unraisable)):
-      previous(unraisable)
-
-  hook.quiets_abandoned_reads = True
-  sys.unraisablehook = hook
-
-
-def _not_from_abandoned_read(record: logging.LogRecord) -> bool:
-  return not (record.exc_info and _raised_in_read(record.exc_info[1]))
-
-
-def _raised_in_read(error: BaseException | None) -> bool:
-  # orbax's read of one array index; it turns any exception, GeneratorExit at closing included, into another.
-  frames = traceback.extract_tb(error.__traceback__) if error is not None else ()
-  return any(frame.name == "_read_array_index_and_device_put" for frame in frames)
-
-
-def _handed_to_closed_loop(unraisable) -> bool:
-  # A read that finished after its event loop was closed, handing its result back to it.
-  error = unraisable.exc_value
-  return (
-    isinstance(error, RuntimeError)
-    and str(error) == "Event loop is closed"
-    and any(frame.name == "call_soon_threadsafe" for frame in traceback.extract_tb(unraisable.exc_traceback))
-  )
 
 
 def _set_aside(manager: ocp.CheckpointManager, unreadable: dict, resumed_step: int):

@@ -9,10 +9,13 @@ What lands in workdir:
   best/          the best model so far by validation top-1, as an xclip-jax checkpoint (`python -m xclip_jax.convert
                  WORKDIR/best out.pth --to=official` exports it), with best.json
   eval_results.json, and TensorBoard event files of the metrics
+  config.json    the run's resolved config and its model's architecture: a rerun that resumes its checkpoints with
+                 another architecture is refused, one with other config values is warned about
   training_curves.png, confusion_matrix.png   pictures of the metrics and of the final evaluation (xclip_jax.evaluation.report)
 A config with a `demo` field first writes its data to WORKDIR/demo_data (input_pipeline.demo_data).
 """
 
+import dataclasses
 import json
 import logging
 import os
@@ -44,12 +47,41 @@ from xclip_jax.train import step as step_lib
 from xclip_jax.weights import native
 
 RESULTS_FILE = "eval_results.json"
+CONFIG_FILE = "config.json"
+# XCLIPConfig fields that say how the model runs, not what it is: set from the config fields of the same names, and
+# compared as config fields on resuming (a run may resume in another dtype, or with remat to save memory).
+_RUN_OPTIONS = ("dtype", "droppath", "remat", "attention")
+# Config fields that change how a run is carried out, not what it trains: a resumed run may change them unwarned.
+_NOT_COMPARED = (
+  "log_every_steps",
+  "checkpoint_every_steps",
+  "keep_checkpoints",
+  "eval_every_epochs",
+  "eval_batch_size",
+  "mesh.",
+  "remat",
+  "attention",
+)
+# The least value of each config number that a run reads as a count (at least 1) or a rate or duration (at least 0).
+_AT_LEAST = {
+  "batch_size": 1,
+  "eval_batch_size": 1,
+  "accumulation_steps": 1,
+  "num_frames": 1,
+  "final_eval_clips": 1,
+  "final_eval_crops": 1,
+  "keep_checkpoints": 1,
+  "lr": 0,
+  "weight_decay": 0,
+  "new_modules_lr_multiplier": 0,
+  "warmup_epochs": 0,
+}
 
 
 def load_model(config: ml_collections.ConfigDict) -> pretrained.XCLIPModel:
   """The model to start from: `init.checkpoint` (X-CLIP), `init.clip` (CLIP), or `arch` (or the architecture `model`
   gives, as configs/demo.py does) initialised at random."""
-  options = dict(dtype=config.dtype, droppath=config.droppath, remat=config.remat, attention=config.attention)
+  options = {name: config[name] for name in _RUN_OPTIONS}
   if config.init.checkpoint and config.init.clip:
     raise ValueError("set one of config.init.checkpoint and config.init.clip, not both")
   path = config.init.checkpoint or config.init.clip
@@ -98,6 +130,20 @@ def _resolved(config: ml_collections.ConfigDict, experiment: datasets.Experiment
     if not config.steps_per_epoch:
       raise ValueError(f"{experiment.num_train_videos} training videos do not fill one batch of {config.batch_size}")
   return config
+
+
+def _check_config(config: ml_collections.ConfigDict):
+  """Refuses a config value that cannot make a run, naming the field, before anything is written: left to the run it
+  would fail far from its cause (a division by zero), or train wrongly (a negative learning rate)."""
+  if config.mode not in ("train", "eval"):
+    raise ValueError(f"config.mode must be 'train' or 'eval', got {config.mode!r}")
+  for field, least in _AT_LEAST.items():
+    if not config[field] >= least:  # `not >=`: NaN too
+      raise ValueError(f"config.{field}={config[field]!r} must be at least {least}")
+  if not config.epochs > 0:
+    raise ValueError(f"config.epochs={config.epochs!r} must be more than 0")
+  if config.steps_per_epoch is not None and config.steps_per_epoch < 1:
+    raise ValueError(f"config.steps_per_epoch={config.steps_per_epoch!r} must be at least 1 (or None: from the data)")
 
 
 def _check_mesh_fits(config, mesh):
@@ -203,6 +249,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   A finished run draws its pictures in workdir and prints a summary table (on process 0).
   """
   start = time.time()
+  _check_config(config)
   workdir = paths.absolute(workdir)
   if "demo" in config:
     config = demo_data.prepare(config, workdir)
@@ -272,8 +319,6 @@ class _MetricWindow:
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   # Setup: devices, data, model, evaluation.
-  if config.mode not in ("train", "eval"):
-    raise ValueError(f"config.mode must be 'train' or 'eval', got {config.mode!r}")
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = sharding.make_mesh(config.mesh)
   _check_mesh_fits(config, mesh)
@@ -290,6 +335,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
 
   # Train state: created sharded, then restored from the newest checkpoint if there is one.
   config = _resolved(config, experiment)
+  manager = checkpoints.make_manager(workdir, config.keep_checkpoints)
+  latest = manager.latest_step()
+  record = _run_record(config, model)
+  if latest is not None:
+    _check_resumes_the_same_run(workdir, record)
+  _write_json(workdir / CONFIG_FILE, record)
   writer = metric_writers.create_default_writer(os.fspath(workdir), just_logging=jax.process_index() > 0)
   writer.write_hparams({k: v for k, v in _flat_config(config).items() if isinstance(v, (int, float, str, bool))})
   abstract_state, create_state = step_lib.plan_train_state(
@@ -304,12 +355,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     logging.info("Compiled the train step in %.1f s", time.perf_counter() - start)
     return compiled
 
-  manager = checkpoints.make_manager(workdir, config.keep_checkpoints)
   total_steps = int(config.epochs * config.steps_per_epoch)
   # Compiled before the state exists: compiling takes host memory for a while, which would otherwise add to the
   # state's at the process's peak on a CPU. Not at all for a run whose newest checkpoint ends it: only the final
   # evaluation is left.
-  latest = manager.latest_step()
   compiled_step = compile_train_step() if latest is None or latest < total_steps else None
   state = create_state()
   counts = _log_parameter_overview(state, config.new_modules_lr_multiplier, writer)
@@ -362,15 +411,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         _check_finite_params(step, state.params)
         checkpoints.save(manager, state, position, config.batch_size, force=stop)
       if stop:
-        manager.wait_until_finished()
         logging.warning("Stopped at step %d on SIGTERM; rerun the same command to resume.", step)
         return {"stopped_at_step": step}
-    manager.wait_until_finished()
-  except FloatingPointError:
-    # The newest checkpoint, of an earlier step, may still be being written: it is finished, as the error says.
-    manager.wait_until_finished()
-    raise
   finally:
+    # However the loop ends (done, SIGTERM, an error in a step, an evaluation or the data), a checkpoint still being
+    # written is finished: left to the exit, it would be lost half-written.
+    manager.wait_until_finished()
     progress.close()
     preemption.restore_handler()
     writer.flush()
@@ -417,10 +463,43 @@ def _best_so_far(workdir: epath.Path) -> float:
   return json.loads(path.read_text())["top1"] if path.exists() else -1.0
 
 
-def _flat_config(config: ml_collections.ConfigDict, prefix: str = "") -> dict:
+def _run_record(config: ml_collections.ConfigDict, model: pretrained.XCLIPModel) -> dict:
+  """What CONFIG_FILE keeps of a training run: its resolved config and its model's architecture, as JSON values."""
+  architecture = {k: v for k, v in dataclasses.asdict(model.config).items() if k not in _RUN_OPTIONS}
+  return {"config": json.loads(config.to_json_best_effort()), "architecture": architecture}
+
+
+def _check_resumes_the_same_run(workdir: epath.Path, record: dict):
+  """Refuses to resume the checkpoints of a model of another architecture; warns of other config values that differ
+  from those of the run that wrote them (a run extended on purpose, or a mistake: training goes on either way)."""
+  path = workdir / CONFIG_FILE
+  if not path.exists():  # written by a version that kept no config
+    return
+  stored = json.loads(path.read_text())
+  changed = _differences(stored["architecture"], record["architecture"])
+  if changed:
+    raise ValueError(
+      f"the checkpoints in {workdir} are of another model ({changed}): rerun with their config, or use another workdir"
+    )
+  changed = _differences(_flat_config(stored["config"]), _flat_config(record["config"]))
+  if changed and jax.process_index() == 0:  # one warning, not one a process
+    logging.warning(
+      "This run's config differs from that of the checkpoints it resumes in %s (%s); training goes on with this run's.",
+      workdir,
+      changed,
+    )
+
+
+def _differences(old: dict, new: dict) -> str:
+  """`field old -> new, ...` for the fields that differ, leaving out _NOT_COMPARED."""
+  fields = sorted(f for f in old.keys() | new.keys() if old.get(f) != new.get(f) and not f.startswith(_NOT_COMPARED))
+  return ", ".join(f"{f} {old.get(f)!r} -> {new.get(f)!r}" for f in fields)
+
+
+def _flat_config(config: ml_collections.ConfigDict | dict, prefix: str = "") -> dict:
   flat = {}
   for key, value in config.items():
-    if isinstance(value, ml_collections.ConfigDict):
+    if isinstance(value, (ml_collections.ConfigDict, dict)):
       flat.update(_flat_config(value, f"{prefix}{key}."))
     else:
       flat[f"{prefix}{key}"] = value

@@ -4,12 +4,19 @@ A converted checkpoint (`XCLIPModel.save`, `python -m xclip_jax.convert`) is a d
 (the architecture, with the format's name and version) and an orbax checkpoint of the Flax parameters in `params/`.
 A training workdir (`python -m xclip_jax.main`, see xclip_jax.train.trainer) holds orbax checkpoints of the train state
 in `checkpoints/STEP/state` and the best model as a converted checkpoint in `best/`.
+
+Both are checked against their config, name by name and shape by shape from orbax's metadata, before any array is
+read: a checkpoint of another architecture is a CheckpointMismatchError naming the first parameter that differs.
 """
 
 import json
+import logging
 import pathlib
+import sys
+import traceback
 
 from etils import epath
+import flax
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -34,17 +41,18 @@ def write_checkpoint(directory, config: model_config.XCLIPConfig, params) -> epa
   """Writes a converted checkpoint: `xclip_config.json` and an orbax checkpoint of the params.
 
   `directory` may be on cloud storage (gs://...). With several processes, every process calls this (the params may be
-  sharded over all of them); process 0 writes the config.
+  sharded over all of them); process 0 writes the config, after the params: the config makes the directory a
+  checkpoint (`is_checkpoint`), so a write that fails leaves none that describes params it lacks.
   """
   directory = paths.absolute(directory)
   directory.mkdir(parents=True, exist_ok=True)
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(directory / PARAMS_DIR, params, force=True)
+  checkpointer.wait_until_finished()
   fields = {k: v for k, v in config.to_dict().items() if k not in _RUNTIME_FIELDS}
   meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "config": fields}
   if jax.process_index() == 0:
     (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(directory / PARAMS_DIR, params, force=True)
-  checkpointer.wait_until_finished()
   return directory
 
 
@@ -66,6 +74,7 @@ def read_checkpoint(directory: pathlib.Path, **overrides) -> tuple[model_config.
     )
   config = model_config.XCLIPConfig.from_dict(meta["config"])
   abstract = official.abstract_params(config)
+  _check_stored_params(_stored_tree(directory / PARAMS_DIR), abstract, f"{directory / PARAMS_DIR}", CONFIG_FILE)
   # As host arrays: the caller lays them out on its devices (and processes), wherever the writer's were.
   as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract)
   params = ocp.PyTreeCheckpointer().restore(
@@ -74,23 +83,119 @@ def read_checkpoint(directory: pathlib.Path, **overrides) -> tuple[model_config.
   return config.replace(**overrides), params
 
 
+def _check_stored_params(stored: dict, expected: dict, where: str, described_by: str):
+  """CheckpointMismatchError naming the first parameter that `stored` (the tree of a checkpoint's metadata) and
+  `expected` (the abstract params of the config in `described_by`) disagree on: missing, unexpected, or of another
+  shape (with both shapes)."""
+  stored = flax.traverse_util.flatten_dict(stored)
+  expected = flax.traverse_util.flatten_dict(expected)
+  for path, want in expected.items():
+    name = "/".join(path)
+    if path not in stored:
+      raise official.CheckpointMismatchError(
+        f"{where} lacks parameter {name} (shape {tuple(want.shape)}) that {described_by} describes"
+      )
+    if tuple(stored[path].shape) != tuple(want.shape):
+      raise official.CheckpointMismatchError(
+        f"{where}: parameter {name} has shape {tuple(stored[path].shape)}, {described_by} describes {tuple(want.shape)}"
+      )
+  for path, value in stored.items():
+    if path not in expected:
+      raise official.CheckpointMismatchError(
+        f"{where} has parameter {'/'.join(path)} (shape {tuple(value.shape)}) that {described_by} does not describe"
+      )
+
+
+def _stored_tree(directory) -> dict:
+  """The tree of an orbax checkpoint from its metadata (each leaf with the array's shape), without reading arrays."""
+  return ocp.PyTreeCheckpointHandler().metadata(epath.Path(directory)).tree
+
+
 def is_workdir(directory: pathlib.Path) -> bool:
   """Whether `directory` is a training workdir (with a best model written)."""
   return (directory / WORKDIR_CHECKPOINTS).is_dir() and (directory / WORKDIR_BEST / CONFIG_FILE).exists()
 
 
 def read_workdir(directory: pathlib.Path, **overrides) -> tuple[model_config.XCLIPConfig, dict]:
-  """The final model of a training workdir: the parameters of its newest checkpoint, the architecture of best/."""
+  """The final model of a training workdir: the parameters of its newest readable checkpoint, the architecture of
+  best/.
+
+  Newer checkpoints that cannot be read (a file cut short, a lost object) are skipped with a warning and left where
+  they are (resuming the run sets them aside); when none can be read, a ValueError names them. One that holds another
+  architecture is a CheckpointMismatchError, as the others then most likely do too.
+  """
   steps = [int(p.name) for p in (directory / WORKDIR_CHECKPOINTS).iterdir() if p.name.isdigit()]
   if not steps:
     raise ValueError(f"{directory} is a training workdir without a checkpoint yet")
   meta = json.loads((directory / WORKDIR_BEST / CONFIG_FILE).read_text())
   config = model_config.XCLIPConfig.from_dict(meta["config"])
-  state = directory.absolute() / WORKDIR_CHECKPOINTS / str(max(steps)) / "state"
   # Only the parameters of the train state, not the optimiser's moments.
   item = {"params": official.abstract_params(config)}
   restore_args = ocp.checkpoint_utils.construct_restore_args(item)
-  restored = ocp.PyTreeCheckpointer().restore(
-    state, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)
+  # Before reading: orbax's abandoned reads may report the moment a read fails, before the failure reaches here.
+  quiet_abandoned_reads()
+  unreadable = {}
+  for step in sorted(steps, reverse=True):
+    state = directory.absolute() / WORKDIR_CHECKPOINTS / str(step) / "state"
+    try:
+      stored = _stored_tree(state)
+      _check_stored_params(stored.get("params", {}), item["params"], f"{state}", f"{WORKDIR_BEST}/{CONFIG_FILE}")
+      restored = ocp.PyTreeCheckpointer().restore(
+        state, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)
+      )
+    except official.CheckpointMismatchError:
+      raise  # not damage: the workdir's config is at fault
+    except Exception as e:  # damage fails in tensorstore, orbax or its metadata, with errors of many types
+      unreadable[step] = one_line(e)
+      continue
+    for damaged, error in unreadable.items():
+      logging.warning("The checkpoint at step %d cannot be read (%s); reading step %d instead.", damaged, error, step)
+    return config.replace(**overrides), restored["params"]
+  tried = "; ".join(f"step {step}: {error}" for step, error in unreadable.items())
+  raise ValueError(f"no checkpoint in {directory / WORKDIR_CHECKPOINTS} can be read ({tried})")
+
+
+def one_line(error: BaseException) -> str:
+  """An error that a damaged checkpoint raised, in one line: its innermost cause, which says what is wrong
+  ("OUT_OF_RANGE: Error reading ..."; the outer ones say where it was read)."""
+  while error.__cause__ or error.__context__:
+    error = error.__cause__ or error.__context__
+  text = " ".join(str(error).split()) or type(error).__name__
+  return text if len(text) <= 300 else text[:297] + "..."
+
+
+def quiet_abandoned_reads():
+  """Drops Python's reports of the reads that orbax abandons when one fails (it closes their event loop): as each
+  finishes it reports the closed loop; as each is collected, it or the future gathering it reports its exception
+  with a TensorStore spec of some 60 lines. The one line of the failure says it all. Other reports still go out."""
+  logging.getLogger("asyncio").addFilter(_not_from_abandoned_read)  # "Task/Future exception was never retrieved"
+  previous = sys.unraisablehook
+  if getattr(previous, "quiets_abandoned_reads", False):
+    return
+
+  def hook(unraisable):
+    if not (_raised_in_read(unraisable.exc_value) or _handed_to_closed_loop(unraisable)):
+      previous(unraisable)
+
+  hook.quiets_abandoned_reads = True
+  sys.unraisablehook = hook
+
+
+def _not_from_abandoned_read(record: logging.LogRecord) -> bool:
+  return not (record.exc_info and _raised_in_read(record.exc_info[1]))
+
+
+def _raised_in_read(error: BaseException | None) -> bool:
+  # orbax's read of one array index; it turns any exception, GeneratorExit at closing included, into another.
+  frames = traceback.extract_tb(error.__traceback__) if error is not None else ()
+  return any(frame.name == "_read_array_index_and_device_put" for frame in frames)
+
+
+def _handed_to_closed_loop(unraisable) -> bool:
+  # A read that finished after its event loop was closed, handing its result back to it.
+  error = unraisable.exc_value
+  return (
+    isinstance(error, RuntimeError)
+    and str(error) == "Event loop is closed"
+    and any(frame.name == "call_soon_threadsafe" for frame in traceback.extract_tb(unraisable.exc_traceback))
   )
-  return config.replace(**overrides), restored["params"]

@@ -1,0 +1,88 @@
+"""datasets.resolve: every list a run will read is checked before training starts."""
+
+from etils import epath
+import pytest
+
+from configs import common
+from input_pipeline import datasets
+from input_pipeline import video_dataset
+
+
+@pytest.fixture
+def config(tmp_path):
+  """A training config over three classes and four (empty) videos in a folder: resolve reads no video."""
+  for name in ("a", "b", "c", "d"):
+    (tmp_path / "videos" / "v").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "videos" / "v" / f"{name}.mp4").write_bytes(b"")
+  (tmp_path / "labels.csv").write_text("id,name\n0,run\n1,jump\n2,swim\n")
+  good = "v/a.mp4 0\nv/b.mp4 1\nv/c.mp4 2\nv/d.mp4 0\n"
+  for name in ("train.txt", "val.txt"):
+    (tmp_path / name).write_text(good)
+  config = common.experiment_config(small=True)
+  config.num_classes = 3
+  config.data.root = str(tmp_path / "videos")
+  config.data.label_list = str(tmp_path / "labels.csv")
+  config.data.train_file = str(tmp_path / "train.txt")
+  config.data.val_file = str(tmp_path / "val.txt")
+  return config
+
+
+def _list(tmp_path, name, text):
+  (tmp_path / name).write_text(text)
+  return str(tmp_path / name)
+
+
+def test_good_lists_resolve_to_the_training_list(config, tmp_path):
+  experiment = datasets.resolve(config, epath.Path(tmp_path / "workdir"))
+  assert experiment.class_names == ("run", "jump", "swim")
+  assert experiment.num_train_videos == 4
+
+
+@pytest.mark.parametrize("field", ["val_file", "test_file"])
+def test_a_bad_label_in_an_evaluation_list_stops_before_training(config, tmp_path, field):
+  config.data[field] = _list(tmp_path, "bad.txt", "v/a.mp4 0\nv/b.mp4 3\n")
+  with pytest.raises(ValueError, match=r"bad\.txt:2: label 3 is outside the label list of 3 classes"):
+    datasets.resolve(config, epath.Path(tmp_path / "workdir"))
+
+
+def test_an_evaluation_run_checks_its_test_list(config, tmp_path):
+  config.mode = "eval"
+  config.data.test_file = _list(tmp_path, "test.txt", "v/a.mp4 zero\n")
+  with pytest.raises(ValueError, match=r"test\.txt:1: label 'zero' is not an integer"):
+    datasets.resolve(config, epath.Path(tmp_path / "workdir"))
+
+
+def test_training_needs_a_validation_list(config, tmp_path):
+  config.data.val_file = ""
+  with pytest.raises(ValueError, match=r"config\.data\.val_file is not set"):
+    datasets.resolve(config, epath.Path(tmp_path / "workdir"))
+
+
+@pytest.mark.parametrize("field", ["train_file", "val_file", "test_file"])
+def test_a_missing_video_stops_before_training(config, tmp_path, field):
+  # One of four videos, more than 1% of them.
+  config.data[field] = _list(tmp_path, "gone.txt", "v/a.mp4 0\nv/gone.mp4 1\nv/c.mp4 2\nw/d.mp4 0\n")
+  with pytest.raises(
+    ValueError, match=r"gone\.txt: 2 of its 4 videos are missing from .*videos, .*: v/gone\.mp4, w/d\.mp4$"
+  ):
+    datasets.resolve(config, epath.Path(tmp_path / "workdir"))
+
+
+def test_missing_videos_within_the_allowed_share_are_left_to_the_pipeline(config, tmp_path):
+  config.data.max_failure_fraction = 0.25
+  config.data.val_file = _list(tmp_path, "gone.txt", "v/a.mp4 0\nv/gone.mp4 1\nv/c.mp4 2\nv/d.mp4 0\n")
+  datasets.resolve(config, epath.Path(tmp_path / "workdir"))
+
+
+def test_the_streams_stop_with_a_python_error_once_too_many_videos_failed(config, tmp_path):
+  # The fixture's videos are empty files: the first one read fails, more than 1% of four.
+  config.update(batch_size=2, eval_batch_size=2, num_frames=2, input_size=32)
+  experiment = datasets.resolve(config, epath.Path(tmp_path / "workdir"))
+  train = datasets.train_stream(config, experiment, 0, video_dataset.FailureLog())
+  with pytest.raises(video_dataset.TooManyFailuresError, match="^1 videos failed to decode"):
+    next(train.as_numpy_iterator())
+  validation = datasets.eval_stream(
+    config, datasets.validation_set(config, experiment), 1, 1, video_dataset.FailureLog()
+  )
+  with pytest.raises(video_dataset.TooManyFailuresError, match="^1 videos failed to decode"):
+    next(validation.as_numpy_iterator())

@@ -1,0 +1,162 @@
+"""xclip-jax's own checkpoints read back: a config that does not describe the stored params, and a training workdir
+whose newest checkpoint is damaged."""
+
+import json
+import pathlib
+import re
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from tests.fixtures import tiny
+import xclip_jax
+from xclip_jax.train import checkpoints
+from xclip_jax.weights import native
+from xclip_jax.weights import official
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+  return pathlib.Path(tiny.model().save(tmp_path_factory.mktemp("native") / "tiny"))
+
+
+def _with_config(checkpoint, directory, **fields):
+  """A copy of `checkpoint` (its params linked, not copied) whose config has `fields` changed."""
+  directory.mkdir()
+  (directory / native.PARAMS_DIR).symlink_to(checkpoint / native.PARAMS_DIR)
+  meta = json.loads((checkpoint / native.CONFIG_FILE).read_text())
+  meta["config"].update(fields)
+  (directory / native.CONFIG_FILE).write_text(json.dumps(meta))
+  return directory
+
+
+@pytest.mark.parametrize(
+  "fields, message",
+  [
+    # tiny: 2 frames, 2 vision layers of width 64, embed_dim 32.
+    (
+      dict(num_frames=4),
+      r"^PARAMS: parameter mit/positional_embedding has shape \(1, 2, 32\), xclip_config\.json describes \(1, 4, 32\)$",
+    ),
+    (
+      dict(vision_width=128),
+      r"^PARAMS: parameter \S+ has shape \([^)]*\b64\b[^)]*\), xclip_config\.json describes \([^)]*\b128\b[^)]*\)$",
+    ),
+    (
+      dict(vision_layers=1),
+      r"^PARAMS has parameter visual/transformer/resblocks_1/\S+ \(shape \([^)]+\)\) that xclip_config\.json "
+      r"does not describe$",
+    ),
+    (
+      dict(vision_layers=3),
+      r"^PARAMS lacks parameter visual/transformer/resblocks_2/\S+ \(shape \([^)]+\)\) that xclip_config\.json "
+      r"describes$",
+    ),
+  ],
+)
+def test_a_config_that_does_not_describe_the_params_names_the_first_mismatch(checkpoint, tmp_path, fields, message):
+  """One short line naming the parameter and both shapes, before any array is read (not flax's error at the first
+  call, nor orbax's dump of the whole stored tree)."""
+  edited = _with_config(checkpoint, tmp_path / "edited", **fields)
+  with pytest.raises(official.CheckpointMismatchError) as error:
+    xclip_jax.load_pretrained(edited)
+  text = str(error.value)
+  assert re.fullmatch(message.replace("PARAMS", re.escape(str(edited / native.PARAMS_DIR))), text), text
+  assert len(text) < 300
+
+
+def test_other_frames_are_still_interpolated_from_the_stored_ones(checkpoint):
+  """`num_frames` other than the config's resamples the stored embedding on purpose: not a mismatch."""
+  model = xclip_jax.load_pretrained(checkpoint, num_frames=4)
+  assert model.config.num_frames == 4 and model.params["mit"]["positional_embedding"].shape == (1, 4, 32)
+
+
+def test_a_write_that_fails_leaves_no_config(tmp_path, monkeypatch):
+  """The config, which makes a directory a checkpoint, is written once the params are: a failed write leaves none
+  describing params that are not there."""
+
+  def fails(self, directory, *args, **kwargs):
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(native.ocp.StandardCheckpointer, "save", fails)
+  with pytest.raises(OSError, match="No space left"):
+    tiny.model().save(tmp_path / "tiny")
+  assert not native.is_checkpoint(tmp_path / "tiny")
+
+
+def _workdir(root: pathlib.Path, steps) -> dict[int, dict]:
+  """A training workdir of the tiny model: best/, and a checkpoint (as training writes it) of other params at each
+  step; returns each step's params."""
+  tiny.model().save(root / native.WORKDIR_BEST)
+  manager = checkpoints.make_manager(root, keep=len(steps))
+  saved = {}
+  for step in steps:
+    saved[step] = tiny.model(seed=step).params
+    state = types.SimpleNamespace(step=np.int32(step), params=saved[step], opt_state=np.zeros(1), rng=np.zeros(2))
+    checkpoints.save(manager, state, position=0, batch_size=2)
+  manager.wait_until_finished()
+  return saved
+
+
+def _damage(root: pathlib.Path, step: int):
+  """Cuts every data file of the checkpoint at `step` to zero bytes, as a disk that filled up mid-write."""
+  for path in (root / native.WORKDIR_CHECKPOINTS / str(step) / "state" / "ocdbt.process_0" / "d").iterdir():
+    path.write_bytes(b"")
+
+
+def _listing(root: pathlib.Path) -> list[str]:
+  return sorted(str(path.relative_to(root)) for path in root.rglob("*"))
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_with_a_one_line_warning(tmp_path):
+  """The newest intact checkpoint is read; one warning line names the damaged step (none of orbax's abandoned reads'
+  tracebacks); the workdir is left as it was."""
+  workdir = tmp_path / "workdir"
+  saved = _workdir(workdir, steps=(2, 4))
+  _damage(workdir, 4)
+  before = _listing(workdir)
+  result = subprocess.run(
+    [sys.executable, "-m", "xclip_jax.convert", str(workdir), str(tmp_path / "out")],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+  )
+  assert result.returncode == 0, result.stderr
+  assert result.stderr.count("\n") == 1, result.stderr
+  assert result.stderr.startswith("warning: The checkpoint at step 4 cannot be read (")
+  assert result.stderr.endswith("); reading step 2 instead.\n"), result.stderr
+  params = xclip_jax.load_pretrained(tmp_path / "out").params
+  np.testing.assert_array_equal(params["mit"]["positional_embedding"], saved[2]["mit"]["positional_embedding"])
+  assert _listing(workdir) == before
+
+
+def test_a_workdir_without_a_readable_checkpoint_is_one_error_naming_each_step(tmp_path):
+  workdir = tmp_path / "workdir"
+  _workdir(workdir, steps=(2, 4))
+  _damage(workdir, 2)
+  _damage(workdir, 4)
+  with pytest.raises(ValueError) as error:
+    xclip_jax.load_pretrained(workdir)
+  text = str(error.value)
+  assert text.startswith(f"no checkpoint in {workdir / native.WORKDIR_CHECKPOINTS} can be read (step 4: "), text
+  assert "; step 2: " in text and "\n" not in text
+
+
+def test_a_workdir_whose_best_config_does_not_describe_its_checkpoints_names_the_mismatch(tmp_path):
+  workdir = tmp_path / "workdir"
+  _workdir(workdir, steps=(2,))
+  meta = json.loads((workdir / native.WORKDIR_BEST / native.CONFIG_FILE).read_text())
+  meta["config"]["num_frames"] = 4
+  (workdir / native.WORKDIR_BEST / native.CONFIG_FILE).write_text(json.dumps(meta))
+  state = workdir / native.WORKDIR_CHECKPOINTS / "2" / "state"
+  with pytest.raises(
+    official.CheckpointMismatchError,
+    match=rf"^{re.escape(str(state))}: parameter mit/positional_embedding has shape \(1, 2, 32\), "
+    r"best/xclip_config\.json describes \(1, 4, 32\)$",
+  ):
+    xclip_jax.load_pretrained(workdir)
