@@ -54,9 +54,10 @@ def _class_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 
 
 def _evaluation_lists(config: ml_collections.ConfigDict) -> list[str]:
-  """The config.data fields of the annotation lists that evaluation will read (as trainer's evaluations choose)."""
+  """The config.data fields of the annotation lists that evaluation will read (as trainer's evaluations choose: the
+  validation list in training, the test list at the end if there is one, else the validation list)."""
   fields = []
-  if not config.data.tfds_dir and (config.mode == "train" or config.data.val_file):
+  if not config.data.tfds_dir and (config.mode == "train" or (config.data.val_file and not config.data.test_file)):
     fields.append("val_file")
   fields += [field for field in ("test_file", "single_frame_file") if config.data.get(field)]
   return fields
@@ -81,27 +82,30 @@ def _missing_videos(records: list[annotations.VideoRecord], root: str) -> list[s
 
 
 def _read_list(config: ml_collections.ConfigDict, field: str) -> list[annotations.VideoRecord]:
-  """The records of the annotation list config.data.<field>, refused (naming file and line, or the missing videos)
-  before any training when the pipeline would stop on it later."""
+  """The records of the annotation list config.data.<field>, its labels checked (a bad one names file and line)."""
   path = check_exists(config.data[field], f"data.{field}")
-  root = check_exists(config.data.root, "data.root", "folder or .tar")
-  records = annotations.read_annotations(path, config.num_classes)
-  missing = _missing_videos(records, root)
+  check_exists(config.data.root, "data.root", "folder or .tar")
+  return annotations.read_annotations(path, config.num_classes)
+
+
+def _check_videos_present(config: ml_collections.ConfigDict, records: list[annotations.VideoRecord], name: str):
+  """Refuses the list `name` of `records` before any training when more of its videos are missing than the pipeline
+  would skip before stopping on them later."""
+  missing = _missing_videos(records, config.data.root)
   allowed = config.data.max_failure_fraction * len(records)
   if len(missing) > allowed:
     raise ValueError(
-      f"{path}: {len(missing)} of its {len(records)} videos are missing from {root}, more than the {allowed:g} that "
-      f"data.max_failure_fraction={config.data.max_failure_fraction:g} allows: {', '.join(missing[:3])}"
-      + (", ..." if len(missing) > 3 else "")
+      f"{name}: {len(missing)} of its {len(records)} videos are missing from {config.data.root}, more than the "
+      f"{allowed:g} that data.max_failure_fraction={config.data.max_failure_fraction:g} allows: "
+      f"{', '.join(missing[:3])}" + (", ..." if len(missing) > 3 else "")
     )
-  return records
 
 
 def resolve(config: ml_collections.ConfigDict, workdir: epath.Path) -> Experiment:
   """Checks the data the config names and prepares the training list (writing the few-shot subset to workdir)."""
   class_names = _class_names(config)
   for field in _evaluation_lists(config):
-    _read_list(config, field)
+    _check_videos_present(config, _read_list(config, field), config.data[field])
   if config.mode == "eval":
     return Experiment(class_names, 0, "")
   if config.data.tfds_dir:
@@ -110,14 +114,17 @@ def resolve(config: ml_collections.ConfigDict, workdir: epath.Path) -> Experimen
     index = tfds_dataset.RecordIndex.load(check_exists(config.data.tfds_dir, "data.tfds_dir", "folder"), "train")
     return Experiment(class_names, index.num_videos, "")
   records = _read_list(config, "train_file")
-  train_file = config.data.train_file
-  if config.data.shots:
-    records = subsets.k_shot_subset(records, config.num_classes, config.data.shots, config.seed)
-    train_file = str(workdir / f"train_{config.data.shots}shot.txt")
-    if jax.process_index() == 0:
-      workdir.mkdir(parents=True, exist_ok=True)
-      epath.Path(train_file).write_text("".join(f"{r.path} {r.label}\n" for r in records))
-    jax.experimental.multihost_utils.sync_global_devices("few-shot list written")
+  if not config.data.shots:
+    _check_videos_present(config, records, config.data.train_file)
+    return Experiment(class_names, len(records), config.data.train_file)
+  records = subsets.k_shot_subset(records, config.num_classes, config.data.shots, config.seed)
+  # The videos the run reads: the few-shot subset's, not the whole list's.
+  _check_videos_present(config, records, f"the {config.data.shots}-shot subset of {config.data.train_file}")
+  train_file = str(workdir / f"train_{config.data.shots}shot.txt")
+  if jax.process_index() == 0:
+    workdir.mkdir(parents=True, exist_ok=True)
+    epath.Path(train_file).write_text("".join(f"{r.path} {r.label}\n" for r in records))
+  jax.experimental.multihost_utils.sync_global_devices("few-shot list written")
   return Experiment(class_names, len(records), train_file)
 
 

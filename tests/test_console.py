@@ -42,6 +42,8 @@ def isolated_logging(monkeypatch):
   absl_logger.setLevel(logging.NOTSET)
   for name in ("_handler", "_process_index", "_process_count"):
     monkeypatch.setattr(console, name, getattr(console, name))
+  # What an import of another test module held (xclip_jax.main's of TensorFlow) stays out of these tests' logs.
+  monkeypatch.setattr(console, "_native_start_up", [])
   yield
   for handler in root.handlers[:]:
     if handler not in handlers:

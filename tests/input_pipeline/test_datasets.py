@@ -4,7 +4,9 @@ from etils import epath
 import pytest
 
 from configs import common
+from input_pipeline import annotations
 from input_pipeline import datasets
+from input_pipeline import subsets
 from input_pipeline import video_dataset
 
 
@@ -86,3 +88,27 @@ def test_the_streams_stop_with_a_python_error_once_too_many_videos_failed(config
   )
   with pytest.raises(video_dataset.TooManyFailuresError, match="^1 videos failed to decode"):
     next(validation.as_numpy_iterator())
+
+
+def test_an_evaluation_run_with_a_test_list_reads_no_validation_list(config, tmp_path):
+  config.mode = "eval"
+  config.data.test_file = config.data.val_file
+  config.data.val_file = str(tmp_path / "not_there.txt")  # the configs' default under /data, say
+  datasets.resolve(config, epath.Path(tmp_path / "workdir"))
+
+
+def test_a_few_shot_run_checks_only_the_videos_of_its_subset(config, tmp_path):
+  records = "v/a.mp4 0\nv/b.mp4 1\nv/c.mp4 2\nv/d.mp4 0\nv/gone.mp4 0\n"
+  config.data.train_file = _list(tmp_path, "train.txt", records)
+  config.data.shots = 1
+  # A seed whose one video of class 0 is not the missing one, and one whose is, as subsets draws them.
+  draws = {
+    seed: {r.path for r in subsets.k_shot_subset(annotations.read_annotations(config.data.train_file, 3), 3, 1, seed)}
+    for seed in range(20)
+  }
+  config.seed = next(seed for seed, paths in draws.items() if "v/gone.mp4" not in paths)
+  assert datasets.resolve(config, epath.Path(tmp_path / "workdir")).num_train_videos == 3
+  config.seed = next(seed for seed, paths in draws.items() if "v/gone.mp4" in paths)
+  with pytest.raises(ValueError, match=r"the 1-shot subset of .*train\.txt: 1 of its 3 videos are missing"):
+    datasets.resolve(config, epath.Path(tmp_path / "workdir2"))
+  assert not (tmp_path / "workdir2").exists()  # refused before the subset's list is written

@@ -414,12 +414,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         logging.warning("Stopped at step %d on SIGTERM; rerun the same command to resume.", step)
         return {"stopped_at_step": step}
   finally:
-    # However the loop ends (done, SIGTERM, an error in a step, an evaluation or the data), a checkpoint still being
-    # written is finished: left to the exit, it would be lost half-written.
-    manager.wait_until_finished()
-    progress.close()
-    preemption.restore_handler()
-    writer.flush()
+    try:
+      # However the loop ends (done, SIGTERM, an error in a step, an evaluation or the data), a checkpoint still
+      # being written is finished: left to the exit, it would be lost half-written.
+      manager.wait_until_finished()
+    finally:  # a save that failed (a full disk) raises here: the rest is still undone
+      progress.close()
+      preemption.restore_handler()
+      writer.flush()
   # Stops the training stream, which would otherwise go on decoding ahead while the final evaluation runs.
   del batches
 

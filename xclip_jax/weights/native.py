@@ -42,7 +42,8 @@ def write_checkpoint(directory, config: model_config.XCLIPConfig, params) -> epa
 
   `directory` may be on cloud storage (gs://...). With several processes, every process calls this (the params may be
   sharded over all of them); process 0 writes the config, after the params: the config makes the directory a
-  checkpoint (`is_checkpoint`), so a write that fails leaves none that describes params it lacks.
+  checkpoint (`is_checkpoint`), so a first write that fails leaves none that describes params it lacks (a rewrite,
+  as of a workdir's `best/`, deletes the old params first and keeps the old config until the new one replaces it).
   """
   directory = paths.absolute(directory)
   directory.mkdir(parents=True, exist_ok=True)
