@@ -11,9 +11,7 @@ X-CLIP/CLIP checkpoint, an unknown --to, a --num_frames below 1, a DST that exis
 """
 
 import pathlib
-import shutil
 import sys
-import tempfile
 
 from absl import app
 from absl import flags
@@ -21,6 +19,7 @@ from absl import flags
 from xclip_jax import classify
 from xclip_jax import compilation_cache
 from xclip_jax import console
+from xclip_jax import paths
 from xclip_jax import pretrained
 from xclip_jax.weights import official
 from xclip_jax.weights import torch_writer
@@ -39,7 +38,7 @@ def check_arguments(dst, to: str, num_frames: int | None) -> pathlib.Path:
   if num_frames is not None and num_frames < 1:
     raise classify.UserError(f"--num_frames={num_frames}: a video has at least 1 frame")
   dst = pathlib.Path(dst)
-  if to == "jax" and dst.exists() and not (dst.is_dir() and not any(dst.iterdir())):
+  if to == "jax" and not paths.is_new_or_empty_directory(dst):
     raise classify.UserError(f"{dst} exists and is not an empty directory")
   if to == "official" and (dst.exists() or dst.is_symlink()):
     raise classify.UserError(f"{dst} exists")
@@ -49,21 +48,15 @@ def check_arguments(dst, to: str, num_frames: int | None) -> pathlib.Path:
 def write(model: pretrained.XCLIPModel, dst, to: str = "jax") -> pathlib.Path:
   """Writes `model` to `dst` in format `to` (see the module doc); UserError if `dst` exists.
 
-  The output is written to a temporary directory beside `dst` and moved there at the end (a rename, which replaces an
-  empty directory): a failed conversion leaves nothing behind.
+  The output is written beside `dst` and moved there at the end (`paths.written_beside`): a failed conversion leaves
+  nothing behind.
   """
   dst = check_arguments(dst, to, None)
-  dst.parent.mkdir(parents=True, exist_ok=True)
-  scratch = pathlib.Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-  staging = scratch / dst.name
-  try:
+  with paths.written_beside(dst) as staging:
     if to == "jax":
       model.save(staging)  # a folder with the user's permissions, in mkdtemp's private one
     else:
       torch_writer.save_torch_checkpoint({"model": official.official_from_params(model.params)}, staging)
-    staging.rename(dst)
-  finally:
-    shutil.rmtree(scratch, ignore_errors=True)
   return dst
 
 

@@ -40,9 +40,7 @@ import importlib.util
 import logging as python_logging
 import os
 import pathlib
-import shutil
 import sys
-import tempfile
 
 from absl import app
 from absl import flags
@@ -53,6 +51,7 @@ import numpy as np
 from input_pipeline import normalization
 from xclip_jax import classify
 from xclip_jax import console
+from xclip_jax import paths
 from xclip_jax import pretrained
 from xclip_jax.model import tokenizer
 from xclip_jax.model import xclip
@@ -240,7 +239,7 @@ def check_destination(out, fmt: str) -> pathlib.Path:
   if fmt in EXTRAS and importlib.util.find_spec(EXTRAS[fmt]) is None:
     raise classify.UserError(f"--format={fmt} needs {EXTRAS[fmt]}: pip install '.[export]' in the xclip-jax checkout")
   out = pathlib.Path(out)
-  if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+  if not paths.is_new_or_empty_directory(out):
     raise classify.UserError(f"{out} exists and is not an empty directory")
   return out
 
@@ -254,20 +253,12 @@ def export(model: pretrained.XCLIPModel, class_names: Sequence[str], out, fmt: s
   out = check_destination(out, fmt)
   class_names = classify.check_class_names(class_names, "the label list")
   text_features = np.asarray(model.encode_text(tokenizer.tokenize(class_names)), np.float32)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  scratch = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-  staging = scratch / out.name
-  try:
+  with paths.written_beside(out) as staging:
     staging.mkdir()  # with the user's permissions (mkdtemp's are private)
     write_and_check(model, text_features, staging, fmt)
     np.save(staging / "text_features.npy", text_features)
     with open(staging / "labels.csv", "w", newline="", encoding="utf-8") as f:
       csv.writer(f, lineterminator="\n").writerows([("id", "name"), *enumerate(class_names)])
-    if out.exists():
-      out.rmdir()
-    staging.rename(out)
-  finally:
-    shutil.rmtree(scratch, ignore_errors=True)
   return out
 
 

@@ -1,8 +1,11 @@
 """Paths that may be local or on cloud storage (`gs://bucket/...`), read and written through etils.epath."""
 
+from collections.abc import Iterator
+import contextlib
 import os
 import pathlib
 import shutil
+import tempfile
 
 from etils import epath
 
@@ -28,3 +31,25 @@ def copy_to_local(source: str | os.PathLike[str], destination: pathlib.Path) -> 
     with source.open("rb") as reader, destination.open("wb") as writer:
       shutil.copyfileobj(reader, writer)
   return destination
+
+
+def is_new_or_empty_directory(path: pathlib.Path) -> bool:
+  """Whether `path` is free for a command's output folder: absent, or an empty directory."""
+  return not path.exists() or (path.is_dir() and not any(path.iterdir()))
+
+
+@contextlib.contextmanager
+def written_beside(dst: pathlib.Path) -> Iterator[pathlib.Path]:
+  """A local path to write `dst`'s file or folder to, in a private temporary folder beside it: renamed to `dst` when
+  the block ends (replacing an empty directory there), removed with everything else written otherwise, so that a
+  failed write leaves nothing behind."""
+  dst.parent.mkdir(parents=True, exist_ok=True)
+  scratch = pathlib.Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+  staging = scratch / dst.name
+  try:
+    yield staging
+    if dst.is_dir():
+      dst.rmdir()
+    staging.rename(dst)
+  finally:
+    shutil.rmtree(scratch, ignore_errors=True)
