@@ -498,9 +498,7 @@ def main(argv):
       max_bad_fraction=_MAX_BAD_FRACTION.value,
     )
   except _INPUT_ERRORS as error:
-    # The traceback to the log file only (console's handler of an error that ends the program), one line here.
-    for handler in app.EXCEPTION_HANDLERS:
-      handler.handle(error)
+    console.log_traceback(error)  # one line here
     console.fail(str(error))
   console.info(f"Wrote {_OUTPUT_DIR.value}: {builder.info.splits}")
 

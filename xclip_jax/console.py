@@ -98,6 +98,12 @@ def open_log(workdir, process_index: int = 0, process_count: int = 1) -> epath.P
   return path
 
 
+def log_traceback(error: BaseException):
+  """Puts `error` with its traceback in the log file only: the terminal has the one line the caller prints."""
+  logging.getLogger(__name__).error("The program stopped on an error.", exc_info=error, extra={_PRINTED: True})
+  flush()
+
+
 def flush():
   """Writes out the log file (a remote one is uploaded): for an exit that skips Python's own clean-up (os._exit)."""
   if _handler is not None:
@@ -379,5 +385,4 @@ class _ExceptionToLog(app.ExceptionHandler):
   """Puts the traceback of an error that ends the program in the log file (Python prints it on the terminal)."""
 
   def handle(self, exc):
-    logging.getLogger(__name__).error("The program stopped on an error.", exc_info=exc, extra={_PRINTED: True})
-    flush()
+    log_traceback(exc)

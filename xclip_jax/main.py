@@ -91,9 +91,7 @@ def main(argv):
 
 def _stop(error: Exception, log) -> NoReturn:
   """Ends the program on an error in the run: its traceback to the log file, one line naming it on the terminal."""
-  # The handler console installed puts the traceback in the log file only, as for any error that leaves main.
-  for handler in app.EXCEPTION_HANDLERS:
-    handler.handle(error)
+  console.log_traceback(error)
   where = f" (traceback in {log})" if log is not None else ""
   if jax.process_count() == 1:
     logging.error("%s%s", _describe(error), where)
