@@ -59,6 +59,9 @@ def test_the_abandoned_reads_that_asyncio_reports_when_collected_are_not_reporte
     except ValueError as error:
       raise Exception("Encountered error while reading array index") from error
 
+  async def async_deserialize():  # orbax's open of an array, whose metadata a damaged file cannot give
+    raise ValueError('OUT_OF_RANGE: Error opening "zarr" driver: Error reading "params.a/.zarray"')
+
   async def another_coroutine():
     raise Exception("something else")
 
@@ -71,7 +74,7 @@ def test_the_abandoned_reads_that_asyncio_reports_when_collected_are_not_reporte
     assert task.done() and gathering.done()
 
   with caplog.at_level(logging.ERROR, logger="asyncio"):
-    for read in (_read_array_index_and_device_put, another_coroutine):
+    for read in (_read_array_index_and_device_put, async_deserialize, another_coroutine):
       asyncio.run(abandon(read))
       gc.collect()
   reported = sorted((record.getMessage().splitlines()[0], str(record.exc_info[1])) for record in caplog.records)

@@ -186,10 +186,14 @@ def _not_from_abandoned_read(record: logging.LogRecord) -> bool:
   return not (record.exc_info and _raised_in_read(record.exc_info[1]))
 
 
+# orbax's read of one array: opening it (its metadata read), then reading each index (which turns any exception,
+# GeneratorExit at closing included, into another).
+_READ_FUNCTIONS = ("async_deserialize", "_read_array_index_and_device_put")
+
+
 def _raised_in_read(error: BaseException | None) -> bool:
-  # orbax's read of one array index; it turns any exception, GeneratorExit at closing included, into another.
   frames = traceback.extract_tb(error.__traceback__) if error is not None else ()
-  return any(frame.name == "_read_array_index_and_device_put" for frame in frames)
+  return any(frame.name in _READ_FUNCTIONS for frame in frames)
 
 
 def _handed_to_closed_loop(unraisable) -> bool:
