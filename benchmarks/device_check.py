@@ -3,6 +3,7 @@ document.
 
   python -m benchmarks.device_check            # one GPU or TPU chip: within --budget_s (default 450 s)
   python -m benchmarks.device_check --small    # everything shrunk, for a CPU: about a minute
+  python -m benchmarks.device_check --tune --budget_s=540   # and the train step's tuning variants side by side
 
 Run from the repository root. Each part runs in a fresh process, so that its device memory, peak included, is its
 own (and the orchestrating process never takes the accelerator):
@@ -16,9 +17,15 @@ own (and the orchestrating process never takes the accelerator):
              goes besides the matmuls (`benchmarks.step_profile`: on a GPU, through the trace's `hlo_op` names)
   eval_b16   the evaluation forward (`benchmarks.eval_forward`) of the same model at batch 64: clips/s, compile time
   train_l14  the train step of ViT-L/14 likewise, with remat (as the official recipe trains ViT-L), without the floor
-A part gets a share of the budget plus what earlier parts left; one that fails or overruns reports {"error": ...},
-one with under 10 s left {"skipped": ...}. --small: the tiny model (`throughput.TINY`; remat for train_l14), 4 frames,
-4 classes, batch 4 (train_b16: --batch=auto up to 4), compiled without LLVM's costly optimisations.
+With --tune, one more part, for tuning on the device at hand:
+  tune_b16   train_b16's step again at the batch train_b16 found (no floor, no profile), each variant in TUNE_VARIANTS
+             for the backend (the attention implementation, XLA flags) in a fresh process beside a baseline run the
+             same way: step time, clips/s, MFU, memory, compile time, and each variant's speed-up over the baseline
+--parts runs some of the parts only (tune_b16 needs train_b16). A part gets its share of the budget (the shares of
+the parts run, scaled to the budget) plus what earlier parts left; one that fails or overruns reports {"error": ...},
+one with under 10 s left {"skipped": ...}; each part's result goes to stderr as it ends. --small: the tiny model
+(`throughput.TINY`; remat for train_l14), 4 frames, 4 classes, batch 4 (train_b16: --batch=auto up to 4), compiled
+without LLVM's costly optimisations.
 
 What it imports. The machines it is for have jax, flax, optax, orbax-checkpoint, einops, absl-py, numpy and
 safetensors (with their own dependencies: xclip_jax also imports etils, which orbax-checkpoint requires, and
@@ -68,6 +75,33 @@ PARTS = (
     {**_SMALL, "steps": 2, "batch": 4},
   ),
 )
+# (name, share of the budget): with --tune, after PARTS; its variants share it equally, baseline included.
+TUNE = ("tune_b16", 0.5)
+# The variants tune_b16 runs per backend, each against the baseline (attention "auto", no extra XLA flags):
+# (name, changes to train_b16's part, XLA flags added).
+TUNE_VARIANTS = {
+  "gpu": (
+    ("attention=cudnn", {"attention": "cudnn"}, ""),  # "auto" runs jax's XLA attention on GPUs
+    ("latency_hiding_scheduler", {}, "--xla_gpu_enable_latency_hiding_scheduler=true"),
+    ("no_triton_gemm", {}, "--xla_gpu_enable_triton_gemm=false"),  # cuBLAS for every matmul
+    ("no_command_buffers", {}, "--xla_gpu_enable_command_buffer="),  # no CUDA graphs
+  ),
+  "tpu": (),
+  "cpu": (
+    ("attention=xla", {"attention": "xla"}, ""),  # "auto" runs the hand-written core on CPUs
+    ("concurrency_optimized_scheduler", {}, "--xla_cpu_enable_concurrency_optimized_scheduler=true"),
+  ),
+}
+# What each tune_b16 run reports.
+_TUNE_FIELDS = (
+  "step_s",
+  "clips_per_s",
+  "mfu",
+  "peak_device_memory_bytes",
+  "compile_s",
+  "xla_flops_per_clip",
+  "xla_flags",
+)
 # --small compiles as the test suite does, without LLVM's costly optimisations: on a CPU it checks the machinery.
 _SMALL_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
@@ -111,17 +145,20 @@ def golden_parity() -> dict:
 
 
 def run_part(part: dict) -> dict:
+  """One part's result, with the XLA flags it ran under."""
   part = dict(part)
   kind = part.pop("part")
   if kind == "golden":
-    return golden_parity()
-  if kind == "train":
+    result = golden_parity()
+  elif kind == "train":
     from benchmarks import train_step  # pylint: disable=g-import-not-at-top
 
-    return train_step.run_ours(**part)
-  from benchmarks import eval_forward  # pylint: disable=g-import-not-at-top
+    result = train_step.run_ours(**part)
+  else:
+    from benchmarks import eval_forward  # pylint: disable=g-import-not-at-top
 
-  return eval_forward.eval_benchmark(**part)
+    result = eval_forward.eval_benchmark(**part)
+  return {**result, "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
 def _child(part: dict, timeout_s: float, env: dict) -> dict:
@@ -135,20 +172,59 @@ def _child(part: dict, timeout_s: float, env: dict) -> dict:
   return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def check(small: bool, budget_s: float) -> dict:
+def _with_xla_flags(env: dict, xla_flags: str) -> dict:
+  return {**env, "XLA_FLAGS": f"{env.get('XLA_FLAGS', '')} {xla_flags}".strip()} if xla_flags else env
+
+
+def tune(train: dict, part: dict, deadline: float, env: dict) -> dict:
+  """train_b16's step at its batch, as a baseline and as each of TUNE_VARIANTS for its backend: fresh processes
+  sharing the time to `deadline` equally (a variant's flags apply to its process only)."""
+  if "batch" not in train:
+    return {"skipped": "no batch from train_b16 (it failed, or was not among --parts)"}
+  part = {**part, "batch": train["batch"], "max_batch": None, "matmul_floor": False, "profile": False}
+  runs = (("baseline", {}, ""), *TUNE_VARIANTS.get(train["backend"], ()))
+  result = {"batch": train["batch"], "backend": train["backend"], "variants": {}}
+  for done, (name, changes, xla_flags) in enumerate(runs):
+    left = (deadline - time.perf_counter()) / (len(runs) - done)
+    if left < 10:
+      run = {"skipped": f"{left:.0f} s of the budget left"}
+    else:
+      run = _child({**part, **changes}, left, _with_xla_flags(env, xla_flags))
+    if "step_s" in run:
+      run = {field: run[field] for field in _TUNE_FIELDS}
+    result["variants"][name] = {"changes": changes, "added_xla_flags": xla_flags, **run}
+    print(f"tune_b16 {name}: {json.dumps(result['variants'][name])}", file=sys.stderr, flush=True)
+  baseline = result["variants"]["baseline"].get("step_s")
+  timed = {name: run["step_s"] for name, run in result["variants"].items() if "step_s" in run}
+  if baseline:
+    for name, step_s in timed.items():
+      result["variants"][name]["speedup"] = baseline / step_s
+  result["fastest"] = min(timed, key=timed.get) if timed else None
+  return result
+
+
+def check(small: bool, budget_s: float, parts=tuple(name for name, *_ in PARTS), with_tune: bool = False) -> dict:
+  """The PARTS named in `parts`, then tune_b16 with `with_tune`, within `budget_s`."""
   start = time.perf_counter()
   report = {"small": small, "budget_s": budget_s}
-  env = dict(os.environ)
-  if small:
-    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {_SMALL_XLA_FLAGS}".strip()
+  env = _with_xla_flags(dict(os.environ), _SMALL_XLA_FLAGS if small else "")
+  chosen = [entry for entry in PARTS if entry[0] in parts]
+  scale = budget_s / (sum(share for _, share, *_ in chosen) + (TUNE[1] if with_tune else 0))
   deadline = start
-  for name, share, part, small_changes in PARTS:
-    deadline += share * budget_s
+  for name, share, part, small_changes in chosen:
+    deadline += share * scale
     part = {**part, **small_changes} if small else part
     left = deadline - time.perf_counter()
     report[name] = _child(part, left, env) if left >= 10 else {"skipped": f"{left:.0f} s of the budget left"}
     print(f"{name}: {json.dumps(report[name])}", file=sys.stderr, flush=True)  # each part as it ends
-  report["device_kind"] = next((report[n]["device_kind"] for n, *_ in PARTS if "device_kind" in report[n]), None)
+  if with_tune:
+    name, share = TUNE
+    _, _, part, small_changes = PARTS[1]  # train_b16's
+    part = {**part, **small_changes} if small else part
+    report[name] = tune(report.get("train_b16", {}), part, deadline + share * scale, env)
+  report["device_kind"] = next(
+    (r["device_kind"] for r in report.values() if isinstance(r, dict) and "device_kind" in r), None
+  )
   report["total_s"] = time.perf_counter() - start
   return report
 
@@ -158,11 +234,16 @@ def main(argv):
   if FLAGS.part:
     print(json.dumps(run_part(json.loads(FLAGS.part))))
   else:
-    print(json.dumps(check(FLAGS.small, FLAGS.budget_s), indent=1))
+    print(json.dumps(check(FLAGS.small, FLAGS.budget_s, FLAGS.parts, FLAGS.tune), indent=1))
 
 
 if __name__ == "__main__":
   flags.DEFINE_bool("small", False, "Shrink every part to run on a CPU in about a minute.")
   flags.DEFINE_float("budget_s", 450, "Seconds for all the parts together (each gets a share and what others left).")
+  flags.DEFINE_bool("tune", False, "Then run tune_b16: train_b16's step as each of TUNE_VARIANTS, side by side.")
+  flags.DEFINE_list("parts", [name for name, *_ in PARTS], "The parts to run, in their usual order whatever this one.")
+  flags.register_validator(
+    "parts", lambda names: set(names) <= {name for name, *_ in PARTS}, f"each a part: {[name for name, *_ in PARTS]}"
+  )
   flags.DEFINE_string("part", None, "Internal: run one part (JSON) in this process and print its result.")
   app.run(main)

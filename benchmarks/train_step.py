@@ -76,9 +76,18 @@ def step_config(frames: int, classes: int, batch: int, freeze_text: bool = True)
   )
 
 
-def _setup(arch: str, frames: int, batch: int, classes: int, dtype: str, remat: bool, freeze_text: bool = True):
+def _setup(
+  arch: str,
+  frames: int,
+  batch: int,
+  classes: int,
+  dtype: str,
+  remat: bool,
+  freeze_text: bool = True,
+  attention: str = "auto",
+):
   config = step_config(frames, classes, batch, freeze_text)
-  architecture = throughput.architecture(arch, num_frames=frames, dtype=dtype, remat=remat)
+  architecture = throughput.architecture(arch, num_frames=frames, dtype=dtype, remat=remat, attention=attention)
   model = pretrained.XCLIPModel(architecture, throughput.random_params(architecture))
   rng = np.random.default_rng(0)
   return config, model, class_texts(architecture, classes, rng), rng
@@ -119,10 +128,11 @@ def run_ours(
   max_batch=None,
   matmul_floor=True,
   profile=False,
+  attention="auto",
 ) -> dict:
   """Our sharded train step: throughput, FLOPs, MFU, memory and its matmul floor; `batch` a number or "auto"; with
-  `profile`, where two more steps' time goes (`benchmarks.step_profile`)."""
-  config, model, text_ids, rng = _setup(arch, frames, 1, classes, dtype, remat, freeze_text)
+  `profile`, where two more steps' time goes (`benchmarks.step_profile`); `attention`, XCLIPConfig.attention."""
+  config, model, text_ids, rng = _setup(arch, frames, 1, classes, dtype, remat, freeze_text, attention)
   architecture = model.config
   mesh = sharding.make_mesh(config.mesh)
   abstract_state, create_state = step_lib.plan_train_state(config, model, text_ids, mesh)
@@ -169,8 +179,8 @@ def run_ours(
     compile_for(batch)  # before the state exists, as training does (step.compile_step)
   state = create_state()
 
-  result = {"arch": arch, "frames": frames, "classes": classes, "dtype": dtype, "remat": remat}
-  result.update(freeze_text=freeze_text, device_kind=jax.devices()[0].device_kind)
+  result = {"arch": arch, "frames": frames, "classes": classes, "dtype": dtype, "remat": remat, "attention": attention}
+  result.update(freeze_text=freeze_text, device_kind=jax.devices()[0].device_kind, backend=jax.default_backend())
   if batch == "auto":
     resident = sum(x.nbytes for x in jax.tree.leaves(state))  # in the analysis's arguments, already allocated
     batch, search = throughput.largest_batch(
