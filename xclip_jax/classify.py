@@ -347,8 +347,7 @@ def _run(videos: list[str]) -> int:
     write_embeddings(embed_path, model, class_names, results)
   failed = [r.video for r in results if r.error is not None]
   if failed:
-    print(f"error: {len(failed)} of {len(videos)} videos could not be classified: {', '.join(failed)}", file=sys.stderr)
-    return console.EXIT_ERROR
+    return console.error(f"{len(failed)} of {len(videos)} videos could not be classified: {', '.join(failed)}")
   return 0
 
 
@@ -358,8 +357,7 @@ def main(argv):
   try:
     return _run(argv[1:])
   except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return console.EXIT_ERROR
+    return console.error(str(e))
 
 
 def define_flags():

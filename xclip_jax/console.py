@@ -168,10 +168,15 @@ class Progress:
       self._bar.close()
 
 
-def fail(message: str) -> NoReturn:
-  """Ends a command on a mistake of its user's: `error: MESSAGE`, one line on stderr, and exit status EXIT_ERROR."""
+def error(message: str) -> int:
+  """Tells a mistake of the user's: `error: MESSAGE`, one line on stderr; returns the exit status, EXIT_ERROR."""
   print(f"error: {' '.join(message.split())}", file=sys.stderr)
-  sys.exit(EXIT_ERROR)
+  return EXIT_ERROR
+
+
+def fail(message: str) -> NoReturn:
+  """Ends a command on a mistake of its user's: `error`, then exit status EXIT_ERROR."""
+  sys.exit(error(message))
 
 
 def flag_error(error: flags.Error) -> str:

@@ -11,7 +11,6 @@ X-CLIP/CLIP checkpoint, an unknown --to, a --num_frames below 1, a DST that exis
 """
 
 import pathlib
-import sys
 
 from absl import app
 from absl import flags
@@ -81,16 +80,14 @@ def command(src: str, dst: str, *, to: str = "jax", num_frames: int | None = Non
     except OSError as e:
       raise classify.UserError(f"cannot write {dst}: {e}") from None
   except classify.UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return console.EXIT_ERROR
+    return console.error(str(e))
   console.info(f"Wrote {dst} ({to} format).")
   return 0
 
 
 def main(argv):
   if len(argv) != 3:
-    print(f"error: {USAGE}", file=sys.stderr)
-    return console.EXIT_ERROR
+    return console.error(USAGE)
   console.setup()
   compilation_cache.enable(FLAGS.compilation_cache_dir)  # a CLIP checkpoint compiles the X-CLIP modules' init
   return command(argv[1], argv[2], to=FLAGS.to, num_frames=FLAGS.num_frames)

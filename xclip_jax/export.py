@@ -40,7 +40,6 @@ import importlib.util
 import logging as python_logging
 import os
 import pathlib
-import sys
 
 from absl import app
 from absl import flags
@@ -283,8 +282,7 @@ def command(
       raise classify.UserError(f"checkpoint {checkpoint}: {e}") from None
     out = export(model, class_names, out, fmt)
   except classify.UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return console.EXIT_ERROR
+    return console.error(str(e))
   config = model.config
   size = config.image_resolution
   print(
@@ -296,11 +294,9 @@ def command(
 
 def main(argv):
   if len(argv) != 3:
-    print(
-      "error: usage: python -m xclip_jax.export CHECKPOINT OUT --labels=FILE|--classes=a,b,c [--format=...]",
-      file=sys.stderr,
+    return console.error(
+      "usage: python -m xclip_jax.export CHECKPOINT OUT --labels=FILE|--classes=a,b,c [--format=...]"
     )
-    return console.EXIT_ERROR
   console.setup()  # libraries' INFO lines (XLA, orbax, TensorFlow) only with --verbosity
   # Library warnings that say nothing about the export: onnx_ir drops the shape annotations of intermediate values
   # (the graph is complete); jax2onnx skips, with tracebacks, plugins for other libraries that fail to import (dm_pix's
