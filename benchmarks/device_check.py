@@ -81,7 +81,7 @@ TUNE = ("tune_b16", 0.5)
 # (name, changes to train_b16's part, XLA flags added).
 TUNE_VARIANTS = {
   "gpu": (
-    ("attention=cudnn", {"attention": "cudnn"}, ""),  # "auto" runs jax's XLA attention on GPUs
+    ("attention=xla", {"attention": "xla"}, ""),  # "auto" runs cuDNN's fused kernel on GPUs, where it runs
     ("latency_hiding_scheduler", {}, "--xla_gpu_enable_latency_hiding_scheduler=true"),
     ("no_triton_gemm", {}, "--xla_gpu_enable_triton_gemm=false"),  # cuBLAS for every matmul
     ("no_command_buffers", {}, "--xla_gpu_enable_command_buffer="),  # no CUDA graphs
@@ -100,6 +100,7 @@ _TUNE_FIELDS = (
   "peak_device_memory_bytes",
   "compile_s",
   "xla_flops_per_clip",
+  "cudnn_attention_calls",
   "xla_flags",
 )
 # --small compiles as the test suite does, without LLVM's costly optimisations: on a CPU it checks the machinery.

@@ -14,6 +14,8 @@ Ours reports (FLOPs and MFU as `benchmarks.throughput` counts them):
   matmul_only_s              the step's forward and backward contractions alone (every dot_general of the traced step,
                              recomputation included): its matmul floor; step_matmul_flops_per_clip, their FLOPs
   xla_memory_bytes           device memory the compiled step needs by XLA's memory analysis
+  cudnn_attention_calls      cuDNN's fused attention kernels in the step, forward and backward (on a GPU, 0 where
+                             `auto` found cuDNN declining and ran XLA's attention)
   peak_device_memory_bytes   device 0's peak bytes in use (the process's VmHWM on a CPU: the one process ran nothing
                              else); with batch "auto" it includes the sizes tried
   batch_search               with batch "auto": the largest batch that fits and runs (`throughput.largest_batch`), the
@@ -45,6 +47,9 @@ from xclip_jax.model import xclip
 from xclip_jax.parallel import sharding
 from xclip_jax.train import step as step_lib
 from xclip_jax.weights import official
+
+# The custom calls of cuDNN's fused attention, as jax lowers them ("__cudnn$fmhaSoftmax", "...Backward").
+_CUDNN_ATTENTION = "__cudnn$fmha"
 
 
 def step_config(frames: int, classes: int, batch: int, freeze_text: bool = True) -> types.SimpleNamespace:
@@ -227,6 +232,7 @@ def run_ours(
     mfu=None if peak is None else model_flops * batch / step_s / peak,
     xla_memory_bytes=throughput.needed_bytes(compiled[batch]),
     host_memory=host_memory.status(),
+    cudnn_attention_calls=step.lower(state, abstract_batch(batch)).as_text().count(_CUDNN_ATTENTION),
   )
   # The step's peak, before the matmul floor's operands are made.
   result.update(peak_device_memory_bytes=throughput.peak_memory_bytes(), peak_rss_mb=_peak_rss_mb())

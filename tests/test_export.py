@@ -146,6 +146,16 @@ def test_baked_classes_give_the_models_probabilities(served, model, batch_size):
 
 
 # Both symbolic sizes vary: the batch, and the number of classes (the baked ones as features, then another set).
+def test_exports_run_attention_that_lowers_for_every_platform(model, checkpoint, tmp_path):
+  """Whatever attention the model was loaded with: cuDNN's kernel (what `auto` runs on a GPU) lowers for CUDA only,
+  and does not run on this CPU at all."""
+  cudnn_model = xclip_jax.load_pretrained(checkpoint, attention="cudnn")
+  out = export.export(cudnn_model, CLASSES, tmp_path / "out", "stablehlo")
+  video = frames(2)
+  text_features = model.encode_text(xclip_jax.tokenize(CLASSES))
+  np.testing.assert_allclose(StableHLO(out)(video), expected_probabilities(model, video, text_features), atol=1e-4)
+
+
 @pytest.mark.parametrize("batch_size, class_names", [(1, None), (3, OTHER_CLASSES)])
 def test_text_features_entry_point_serves_any_label_set(served, model, batch_size, class_names):
   _, out, runtime = served

@@ -251,6 +251,9 @@ def export(model: pretrained.XCLIPModel, class_names: Sequence[str], out, fmt: s
   """
   out = check_destination(out, fmt)
   class_names = classify.check_class_names(class_names, "the label list")
+  # The hand-written attention core, plain XLA operations, whatever the model was loaded with: it lowers for every
+  # platform, which cuDNN's kernel (what `auto` runs on a GPU) does not.
+  model = pretrained.XCLIPModel(model.config.replace(attention="hand"), model.params)
   text_features = np.asarray(model.encode_text(tokenizer.tokenize(class_names)), np.float32)
   with paths.written_beside(out) as staging:
     staging.mkdir()  # with the user's permissions (mkdtemp's are private)

@@ -87,6 +87,7 @@ def test_small_check_reports_speed_memory_and_the_batch_search(small_check):
   assert search["max_batch"] == 4 and search["next_batch"] is None and search["next_failure"] == "--max_batch=4"
   assert search["available_bytes"] > 2**20
   assert report["train_l14"]["remat"] and report["train_b16"]["matmul_only_s"] > 0
+  assert report["train_b16"]["cudnn_attention_calls"] == 0  # a GPU's kernels, which `auto` never tries on a CPU
   profile = report["train_b16"]["profile"]
   assert profile["available"] and 0 < profile["matmul_s"] < profile["traced_s"], profile
 

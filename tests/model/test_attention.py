@@ -2,7 +2,9 @@
 hand-written core's own gradient (the derivatives, keeping no (L, L) array for the backward pass)."""
 
 import json
+import logging
 import re
+import types
 
 import flax.linen as nn
 import jax
@@ -31,11 +33,64 @@ def reference_attention(q, k, v, num_heads: int, causal: bool):
   return np.swapaxes(weights @ heads_first(v), -2, -3).reshape(q.shape)
 
 
-def test_auto_runs_the_hand_written_core_on_cpu_and_jax_attention_on_accelerators():
+def test_auto_runs_the_hand_written_core_on_cpu_cudnn_on_gpu_and_jax_attention_on_tpu():
   assert layers.attention_implementation("auto", "cpu") == "hand"
+  assert layers.attention_implementation("auto", "gpu") == "cudnn"
   # None: jax.nn.dot_product_attention's own choice of implementation.
-  assert layers.attention_implementation("auto", "gpu") is None
   assert layers.attention_implementation("auto", "tpu") is None
+
+
+def _as_on_a_gpu(monkeypatch, compute_capability: str | None = None):
+  """The backend a GPU (traced only: nothing runs on it); the device of `compute_capability` if given."""
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  if compute_capability is not None:
+    device = types.SimpleNamespace(compute_capability=compute_capability)
+    monkeypatch.setattr(jax, "devices", lambda *args: [device])
+
+
+def _declined_calls(monkeypatch) -> list:
+  """The implementations jax.nn.dot_product_attention is called with, as `layers` calls it."""
+  calls, attention = [], jax.nn.dot_product_attention
+
+  def recorded(*args, implementation=None, **kwargs):
+    calls.append(implementation)
+    return attention(*args, implementation=implementation, **kwargs)
+
+  monkeypatch.setattr(jax.nn, "dot_product_attention", recorded)
+  return calls
+
+
+def test_on_a_gpu_auto_runs_xla_attention_where_cudnn_declines_and_logs_why(monkeypatch, caplog):
+  """On this CPU, jax declines cuDNN when the call is traced ("cuDNN is not detected", as for float32 on a GPU):
+  `auto` then computes the same attention with XLA's, and logs the reason once."""
+  layers._log_xla_instead_of_cudnn.cache_clear()  # logged once per process: perhaps already, by another test
+  _as_on_a_gpu(monkeypatch)
+  calls = _declined_calls(monkeypatch)
+  rng = np.random.default_rng(0)
+  q, k, v = (rng.normal(size=(2, 3, length, 8)).astype(np.float32) for length in (3, 5, 5))
+  with caplog.at_level(logging.INFO):
+    for _ in range(2):
+      out = layers.dot_product_attention(q, k, v, 2, attention="auto")
+      np.testing.assert_allclose(out, reference_attention(q, k, v, 2, False), rtol=1e-5, atol=1e-6)
+  assert calls == ["cudnn", "xla", "cudnn", "xla"]
+  assert [record.getMessage() for record in caplog.records if record.name == "root"] == [
+    "attention='auto' runs XLA's attention where cuDNN's fused kernel declines: cuDNN is not detected."
+  ]
+
+
+def test_on_a_gpu_older_than_ampere_auto_does_not_try_cudnn(monkeypatch):
+  _as_on_a_gpu(monkeypatch, compute_capability="7.5")
+  calls = _declined_calls(monkeypatch)
+  q = np.ones((1, 4, 8), np.float32)
+  np.testing.assert_allclose(layers.dot_product_attention(q, q, q, 2), reference_attention(q, q, q, 2, False))
+  assert calls == ["xla"]
+
+
+def test_a_named_cudnn_is_not_replaced(monkeypatch):
+  _as_on_a_gpu(monkeypatch)
+  q = np.ones((1, 4, 8), np.float32)
+  with pytest.raises(RuntimeError, match="cuDNN is not detected"):
+    layers.dot_product_attention(q, q, q, 2, attention="cudnn")
 
 
 def test_a_named_implementation_runs_as_named():

@@ -25,8 +25,9 @@ BATCH = 8
 ARCH = dict(tiny.ARCH, num_frames=FRAMES, vision_patch_size=8, droppath=0.1)
 NUM_PATCHES = 16
 NUM_CLASSES = tiny.NUM_CLASSES
-# Frames split two and four ways, with FSDP, with FSDP, remat and bfloat16, and with jax.nn.dot_product_attention (the
-# accelerators' default) instead of the hand-written core (CPU's); all against one float32 device. Drop path is on.
+# Frames split two and four ways, with FSDP, with FSDP, remat and bfloat16, and with jax.nn.dot_product_attention's XLA
+# attention (a TPU's default, a GPU's where cuDNN's kernel declines) instead of the hand-written core (CPU's); all
+# against one float32 device. Drop path is on.
 MESHES = {
   "time=2": ({"data": 4, "fsdp": 1, "time": 2}, {}),
   "time=2,attention=xla": ({"data": 4, "fsdp": 1, "time": 2}, {"attention": "xla"}),

@@ -5,6 +5,7 @@ statistics and softmax run in float32.
 """
 
 import functools
+import logging
 import math
 from typing import Any
 
@@ -224,20 +225,23 @@ quick_gelu_then_weight.defvjp(_quick_gelu_then_weight_fwd, _quick_gelu_then_weig
 # Attention implementations: `auto` picks one for the backend at trace time (`attention_implementation`); `hand` is
 # `hand_attention`; `xla` and `cudnn` are those of jax.nn.dot_product_attention.
 ATTENTION_IMPLEMENTATIONS = ("auto", "hand", "xla", "cudnn")
+# cuDNN's fused attention kernels need an Ampere GPU or later; jax checks everything else when the call is traced.
+_CUDNN_LEAST_COMPUTE_CAPABILITY = (8, 0)
 
 
 def attention_implementation(attention: str, backend: str) -> str | None:
   """What `attention` runs on `backend` (jax.default_backend(): 'cpu', 'gpu', 'tpu').
 
   Returns "hand" for `hand_attention`, else the `implementation` argument of jax.nn.dot_product_attention: "xla",
-  "cudnn", or None (jax's own choice, which `auto` takes on accelerators; jax 0.10 chooses XLA).
+  "cudnn", or None (jax's own choice, XLA's today). `auto` takes "hand" on a CPU, "cudnn" on a GPU (where cuDNN
+  declines a call, `dot_product_attention` runs XLA's instead), None on a TPU.
   """
   if attention not in ATTENTION_IMPLEMENTATIONS:
     raise ValueError(f"attention must be one of {ATTENTION_IMPLEMENTATIONS}, got {attention!r}")
   if attention == "cudnn" and backend != "gpu":
     raise ValueError(f"attention='cudnn' needs an NVIDIA GPU, but the backend is {backend!r}; use 'auto' or 'xla'")
   if attention == "auto":
-    return "hand" if backend == "cpu" else None
+    return {"cpu": "hand", "gpu": "cudnn"}.get(backend)
   return attention
 
 
@@ -319,6 +323,38 @@ def dot_product_attention(q, k, v, num_heads: int, causal: bool = False, attenti
   implementation = attention_implementation(attention, jax.default_backend())
   if implementation == "hand":
     return hand_attention(q, k, v, num_heads, causal)
+  if attention == "auto" and implementation == "cudnn":
+    # cuDNN's kernel where it runs: bfloat16 or float16, a head dimension it takes, an Ampere GPU or later.
+    reason = _older_than_ampere()
+    if reason is None:
+      try:
+        return _library_attention(q, k, v, num_heads, causal, "cudnn")
+      except (NotImplementedError, ValueError, RuntimeError) as declined:  # what jax raises for what cuDNN lacks
+        reason = " ".join(str(declined).split())
+    _log_xla_instead_of_cudnn(reason)
+    implementation = "xla"
+  return _library_attention(q, k, v, num_heads, causal, implementation)
+
+
+def _older_than_ampere() -> str | None:
+  """Why cuDNN's kernel cannot run on this NVIDIA GPU, which jax does not check when tracing; None if it can."""
+  capability = getattr(jax.devices()[0], "compute_capability", "")  # "9.0" on an H100
+  try:
+    version = tuple(int(part) for part in capability.split("."))
+  except ValueError:  # no NVIDIA GPU's ("gfx90a" on ROCm): jax's own checks decline cuDNN there
+    return None
+  if version >= _CUDNN_LEAST_COMPUTE_CAPABILITY:
+    return None
+  return f"compute capability {capability}: cuDNN's fused attention needs 8.0 (Ampere) or later"
+
+
+@functools.cache
+def _log_xla_instead_of_cudnn(reason: str):
+  logging.info("attention='auto' runs XLA's attention where cuDNN's fused kernel declines: %s", reason)
+
+
+def _library_attention(q, k, v, num_heads: int, causal: bool, implementation: str | None):
+  """jax.nn.dot_product_attention of (..., L, D) projections by `implementation`, q scaled first."""
   *batch, q_len, width = q.shape
   head_dim = width // num_heads
   split_heads = lambda t: t.reshape(*t.shape[:-1], num_heads, head_dim)
