@@ -85,8 +85,8 @@ def experiment_config(*, small: bool = False) -> ml_collections.ConfigDict:
   config.droppath = 0.0
   config.dtype = "float32"  # compute dtype; "bfloat16" on accelerators (parameters stay float32)
   config.remat = False
-  # Attention implementation: "auto" (the hand-written core on CPU, cuDNN's fused kernel on GPU where it runs, else
-  # XLA's, XLA's on TPU), "hand", "xla" or "cudnn" (xclip_jax.model.layers.dot_product_attention).
+  # Attention implementation: "auto" (the hand-written core on CPU; on GPU cuDNN's fused kernel over tokens where it
+  # runs, else XLA's; XLA's on TPU), "hand", "xla" or "cudnn" (xclip_jax.model.layers.dot_product_attention).
   config.attention = "auto"
 
   # data x fsdp x time devices; `time` > 1 splits each video's frames over devices (long clips, large models).

@@ -48,13 +48,14 @@ def _as_on_a_gpu(monkeypatch, compute_capability: str | None = None):
     monkeypatch.setattr(jax, "devices", lambda *args: [device])
 
 
-def _declined_calls(monkeypatch) -> list:
-  """The implementations jax.nn.dot_product_attention is called with, as `layers` calls it."""
+def _library_calls(monkeypatch, with_lengths: bool = False) -> list:
+  """The implementations jax.nn.dot_product_attention is called with, as `layers` calls it (and the key sequence's
+  length: its arrays are ([batch,] length, heads, head_dim))."""
   calls, attention = [], jax.nn.dot_product_attention
 
-  def recorded(*args, implementation=None, **kwargs):
-    calls.append(implementation)
-    return attention(*args, implementation=implementation, **kwargs)
+  def recorded(query, key, *args, implementation=None, **kwargs):
+    calls.append((implementation, key.shape[-3]) if with_lengths else implementation)
+    return attention(query, key, *args, implementation=implementation, **kwargs)
 
   monkeypatch.setattr(jax.nn, "dot_product_attention", recorded)
   return calls
@@ -65,7 +66,7 @@ def test_on_a_gpu_auto_runs_xla_attention_where_cudnn_declines_and_logs_why(monk
   `auto` then computes the same attention with XLA's, and logs the reason once."""
   layers._log_xla_instead_of_cudnn.cache_clear()  # logged once per process: perhaps already, by another test
   _as_on_a_gpu(monkeypatch)
-  calls = _declined_calls(monkeypatch)
+  calls = _library_calls(monkeypatch)
   rng = np.random.default_rng(0)
   q, k, v = (rng.normal(size=(2, 3, length, 8)).astype(np.float32) for length in (3, 5, 5))
   with caplog.at_level(logging.INFO):
@@ -80,10 +81,25 @@ def test_on_a_gpu_auto_runs_xla_attention_where_cudnn_declines_and_logs_why(monk
 
 def test_on_a_gpu_older_than_ampere_auto_does_not_try_cudnn(monkeypatch):
   _as_on_a_gpu(monkeypatch, compute_capability="7.5")
-  calls = _declined_calls(monkeypatch)
+  calls = _library_calls(monkeypatch)
   q = np.ones((1, 4, 8), np.float32)
   np.testing.assert_allclose(layers.dot_product_attention(q, q, q, 2), reference_attention(q, q, q, 2, False))
   assert calls == ["xla"]
+
+
+def test_on_a_gpu_auto_tries_cudnn_for_tokens_and_never_for_frames(monkeypatch):
+  """cuDNN's kernel for the attention over a frame's tokens and over a text's, XLA's over a video's frames (the
+  message tokens', the MIT's), a sequence that the mesh's `time` axis may split, which cuDNN cannot partition."""
+  _as_on_a_gpu(monkeypatch)
+  calls = _library_calls(monkeypatch, with_lengths=True)
+  model = tiny.model()
+  model.encode_text(tiny.text_ids())
+  size = tiny.ARCH["image_resolution"]
+  model.encode_video(np.zeros((1, tiny.ARCH["num_frames"], size, size, 3), np.float32))
+  frames = tiny.ARCH["num_frames"]
+  tokens = (size // tiny.ARCH["vision_patch_size"]) ** 2 + 2  # the patches, the class token, the message token
+  assert {length for implementation, length in calls if implementation == "cudnn"} >= {tokens}
+  assert {implementation for implementation, length in calls if length == frames} == {"xla"}
 
 
 def test_a_named_cudnn_is_not_replaced(monkeypatch):

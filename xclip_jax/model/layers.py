@@ -234,7 +234,7 @@ def attention_implementation(attention: str, backend: str) -> str | None:
 
   Returns "hand" for `hand_attention`, else the `implementation` argument of jax.nn.dot_product_attention: "xla",
   "cudnn", or None (jax's own choice, XLA's today). `auto` takes "hand" on a CPU, "cudnn" on a GPU (where cuDNN
-  declines a call, `dot_product_attention` runs XLA's instead), None on a TPU.
+  declines a call, `dot_product_attention` runs XLA's instead; over frames, `attention_over_frames`), None on a TPU.
   """
   if attention not in ATTENTION_IMPLEMENTATIONS:
     raise ValueError(f"attention must be one of {ATTENTION_IMPLEMENTATIONS}, got {attention!r}")
@@ -243,6 +243,13 @@ def attention_implementation(attention: str, backend: str) -> str | None:
   if attention == "auto":
     return {"cpu": "hand", "gpu": "cudnn"}.get(backend)
   return attention
+
+
+def attention_over_frames(attention: str) -> str:
+  """The implementation for attention whose sequence is a video's frames (the message tokens', the MIT's): the mesh's
+  `time` axis may split that sequence over devices, which cuDNN's kernel cannot partition, and over a few dozen frames
+  it gains nothing; so there `auto` runs XLA's attention on a GPU."""
+  return "xla" if attention == "auto" and jax.default_backend() == "gpu" else attention
 
 
 def hand_attention(q, k, v, num_heads: int, causal: bool = False):

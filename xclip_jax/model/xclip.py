@@ -67,7 +67,9 @@ class CrossFrameAttentionBlock(nn.Module):
     message = layers.Linear(width, dtype=self.dtype, bias_init=layers.torch_linear_bias_init(width), name="message_fc")(
       x[:, :, 0]
     )
-    message_attn = layers.MultiheadAttention(self.num_heads, self.dtype, attention=self.attention, name="message_attn")
+    message_attn = layers.MultiheadAttention(
+      self.num_heads, self.dtype, attention=layers.attention_over_frames(self.attention), name="message_attn"
+    )
     message = message + message_drop(
       message_attn(message, input_norm=layers.layer_norm("message_ln", self.dtype)), deterministic
     )
@@ -187,8 +189,9 @@ class MultiframeIntegrationTransformer(nn.Module):
     x = frame_features + positional_embedding.astype(frame_features.dtype)
     # The official MIT initialises every layers.Linear (out_proj included) with trunc_normal(0.02) and zero bias.
     inits = dict(out_proj=layers.TRUNC_NORMAL_02, c_fc=layers.TRUNC_NORMAL_02, c_proj=layers.TRUNC_NORMAL_02)
+    attention = layers.attention_over_frames(self.attention)
     for i in range(self.layers):
-      x = layers.ResidualAttentionBlock(self.heads, self.dtype, inits, self.attention, name=f"resblocks_{i}")(x)
+      x = layers.ResidualAttentionBlock(self.heads, self.dtype, inits, attention, name=f"resblocks_{i}")(x)
     return (x + frame_features).mean(axis=1)
 
 
