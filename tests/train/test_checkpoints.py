@@ -65,6 +65,20 @@ def test_the_abandoned_reads_that_asyncio_reports_when_collected_are_not_reporte
   async def another_coroutine():
     raise Exception("something else")
 
+  class TensorStoreFuture:
+    """An awaitable that is no coroutine (asyncio wraps it in a task of its own) and fails without a Python frame of
+    its own, as TensorStore's futures do."""
+
+    def __init__(self, message):
+      self.failed = asyncio.get_running_loop().create_future()
+      self.failed.set_exception(ValueError(message))
+
+    def __await__(self):
+      return self.failed.__await__()
+
+  def tensorstore_read(message):
+    return lambda: TensorStoreFuture(message)
+
   async def abandon(read):
     # Started, left to fail, never awaited: as orbax leaves the others once one read has failed.
     task = asyncio.ensure_future(read())
@@ -74,12 +88,15 @@ def test_the_abandoned_reads_that_asyncio_reports_when_collected_are_not_reporte
     assert task.done() and gathering.done()
 
   with caplog.at_level(logging.ERROR, logger="asyncio"):
-    for read in (_read_array_index_and_device_put, async_deserialize, another_coroutine):
+    reads = (_read_array_index_and_device_put, async_deserialize, tensorstore_read('OUT_OF_RANGE: Error reading "a/0"'))
+    for read in (*reads, another_coroutine, tensorstore_read("not TensorStore's")):
       asyncio.run(abandon(read))
       gc.collect()
   reported = sorted((record.getMessage().splitlines()[0], str(record.exc_info[1])) for record in caplog.records)
   assert reported == [
+    ("Task exception was never retrieved", "not TensorStore's"),
     ("Task exception was never retrieved", "something else"),
+    ("_GatheringFuture exception was never retrieved", "not TensorStore's"),
     ("_GatheringFuture exception was never retrieved", "something else"),
   ]
 
