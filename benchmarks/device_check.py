@@ -23,9 +23,9 @@ With --tune, one more part, for tuning on the device at hand:
              same way: step time, clips/s, MFU, memory, compile time, and each variant's speed-up over the baseline
 --parts runs some of the parts only (tune_b16 needs train_b16). A part gets its share of the budget (the shares of
 the parts run, scaled to the budget) plus what earlier parts left; one that fails or overruns reports {"error": ...},
-one with under 10 s left {"skipped": ...}; each part's result goes to stderr as it ends. --small: the tiny model
-(`throughput.TINY`; remat for train_l14), 4 frames, 4 classes, batch 4 (train_b16: --batch=auto up to 4), compiled
-without LLVM's costly optimisations.
+one with under 10 s left {"skipped": ...}; each part's result goes to stderr as it ends, and a summary of them all
+last. --small: the tiny model (`throughput.TINY`; remat for train_l14), 4 frames, 4 classes, batch 4 (train_b16:
+--batch=auto up to 4), compiled without LLVM's costly optimisations.
 
 What it imports. The machines it is for have jax, flax, optax, orbax-checkpoint, einops, absl-py, numpy and
 safetensors (with their own dependencies: xclip_jax also imports etils, which orbax-checkpoint requires, and
@@ -230,12 +230,46 @@ def check(small: bool, budget_s: float, parts=tuple(name for name, *_ in PARTS),
   return report
 
 
+def _not_run(result: dict) -> str | None:
+  """Why a part or variant has no numbers ("error: ...", "skipped: ..."), or None."""
+  reason = next((key for key in ("error", "skipped") if key in result), None)
+  return reason and f"{reason}: {result[reason]}"
+
+
+def summary(report: dict) -> str:
+  """The report's headline numbers, a line per part (and per tuning variant), for a person reading a terminal."""
+  lines = [f"device_check on {report['device_kind']}, {report['total_s']:.0f} s"]
+  for name, result in report.items():
+    if not isinstance(result, dict):
+      continue
+    if _not_run(result):
+      lines.append(f"{name:<11} {_not_run(result)}")
+    elif name == "golden":
+      cases = [(case, result[case]) for case, *_ in GOLDEN_CASES]
+      lines.append(f"{name:<11} " + ", ".join(f"{case} {'passed' if c['passed'] else 'FAILED'}" for case, c in cases))
+    elif name == "tune_b16":
+      lines.append(f"{name:<11} batch {result['batch']}, fastest: {result['fastest']}")
+      for variant, run in result["variants"].items():
+        timing = _not_run(run) or f"{run['step_s']:.4f} s a step, x{run.get('speedup', float('nan')):.3f}"
+        lines.append(f"  {variant:<34} {timing}")
+    else:
+      memory = result.get("peak_device_memory_bytes") or 0
+      mfu = "-" if result.get("mfu") is None else f"{result['mfu']:.3f}"
+      lines.append(
+        f"{name:<11} batch {result['batch']}  {result['clips_per_s']:.1f} clips/s  MFU {mfu}  "
+        f"peak {memory / 2**30:.1f} GiB  compile {result['compile_s']:.0f} s"
+      )
+  return "\n".join(lines)
+
+
 def main(argv):
   del argv
   if FLAGS.part:
     print(json.dumps(run_part(json.loads(FLAGS.part))))
   else:
-    print(json.dumps(check(FLAGS.small, FLAGS.budget_s, FLAGS.parts, FLAGS.tune), indent=1))
+    report = check(FLAGS.small, FLAGS.budget_s, FLAGS.parts, FLAGS.tune)
+    print(json.dumps(report, indent=1))
+    print(summary(report), file=sys.stderr)  # last, where a terminal's tail shows it
 
 
 if __name__ == "__main__":

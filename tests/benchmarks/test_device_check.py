@@ -42,8 +42,8 @@ def test_stored_reference_is_the_official_codes_output(golden_dir):
 
 
 @pytest.fixture(scope="module")
-def small_check(tmp_path_factory):
-  """The JSON report of `device_check --small --tune`, run without the packages the accelerator machines lack."""
+def small_run(tmp_path_factory):
+  """`device_check --small --tune`, run without the packages the accelerator machines lack."""
   site = tmp_path_factory.mktemp("absent_packages")
   (site / "sitecustomize.py").write_text(_SITECUSTOMIZE)
   env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
@@ -56,7 +56,13 @@ def small_check(tmp_path_factory):
     timeout=1800,
   )
   assert done.returncode == 0, done.stderr[-3000:]
-  return json.loads(done.stdout)
+  return done
+
+
+@pytest.fixture(scope="module")
+def small_check(small_run):
+  """Its JSON report."""
+  return json.loads(small_run.stdout)
 
 
 def test_small_check_runs_without_the_packages_the_accelerator_machines_lack(small_check):
@@ -127,3 +133,17 @@ def test_tuning_runs_each_variant_against_a_baseline_at_the_batch_found(small_ch
   speedups = {name: variants["baseline"]["step_s"] / run["step_s"] for name, run in variants.items()}
   assert {name: run["speedup"] for name, run in variants.items()} == pytest.approx(speedups)
   assert tune["fastest"] == max(speedups, key=speedups.get)
+
+
+def test_a_summary_of_every_part_ends_the_output(small_run, small_check):
+  summary = small_run.stderr.strip().splitlines()[-9:]
+  assert summary[0].startswith("device_check on cpu, ")
+  assert summary[1] == "golden      float32 passed, float32_default_precision passed, bfloat16 passed"
+  train = small_check["train_b16"]
+  assert summary[2].startswith(
+    f"train_b16   batch 4  {train['clips_per_s']:.1f} clips/s  MFU {train['mfu']:.3f}  peak "
+  )
+  assert [line.split()[0] for line in summary[3:6]] == ["eval_b16", "train_l14", "tune_b16"]
+  baseline = small_check["tune_b16"]["variants"]["baseline"]
+  assert summary[6].split() == ["baseline", f"{baseline['step_s']:.4f}", "s", "a", "step,", "x1.000"]
+  assert [line.split()[0] for line in summary[7:]] == ["attention=xla", "concurrency_optimized_scheduler"]
