@@ -79,6 +79,15 @@ def test_the_abandoned_reads_that_asyncio_reports_when_collected_are_not_reporte
   def tensorstore_read(message):
     return lambda: TensorStoreFuture(message)
 
+  def failed_future(message):
+    # A future that a TensorStore read's callback failed: its error has no traceback at all.
+    def read():
+      failed = asyncio.get_running_loop().create_future()
+      failed.set_exception(ValueError(message))
+      return failed
+
+    return read
+
   async def abandon(read):
     # Started, left to fail, never awaited: as orbax leaves the others once one read has failed.
     task = asyncio.ensure_future(read())
@@ -88,14 +97,26 @@ def test_the_abandoned_reads_that_asyncio_reports_when_collected_are_not_reporte
     assert task.done() and gathering.done()
 
   with caplog.at_level(logging.ERROR, logger="asyncio"):
-    reads = (_read_array_index_and_device_put, async_deserialize, tensorstore_read('OUT_OF_RANGE: Error reading "a/0"'))
-    for read in (*reads, another_coroutine, tensorstore_read("not TensorStore's")):
+    reads = (
+      _read_array_index_and_device_put,
+      async_deserialize,
+      tensorstore_read('OUT_OF_RANGE: Error reading "a/0"'),
+      failed_future('OUT_OF_RANGE: Error opening "zarr" driver: Error reading "a/.zarray"'),
+    )
+    for read in (
+      *reads,
+      another_coroutine,
+      tensorstore_read("not TensorStore's"),
+      failed_future("DATA_LOSS: not a read"),
+    ):
       asyncio.run(abandon(read))
       gc.collect()
   reported = sorted((record.getMessage().splitlines()[0], str(record.exc_info[1])) for record in caplog.records)
   assert reported == [
+    ("Future exception was never retrieved", "DATA_LOSS: not a read"),
     ("Task exception was never retrieved", "not TensorStore's"),
     ("Task exception was never retrieved", "something else"),
+    ("_GatheringFuture exception was never retrieved", "DATA_LOSS: not a read"),
     ("_GatheringFuture exception was never retrieved", "not TensorStore's"),
     ("_GatheringFuture exception was never retrieved", "something else"),
   ]

@@ -191,17 +191,23 @@ def _not_from_abandoned_read(record: logging.LogRecord) -> bool:
 # orbax's read of one array: opening it (its metadata read), then reading each index (which turns any exception,
 # GeneratorExit at closing included, into another).
 _READ_FUNCTIONS = ("async_deserialize", "_read_array_index_and_device_put")
-# How TensorStore's errors begin: an absl status code ("OUT_OF_RANGE: Error reading ... in OCDBT database ...").
-_TENSORSTORE_ERROR = re.compile(r"[A-Z_]+: ")
+# How TensorStore's errors of a read begin: an absl status code, then what failed ("OUT_OF_RANGE: Error reading
+# "params.a/0.0" in OCDBT database ...", "OUT_OF_RANGE: Error opening "zarr" driver: ...").
+_TENSORSTORE_READ_ERROR = re.compile(r"[A-Z_]+: Error (reading|opening) ")
 _ASYNCIO = str(pathlib.Path(asyncio.__file__).parent)
 
 
 def _raised_in_read(error: BaseException | None) -> bool:
-  frames = traceback.extract_tb(error.__traceback__) if error is not None else ()
+  if error is None:
+    return False
+  frames = traceback.extract_tb(error.__traceback__)
   if any(frame.name in _READ_FUNCTIONS for frame in frames):
     return True
-  # A TensorStore read that orbax handed to asyncio as it is (a task awaiting its future): no Python frame but asyncio's.
-  return bool(frames) and all(f.filename.startswith(_ASYNCIO) for f in frames) and _TENSORSTORE_ERROR.match(str(error))
+  # A TensorStore read that orbax handed to asyncio as it is, a future or a task awaiting one: no Python frame but
+  # asyncio's, if any.
+  return all(frame.filename.startswith(_ASYNCIO) for frame in frames) and bool(
+    _TENSORSTORE_READ_ERROR.match(str(error))
+  )
 
 
 def _handed_to_closed_loop(unraisable) -> bool:
