@@ -39,8 +39,9 @@ def eval_benchmark(
   official_code: str | None = None,
   remat: bool = False,
   max_batch: int | None = None,
+  attention: str = "auto",
 ) -> dict:
-  config = throughput.architecture(arch, num_frames=frames, dtype=dtype, remat=remat)
+  config = throughput.architecture(arch, num_frames=frames, dtype=dtype, remat=remat, attention=attention)
   model = pretrained.XCLIPModel(config, throughput.random_params(config))
   rng = np.random.default_rng(0)
   text_ids = rng.integers(1, config.vocab_size - 2, (classes, config.context_length), dtype=np.int32)
@@ -61,7 +62,7 @@ def eval_benchmark(
     jax.block_until_ready(compiled[clips](variables, videos(clips), text_features))
     first_call_s[clips] = time.perf_counter() - start
 
-  result = {"mode": "eval", "arch": arch, "frames": frames, "classes": classes, "dtype": dtype, "remat": remat}
+  result = dict(mode="eval", arch=arch, frames=frames, classes=classes, dtype=dtype, remat=remat, attention=attention)
   result["device_kind"] = jax.devices()[0].device_kind
   if batch == "auto":
     resident = sum(x.nbytes for x in jax.tree.leaves((variables, text_features)))

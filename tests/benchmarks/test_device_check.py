@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from benchmarks import device_check
 from benchmarks import golden_tiny
 
 # Packages the accelerator machines do not have. A sitecustomize first on PYTHONPATH makes them unimportable in the
@@ -147,3 +148,50 @@ def test_a_summary_of_every_part_ends_the_output(small_run, small_check):
   baseline = small_check["tune_b16"]["variants"]["baseline"]
   assert summary[6].split() == ["baseline", f"{baseline['step_s']:.4f}", "s", "a", "step,", "x1.000"]
   assert [line.split()[0] for line in summary[7:]] == ["attention=xla", "concurrency_optimized_scheduler"]
+
+
+def test_speed_parts_that_fail_with_auto_attention_run_again_with_xlas_and_are_tuned_from_there(monkeypatch):
+  """On a GPU `auto` runs cuDNN's fused attention, unproven there: a part that fails with it (a kernel that does not
+  compile, say) runs again with XLA's, keeping the failure, and the tuning starts from what train_b16 ran."""
+  runs = []
+
+  def child(part, timeout_s, env):  # each part's process, as a GPU whose cuDNN attention fails to compile would run it
+    runs.append((part["part"], part.get("attention", "auto"), env.get("XLA_FLAGS", "")))
+    if part["part"] == "golden":
+      cases = {case: {"passed": True} for case, *_ in device_check.GOLDEN_CASES}
+      return dict(cases, device_kind="NVIDIA H200", bfloat16={"passed": False, "error": "XlaRuntimeError: cuDNN"})
+    if part.get("attention", "auto") == "auto":
+      return {"error": "exit status 1", "stderr_tail": "cuDNN graph failed to build"}
+    numbers = dict(step_s=2.0, clips_per_s=4.0, mfu=0.4, peak_device_memory_bytes=2**30, compile_s=30.0)
+    numbers.update(xla_flops_per_clip=1.0, cudnn_attention_calls=0, xla_flags=env.get("XLA_FLAGS", ""))
+    return dict(numbers, device_kind="NVIDIA H200", backend="gpu", attention=part["attention"], batch=8)
+
+  monkeypatch.setattr(device_check, "_child", child)
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  report = device_check.check(small=False, budget_s=10_000, with_tune=True)
+  for part in ("train_b16", "eval_b16", "train_l14"):
+    assert report[part]["attention"] == "xla", part
+    assert report[part]["failed_with_attention_auto"]["stderr_tail"] == "cuDNN graph failed to build", part
+  tune = report["tune_b16"]
+  assert list(tune["variants"]) == ["baseline", "latency_hiding_scheduler", "no_triton_gemm", "no_command_buffers"]
+  assert [run for run in runs if run[0] == "golden"] == [("golden", "auto", "")]  # golden is not a speed part
+  tuned = runs[-4:]
+  assert [attention for _, attention, _ in tuned] == ["xla"] * 4
+  assert [flags for _, _, flags in tuned] == ["", *(flags for _, _, flags in device_check.TUNE_VARIANTS["gpu"][1:])]
+  summary = device_check.summary(report).splitlines()
+  assert summary[1] == "golden      float32 passed, float32_default_precision passed, bfloat16 FAILED"
+  assert summary[2].endswith("compile 30 s  (XLA's attention: failed with auto)")
+
+
+def test_a_golden_case_that_fails_leaves_the_others_results(monkeypatch):
+  forward = golden_tiny.forward
+
+  def failing_in_bfloat16(config, *args):
+    if config.dtype == "bfloat16":
+      raise RuntimeError("cuDNN graph\nfailed to build")
+    return forward(config, *args)
+
+  monkeypatch.setattr(golden_tiny, "forward", failing_in_bfloat16)
+  result = device_check.golden_parity()
+  assert result["float32"]["passed"] and result["float32_default_precision"]["passed"]
+  assert result["bfloat16"] == {"passed": False, "error": "RuntimeError: cuDNN graph failed to build"}
