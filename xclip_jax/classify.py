@@ -55,6 +55,7 @@ from input_pipeline import sampling
 from input_pipeline import video_decode
 from xclip_jax import compilation_cache
 from xclip_jax import console
+from xclip_jax import paths
 from xclip_jax import pretrained
 from xclip_jax.model import tokenizer
 
@@ -295,10 +296,9 @@ def write_embeddings(path: pathlib.Path, model, class_names: Sequence[str], resu
   """The --embed file (see the module doc) of the results, at `path` exactly; UserError if it cannot be written."""
   read = [result for result in results if result.embedding is not None]
   dimension = model.config.embed_dim
-  # Written beside the file, then renamed onto it: an interrupted write leaves no partial file under its name.
-  partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
   try:
-    with open(partial, "wb") as f:
+    # Written beside the file, then renamed onto it: an interrupted write leaves no partial file under its name.
+    with paths.written_beside(path) as staging, open(staging, "wb") as f:
       np.savez(
         f,
         text_embeddings=text_embeddings(model, class_names),
@@ -306,11 +306,8 @@ def write_embeddings(path: pathlib.Path, model, class_names: Sequence[str], resu
         labels=np.array(class_names),
         videos=np.array([r.video for r in read]),
       )
-    os.replace(partial, path)
   except OSError as e:
     raise UserError(f"--embed={path}: cannot write it: {e}") from None
-  finally:
-    partial.unlink(missing_ok=True)
 
 
 def _run(videos: list[str]) -> int:
