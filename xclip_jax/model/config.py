@@ -8,6 +8,9 @@ import jax.numpy as jnp
 
 from xclip_jax.model import layers
 
+# Fields that say how the model runs, not what it is (compute dtype, drop path, remat, attention implementation): the
+# loader or the experiment config chooses them; a checkpoint keeps the others (`XCLIPConfig.architecture`).
+RUN_OPTIONS = ("dtype", "droppath", "remat", "attention")
 # Fields of at least 1: widths, the encoders' depths, the input's size and frames, token positions and ids.
 SIZES = (
   "embed_dim",
@@ -99,6 +102,10 @@ class XCLIPConfig:
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
+
+  def architecture(self) -> dict[str, Any]:
+    """The fields that say what the model is: all but RUN_OPTIONS."""
+    return {k: v for k, v in self.to_dict().items() if k not in RUN_OPTIONS}
 
   @classmethod
   def from_dict(cls, values: dict[str, Any]) -> "XCLIPConfig":

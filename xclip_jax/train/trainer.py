@@ -15,7 +15,6 @@ What lands in workdir:
 A config with a `demo` field first writes its data to WORKDIR/demo_data (input_pipeline.demo_data).
 """
 
-import dataclasses
 import json
 import logging
 import os
@@ -48,9 +47,6 @@ from xclip_jax.weights import native
 
 RESULTS_FILE = "eval_results.json"
 CONFIG_FILE = "config.json"
-# XCLIPConfig fields that say how the model runs, not what it is: set from the config fields of the same names, and
-# compared as config fields on resuming (a run may resume in another dtype, or with remat to save memory).
-_RUN_OPTIONS = ("dtype", "droppath", "remat", "attention")
 # Config fields that change how a run is carried out, not what it trains: a resumed run may change them unwarned.
 _NOT_COMPARED = (
   "log_every_steps",
@@ -81,7 +77,9 @@ _AT_LEAST = {
 def load_model(config: ml_collections.ConfigDict) -> pretrained.XCLIPModel:
   """The model to start from: `init.checkpoint` (X-CLIP), `init.clip` (CLIP), or `arch` (or the architecture `model`
   gives, as configs/demo.py does) initialised at random."""
-  options = {name: config[name] for name in _RUN_OPTIONS}
+  # Set from the config fields of the same names, and compared as config fields on resuming (a run may resume in
+  # another dtype, or with remat to save memory).
+  options = {name: config[name] for name in model_config.RUN_OPTIONS}
   if config.init.checkpoint and config.init.clip:
     raise ValueError("set one of config.init.checkpoint and config.init.clip, not both")
   path = config.init.checkpoint or config.init.clip
@@ -467,8 +465,7 @@ def _best_so_far(workdir: epath.Path) -> float:
 
 def _run_record(config: ml_collections.ConfigDict, model: pretrained.XCLIPModel) -> dict:
   """What CONFIG_FILE keeps of a training run: its resolved config and its model's architecture, as JSON values."""
-  architecture = {k: v for k, v in dataclasses.asdict(model.config).items() if k not in _RUN_OPTIONS}
-  return {"config": json.loads(config.to_json_best_effort()), "architecture": architecture}
+  return {"config": json.loads(config.to_json_best_effort()), "architecture": model.config.architecture()}
 
 
 def _check_resumes_the_same_run(workdir: epath.Path, record: dict):

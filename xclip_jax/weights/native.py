@@ -34,9 +34,6 @@ FORMAT_NAME = "xclip-jax"
 FORMAT_VERSION = 2
 WORKDIR_CHECKPOINTS = "checkpoints"
 WORKDIR_BEST = "best"
-# Run-time options of the config (compute dtype, drop path, remat, attention implementation): the loader chooses them,
-# not the checkpoint.
-_RUNTIME_FIELDS = ("droppath", "remat", "dtype", "attention")
 
 
 def write_checkpoint(directory, config: model_config.XCLIPConfig, params) -> epath.Path:
@@ -52,8 +49,7 @@ def write_checkpoint(directory, config: model_config.XCLIPConfig, params) -> epa
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(directory / PARAMS_DIR, params, force=True)
   checkpointer.wait_until_finished()
-  fields = {k: v for k, v in config.to_dict().items() if k not in _RUNTIME_FIELDS}
-  meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "config": fields}
+  meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "config": config.architecture()}
   if jax.process_index() == 0:
     (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
   return directory
