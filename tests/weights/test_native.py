@@ -160,3 +160,17 @@ def test_a_workdir_whose_best_config_does_not_describe_its_checkpoints_names_the
     r"best/xclip_config\.json describes \(1, 4, 32\)$",
   ):
     xclip_jax.load_pretrained(workdir)
+
+
+def test_checkpoints_and_workdirs_load_from_relative_paths(checkpoint, tmp_path, monkeypatch):
+  """A path as a user types it (`convert converted/ ...`, `--checkpoint=runs/demo/best`): orbax wants absolute paths,
+  the loader makes them so; saving to a relative path works too."""
+  _workdir(tmp_path / "workdir", steps=(2,))
+  monkeypatch.chdir(tmp_path)
+  expected = xclip_jax.load_pretrained(checkpoint).params["mit"]["positional_embedding"]
+  (tmp_path / "linked").symlink_to(checkpoint)
+  for relative in ("linked", "workdir/best", "workdir"):
+    xclip_jax.load_pretrained(relative)
+  np.testing.assert_array_equal(xclip_jax.load_pretrained("linked").params["mit"]["positional_embedding"], expected)
+  xclip_jax.load_pretrained("linked").save("saved")
+  np.testing.assert_array_equal(xclip_jax.load_pretrained("saved").params["mit"]["positional_embedding"], expected)

@@ -62,6 +62,7 @@ def is_checkpoint(directory: pathlib.Path) -> bool:
 
 def read_checkpoint(directory: pathlib.Path, **overrides) -> tuple[model_config.XCLIPConfig, dict]:
   """The config (with `overrides`) and the params, as host numpy arrays, of a converted checkpoint."""
+  directory = directory.absolute()  # orbax reads absolute paths only
   meta = json.loads((directory / CONFIG_FILE).read_text())
   if meta.get("format") != FORMAT_NAME:
     raise ValueError(f"{directory / CONFIG_FILE} is not an xclip-jax checkpoint config (format {meta.get('format')!r})")
