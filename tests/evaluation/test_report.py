@@ -1,7 +1,15 @@
 """The pictures and the summary a finished run shows, from what the run logged."""
 
+import contextlib
+import os
+from unittest import mock
+
 from clu import metric_writers
+from etils import epath
+from etils.epath import gpath
+from etils.epath import testing as epath_testing
 import numpy as np
+import pytest
 
 from xclip_jax.evaluation import report
 
@@ -38,6 +46,51 @@ def test_plots_are_written_for_a_run_with_curves_and_a_confusion_matrix(tmp_path
   written = report.write_plots(tmp_path, results, names)
   assert written == [tmp_path / report.CURVES_FILE, tmp_path / report.CONFUSION_FILE]
   assert all(_png(path) for path in written)
+
+
+@pytest.mark.filterwarnings("error")
+def test_curves_of_a_run_stopped_before_its_first_evaluation_draw_without_a_warning(tmp_path):
+  """The console of such a run shows no warning from matplotlib about an empty legend."""
+  path = report.plot_training_curves({"loss": [(1, 2.0), (2, 1.5)], "lr": [(1, 1e-3), (2, 2e-3)]}, tmp_path / "c.png")
+  assert _png(path)
+
+
+@contextlib.contextmanager
+def _bucket(folder):
+  """gs://bucket served from the local `folder` through epath, as google-cloud-storage would serve it."""
+
+  def local(path):
+    return os.fspath(path).replace("gs://bucket", os.fspath(folder), 1)
+
+  def mapped(original, path, *args, **kwargs):
+    return original(local(path), *args, **kwargs)
+
+  def glob(original, pattern):
+    return [os.fspath(path).replace(os.fspath(folder), "gs://bucket", 1) for path in original(local(pattern))]
+
+  # With TensorFlow installed epath reads gs:// through tf.io.gfile, which mock_epath does not replace.
+  with (
+    mock.patch.object(gpath, "_is_tf_installed", lambda: False),
+    epath_testing.mock_epath(open=mapped, exists=mapped, isdir=mapped, glob=glob, makedirs=mapped, stat=mapped),
+  ):
+    yield
+
+
+def test_plots_of_a_run_on_cloud_storage_are_drawn_from_its_events_there(tmp_path):
+  """A gs:// workdir (`--workdir=gs://...` on a TPU VM): its events are read and its pictures written there."""
+  run = tmp_path / "run"
+  writer = metric_writers.create_default_writer(run)
+  writer.write_scalars(1, {"loss": 2.0, "lr": 1e-3})
+  writer.flush()
+  results = {"top1": 0.5, "num_videos": 2, "views": 1, "confusion_matrix": [[1, 0], [1, 0]]}
+  with _bucket(tmp_path):
+    assert report.read_scalars("gs://bucket/run")["loss"] == [(1, 2.0)]
+    written = report.write_plots(epath.Path("gs://bucket/run"), results, ["a", "b"])
+  assert [os.fspath(path) for path in written] == [
+    f"gs://bucket/run/{report.CURVES_FILE}",
+    f"gs://bucket/run/{report.CONFUSION_FILE}",
+  ]
+  assert _png(run / report.CURVES_FILE) and _png(run / report.CONFUSION_FILE)
 
 
 def test_an_evaluation_without_training_draws_only_the_confusion_matrix(tmp_path):

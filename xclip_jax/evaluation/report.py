@@ -5,14 +5,19 @@ TensorBoard showed), the confusion matrix from the final evaluation's results.
 """
 
 import collections
+import io
 import pathlib
+import tempfile
 
+from etils import epath
 import matplotlib
 
 matplotlib.use("Agg")  # files only, never a window
 from matplotlib import pyplot as plt
 import numpy as np
 import tensorflow as tf
+
+from xclip_jax import paths
 
 CURVES_FILE = "training_curves.png"
 CONFUSION_FILE = "confusion_matrix.png"
@@ -26,20 +31,33 @@ def read_scalars(workdir) -> dict[str, list[tuple[int, float]]]:
   A resumed run logs again the steps after its checkpoint; the value written last counts.
   """
   events = []
-  for path in sorted(pathlib.Path(workdir).glob("events.out.tfevents.*")):
-    # Each record of an events file is one Event (summary_iterator, which reads them too, prints a deprecation).
-    for event in map(tf.compat.v1.Event.FromString, tf.data.TFRecordDataset(str(path)).as_numpy_iterator()):
-      for value in event.summary.value:
-        number = value.simple_value if value.HasField("simple_value") else tf.make_ndarray(value.tensor)
-        if np.ndim(number) == 0 and np.issubdtype(np.asarray(number).dtype, np.number):
-          events.append((event.wall_time, value.tag, event.step, float(number)))
+  with tempfile.TemporaryDirectory() as scratch:
+    for path in sorted(epath.Path(workdir).glob("events.out.tfevents.*")):
+      if paths.is_remote(path):  # read from a local copy, as every other remote file here is read
+        path = paths.copy_to_local(path, pathlib.Path(scratch) / path.name)
+      # Each record of an events file is one Event (summary_iterator, which reads them too, prints a deprecation).
+      for event in map(tf.compat.v1.Event.FromString, tf.data.TFRecordDataset(str(path)).as_numpy_iterator()):
+        for value in event.summary.value:
+          number = value.simple_value if value.HasField("simple_value") else tf.make_ndarray(value.tensor)
+          if np.ndim(number) == 0 and np.issubdtype(np.asarray(number).dtype, np.number):
+            events.append((event.wall_time, value.tag, event.step, float(number)))
   by_tag = collections.defaultdict(dict)
   for _, tag, step, number in sorted(events, key=lambda e: e[0]):
     by_tag[tag][step] = number
   return {tag: sorted(values.items()) for tag, values in by_tag.items()}
 
 
-def plot_training_curves(scalars: dict[str, list[tuple[int, float]]], path) -> pathlib.Path | None:
+def _save(figure, path) -> epath.Path:
+  """Writes `figure` as a PNG to `path`, local or on cloud storage (matplotlib writes local files only)."""
+  png = io.BytesIO()
+  figure.savefig(png, format="png", dpi=110)
+  plt.close(figure)
+  path = epath.Path(path)
+  path.write_bytes(png.getvalue())
+  return path
+
+
+def plot_training_curves(scalars: dict[str, list[tuple[int, float]]], path) -> epath.Path | None:
   """Loss, learning rate and accuracy over the steps, side by side; None if nothing was logged."""
   if "loss" not in scalars:
     return None
@@ -58,15 +76,14 @@ def plot_training_curves(scalars: dict[str, list[tuple[int, float]]], path) -> p
     accuracy.plot(steps, 100 * np.array(values), "*", markersize=12, color="tab:red", label="final top-1 (all views)")
   accuracy.set(title="accuracy", xlabel="step", ylabel="%", ylim=(0, 101))
   accuracy.grid(alpha=0.3)
-  accuracy.legend(loc="lower right", fontsize="small")
+  if accuracy.lines:  # a run stopped before its first evaluation has no accuracy to name
+    accuracy.legend(loc="lower right", fontsize="small")
   for axes in (loss, lr, accuracy):
     axes.set_xlim(left=0)
-  figure.savefig(path, dpi=110)
-  plt.close(figure)
-  return pathlib.Path(path)
+  return _save(figure, path)
 
 
-def plot_confusion_matrix(confusion, class_names, path, title: str = "") -> pathlib.Path:
+def plot_confusion_matrix(confusion, class_names, path, title: str = "") -> epath.Path:
   """Rows the true class, columns the prediction; each row coloured by its share, cells counted when few."""
   confusion = np.asarray(confusion)
   num_classes = len(class_names)
@@ -85,14 +102,13 @@ def plot_confusion_matrix(confusion, class_names, path, title: str = "") -> path
         colour = "white" if shares[row, column] > 0.5 else "black"
         axes.text(column, row, str(count), ha="center", va="center", color=colour, fontsize="small")
   axes.set(xlabel="predicted", ylabel="true", title=title)
-  figure.savefig(path, dpi=110)
-  plt.close(figure)
-  return pathlib.Path(path)
+  return _save(figure, path)
 
 
-def write_plots(workdir, results: dict, class_names) -> list[pathlib.Path]:
-  """The pictures of a run in `workdir`: the curves if it trained, the confusion matrix if it was evaluated."""
-  workdir = pathlib.Path(workdir)
+def write_plots(workdir, results: dict, class_names) -> list[epath.Path]:
+  """The pictures of a run in `workdir` (local or gs://): the curves if it trained, the confusion matrix if it was
+  evaluated."""
+  workdir = epath.Path(workdir)
   written = [plot_training_curves(read_scalars(workdir), workdir / CURVES_FILE)]
   if "confusion_matrix" in results:
     title = f"top-1 {100 * results['top1']:.1f}% over {results['num_videos']} videos, {results['views']} views"
