@@ -44,8 +44,8 @@ load. The official eval forward runs under `torch.no_grad()` with its text cache
 
 `--mode=classify`: saves a randomly initialised `--arch` checkpoint and `--videos` synthetic 10 s, 340x256, 30 fps
 H.264 videos (`benchmarks.synthetic_data`) to a temporary folder, then runs `python -m xclip_jax.classify` as a fresh
-process on the `--labels` class names or, without `--labels`, on `--classes` generated names whose longest has as
-many tokens as the longest Kinetics-400 name (so that encoding them costs the same): on one video with an empty
+process on the `--labels` class names or, without `--labels`, on `--classes` generated names of the Kinetics-400
+names' token lengths (so that encoding them costs the same): on one video with an empty
 compilation cache (`cold_s`), again with the cache it left (`warm_s`), and on all the videos (`per_video_s`: the
 time beyond the warm run's, per extra video). `peak_rss_mb` is the largest peak resident memory of these processes
 (`rss_mb` gives each); `encode_text_400_s` the time of `encode_text` on the class names in this process (median of 3

@@ -45,12 +45,30 @@ def write_textured_video(
   return path
 
 
+# Single-token words: two of them name a class uniquely (32 x 32 names), more make it longer.
+_WORDS = (
+  "red blue green black white brown pink grey gold dark light small big tall short long "
+  "fast slow old new hot cold wet dry soft hard loud quiet happy sad early late"
+).split()
+# The Kinetics-400 names' token lengths (the start and end tokens included, rounded up to 4 as the text tower runs
+# them): 279 of 4 tokens, 116 of 8, 5 of 12; a name of n words takes n + 2.
+_KINETICS_400_LENGTHS = {2: 279, 6: 116, 10: 5}
+
+
 def write_label_list(path, num_classes: int) -> pathlib.Path:
   """Writes an `id,name` CSV of num_classes generated names; returns its path.
 
-  The text tower runs up to the longest name's end token (rounded up to 4 tokens): up to 1000 classes, these names
-  take 12 tokens, as the longest Kinetics-400 names do, so that encoding them costs what encoding those does.
+  Their token lengths come in the shares of the Kinetics-400 names' (at 400 classes the same counts), so that
+  encoding them costs what encoding those does, whether the texts are encoded together at the longest's length
+  (training) or in groups of one length (`XCLIPModel.encode_text`).
   """
+  if not 1 <= num_classes <= len(_WORDS) ** 2:
+    raise ValueError(f"between 1 and {len(_WORDS) ** 2} generated class names, not {num_classes}")
+  longest = max(_KINETICS_400_LENGTHS)
+  counts = {n: round(num_classes * c / 400) for n, c in _KINETICS_400_LENGTHS.items() if n != longest}
+  counts[longest] = num_classes - sum(counts.values())
+  words = [n for n, count in sorted(counts.items()) for _ in range(count)]
+  names = [" ".join([_WORDS[i // len(_WORDS)], _WORDS[i % len(_WORDS)], *_WORDS[: n - 2]]) for i, n in enumerate(words)]
   path = pathlib.Path(path)
-  path.write_text("id,name\n" + "".join(f"{i},synthetic action number {i} of the list\n" for i in range(num_classes)))
+  path.write_text("id,name\n" + "".join(f"{i},{name}\n" for i, name in enumerate(names)))
   return path
