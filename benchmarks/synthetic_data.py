@@ -46,7 +46,7 @@ def write_textured_video(
 
 
 # Single-token words: two of them name a class uniquely (32 x 32 names), more make it longer.
-_WORDS = (
+_WORDS = (  # noqa: SIM905 (a list of 32 strings, one per line)
   "red blue green black white brown pink grey gold dark light small big tall short long "
   "fast slow old new hot cold wet dry soft hard loud quiet happy sad early late"
 ).split()
