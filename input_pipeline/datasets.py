@@ -111,7 +111,9 @@ def resolve(config: ml_collections.ConfigDict, workdir: epath.Path) -> Experimen
   if config.data.tfds_dir:
     if config.data.shots:
       raise ValueError("data.shots (few-shot lists) needs annotation files, not data.tfds_dir records")
-    index = tfds_dataset.RecordIndex.load(check_exists(config.data.tfds_dir, "data.tfds_dir", "folder"), "train")
+    index = tfds_dataset.RecordIndex.load(
+      check_exists(config.data.tfds_dir, "data.tfds_dir", "folder"), config.data.train_split
+    )
     return Experiment(class_names, index.num_videos, "")
   records = _read_list(config, "train_file")
   if not config.data.shots:

@@ -5,9 +5,11 @@ import pytest
 
 from configs import common
 from input_pipeline import annotations
+from input_pipeline import build_tfds
 from input_pipeline import datasets
 from input_pipeline import subsets
 from input_pipeline import video_dataset
+from tests.fixtures import video_fixtures
 
 
 @pytest.fixture
@@ -112,3 +114,22 @@ def test_a_few_shot_run_checks_only_the_videos_of_its_subset(config, tmp_path):
   with pytest.raises(ValueError, match=r"the 1-shot subset of .*train\.txt: 1 of its 3 videos are missing"):
     datasets.resolve(config, epath.Path(tmp_path / "workdir2"))
   assert not (tmp_path / "workdir2").exists()  # refused before the subset's list is written
+
+
+def test_records_count_the_videos_of_the_split_the_run_reads(config, tmp_path):
+  """With data.tfds_dir, an epoch is the length of data.train_split, not of the split named "train"."""
+  for i in range(3):
+    video_fixtures.write_indexed_video(tmp_path / "clips" / f"{i}.mp4", 8)
+  (tmp_path / "clips" / "labels.csv").write_text("id,name\n0,run\n1,jump\n2,swim\n")
+  for split, count in (("train", 2), ("train_all", 3)):
+    (tmp_path / f"{split}.txt").write_text("".join(f"{i}.mp4 {i}\n" for i in range(count)))
+    build_tfds.build_split(
+      annotations_path=str(tmp_path / f"{split}.txt"),
+      root=str(tmp_path / "clips"),
+      labels_path=str(tmp_path / "clips" / "labels.csv"),
+      output_dir=str(tmp_path / "records"),
+      split=split,
+    )
+  config.data.tfds_dir = str(tmp_path / "records")
+  config.data.train_split = "train_all"
+  assert datasets.resolve(config, epath.Path(tmp_path / "workdir")).num_train_videos == 3
