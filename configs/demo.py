@@ -11,7 +11,7 @@ videos with one frame repeated (`single_frame_top1`): with no motion left to see
 which shows that the frames are compared (message tokens, MIT), not looked at one by one.
 
 The augmentations are the official ones: crops, flips and colour changes (one draw per clip, so a shape getting
-brighter still does) keep every label here; Mixup and CutMix blend labels as they blend videos.
+brighter still does) keep every label here; Mixup and CutMix are off, since a blend of two kinds of motion is neither.
 Arguments: small (a few videos and steps, for the tests).
 """
 

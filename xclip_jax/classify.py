@@ -11,8 +11,8 @@ the long side; --views=12 four clips of T frames (each at its own offset into th
 The softmax of each view's logits is averaged over the views. Logits are video-conditioned: X-CLIP adds to each class
 text a prompt generated from the video before comparing them.
 
---json prints one JSON document on stdout, {"videos": [{"path": ..., "predictions": [{"label": ..., "probability":
-...}, ...]}, ...]}, the --top_k most probable classes first (--top_k=0: all; the probabilities are over all classes
+--json prints one JSON document on stdout, {"checkpoint": ..., "views": ..., "videos": [{"path": ..., "predictions":
+[{"label": ..., "probability": ...}, ...]}, ...]}, the --top_k most probable classes first (--top_k=0: all; the probabilities are over all classes
 and sum to one). A video that cannot be read has {"path": ..., "error": ...} instead.
 
 --embed=OUT.npz writes embeddings for retrieval to OUT.npz (that name, as given; through a temporary file beside it,
