@@ -12,8 +12,8 @@ The softmax of each view's logits is averaged over the views. Logits are video-c
 text a prompt generated from the video before comparing them.
 
 --json prints one JSON document on stdout, {"checkpoint": ..., "views": ..., "videos": [{"path": ..., "predictions":
-[{"label": ..., "probability": ...}, ...]}, ...]}, the --top_k most probable classes first (--top_k=0: all; the probabilities are over all classes
-and sum to one). A video that cannot be read has {"path": ..., "error": ...} instead.
+[{"label": ..., "probability": ...}, ...]}, ...]}, the --top_k most probable classes first (--top_k=0: all; the
+probabilities are over all classes and sum to one). A video that cannot be read has {"path": ..., "error": ...} instead.
 
 --embed=OUT.npz writes embeddings for retrieval to OUT.npz (that name, as given; through a temporary file beside it,
 so that an interrupted write leaves none), L2-normalised float32: `text_embeddings` (K, D), the class texts as
