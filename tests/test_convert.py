@@ -273,6 +273,14 @@ def test_an_existing_destination_is_refused_and_kept(checkpoint, tmp_path, capsy
   assert _contents(tmp_path) == before and dst.exists()
 
 
+@pytest.mark.parametrize("to", ["jax", "official"])
+def test_a_destination_that_cannot_be_created_is_a_one_line_error_before_reading(tmp_path, capsys, to):
+  (tmp_path / "file").write_text("mine\n")
+  assert convert.command(str(tmp_path / "no_checkpoint"), str(tmp_path / "file" / "dst"), to=to) == 2
+  _one_line_error(capsys, f"error: cannot write {tmp_path / 'file' / 'dst'}: {tmp_path / 'file'} is not a directory")
+  assert (tmp_path / "file").read_text() == "mine\n"
+
+
 def test_an_empty_directory_is_a_destination(checkpoint, tmp_path):
   (tmp_path / "empty").mkdir()
   convert.convert(checkpoint, tmp_path / "empty")

@@ -202,6 +202,7 @@ def test_a_missing_or_foreign_checkpoint_is_a_one_line_error_and_nothing_is_writ
     (dict(classes=["a", "b", "a"]), "error: --classes lists 'a' more than once"),
     (dict(labels="missing.csv"), "error: --labels: "),
     (dict(classes=["a"], out="taken"), "exists and is not an empty directory"),
+    (dict(classes=["a"], out="taken/file/out"), "cannot write TMP/taken/file/out: TMP/taken/file is not a directory"),
   ],
 )
 def test_mistakes_are_one_line_errors_before_the_checkpoint_is_read(tmp_path, capsys, arguments, message):
@@ -213,6 +214,7 @@ def test_mistakes_are_one_line_errors_before_the_checkpoint_is_read(tmp_path, ca
   # A checkpoint that is not there: the mistake is found first.
   assert export.command(tmp_path / "no_checkpoint", out, **arguments) == 2
   captured = capsys.readouterr()
+  message = message.replace("TMP", str(tmp_path))
   assert captured.out == "" and captured.err.count("\n") == 1 and message in captured.err, captured.err
   assert sorted(path.name for path in tmp_path.iterdir()) == ["taken"]
 
@@ -238,6 +240,19 @@ def test_an_export_its_runtime_cannot_run_is_a_one_line_error_naming_the_version
   captured = capsys.readouterr()
   expected = f"error: --format=stablehlo failed (jax {jax.__version__}): RuntimeError: <unknown>:0: error: cannot read"
   assert captured.out == "" and captured.err.count("\n") == 1 and captured.err.startswith(expected), captured.err
+  assert not any(tmp_path.iterdir())
+
+
+def test_a_write_that_fails_after_the_export_is_a_one_line_error_and_leaves_nothing(
+  checkpoint, tmp_path, capsys, monkeypatch
+):
+  def disk_full(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(export.csv, "writer", disk_full)  # the last file written, the labels
+  assert export.command(checkpoint, tmp_path / "out", classes=CLASSES, fmt="stablehlo") == 2
+  captured = capsys.readouterr()
+  assert captured.err == f"error: cannot write {tmp_path / 'out'}: [Errno 28] No space left on device\n"
   assert not any(tmp_path.iterdir())
 
 

@@ -41,6 +41,8 @@ def check_arguments(dst, to: str, num_frames: int | None) -> pathlib.Path:
     raise classify.UserError(f"{dst} exists and is not an empty directory")
   if to == "official" and (dst.exists() or dst.is_symlink()):
     raise classify.UserError(f"{dst} exists")
+  if reason := paths.why_not_creatable(dst):
+    raise classify.UserError(f"cannot write {dst}: {reason}")
   return dst
 
 

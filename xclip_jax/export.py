@@ -232,7 +232,7 @@ def write_and_check(model: pretrained.XCLIPModel, text_features: np.ndarray, out
 
 def check_destination(out, fmt: str) -> pathlib.Path:
   """`out` as a path, or UserError for an unknown format, a missing extra, or an `out` that is not a new or empty
-  directory."""
+  directory or cannot be created."""
   if fmt not in FORMATS:
     raise classify.UserError(f"--format={fmt}: unknown format; use one of {', '.join(FORMATS)}")
   if fmt in EXTRAS and importlib.util.find_spec(EXTRAS[fmt]) is None:
@@ -240,6 +240,8 @@ def check_destination(out, fmt: str) -> pathlib.Path:
   out = pathlib.Path(out)
   if not paths.is_new_or_empty_directory(out):
     raise classify.UserError(f"{out} exists and is not an empty directory")
+  if reason := paths.why_not_creatable(out):
+    raise classify.UserError(f"cannot write {out}: {reason}")
   return out
 
 
@@ -283,7 +285,10 @@ def command(
       model = pretrained.load_pretrained(checkpoint, num_frames=num_frames)
     except (OSError, ValueError) as e:
       raise classify.UserError(f"checkpoint {checkpoint}: {e}") from None
-    out = export(model, class_names, out, fmt)
+    try:
+      out = export(model, class_names, out, fmt)
+    except OSError as e:
+      raise classify.UserError(f"cannot write {out}: {e}") from None
   except classify.UserError as e:
     return console.error(str(e))
   config = model.config

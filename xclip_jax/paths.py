@@ -38,6 +38,19 @@ def is_new_or_empty_directory(path: pathlib.Path) -> bool:
   return not path.exists() or (path.is_dir() and not any(path.iterdir()))
 
 
+def why_not_creatable(path: pathlib.Path) -> str | None:
+  """Why `written_beside` could not create `path`'s folder (an ancestor is a file, or the nearest existing one is not
+  writable), or None."""
+  ancestor = path.absolute().parent
+  while not ancestor.exists():
+    ancestor = ancestor.parent
+  if not ancestor.is_dir():
+    return f"{ancestor} is not a directory"
+  if not os.access(ancestor, os.W_OK | os.X_OK):
+    return f"cannot write in {ancestor}"
+  return None
+
+
 @contextlib.contextmanager
 def written_beside(dst: pathlib.Path) -> Iterator[pathlib.Path]:
   """A local path to write `dst`'s file or folder to, in a private temporary folder beside it: renamed to `dst` when
