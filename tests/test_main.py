@@ -395,12 +395,21 @@ def run_command(*args: str) -> subprocess.CompletedProcess:
     (["--config=configs/demo.py", "--config.no.such=1"], "--config.no.such: no such field"),
     (["--config=configs/nope.py"], "--config: [Errno 2] No such file or directory: 'configs/nope.py'"),
     (["--config=configs/demo.py", "extra"], "unexpected arguments: extra"),
+    (["--config=TMP/config.py"], "--config: SyntaxError: invalid syntax (config.py, line 1)"),
+    (["--config=TMP/config.py"], "--config: the file defines no get_config()"),
+    (["--config=TMP/config.py"], "--config: RuntimeError: no data set named k999"),
   ],
-  ids=["config-argument", "unknown-field", "missing-config-file", "extra-argument"],
+  ids=["config-argument", "unknown-field", "missing-config-file", "extra-argument", "syntax", "no-get-config", "raise"],
 )
-def test_a_command_line_mistake_is_one_line_with_exit_status_2_and_runs_nothing(tmp_path, args, message):
+def test_a_command_line_mistake_is_one_line_with_exit_status_2_and_runs_nothing(tmp_path, args, message, request):
+  config_files = {
+    "syntax": "def get_config(:\n",
+    "no-get-config": "CONFIG = {}\n",
+    "raise": "def get_config():\n  raise RuntimeError('no data set named k999')\n",
+  }
+  (tmp_path / "config.py").write_text(config_files.get(request.node.callspec.id, ""))
   workdir = tmp_path / "run"
-  result = run_command(f"--workdir={workdir}", *args)
+  result = run_command(f"--workdir={workdir}", *[arg.replace("TMP", str(tmp_path)) for arg in args])
   assert result.returncode == 2
   assert result.stderr.splitlines() == [f"error: {message}"]
   assert not workdir.exists()

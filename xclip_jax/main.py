@@ -128,9 +128,13 @@ def _parse_flags(argv: list[str]) -> list[str]:
     console.fail(_flag_error(error))
   except OSError as error:  # the config file cannot be read; the error it was raised from says why, last
     console.fail(f"--config: {str(error.__cause__ or error).splitlines()[-1].strip()}")
-  except (LookupError, AttributeError) as error:  # ml_collections walking a --config.FIELD override to no field
-    field = _override_of_no_field(argv)
-    console.fail(f"--config.{field}: no such field" if field else f"--config: {_describe(error)}")
+  except Exception as error:  # ml_collections walking a --config.FIELD override to no field, or the config file's own
+    field = isinstance(error, (LookupError, AttributeError)) and _override_of_no_field(argv)
+    if field:
+      console.fail(f"--config.{field}: no such field")
+    if isinstance(error, AttributeError) and error.name == "get_config":
+      console.fail("--config: the file defines no get_config()")
+    console.fail(f"--config: {_describe(error)}")  # a syntax error, an error raised by get_config
 
 
 def _flag_error(error: flags.Error) -> str:
@@ -150,7 +154,10 @@ def _override_of_no_field(argv: list[str]) -> str | None:
   for i, arg in enumerate(args):
     name, equals, value = arg.lstrip("-").partition("=")
     if name == "config":
-      config = flags.FLAGS["config"].parser.parse(value if equals else args[i + 1])
+      try:
+        config = flags.FLAGS["config"].parser.parse(value if equals else args[i + 1])
+      except Exception:  # the config file itself is at fault
+        return None
     elif name.startswith(("config.", "noconfig.")):
       fields.append(name.split(".", 1)[1])
   for field in fields:
