@@ -449,6 +449,7 @@ def test_a_config_file_refuses_fewer_than_one_frame():
     ("lr", -1.0, "config.lr=-1.0 must be at least 0"),
     ("weight_decay", -0.1, "config.weight_decay=-0.1 must be at least 0"),
     ("epochs", 0, "config.epochs=0 must be more than 0"),
+    ("final_eval_crops", 2, "config.final_eval_crops=2 must be 1 or 3"),
   ],
 )
 def test_a_config_number_out_of_range_is_refused_naming_the_field_before_anything_is_written(

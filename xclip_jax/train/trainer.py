@@ -65,7 +65,6 @@ _AT_LEAST = {
   "accumulation_steps": 1,
   "num_frames": 1,
   "final_eval_clips": 1,
-  "final_eval_crops": 1,
   "keep_checkpoints": 1,
   "lr": 0,
   "weight_decay": 0,
@@ -140,6 +139,8 @@ def _check_config(config: ml_collections.ConfigDict):
       raise ValueError(f"config.{field}={config[field]!r} must be at least {least}")
   if not config.epochs > 0:
     raise ValueError(f"config.epochs={config.epochs!r} must be more than 0")
+  if config.final_eval_crops not in (1, 3):  # the centre crop, or three along the long side
+    raise ValueError(f"config.final_eval_crops={config.final_eval_crops!r} must be 1 or 3")
   if config.steps_per_epoch is not None and config.steps_per_epoch < 1:
     raise ValueError(f"config.steps_per_epoch={config.steps_per_epoch!r} must be at least 1 (or None: from the data)")
 
