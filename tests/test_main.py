@@ -480,6 +480,24 @@ def _files(directory: pathlib.Path) -> dict[str, bytes]:
   return {str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*") if p.is_file()}
 
 
+@pytest.mark.parametrize(
+  "fields, error",
+  [
+    ({"accumulation_steps": 3}, "batch_size 4 is not divisible by accumulation_steps 3"),
+    ({"batch_size": 8}, "was written with batch_size=4, this run has config.batch_size=8"),
+  ],
+)
+def test_a_rerun_refused_by_its_config_keeps_the_record_of_the_run_it_would_resume(
+  dataset, uninterrupted, tmp_path, fields, error
+):
+  workdir = tmp_path / "finished"
+  shutil.copytree(uninterrupted[0], workdir)
+  record = (workdir / trainer.CONFIG_FILE).read_bytes()
+  with pytest.raises(ValueError, match=re.escape(error)):
+    trainer.train_and_evaluate(in_process_config(dataset, **fields), workdir)
+  assert (workdir / trainer.CONFIG_FILE).read_bytes() == record
+
+
 def test_resuming_with_a_model_of_another_architecture_is_refused_before_anything_is_written(
   dataset, uninterrupted, tmp_path
 ):

@@ -339,7 +339,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   record = _run_record(config, model)
   if latest is not None:
     _check_resumes_the_same_run(workdir, record)
-  _write_json(workdir / CONFIG_FILE, record)
   writer = metric_writers.create_default_writer(os.fspath(workdir), just_logging=jax.process_index() > 0)
   writer.write_hparams({k: v for k, v in _flat_config(config).items() if isinstance(v, (int, float, str, bool))})
   abstract_state, create_state = step_lib.plan_train_state(
@@ -375,6 +374,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   batches = datasets.train_stream(config, experiment, position, failures).as_numpy_iterator()
   val_set = datasets.validation_set(config, experiment)
   best_top1 = _best_so_far(workdir)
+  # Once every check has passed: a rerun refused on the way keeps the record of the run that wrote the checkpoints.
+  _write_json(workdir / CONFIG_FILE, record)
 
   # The loop: one step, then whatever is due after it.
   preemption = checkpoints.Preemption(int(state.step))
