@@ -101,6 +101,20 @@ def _check_videos_present(config: ml_collections.ConfigDict, records: list[annot
     )
 
 
+def _check_same_classes(stored: tuple[str, ...], class_names: tuple[str, ...], config):
+  """Records keep label ids: trained with another label list, the ids would name other classes, or none."""
+  if stored == class_names:
+    return
+  where = f"data.tfds_dir {config.data.tfds_dir} was built with"
+  if len(stored) != len(class_names):
+    raise ValueError(f"{where} {len(stored)} classes, data.label_list {config.data.label_list} has {len(class_names)}")
+  i = next(i for i, (a, b) in enumerate(zip(stored, class_names)) if a != b)
+  raise ValueError(
+    f"{where} another label list than data.label_list {config.data.label_list}: class {i} is {stored[i]!r} there, "
+    f"{class_names[i]!r} here"
+  )
+
+
 def resolve(config: ml_collections.ConfigDict, workdir: epath.Path) -> Experiment:
   """Checks the data the config names and prepares the training list (writing the few-shot subset to workdir)."""
   class_names = _class_names(config)
@@ -114,6 +128,7 @@ def resolve(config: ml_collections.ConfigDict, workdir: epath.Path) -> Experimen
     index = tfds_dataset.RecordIndex.load(
       check_exists(config.data.tfds_dir, "data.tfds_dir", "folder"), config.data.train_split
     )
+    _check_same_classes(tuple(index.features["label"].names), class_names, config)
     return Experiment(class_names, index.num_videos, "")
   records = _read_list(config, "train_file")
   if not config.data.shots:

@@ -1,5 +1,7 @@
 """datasets.resolve: every list a run will read is checked before training starts."""
 
+import re
+
 from etils import epath
 import pytest
 
@@ -116,8 +118,8 @@ def test_a_few_shot_run_checks_only_the_videos_of_its_subset(config, tmp_path):
   assert not (tmp_path / "workdir2").exists()  # refused before the subset's list is written
 
 
-def test_records_count_the_videos_of_the_split_the_run_reads(config, tmp_path):
-  """With data.tfds_dir, an epoch is the length of data.train_split, not of the split named "train"."""
+def _records(config, tmp_path):
+  """Records of 2 videos in the split "train" and 3 in "train_all", built with the config's label list."""
   for i in range(3):
     video_fixtures.write_indexed_video(tmp_path / "clips" / f"{i}.mp4", 8)
   (tmp_path / "clips" / "labels.csv").write_text("id,name\n0,run\n1,jump\n2,swim\n")
@@ -131,5 +133,28 @@ def test_records_count_the_videos_of_the_split_the_run_reads(config, tmp_path):
       split=split,
     )
   config.data.tfds_dir = str(tmp_path / "records")
+
+
+def test_records_count_the_videos_of_the_split_the_run_reads(config, tmp_path):
+  """With data.tfds_dir, an epoch is the length of data.train_split, not of the split named "train"."""
+  _records(config, tmp_path)
   config.data.train_split = "train_all"
   assert datasets.resolve(config, epath.Path(tmp_path / "workdir")).num_train_videos == 3
+
+
+@pytest.mark.parametrize(
+  "labels, message",
+  [
+    ("id,name\n0,run\n1,jump\n", "was built with 3 classes, data.label_list LABELS has 2"),
+    (
+      "id,name\n0,run\n1,swim\n2,jump\n",
+      "another label list than data.label_list LABELS: class 1 is 'jump' there, 'swim' here",
+    ),
+  ],
+)
+def test_records_built_with_another_label_list_are_refused(config, tmp_path, labels, message):
+  _records(config, tmp_path)
+  config.data.label_list = _list(tmp_path, "other_labels.csv", labels)
+  config.num_classes = labels.count("\n") - 1
+  with pytest.raises(ValueError, match=re.escape(message.replace("LABELS", config.data.label_list))):
+    datasets.resolve(config, epath.Path(tmp_path / "workdir"))
