@@ -38,6 +38,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import multiprocessing
 import os
 import re
@@ -323,8 +324,8 @@ def _check_settings(*, name, split, short_side, fps, max_frames, jpeg_quality, v
     problems.append(f"split={split!r} must be letters, digits and _")
   if short_side < 1:
     problems.append(f"short_side={short_side} must be positive")
-  if fps is not None and fps <= 0:
-    problems.append(f"fps={fps} must be positive")
+  if fps is not None and not 0 < fps < math.inf:  # NaN too
+    problems.append(f"fps={fps} must be a positive number")
   if max_frames is not None and max_frames < 1:
     problems.append(f"max_frames={max_frames} must be positive")
   if not 1 <= jpeg_quality <= 100:

@@ -174,6 +174,13 @@ def test_bad_settings_are_refused_before_converting(videos, tmp_path):
   assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("fps", [0.0, float("nan"), float("inf")])
+def test_a_frame_rate_that_is_not_a_positive_number_is_refused(videos, tmp_path, fps):
+  with pytest.raises(ValueError, match=re.escape(f"fps={fps} must be a positive number")):
+    _build(videos, tmp_path, fps=fps)
+  assert not list(tmp_path.iterdir())
+
+
 def test_splits_share_the_folder_and_its_label_list(videos, tmp_path):
   _build(videos, tmp_path)
   builder = _build(videos, tmp_path, annotations="with_bad.txt", split="validation", max_bad_fraction=0.3)
