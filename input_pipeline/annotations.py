@@ -21,9 +21,17 @@ class VideoRecord:
   label: int
 
 
+def _read_text(path: str | os.PathLike[str]) -> str:
+  """A list's text: UTF-8, with or without the byte-order mark that spreadsheet programs write first."""
+  try:
+    return epath.Path(path).read_bytes().decode("utf-8-sig")  # epath's read_text takes no encoding
+  except UnicodeDecodeError as error:
+    raise ValueError(f"{os.fspath(path)}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+
+
 def read_label_list(csv_path: str | os.PathLike[str]) -> list[str]:
   """Returns the class names of an `id,name` CSV, indexed by id."""
-  text = epath.Path(csv_path).read_text(encoding="utf-8")
+  text = _read_text(csv_path)
   csv_path = os.fspath(csv_path)
   rows = list(csv.reader(io.StringIO(text, newline="")))
   if not rows or [cell.strip() for cell in rows[0]] != ["id", "name"]:
@@ -57,7 +65,7 @@ def read_label_list(csv_path: str | os.PathLike[str]) -> list[str]:
 
 def read_annotations(path: str | os.PathLike[str], num_classes: int) -> list[VideoRecord]:
   """Reads `relative/path label` lines; labels must be in [0, num_classes)."""
-  lines = epath.Path(path).read_text(encoding="utf-8").split("\n")
+  lines = _read_text(path).split("\n")
   path = os.fspath(path)
   records = []
   for line_number, line in enumerate(lines, start=1):

@@ -498,6 +498,14 @@ def test_a_rerun_refused_by_its_config_keeps_the_record_of_the_run_it_would_resu
   assert (workdir / trainer.CONFIG_FILE).read_bytes() == record
 
 
+def test_a_workdir_record_that_is_not_json_is_an_error_naming_it(dataset, uninterrupted, tmp_path):
+  workdir = tmp_path / "finished"
+  shutil.copytree(uninterrupted[0], workdir)
+  (workdir / trainer.CONFIG_FILE).write_text("garbage{")
+  with pytest.raises(ValueError, match=re.escape(f"{workdir / trainer.CONFIG_FILE}: invalid JSON (Expecting value")):
+    trainer.train_and_evaluate(in_process_config(dataset), workdir)
+
+
 def test_resuming_with_a_model_of_another_architecture_is_refused_before_anything_is_written(
   dataset, uninterrupted, tmp_path
 ):

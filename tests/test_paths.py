@@ -1,9 +1,11 @@
 """Paths on cloud storage (gs://) or local: what orbax is given, and init checkpoints read through a local copy."""
 
 import os
+import re
 
 import jax
 import numpy as np
+import pytest
 
 from tests.fixtures import tiny
 from xclip_jax import paths
@@ -32,3 +34,11 @@ def test_a_remote_init_checkpoint_is_read_from_a_local_copy_that_is_deleted_afte
   assert top.name == source.name and not top.exists()
   for ours, theirs in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(model.params)):
     np.testing.assert_array_equal(ours, theirs)
+
+
+def test_a_file_that_is_not_json_is_an_error_naming_it(tmp_path):
+  (tmp_path / "best.json").write_text('{"top1": 0.5')
+  with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'best.json'}: invalid JSON (Expecting ")):
+    paths.read_json(tmp_path / "best.json")
+  (tmp_path / "best.json").write_text('{"top1": 0.5}')
+  assert paths.read_json(tmp_path / "best.json") == {"top1": 0.5}

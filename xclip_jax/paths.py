@@ -2,6 +2,7 @@
 
 from collections.abc import Iterator
 import contextlib
+import json
 import os
 import pathlib
 import shutil
@@ -18,6 +19,15 @@ def is_remote(path: str | os.PathLike[str]) -> bool:
 def absolute(path: str | os.PathLike[str]) -> epath.Path:
   """`path` as an epath.Path; local paths made absolute (orbax wants them so), URIs as given."""
   return epath.Path(path) if is_remote(path) else epath.Path(path).absolute()
+
+
+def read_json(path: str | os.PathLike[str]):
+  """The JSON value in the file at `path` (local or remote); ValueError naming the file where it is not JSON."""
+  path = epath.Path(path)
+  try:
+    return json.loads(path.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    raise ValueError(f"{path}: invalid JSON ({error})") from None
 
 
 def copy_to_local(source: str | os.PathLike[str], destination: pathlib.Path) -> pathlib.Path:

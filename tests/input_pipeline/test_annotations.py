@@ -36,6 +36,20 @@ def test_label_names_may_hold_quoted_commas(tmp_path):
   assert annotations.read_label_list(path) == ["cooking, outdoors"]
 
 
+def test_lists_saved_by_a_spreadsheet_with_a_byte_order_mark_are_read(tmp_path):
+  """... and Windows line ends."""
+  (tmp_path / "labels.csv").write_bytes("\ufeffid,name\r\n0,run\r\n".encode())
+  (tmp_path / "train.txt").write_bytes("\ufeffa/x.mp4 0\r\n".encode())
+  assert annotations.read_label_list(tmp_path / "labels.csv") == ["run"]
+  assert [r.path for r in annotations.read_annotations(tmp_path / "train.txt", 1)] == ["a/x.mp4"]
+
+
+def test_a_list_that_is_not_utf8_is_refused_naming_the_file(tmp_path):
+  (tmp_path / "labels.csv").write_bytes("id,name\n0,run\n".encode("utf-16"))
+  with pytest.raises(ValueError, match=r"labels\.csv: not UTF-8 text \(invalid start byte at byte 0\)$"):
+    annotations.read_label_list(tmp_path / "labels.csv")
+
+
 def test_reads_annotation_lines(tmp_path):
   path = _write(tmp_path, "train.txt", "a/x.mp4 0\n\nb/y.mp4 2\n")
   assert annotations.read_annotations(path, num_classes=3) == [

@@ -70,6 +70,13 @@ def test_a_config_that_does_not_describe_the_params_names_the_first_mismatch(che
   assert len(text) < 300
 
 
+def test_a_config_that_is_not_json_is_one_error_naming_it(checkpoint, tmp_path):
+  damaged = _with_config(checkpoint, tmp_path / "damaged")
+  (damaged / native.CONFIG_FILE).write_text('{"format": ')
+  with pytest.raises(ValueError, match=re.escape(f"{damaged / native.CONFIG_FILE}: invalid JSON (")):
+    xclip_jax.load_pretrained(damaged)
+
+
 def test_other_frames_are_still_interpolated_from_the_stored_ones(checkpoint):
   """`num_frames` other than the config's resamples the stored embedding on purpose: not a mismatch."""
   model = xclip_jax.load_pretrained(checkpoint, num_frames=4)

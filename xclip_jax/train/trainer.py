@@ -462,7 +462,7 @@ def _all_finite(tree) -> jax.Array:
 
 def _best_so_far(workdir: epath.Path) -> float:
   path = workdir / "best.json"
-  return json.loads(path.read_text())["top1"] if path.exists() else -1.0
+  return paths.read_json(path)["top1"] if path.exists() else -1.0
 
 
 def _run_record(config: ml_collections.ConfigDict, model: pretrained.XCLIPModel) -> dict:
@@ -476,7 +476,7 @@ def _check_resumes_the_same_run(workdir: epath.Path, record: dict):
   path = workdir / CONFIG_FILE
   if not path.exists():  # written by a version that kept no config
     return
-  stored = json.loads(path.read_text())
+  stored = paths.read_json(path)
   changed = _differences(stored["architecture"], record["architecture"])
   if changed:
     raise ValueError(

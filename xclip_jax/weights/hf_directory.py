@@ -4,12 +4,12 @@ The weights are read as numpy arrays: safetensors files with `safetensors.numpy`
 `torch_pickle`'s restricted unpickler (no PyTorch needed, no pickled code run).
 """
 
-import json
 import pathlib
 
 import numpy as np
 import safetensors.numpy
 
+from xclip_jax import paths
 from xclip_jax.weights import torch_pickle
 
 CONFIG_FILE = "config.json"
@@ -30,10 +30,7 @@ def read_config(directory) -> dict:
   config_path = pathlib.Path(directory) / CONFIG_FILE
   if not config_path.is_file():
     raise FileNotFoundError(f"{directory}: no {CONFIG_FILE}")
-  try:
-    config = json.loads(config_path.read_text())
-  except (json.JSONDecodeError, UnicodeDecodeError) as error:
-    raise ValueError(f"{config_path}: invalid JSON ({error})") from error
+  config = paths.read_json(config_path)
   if not isinstance(config, dict):
     raise ValueError(f"{config_path}: not a JSON object")
   return config
@@ -59,7 +56,8 @@ def read_tensors(directory) -> dict[str, np.ndarray]:
   directory = pathlib.Path(directory)
   for index_name, reads_torch in ((SAFETENSORS_INDEX_FILE, False), (PYTORCH_INDEX_FILE, True)):  # noqa: B007 (read after the break)
     if (directory / index_name).is_file():
-      weight_map = json.loads((directory / index_name).read_text()).get("weight_map")
+      index = paths.read_json(directory / index_name)
+      weight_map = index.get("weight_map") if isinstance(index, dict) else None
       if not isinstance(weight_map, dict):
         raise ValueError(f"{directory / index_name}: no 'weight_map' object")
       shards = sorted(set(weight_map.values()))

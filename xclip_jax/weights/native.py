@@ -63,7 +63,7 @@ def is_checkpoint(directory: pathlib.Path) -> bool:
 def read_checkpoint(directory: pathlib.Path, **overrides) -> tuple[model_config.XCLIPConfig, dict]:
   """The config (with `overrides`) and the params, as host numpy arrays, of a converted checkpoint."""
   directory = directory.absolute()  # orbax reads absolute paths only
-  meta = json.loads((directory / CONFIG_FILE).read_text())
+  meta = paths.read_json(directory / CONFIG_FILE)
   if meta.get("format") != FORMAT_NAME:
     raise ValueError(f"{directory / CONFIG_FILE} is not an xclip-jax checkpoint config (format {meta.get('format')!r})")
   if meta.get("version", 1) != FORMAT_VERSION:
@@ -127,7 +127,7 @@ def read_workdir(directory: pathlib.Path, **overrides) -> tuple[model_config.XCL
   steps = [int(p.name) for p in (directory / WORKDIR_CHECKPOINTS).iterdir() if p.name.isdigit()]
   if not steps:
     raise ValueError(f"{directory} is a training workdir without a checkpoint yet")
-  meta = json.loads((directory / WORKDIR_BEST / CONFIG_FILE).read_text())
+  meta = paths.read_json(directory / WORKDIR_BEST / CONFIG_FILE)
   config = model_config.XCLIPConfig.from_dict(meta["config"])
   # Only the parameters of the train state, not the optimiser's moments.
   item = {"params": official.abstract_params(config)}
