@@ -327,8 +327,7 @@ def test_missing_unexpected_and_misshapen_tensors_are_named(safetensors_dir, tmp
   directory = _copy_with(safetensors_dir, tmp_path / "names", tensors=edited)
   with pytest.raises(
     ValueError,
-    match=r"missing \['vision_model.encoder.layers.1.self_attn.v_proj.bias'\]; "
-    r"unexpected \['text_model.encoder.layers.0.extra_gate'\]",
+    match=r"missing vision_model.encoder.layers.1.self_attn.v_proj.bias; unexpected text_model.encoder.layers.0.extra_gate$",
   ):
     hf_clip.read_hf_clip(directory)
 

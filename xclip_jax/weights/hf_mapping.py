@@ -262,8 +262,7 @@ def _check(
   missing, extra = sorted(expected.keys() - present), sorted(present - expected.keys())
   if missing or extra:
     raise ValueError(
-      f"{where}: the tensors do not match the architecture: "
-      f"missing {missing or 'nothing'}; unexpected {extra or 'nothing'}"
+      f"{where}: the tensors do not match the architecture: missing {_first(missing)}; unexpected {_first(extra)}"
     )
   wrong = [
     f"{name}: {np.shape(tensors[name])} instead of {shape}"
@@ -271,4 +270,12 @@ def _check(
     if np.shape(tensors[name]) != shape
   ]
   if wrong:
-    raise ValueError(f"{where}: the tensors do not match the architecture in shape: " + "; ".join(wrong))
+    raise ValueError(f"{where}: the tensors do not match the architecture in shape: {_first(wrong, '; ')}")
+
+
+def _first(items: list[str], separator: str = ", ", shown: int = 3) -> str:
+  """The first few of `items` and how many more: a checkpoint of another model lacks hundreds of tensors."""
+  if not items:
+    return "nothing"
+  more = f"{separator}and {len(items) - shown} more" if len(items) > shown else ""
+  return separator.join(items[:shown]) + more
