@@ -262,6 +262,20 @@ def test_usage_mistakes_are_one_line_errors(cli_inputs, tmp_path, arguments, mes
   assert result.stderr == f"error: {message}\n", result.stderr
 
 
+def test_no_embeddings_file_is_written_when_no_video_could_be_read(cli_inputs, tmp_path):
+  """A file of an earlier run at --embed is kept, not replaced by one without videos."""
+  _, checkpoint, _, bad = cli_inputs
+  out = tmp_path / "embeddings.npz"
+  out.write_bytes(b"an earlier run's embeddings")
+  result = run_classify(f"--checkpoint={checkpoint}", f"--classes={CLASSES}", f"--embed={out}", bad[1])
+  assert result.returncode == 2
+  assert (
+    result.stderr.splitlines()[-1]
+    == f"error: 1 of 1 videos could not be classified: {bad[1]}; --embed={out} not written"
+  )
+  assert out.read_bytes() == b"an earlier run's embeddings"
+
+
 @pytest.mark.parametrize(
   "embed, message",
   [

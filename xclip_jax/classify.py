@@ -19,7 +19,7 @@ probabilities are over all classes and sum to one). A video that cannot be read 
 so that an interrupted write leaves none), L2-normalised float32: `text_embeddings` (K, D), the class texts as
 plain text features (no video conditioning, `model.encode_text`); `video_embeddings` (N, D), each video's MIT output
 (`model.encode_video`) of each view, normalised, averaged over the views and normalised again; with `labels` (K,) and
-`videos` (N,), the videos that could be read.
+`videos` (N,), the videos that could be read (where none could, no file is written).
 Their dot products are cosine similarities between a video and a text on its own, which is not what the logits
 compare (there every class text is first conditioned on the video).
 
@@ -340,11 +340,17 @@ def _run(videos: list[str]) -> int:
     ]
     json.dump({"checkpoint": FLAGS.checkpoint, "views": views, "videos": documents}, sys.stdout, indent=1)
     print()
-  if embed_path:
-    write_embeddings(embed_path, model, class_names, results)
   failed = [r.video for r in results if r.error is not None]
+  # With no video read there are no embeddings to write: a file of an earlier run there is kept, not emptied.
+  unwritten = ""
+  if embed_path and len(failed) < len(results):
+    write_embeddings(embed_path, model, class_names, results)
+  elif embed_path:
+    unwritten = f"; --embed={embed_path} not written"
   if failed:
-    return console.error(f"{len(failed)} of {len(videos)} videos could not be classified: {', '.join(failed)}")
+    return console.error(
+      f"{len(failed)} of {len(videos)} videos could not be classified: {', '.join(failed)}{unwritten}"
+    )
   return 0
 
 
