@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -19,6 +20,7 @@ from configs import common
 from configs import k400
 from tests.fixtures import tiny
 from tests.fixtures import video_fixtures
+import xclip_jax
 from xclip_jax import convert
 from xclip_jax import main
 from xclip_jax.parallel import sharding
@@ -496,6 +498,16 @@ def test_a_rerun_refused_by_its_config_keeps_the_record_of_the_run_it_would_resu
   with pytest.raises(ValueError, match=re.escape(error)):
     trainer.train_and_evaluate(in_process_config(dataset, **fields), workdir)
   assert (workdir / trainer.CONFIG_FILE).read_bytes() == record
+
+
+def test_a_workdir_without_a_best_model_loads_by_the_record_the_run_wrote(uninterrupted, tmp_path):
+  """A run stopped before its first validation has checkpoints but no best/: its config.json says what they hold."""
+  workdir = tmp_path / "no_best"
+  shutil.copytree(uninterrupted[0], workdir)
+  expected = xclip_jax.load_pretrained(workdir).params
+  shutil.rmtree(workdir / "best")
+  for ours, theirs in zip(jax.tree.leaves(xclip_jax.load_pretrained(workdir).params), jax.tree.leaves(expected)):
+    np.testing.assert_array_equal(ours, theirs)
 
 
 def test_a_workdir_record_that_is_not_json_is_an_error_naming_it(dataset, uninterrupted, tmp_path):

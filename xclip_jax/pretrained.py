@@ -200,7 +200,7 @@ def load_pretrained(
     else:
       raise ValueError(
         f"{path} is a directory but neither an xclip-jax checkpoint ({native.CONFIG_FILE}), a training workdir "
-        f"({native.WORKDIR_CHECKPOINTS}/ and {native.WORKDIR_BEST}/), a Hugging Face X-CLIP model, nor a Hugging "
+        f"({native.WORKDIR_CHECKPOINTS}/ and {native.WORKDIR_RECORD}), a Hugging Face X-CLIP model, nor a Hugging "
         "Face CLIP model (config.json with model.safetensors or pytorch_model.bin)"
       )
   else:

@@ -4,6 +4,7 @@ whose newest checkpoint is damaged."""
 import json
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import types
@@ -118,6 +119,18 @@ def _damage(root: pathlib.Path, step: int):
 
 def _listing(root: pathlib.Path) -> list[str]:
   return sorted(str(path.relative_to(root)) for path in root.rglob("*"))
+
+
+def test_a_workdir_stopped_before_its_first_validation_is_read_with_the_architecture_of_its_record(tmp_path):
+  """No best/ yet: the run's record (config.json) says what model its checkpoints hold."""
+  workdir = tmp_path / "workdir"
+  saved = _workdir(workdir, steps=(2,))
+  architecture = xclip_jax.load_pretrained(workdir / native.WORKDIR_BEST).config.architecture()
+  shutil.rmtree(workdir / native.WORKDIR_BEST)
+  (workdir / native.WORKDIR_RECORD).write_text(json.dumps({"config": {}, "architecture": architecture}))
+  model = xclip_jax.load_pretrained(workdir, dtype="bfloat16")
+  assert model.config.architecture() == architecture and model.config.dtype == "bfloat16"
+  np.testing.assert_array_equal(model.params["mit"]["positional_embedding"], saved[2]["mit"]["positional_embedding"])
 
 
 def test_a_damaged_newest_checkpoint_is_skipped_with_a_one_line_warning(tmp_path):

@@ -46,7 +46,7 @@ from xclip_jax.train import step as step_lib
 from xclip_jax.weights import native
 
 RESULTS_FILE = "eval_results.json"
-CONFIG_FILE = "config.json"
+CONFIG_FILE = native.WORKDIR_RECORD
 # Config fields that change how a run is carried out, not what it trains: a resumed run may change them unwarned.
 _NOT_COMPARED = (
   "log_every_steps",

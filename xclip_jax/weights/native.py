@@ -34,6 +34,8 @@ FORMAT_NAME = "xclip-jax"
 FORMAT_VERSION = 2
 WORKDIR_CHECKPOINTS = "checkpoints"
 WORKDIR_BEST = "best"
+# The trainer's record of a run: {"config": the run's config, "architecture": its model's XCLIPConfig.architecture()}.
+WORKDIR_RECORD = "config.json"
 
 
 def write_checkpoint(directory, config: model_config.XCLIPConfig, params) -> epath.Path:
@@ -112,13 +114,14 @@ def _stored_tree(directory) -> dict:
 
 
 def is_workdir(directory: pathlib.Path) -> bool:
-  """Whether `directory` is a training workdir (with a best model written)."""
-  return (directory / WORKDIR_CHECKPOINTS).is_dir() and (directory / WORKDIR_BEST / CONFIG_FILE).exists()
+  """Whether `directory` is a training workdir: checkpoints, and the record of their model (or a best model)."""
+  described = (directory / WORKDIR_RECORD).exists() or (directory / WORKDIR_BEST / CONFIG_FILE).exists()
+  return (directory / WORKDIR_CHECKPOINTS).is_dir() and described
 
 
 def read_workdir(directory: pathlib.Path, **overrides) -> tuple[model_config.XCLIPConfig, dict]:
   """The final model of a training workdir: the parameters of its newest readable checkpoint, the architecture of
-  best/.
+  best/ or, in a run stopped before its first validation, of the run's record.
 
   Newer checkpoints that cannot be read (a file cut short, a lost object) are skipped with a warning and left where
   they are (resuming the run sets them aside); when none can be read, a ValueError names them. One that holds another
@@ -127,8 +130,12 @@ def read_workdir(directory: pathlib.Path, **overrides) -> tuple[model_config.XCL
   steps = [int(p.name) for p in (directory / WORKDIR_CHECKPOINTS).iterdir() if p.name.isdigit()]
   if not steps:
     raise ValueError(f"{directory} is a training workdir without a checkpoint yet")
-  meta = paths.read_json(directory / WORKDIR_BEST / CONFIG_FILE)
-  config = model_config.XCLIPConfig.from_dict(meta["config"])
+  if (directory / WORKDIR_BEST / CONFIG_FILE).exists():
+    described_by = f"{WORKDIR_BEST}/{CONFIG_FILE}"
+    config = model_config.XCLIPConfig.from_dict(paths.read_json(directory / described_by)["config"])
+  else:
+    described_by = WORKDIR_RECORD
+    config = model_config.XCLIPConfig.from_dict(paths.read_json(directory / described_by)["architecture"])
   # Only the parameters of the train state, not the optimiser's moments.
   item = {"params": official.abstract_params(config)}
   restore_args = ocp.checkpoint_utils.construct_restore_args(item)
@@ -139,7 +146,7 @@ def read_workdir(directory: pathlib.Path, **overrides) -> tuple[model_config.XCL
     state = directory.absolute() / WORKDIR_CHECKPOINTS / str(step) / "state"
     try:
       stored = _stored_tree(state)
-      _check_stored_params(stored.get("params", {}), item["params"], f"{state}", f"{WORKDIR_BEST}/{CONFIG_FILE}")
+      _check_stored_params(stored.get("params", {}), item["params"], f"{state}", described_by)
       restored = ocp.PyTreeCheckpointer().restore(
         state, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)
       )
