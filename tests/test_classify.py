@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -294,6 +295,11 @@ def test_an_embed_file_that_cannot_be_written_is_refused_before_any_video_is_cla
   assert [path.name for path in tmp_path.iterdir()] == ["folder"] and not any((tmp_path / "folder").iterdir())
 
 
+def test_an_empty_embed_flag_is_refused():
+  with pytest.raises(classify.UserError, match="^--embed= names no file; name the .npz file to write$"):
+    classify.check_embed_path("")
+
+
 def test_an_embed_file_in_a_folder_without_write_permission_is_refused(tmp_path, monkeypatch):
   # Tests may run as root, who may write anywhere: the permission is denied here.
   monkeypatch.setattr(classify.os, "access", lambda path, mode: False)
@@ -337,3 +343,41 @@ def test_an_interrupted_embeddings_write_leaves_the_previous_file_and_no_partial
     assert str(raised.value) == f"--embed={out}: cannot write it: [Errno 28] No space left on device"
   assert [path.name for path in tmp_path.iterdir()] == ["embeddings.npz"]
   assert out.read_bytes() == b"the previous run's file"
+
+
+@pytest.mark.parametrize(
+  "arguments, message",
+  [
+    (dict(class_names="a shape sliding"), "class_names: a list of class names, not the string 'a shape sliding'"),
+    (dict(class_names=["a", 3]), "class_names: class names are strings, not 3"),
+    (dict(class_names=[]), "class_names lists no classes"),
+    (dict(top_k=-1), "top_k must be at least 0 (0: all classes), got -1"),
+    (dict(batch_size=-1), "batch_size must be at least 1, got -1"),
+    (dict(videos="VIDEO"), "videos: a list of paths, not the one path 'VIDEO'"),
+  ],
+  ids=["one-string", "not-a-string", "no-class", "top_k", "batch_size", "one-path"],
+)
+def test_mistaken_arguments_from_python_are_value_errors_naming_them(cli_inputs, arguments, message):
+  """Not a silent wrong result (a string's letters taken as classes, the least likely class dropped), nor an error
+  from deep inside (concurrent.futures on the batch size)."""
+  _, _, good, _ = cli_inputs
+  model = tiny.model()
+  arguments = {"videos": [good[0]], "class_names": CLASSES.split(","), **arguments}
+  if arguments["videos"] == "VIDEO":
+    arguments["videos"] = good[0]
+    message = message.replace("VIDEO", str(good[0]))
+  with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+    list(classify.classify(model, **arguments))
+
+
+@pytest.mark.parametrize(
+  "arguments, message",
+  [
+    (dict(input_size=0), "input_size must be at least 1, got 0"),
+    (dict(num_clips=0), "num_clips must be at least 1, got 0"),
+  ],
+)
+def test_views_of_no_pixels_or_clips_are_refused(cli_inputs, arguments, message):
+  _, _, good, _ = cli_inputs
+  with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+    classify.load_views(good[0], **{"num_frames": 2, "input_size": 32, **arguments})

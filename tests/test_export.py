@@ -285,10 +285,10 @@ def test_command_line_mistakes_are_one_line_errors(checkpoint, tmp_path, argumen
   assert not out.exists()
 
 
-@pytest.mark.parametrize("num_frames", [0, -1])
+@pytest.mark.parametrize("num_frames", [0, -1, 2.5])
 def test_frames_below_one_from_python_are_a_one_line_error_naming_num_frames(checkpoint, tmp_path, capsys, num_frames):
   assert export.command(checkpoint, tmp_path / "out", classes=CLASSES, fmt="stablehlo", num_frames=num_frames) == 2
   captured = capsys.readouterr()
-  expected = f"error: checkpoint {checkpoint}: num_frames must be at least 1, got {num_frames}\n"
+  expected = f"error: checkpoint {checkpoint}: num_frames must be an integer of at least 1, got {num_frames}\n"
   assert captured.out == "" and captured.err == expected, captured.err
   assert not any(tmp_path.iterdir())

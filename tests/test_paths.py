@@ -10,6 +10,7 @@ import pytest
 from tests.fixtures import tiny
 from xclip_jax import paths
 from xclip_jax import pretrained
+from xclip_jax.parallel import sharding
 
 
 def test_uris_stay_as_given_and_local_paths_become_absolute(tmp_path, monkeypatch):
@@ -29,7 +30,9 @@ def test_a_remote_init_checkpoint_is_read_from_a_local_copy_that_is_deleted_afte
   monkeypatch.setattr(paths, "is_remote", lambda path: os.fspath(path) == os.fspath(source) or is_remote(path))
   copy_to_local = paths.copy_to_local
   monkeypatch.setattr(paths, "copy_to_local", lambda src, dst: copies.append(copy_to_local(src, dst)) or dst)
-  loaded = pretrained.load_pretrained(source)
+  mesh = sharding.make_mesh({"data": -1})
+  loaded = pretrained.load_pretrained(source, mesh=mesh)
+  assert loaded.mesh is mesh  # the options reach the local copy's reader
   top = copies[-1]  # the folder, copied after its files
   assert top.name == source.name and not top.exists()
   for ours, theirs in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(model.params)):

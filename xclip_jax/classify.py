@@ -127,6 +127,9 @@ def eval_crops(frames: np.ndarray, input_size: int, num_crops: int = 1) -> np.nd
 
 def load_views(path, num_frames: int, input_size: int, num_clips: int = 1, num_crops: int = 1) -> np.ndarray:
   """The evaluation views of one video file, clip-major: (num_clips * num_crops, T, S, S, 3) float32, normalised."""
+  for name, value in (("num_frames", num_frames), ("input_size", input_size), ("num_clips", num_clips)):
+    if value < 1:
+      raise ValueError(f"{name} must be at least 1, got {value}")
   data = pathlib.Path(path).read_bytes()
   frames, _ = video_decode.decode_sampled_frames(
     data, lambda total: sampling.eval_clips_frame_indices(total, num_frames, num_clips)
@@ -210,6 +213,13 @@ def classify(
   """
   if views not in VIEWS:
     raise ValueError(f"views must be one of {sorted(VIEWS)}, got {views}")
+  if top_k < 0:
+    raise ValueError(f"top_k must be at least 0 (0: all classes), got {top_k}")
+  if batch_size is not None and batch_size < 1:
+    raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+  if isinstance(videos, (str, os.PathLike)):
+    raise ValueError(f"videos: a list of paths, not the one path {os.fspath(videos)!r}")
+  class_names = check_class_names(class_names, "class_names")
   batch_size = batch_size or (1 if jax.default_backend() == "cpu" else 8)
   videos = [str(video) for video in videos]
   num_clips, num_crops = VIEWS[views]
@@ -240,12 +250,19 @@ def text_embeddings(model: pretrained.XCLIPModel, class_names: Sequence[str]) ->
   return _normalize(np.asarray(model.encode_text(tokenizer.tokenize(list(class_names)))))
 
 
-class UserError(Exception):
-  """Bad input from the command line, reported as one line."""
+class UserError(ValueError):
+  """Bad input, which the commands report as one line."""
 
 
 def check_class_names(names: Sequence[str], source: str) -> list[str]:
-  """The class names, or UserError for an empty list, an empty name or a name listed twice."""
+  """The class names, or UserError for one string instead of a list, an empty list, a name that is not a string or
+  is empty, or a name listed twice."""
+  if isinstance(names, str):
+    raise UserError(f"{source}: a list of class names, not the string {names!r}")
+  names = list(names)
+  not_text = [name for name in names if not isinstance(name, str)]
+  if not_text:
+    raise UserError(f"{source}: class names are strings, not {not_text[0]!r}")
   names = [name.strip() for name in names]
   if not names:
     raise UserError(f"{source} lists no classes")
@@ -264,9 +281,10 @@ def read_class_names(labels: str | None, classes: Sequence[str] | None) -> list[
   if labels is None:
     return check_class_names(classes, "--classes")
   try:
-    return check_class_names(annotations.read_label_list(labels), f"--labels={labels}")
+    names = annotations.read_label_list(labels)
   except (OSError, ValueError) as e:
     raise UserError(f"--labels: {e}") from None
+  return check_class_names(names, f"--labels={labels}")
 
 
 def check_embed_path(path: str) -> pathlib.Path:
@@ -275,6 +293,8 @@ def check_embed_path(path: str) -> pathlib.Path:
   The file is written under exactly this name (numpy's `savez` would add `.npz` to a name without it): a user who
   names a file expects that file, and `np.load` reads an .npz archive whatever its name.
   """
+  if not os.fspath(path):
+    raise UserError("--embed= names no file; name the .npz file to write")
   path = pathlib.Path(path)
   if path.is_dir():
     raise UserError(f"--embed={path} is a directory; name the .npz file to write")
@@ -315,14 +335,14 @@ def _run(videos: list[str]) -> int:
   if not videos:
     raise UserError("name at least one video file")
   class_names = read_class_names(FLAGS.labels, FLAGS.classes)
-  embed_path = check_embed_path(FLAGS.embed) if FLAGS.embed else None
+  embed_path = check_embed_path(FLAGS.embed) if FLAGS.embed is not None else None
   model = _load_model()
   views = int(FLAGS.views)
   results = []
   show_progress = len(videos) * views >= PROGRESS_FROM_CLIPS
   # disable=None: a bar only where stderr is a terminal.
   with tqdm.tqdm(total=len(videos), unit="video", file=sys.stderr, disable=None if show_progress else True) as bar:
-    for result in classify(model, videos, class_names, FLAGS.top_k, FLAGS.batch_size, views, bool(FLAGS.embed)):
+    for result in classify(model, videos, class_names, FLAGS.top_k, FLAGS.batch_size, views, embed_path is not None):
       results.append(result)
       bar.update()
       if result.error is not None:

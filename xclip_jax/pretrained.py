@@ -2,6 +2,7 @@
 
 import functools
 import logging
+import numbers
 import pathlib
 import tempfile
 
@@ -60,7 +61,14 @@ class XCLIPModel:
     return {"params": self.params}
 
   def _video(self, video) -> jax.Array:
+    if not jnp.issubdtype(jnp.result_type(video), jnp.floating):
+      raise ValueError(
+        f"video of dtype {jnp.result_type(video)}: expected float frames normalised with "
+        "input_pipeline.normalization's MEAN_RGB and STD_RGB ((frames - MEAN_RGB) / STD_RGB for 0-255 frames)"
+      )
     video = jnp.asarray(video, jnp.float32)
+    if video.ndim and not video.shape[0]:
+      raise ValueError(f"video of shape {video.shape}: a batch of no videos")
     if self.mesh is None:
       return video
     shards = sharding.num_batch_shards(self.mesh)
@@ -69,6 +77,15 @@ class XCLIPModel:
         f"video of shape {video.shape}: on this mesh the batch must be (B, T, H, W, 3) with B divisible by {shards}"
       )
     return jax.device_put(video, sharding.video_sharding(self.mesh))
+
+  def _text_features(self, text_features) -> jax.Array:
+    text_features = jnp.asarray(text_features, jnp.float32)
+    if text_features.ndim != 2 or not text_features.shape[0] or text_features.shape[1] != self.config.embed_dim:
+      raise ValueError(
+        f"text_features of shape {text_features.shape}: expected (K, {self.config.embed_dim}) with K >= 1, "
+        "the output of encode_text"
+      )
+    return self._replicated(text_features)
 
   def _replicated(self, x) -> jax.Array:
     x = jnp.asarray(x)
@@ -80,7 +97,13 @@ class XCLIPModel:
     Texts are encoded in groups of equal `model.text_lengths`, each on its ids up to that length: the same features
     without running the transformer over the padding (the 400 Kinetics names: 279 texts of 4 ids, 116 of 8, 5 of 12).
     """
-    text_ids = np.asarray(text_ids, np.int32)
+    text_ids = np.asarray(text_ids)
+    context, vocab = self.config.context_length, self.config.vocab_size
+    if text_ids.ndim != 2 or not text_ids.shape[0] or text_ids.shape[1] > context:
+      raise ValueError(f"text_ids of shape {text_ids.shape}: expected (K, {context}) with K >= 1, from tokenize")
+    if not np.issubdtype(text_ids.dtype, np.integer) or not ((text_ids >= 0) & (text_ids < vocab)).all():
+      raise ValueError(f"text_ids must be integer token ids in [0, {vocab}), from tokenize")
+    text_ids = text_ids.astype(np.int32)
     lengths = xclip.text_lengths(text_ids)
     groups = [np.flatnonzero(lengths == length) for length in np.unique(lengths)]
     features = [
@@ -107,7 +130,7 @@ class XCLIPModel:
     if text_features is None:
       text_features = self.encode_text(text_ids)
     return self._apply["logits_from_features"](
-      self._variables(), self._video(video), self._replicated(jnp.asarray(text_features, jnp.float32))
+      self._variables(), self._video(video), self._text_features(text_features)
     )
 
   def save(self, directory) -> epath.Path:
@@ -166,9 +189,9 @@ def load_pretrained(
     mesh: run on these devices (`sharding.make_mesh`), e.g. with frames split over `time` for long clips.
   """
   # Before reading the checkpoint: a CLIP checkpoint would take 0 for its default of 8 frames.
-  if num_frames is not None and num_frames < 1:
-    raise ValueError(f"num_frames must be at least 1, got {num_frames}")
-  options = dict(dtype=dtype, droppath=droppath, remat=remat, attention=attention, seed=seed)
+  if num_frames is not None and not (isinstance(num_frames, numbers.Integral) and num_frames >= 1):
+    raise ValueError(f"num_frames must be an integer of at least 1, got {num_frames!r}")
+  options = dict(dtype=dtype, droppath=droppath, remat=remat, attention=attention, seed=seed, mesh=mesh)
   if not epath.Path(path).exists():
     raise FileNotFoundError(f"no checkpoint at {path}")
   if paths.is_remote(path):

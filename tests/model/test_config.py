@@ -21,6 +21,10 @@ from xclip_jax.model import config as model_config
     ("transformer_layers", 0, "transformer_layers must be an integer of at least 1, got 0"),
     ("mit_layers", -1, "mit_layers must be an integer of at least 0, got -1"),
     ("mit_heads", -1, "mit_heads must be an integer of at least 0, got -1"),
+    ("droppath", 1.5, "droppath must be a number in [0, 1), got 1.5"),
+    ("droppath", -0.5, "droppath must be a number in [0, 1), got -0.5"),
+    ("droppath", "x", "droppath must be a number in [0, 1), got 'x'"),
+    ("remat", "no", "remat must be True or False, got 'no'"),
   ],
 )
 def test_invalid_sizes_are_refused_naming_the_field(field, value, message):

@@ -84,6 +84,10 @@ class XCLIPConfig:
       raise ValueError(
         f"image_resolution {self.image_resolution} is not a multiple of the patch size {self.vision_patch_size}"
       )
+    if not (isinstance(self.droppath, numbers.Real) and 0 <= self.droppath < 1):  # NaN too
+      raise ValueError(f"droppath must be a number in [0, 1), got {self.droppath!r}")
+    if not isinstance(self.remat, bool):
+      raise ValueError(f"remat must be True or False, got {self.remat!r}")
     if self.dtype not in ("float32", "bfloat16"):
       raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
     if self.attention not in layers.ATTENTION_IMPLEMENTATIONS:
