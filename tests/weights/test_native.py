@@ -97,6 +97,34 @@ def test_a_write_that_fails_leaves_no_config(tmp_path, monkeypatch):
   assert not native.is_checkpoint(tmp_path / "tiny")
 
 
+@pytest.mark.parametrize("kind", ["notes", "workdir", "file"])
+def test_saving_over_anything_but_a_checkpoint_is_refused_and_leaves_it(tmp_path, kind):
+  """A folder with other files (a workdir, notes in params/), or a file: the saved model would replace or hide them."""
+  target = tmp_path / "target"
+  if kind == "notes":
+    (target / native.PARAMS_DIR).mkdir(parents=True)
+    (target / native.PARAMS_DIR / "notes.txt").write_text("mine\n")
+  elif kind == "workdir":
+    _workdir(target, steps=(2,))
+    shutil.rmtree(target / native.WORKDIR_BEST)
+  else:
+    target.write_text("mine\n")
+  before = _listing(tmp_path)
+  with pytest.raises(
+    ValueError, match=re.escape(f"{target} exists and is neither an empty directory nor an xclip-jax")
+  ):
+    tiny.model().save(target)
+  assert _listing(tmp_path) == before
+
+
+def test_saving_over_a_checkpoint_replaces_it(tmp_path):
+  """As training does with a workdir's best/."""
+  tiny.model(seed=1).save(tmp_path / "checkpoint")
+  tiny.model(seed=2).save(tmp_path / "checkpoint")
+  loaded = xclip_jax.load_pretrained(tmp_path / "checkpoint").params["mit"]["positional_embedding"]
+  np.testing.assert_array_equal(loaded, tiny.model(seed=2).params["mit"]["positional_embedding"])
+
+
 def _workdir(root: pathlib.Path, steps) -> dict[int, dict]:
   """A training workdir of the tiny model: best/, and a checkpoint (as training writes it) of other params at each
   step; returns each step's params."""

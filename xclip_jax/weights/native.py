@@ -20,6 +20,7 @@ import traceback
 from etils import epath
 import flax
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -45,8 +46,15 @@ def write_checkpoint(directory, config: model_config.XCLIPConfig, params) -> epa
   sharded over all of them); process 0 writes the config, after the params: the config makes the directory a
   checkpoint (`is_checkpoint`), so a first write that fails leaves none that describes params it lacks (a rewrite,
   as of a workdir's `best/`, deletes the old params first and keeps the old config until the new one replaces it).
+  `directory` must be new, empty, or such a checkpoint (which is replaced): anything else there is refused.
   """
   directory = paths.absolute(directory)
+  if directory.exists() and not _new_or_checkpoint(directory):
+    raise ValueError(
+      f"{directory} exists and is neither an empty directory nor an xclip-jax checkpoint; save to a new directory"
+    )
+  if jax.process_count() > 1:  # every process has looked before any writes
+    multihost_utils.sync_global_devices("checkpoint directory checked")
   directory.mkdir(parents=True, exist_ok=True)
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(directory / PARAMS_DIR, params, force=True)
@@ -55,6 +63,13 @@ def write_checkpoint(directory, config: model_config.XCLIPConfig, params) -> epa
   if jax.process_index() == 0:
     (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
   return directory
+
+
+def _new_or_checkpoint(directory: epath.Path) -> bool:
+  if not directory.is_dir():
+    return False
+  names = {path.name for path in directory.iterdir()}
+  return not names or (CONFIG_FILE in names and names <= {CONFIG_FILE, PARAMS_DIR})
 
 
 def is_checkpoint(directory: pathlib.Path) -> bool:
