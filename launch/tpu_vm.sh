@@ -78,6 +78,12 @@ while (($#)); do
 done
 ((${#commands[@]})) || die "no command given (see --help)"
 [[ -n $zone ]] || die "--zone=ZONE is required"
+# Checked before any command runs: a mistake found at `run` would come after a billed `create`.
+if [[ " ${commands[*]} " == *" run "* ]] && ! ((${#main_flags[@]})); then
+  die "run needs the flags of xclip_jax.main after --, e.g. -- --config=... --workdir=gs://..."
+fi
+[[ $lines =~ ^[1-9][0-9]*$ ]] || die "--lines=$lines: a positive number of lines"
+[[ $python_version =~ ^[0-9]+\.[0-9]+(\.[0-9]+)?$ ]] || die "--python=$python_version: a version such as 3.11"
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 archive="${TMPDIR:-/tmp}/xclip-jax-$name.tar.gz"
@@ -115,7 +121,6 @@ python3 -m uv pip install --python ~/xclip-venv/bin/python -r ~/xclip-jax/requir
       on_all_workers "rm -rf ~/xclip-jax && mkdir ~/xclip-jax && tar -xzf ~/xclip-jax.tar.gz -C ~/xclip-jax"
       ;;
     run)
-      ((${#main_flags[@]})) || die "run needs the flags of xclip_jax.main after --, e.g. -- --config=... --workdir=gs://..."
       on_all_workers "cd ~/xclip-jax && nohup ~/xclip-venv/bin/python -m xclip_jax.main $(quote_all "${main_flags[@]}") \
 > ~/xclip-jax-run.log 2>&1 < /dev/null & echo \$! > ~/xclip-jax-run.pid"
       ;;

@@ -92,6 +92,23 @@ def test_tpu_vm_refuses_a_run_without_zone_or_main_flags():
   assert result.returncode == 2 and "run needs the flags of xclip_jax.main" in result.stderr
 
 
+@pytest.mark.parametrize(
+  "args, message",
+  [
+    (["create", "copy", "setup", "run"], "run needs the flags of xclip_jax.main after --"),
+    (["--lines=5; echo other", "logs"], "--lines=5; echo other: a positive number of lines"),
+    (["--lines=abc", "logs"], "--lines=abc: a positive number of lines"),
+    (["--python=3.11; rm -rf ~", "setup"], "--python=3.11; rm -rf ~: a version such as 3.11"),
+  ],
+  ids=["run-flags-after-create", "lines-command", "lines-word", "python-command"],
+)
+def test_tpu_vm_checks_every_command_and_option_before_running_any(args, message):
+  """Nothing printed (nothing run) before the error: not a billed TPU VM created, then a `run` refused."""
+  result = _run("tpu_vm.sh", "--dry-run", "--zone=z", *args)
+  assert result.returncode == 2 and result.stdout == ""
+  assert message in result.stderr, result.stderr
+
+
 def test_slurm_dry_run_submits_one_process_per_gpu():
   flags = ["--nodes=4", "--gpus-per-node=8", "--partition=gpu", "--account=lab", "--time=2:00:00"]
   lines = _dry_run("slurm_gpu.sh", *flags, "--", *MAIN_FLAGS)
