@@ -61,9 +61,10 @@ class XCLIPModel:
     return {"params": self.params}
 
   def _video(self, video) -> jax.Array:
-    if not jnp.issubdtype(jnp.result_type(video), jnp.floating):
+    dtype = video.dtype if hasattr(video, "dtype") else np.asarray(video).dtype  # a list too
+    if not jnp.issubdtype(dtype, jnp.floating):
       raise ValueError(
-        f"video of dtype {jnp.result_type(video)}: expected float frames normalised with "
+        f"video of dtype {dtype}: expected float frames normalised with "
         "input_pipeline.normalization's MEAN_RGB and STD_RGB ((frames - MEAN_RGB) / STD_RGB for 0-255 frames)"
       )
     video = jnp.asarray(video, jnp.float32)

@@ -25,6 +25,11 @@ def test_the_inputs_of_these_tests_classify(model, inputs):
   assert model.logits(video, text_ids).shape == model.logits(video, text_features=text_features).shape == (2, 3)
 
 
+def test_videos_as_nested_lists_are_taken(model, inputs):
+  video, text_ids, _ = inputs
+  np.testing.assert_array_equal(model.logits(video.tolist(), text_ids), model.logits(video, text_ids))
+
+
 def test_frames_of_0_to_255_are_refused_with_the_normalisation_to_apply(model, inputs):
   video, text_ids, _ = inputs
   with pytest.raises(ValueError, match=r"^video of dtype uint8: expected float frames normalised with .*MEAN_RGB"):
