@@ -356,8 +356,11 @@ def test_zero_shot_evaluation_reports_each_split_and_the_mean(dataset, tmp_path)
   results = trainer.train_and_evaluate(config, tmp_path)["zero_shot"]
   assert [s["num_videos"] for s in results["splits"]["splits"]] == [NUM_VAL, NUM_TRAIN]
   top1 = [s["top1"] for s in results["splits"]["splits"]]
+  top5 = [s["top5"] for s in results["splits"]["splits"]]
   assert results["splits"]["top1_mean"] == pytest.approx(np.mean(top1))
   assert results["splits"]["top1_std"] == pytest.approx(np.std(top1))
+  assert results["splits"]["top5_mean"] == pytest.approx(np.mean(top5))
+  assert results["splits"]["top5_std"] == pytest.approx(np.std(top5))
   novel = results["novel"]["splits"]
   assert len(novel) == 2
   for split in novel:

@@ -80,6 +80,22 @@ def test_train_step_blends_class_ids_as_the_official_code(class_id_runs):
   assert {"mixup", "cutmix"} <= set(kinds), kinds
 
 
+@pytest.mark.parametrize("method", ["mixup", "cutmix"])
+def test_either_method_on_its_own_blends_the_batch(method, monkeypatch):
+  """A config with only Mixup (or only CutMix) on blends with that method, as the official Mixup does."""
+  records = record_blends(monkeypatch)
+  alphas = {"mixup": 0.8 if method == "mixup" else 0.0, "cutmix": 1.0 if method == "cutmix" else 0.0}
+  batches = [tiny.batch(seed) for seed in range(3)]
+  run_steps(tiny.experiment_config(**alphas), batches)
+  jax.effects_barrier()
+  kinds = []
+  for batch, (video, labels) in zip(batches, records, strict=True):
+    kinds += official_blending.assert_official_blend(
+      batch["video"], batch["label"], video, labels, tiny.NUM_CLASSES, 0.1, groups=[np.arange(len(video))]
+    )
+  assert set(kinds) == {method}, kinds
+
+
 def test_frozen_text_tower_keeps_its_values_and_has_no_optimiser_state():
   model = tiny.model()
   before = jax.device_get(sharding.flat_names(model.params))
