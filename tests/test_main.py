@@ -23,6 +23,7 @@ from tests.fixtures import video_fixtures
 import xclip_jax
 from xclip_jax import convert
 from xclip_jax import main
+from xclip_jax.evaluation import evaluate
 from xclip_jax.parallel import sharding
 from xclip_jax.train import checkpoints
 from xclip_jax.train import trainer
@@ -479,6 +480,20 @@ def test_an_error_mid_run_leaves_the_checkpoint_being_written_complete(dataset, 
     trainer.train_and_evaluate(in_process_config(dataset), tmp_path)
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2"]  # no STEP.orbax-checkpoint-tmp
   assert _data_position(tmp_path, 2) == 2 * overrides(dataset)["batch_size"]
+
+
+def test_an_error_mid_run_saves_the_steps_done_since_the_last_checkpoint(dataset, tmp_path, monkeypatch):
+  """A validation that fails at step 4 (a bad video): step 4 is saved before the run stops, with its data position,
+  so that the rerun goes on from there instead of from the last periodic checkpoint (none here)."""
+
+  def failing_validation(*args, **kwargs):
+    raise RuntimeError("2 videos failed to decode")
+
+  monkeypatch.setattr(evaluate, "run_eval_set", failing_validation)
+  with pytest.raises(RuntimeError, match="2 videos failed to decode"):
+    trainer.train_and_evaluate(in_process_config(dataset, checkpoint_every_steps=100), tmp_path)
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["4"]  # validation after epoch 1's 4 steps
+  assert _data_position(tmp_path, 4) == 4 * overrides(dataset)["batch_size"]
 
 
 def _files(directory: pathlib.Path) -> dict[str, bytes]:

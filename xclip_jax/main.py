@@ -60,6 +60,7 @@ _HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
 flags.mark_flags_as_required(["config", "workdir"])
 
 EXIT_FAILED = 1  # the run stopped on an error (a command-line mistake: console.EXIT_ERROR, before anything runs)
+EXIT_INTERRUPTED = 130  # the shells' status for a process stopped by Ctrl-C
 
 
 def main(argv):
@@ -85,6 +86,9 @@ def main(argv):
     trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except app.UsageError as error:  # distributed.initialize's: the --coordinator_address flags given in part
     console.fail(str(error))
+  except KeyboardInterrupt:  # a second Ctrl-C, or one before training (the first during training saves and stops)
+    logging.error("Interrupted; rerun the same command to resume from the newest checkpoint.")
+    sys.exit(EXIT_INTERRUPTED)
   except Exception as error:
     _stop(error, log)
 

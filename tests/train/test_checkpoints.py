@@ -4,9 +4,13 @@ cheaply: a step set aside twice, and the reports of the reads that orbax abandon
 import asyncio
 import gc
 import logging
+import os
+import signal
 import sys
 import traceback
 import types
+
+import pytest
 
 from xclip_jax.train import checkpoints
 from xclip_jax.weights import native
@@ -151,3 +155,16 @@ async def _another_coroutine():
     await _suspend()
   except BaseException as error:
     raise Exception("something else") from error
+
+
+def test_ctrl_c_asks_the_loop_to_save_and_stop_and_a_second_one_stops_at_once():
+  preemption = checkpoints.Preemption(first_step=0)
+  try:
+    assert not preemption.requested(1)
+    os.kill(os.getpid(), signal.SIGINT)
+    assert preemption.requested(2) and preemption.received == "SIGINT"
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)
+  finally:
+    preemption.restore_handler()
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

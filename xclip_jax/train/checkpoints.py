@@ -1,4 +1,4 @@
-"""Checkpoints of a training run, and preemption: SIGTERM saves one between steps and stops.
+"""Checkpoints of a training run, and preemption: SIGTERM (or Ctrl-C) saves one between steps and stops.
 
 A checkpoint holds the train state (step, parameters, optimiser state, rng) and the global data position with the
 batch size it counts, so that a run resumes with any number of processes at the same place in the data. Class-text
@@ -141,32 +141,39 @@ def _sync(name: str):
 
 
 class Preemption:
-  """A SIGTERM (a preemption notice), so that the loop can save and stop between steps.
+  """A SIGTERM (a preemption notice), or Ctrl-C in a single process, so that the loop can save and stop between steps.
 
   With several processes they must all stop after the same step, whichever of them got the signal: JAX's preemption
   sync (jax.distributed's own SIGTERM handler) tells them all and picks the step after the furthest one's, and a
-  Python handler here would replace its handler.
+  Python handler here would replace its handler. A second Ctrl-C stops at once (KeyboardInterrupt).
   """
 
   def __init__(self, first_step: int):
-    self._received = False
+    self.received = "SIGTERM"  # the signal that stopped the run, once `requested` says so
+    self._requested = False
     self._first_step = first_step
     self._multi_process = jax.process_count() > 1
     if not self._multi_process:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
 
   def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM: saving a checkpoint after this step, then exiting.")
-    self._received = True
+    del frame
+    self.received = signal.Signals(signum).name
+    again = ""
+    if signum == signal.SIGINT:
+      signal.signal(signal.SIGINT, signal.default_int_handler)
+      again = " (Ctrl-C again: stop at once, losing the steps since the last checkpoint)"
+    logging.warning("%s: saving a checkpoint after this step, then exiting%s.", self.received, again)
+    self._requested = True
 
   def requested(self, step: int) -> bool:
     """Whether to save and stop after `step`; call it after every step."""
     if self._multi_process:
       # The sync counts the steps of this run (0 before the first), as the processes began together.
       return multihost_utils.reached_preemption_sync_point(step - self._first_step)
-    return self._received
+    return self._requested
 
   def restore_handler(self):
     if not self._multi_process:
-      signal.signal(signal.SIGTERM, self._previous)
+      for signum, previous in self._previous.items():
+        signal.signal(signum, previous)

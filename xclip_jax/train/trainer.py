@@ -384,9 +384,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   try:
     for step in range(int(state.step) + 1, total_steps + 1):
       local_batch = next(batches)
-      position = int(local_batch.pop("resume_position")[0])
+      next_position = int(local_batch.pop("resume_position")[0])
       batch = sharding.global_batch(local_batch, mesh)
       state, metrics = compiled_step(state, batch)
+      position = next_position  # the data position of `state`
       window.add(step, metrics)
       progress.tick()
       if itstime(step, config.log_every_steps, total_steps):
@@ -411,8 +412,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         _check_finite_params(step, state.params)
         checkpoints.save(manager, state, position, config.batch_size, force=stop)
       if stop:
-        logging.warning("Stopped at step %d on SIGTERM; rerun the same command to resume.", step)
+        logging.warning("Stopped at step %d on %s; rerun the same command to resume.", step, preemption.received)
         return {"stopped_at_step": step}
+  except Exception as error:
+    if not isinstance(error, FloatingPointError):  # not a diverged state: the steps done are worth keeping
+      _save_before_stopping(manager, state, position, config.batch_size)
+    raise
   finally:
     try:
       # However the loop ends (done, SIGTERM, an error in a step, an evaluation or the data), a checkpoint still
@@ -435,6 +440,21 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   writer.write_scalars(total_steps, {"final/top1": results.get("top1", 0.0), "final/top5": results.get("top5", 0.0)})
   writer.flush()
   return results
+
+
+def _save_before_stopping(manager, state, position: int, batch_size: int):
+  """On an error in the loop (the data, an evaluation): a checkpoint of the steps done since the last one, so that a
+  rerun resumes there. A failure here is logged: the error that stopped the run is the one to report. Not with
+  several processes: saving is collective, and the others may be waiting elsewhere (they stop on this one's exit)."""
+  if jax.process_count() > 1:
+    return
+  try:
+    step = int(state.step)
+    if step > (manager.latest_step() or 0) and bool(_all_finite(state.params)):
+      checkpoints.save(manager, state, position, batch_size, force=True)
+      logging.warning("The run stopped on an error at step %d; saved a checkpoint there first.", step)
+  except Exception as error:  # e.g. the state's buffers, donated to a step that failed
+    logging.warning("Could not save a checkpoint before stopping: %s", " ".join(str(error).split())[:300])
 
 
 _NOTHING_SAVED = (
