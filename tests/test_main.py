@@ -528,6 +528,18 @@ def test_a_workdir_without_a_best_model_loads_by_the_record_the_run_wrote(uninte
     np.testing.assert_array_equal(ours, theirs)
 
 
+def test_resuming_with_fewer_steps_than_the_newest_checkpoint_is_refused(dataset, uninterrupted, tmp_path):
+  """Its final evaluation would report the checkpoint's model as a step that does not exist."""
+  workdir = tmp_path / "finished"
+  shutil.copytree(uninterrupted[0], workdir)
+  written = _files(workdir)
+  with pytest.raises(
+    ValueError, match=re.escape(f"the newest checkpoint in {workdir} is of step {TOTAL_STEPS}, past this run's 4 steps")
+  ):
+    trainer.train_and_evaluate(in_process_config(dataset, epochs=1), workdir)
+  assert _files(workdir) == written
+
+
 def test_a_workdir_record_that_is_not_json_is_an_error_naming_it(dataset, uninterrupted, tmp_path):
   workdir = tmp_path / "finished"
   shutil.copytree(uninterrupted[0], workdir)

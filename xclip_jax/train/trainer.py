@@ -339,6 +339,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   record = _run_record(config, model)
   if latest is not None:
     _check_resumes_the_same_run(workdir, record)
+    if latest > config.epochs * config.steps_per_epoch:
+      raise ValueError(
+        f"the newest checkpoint in {workdir} is of step {latest}, past this run's "
+        f"{int(config.epochs * config.steps_per_epoch)} steps (config.epochs={config.epochs}): rerun with at least "
+        "the epochs that wrote it, or use another workdir"
+      )
   writer = metric_writers.create_default_writer(os.fspath(workdir), just_logging=jax.process_index() > 0)
   writer.write_hparams({k: v for k, v in _flat_config(config).items() if isinstance(v, (int, float, str, bool))})
   abstract_state, create_state = step_lib.plan_train_state(
