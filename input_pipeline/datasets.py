@@ -121,6 +121,8 @@ def resolve(config: ml_collections.ConfigDict, workdir: epath.Path) -> Experimen
   for field in _evaluation_lists(config):
     _check_videos_present(config, _read_list(config, field), config.data[field])
   if config.mode == "eval":
+    if not (config.data.val_file or config.data.test_file or config.data.tfds_dir or "zero_shot" in config):
+      raise ValueError("config.mode=eval has nothing to evaluate: set config.data.test_file or config.data.val_file")
     return Experiment(class_names, 0, "")
   if config.data.tfds_dir:
     if config.data.shots:

@@ -30,6 +30,8 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
+from xclip_jax import paths
+
 CLASS_NAMES = (
   "a shape sliding",
   "a shape growing or shrinking",
@@ -54,6 +56,11 @@ class Settings:
   num_val: int
   num_test: int
   seed: int
+
+  def __post_init__(self):
+    for split in ("train", "val", "test"):
+      if self.count(split) < 1:
+        raise ValueError(f"config.demo.num_{split}={self.count(split)} must be at least 1")
 
   def count(self, split: str) -> int:
     return {"train": self.num_train, "val": self.num_val, "test": self.num_test}[split]
@@ -196,7 +203,7 @@ def prepare(config: ml_collections.ConfigDict, workdir) -> ml_collections.Config
     write(directory, settings)
     logging.info("Wrote the demo data to %s in %.1f s.", directory, time.time() - start)
   multihost_utils.sync_global_devices("demo data written")
-  found = json.loads(manifest.read_text())
+  found = paths.read_json(manifest)
   if found != dataclasses.asdict(settings):
     raise ValueError(
       f"{directory} holds demo data made with {found}, but config.demo asks for {dataclasses.asdict(settings)}: "

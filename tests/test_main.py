@@ -456,6 +456,12 @@ def test_a_config_file_refuses_fewer_than_one_frame():
     ("weight_decay", -0.1, "config.weight_decay=-0.1 must be at least 0"),
     ("epochs", 0, "config.epochs=0 must be more than 0"),
     ("final_eval_crops", 2, "config.final_eval_crops=2 must be 1 or 3"),
+    (
+      "data.max_failure_fraction",
+      -1.0,
+      "config.data.max_failure_fraction=-1.0 must be a share of the videos in [0, 1]",
+    ),
+    ("data.max_failure_fraction", float("nan"), "config.data.max_failure_fraction=nan must be a share"),
   ],
 )
 def test_a_config_number_out_of_range_is_refused_naming_the_field_before_anything_is_written(

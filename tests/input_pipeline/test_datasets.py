@@ -58,6 +58,12 @@ def test_an_evaluation_run_checks_its_test_list(config, tmp_path):
     datasets.resolve(config, epath.Path(tmp_path / "workdir"))
 
 
+def test_an_evaluation_run_without_a_list_to_evaluate_is_refused(config, tmp_path):
+  config.mode, config.data.val_file = "eval", ""
+  with pytest.raises(ValueError, match=r"^config\.mode=eval has nothing to evaluate: set config\.data\.test_file"):
+    datasets.resolve(config, epath.Path(tmp_path / "workdir"))
+
+
 def test_training_needs_a_validation_list(config, tmp_path):
   config.data.val_file = ""
   with pytest.raises(ValueError, match=r"config\.data\.val_file is not set"):

@@ -286,3 +286,10 @@ def test_the_single_frame_control_repeats_the_middle_frame_of_its_test_video(wri
     # (the first frame of a sliding or lighting video: by 4 or more).
     to_middle = np.abs(still - moving[len(moving) // 2]).mean(axis=(1, 2, 3))
     assert to_middle.max() < 3, (copy.path, to_middle.max())
+
+
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_a_split_of_no_videos_is_refused_naming_its_field(split):
+  counts = {"num_train": 4, "num_val": 2, "num_test": 2, f"num_{split}": -5}
+  with pytest.raises(ValueError, match=f"^config.demo.num_{split}=-5 must be at least 1$"):
+    demo_data.Settings(**counts, seed=0)

@@ -139,6 +139,10 @@ def _check_config(config: ml_collections.ConfigDict):
       raise ValueError(f"config.{field}={config[field]!r} must be at least {least}")
   if not config.epochs > 0:
     raise ValueError(f"config.epochs={config.epochs!r} must be more than 0")
+  if not 0 <= config.data.max_failure_fraction <= 1:  # NaN too
+    raise ValueError(
+      f"config.data.max_failure_fraction={config.data.max_failure_fraction!r} must be a share of the videos in [0, 1]"
+    )
   if config.final_eval_crops not in (1, 3):  # the centre crop, or three along the long side
     raise ValueError(f"config.final_eval_crops={config.final_eval_crops!r} must be 1 or 3")
   if config.steps_per_epoch is not None and config.steps_per_epoch < 1:
