@@ -14,6 +14,7 @@ from input_pipeline import annotations
 from input_pipeline import subsets
 from input_pipeline import tfds_dataset
 from input_pipeline import video_dataset
+from xclip_jax.model import tokenizer
 
 
 def check_exists(path: str, field: str, kind: str = "file") -> str:
@@ -50,6 +51,10 @@ def _class_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     raise ValueError(
       f"config.num_classes is {config.num_classes} but {config.data.label_list} lists {len(names)} classes"
     )
+  try:
+    tokenizer.tokenize(names)
+  except tokenizer.TextTooLongError as error:
+    raise ValueError(error.naming(names[error.row], config.data.label_list)) from None
   return names
 
 

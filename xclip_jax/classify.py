@@ -271,6 +271,10 @@ def check_class_names(names: Sequence[str], source: str) -> list[str]:
   twice = sorted({name for name in names if names.count(name) > 1})
   if twice:
     raise UserError(f"{source} lists {', '.join(repr(name) for name in twice)} more than once")
+  try:
+    tokenizer.tokenize(names)
+  except tokenizer.TextTooLongError as error:
+    raise UserError(error.naming(names[error.row], source)) from None
   return names
 
 

@@ -64,6 +64,16 @@ def test_an_evaluation_run_without_a_list_to_evaluate_is_refused(config, tmp_pat
     datasets.resolve(config, epath.Path(tmp_path / "workdir"))
 
 
+def test_a_class_name_longer_than_the_text_tower_reads_is_refused_naming_the_list(config, tmp_path):
+  long_name = " ".join(["dancing"] * 80)
+  config.data.label_list = _list(tmp_path, "long.csv", f"id,name\n0,run\n1,{long_name}\n2,swim\n")
+  message = f"{config.data.label_list}: class 1 ('dancing dancing"
+  with pytest.raises(
+    ValueError, match=f"^{re.escape(message)}.*'\\) is 82 tokens long, more than the 77 the text tower reads"
+  ):
+    datasets.resolve(config, epath.Path(tmp_path / "workdir"))
+
+
 def test_training_needs_a_validation_list(config, tmp_path):
   config.data.val_file = ""
   with pytest.raises(ValueError, match=r"config\.data\.val_file is not set"):

@@ -77,6 +77,21 @@ class TextTooLongError(ValueError, RuntimeError):
   is what `clip.tokenize` raises, so callers written against it still catch it.
   """
 
+  def __init__(self, row: int, length: int, context_length: int, text: str):
+    super().__init__(
+      f"text {row} is {length} tokens long with start and end tokens, more than the context length {context_length} "
+      f"(pass truncate=True to cut it): {text!r}"
+    )
+    self.row, self.length, self.context_length = row, length, context_length
+
+  def naming(self, name: str, source: str) -> str:
+    """The problem in one line for a user whose class name `name` (the text) comes from `source`."""
+    short = name if len(name) <= 60 else name[:57] + "..."
+    return (
+      f"{source}: class {self.row} ({short!r}) is {self.length} tokens long, more than the {self.context_length} the "
+      "text tower reads; shorten its name"
+    )
+
 
 def _byte_symbols() -> list[tuple[int, str]]:
   """Pairs each byte value with the character standing for it in the BPE.
@@ -283,11 +298,7 @@ def tokenize(
     ids = [START_TOKEN] + tokenizer.encode(text) + [END_TOKEN]
     if len(ids) > context_length:
       if not truncate:
-        raise TextTooLongError(
-          f"text {row} is {len(ids)} tokens long with start and end tokens, "
-          f"more than the context length {context_length} (pass "
-          f"truncate=True to cut it): {text!r}"
-        )
+        raise TextTooLongError(row, len(ids), context_length, text)
       ids = ids[: context_length - 1] + [END_TOKEN]
     result[row, : len(ids)] = ids
   return result
