@@ -109,6 +109,11 @@ python_calls = _PythonCalls()
 atexit.register(python_calls.close)
 
 
+# The videos warned about in this process: each once, though every evaluation of a run reads its list again.
+_warned_paths: set[str] = set()
+_warned_lock = threading.Lock()
+
+
 class FailureLog:
   """Thread-safe record of the videos that were skipped; report `count`."""
 
@@ -130,7 +135,10 @@ class FailureLog:
         self.error = TooManyFailuresError(
           f"{num_failed} videos failed to decode, more than the allowed {max_failures:g}; the last was {path}: {reason}"
         )
-    if first_failure:
+    with _warned_lock:
+      first_warning = first_failure and path not in _warned_paths
+      _warned_paths.add(path)
+    if first_warning:
       logging.warning("skipping video %s: %s", path, reason)
 
 
