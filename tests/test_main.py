@@ -330,6 +330,24 @@ def test_diverging_training_stops_naming_the_step_and_saves_nothing_of_it(datase
     assert all(np.isfinite(leaf).all() for leaf in sharding.flat_names(state["params"]).values()), name
 
 
+def test_zero_shot_data_is_checked_before_training(dataset, tmp_path):
+  root, _ = dataset
+  config = in_process_config(dataset)
+  with config.unlocked():
+    config.zero_shot = {
+      "ucf101": {
+        "root": str(tmp_path / "nope"),
+        "val_files": (str(root / "val.txt"),),
+        "label_list": str(root / "labels.csv"),
+      }
+    }
+  with pytest.raises(
+    FileNotFoundError, match=re.escape(f"config.zero_shot.ucf101.root: {tmp_path / 'nope'} does not exist")
+  ):
+    trainer.train_and_evaluate(config, tmp_path / "run")
+  assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_zero_shot_evaluation_reports_each_split_and_the_mean(dataset, tmp_path):
   root, _ = dataset
   # Two split files of all classes, and "novel" classes: those not in a known list, in two random subsets of 2.

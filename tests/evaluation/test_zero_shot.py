@@ -4,6 +4,7 @@ import json
 
 import jax
 import ml_collections
+import pytest
 
 from input_pipeline import annotations
 from input_pipeline import subsets
@@ -55,3 +56,26 @@ def test_each_split_evaluates_its_160_classes_and_only_their_videos(labels_dir, 
     rows = [i for i, row in enumerate(results["confusion_matrix"]) if sum(row)]
     assert rows == sorted(published[number - 1].index(name) for name in expected_videos[number])
     assert results["num_videos"] == len(expected_videos[number])
+
+
+def test_a_split_whose_classes_have_no_video_is_refused_naming_the_config_field(labels_dir, tmp_path):
+  """Not the generated split's file: the user's val_files lack its classes (here: only a Kinetics-400 class)."""
+  k600 = annotations.read_label_list(labels_dir / "kinetics_600_labels.csv")
+  video_fixtures.write_indexed_video(tmp_path / "videos" / "0.mp4", num_frames=8)
+  (tmp_path / "val.txt").write_text(f"0.mp4 {k600.index('abseiling')}\n")
+  config = tiny.experiment_config()
+  with config.unlocked():
+    config.zero_shot = ml_collections.ConfigDict(
+      {
+        "k600_novel": {
+          "root": str(tmp_path / "videos"),
+          "val_files": (str(tmp_path / "val.txt"),),
+          "label_list": str(labels_dir / "kinetics_600_labels.csv"),
+          "class_splits": str(subsets.KINETICS600_ZERO_SHOT_SPLITS),
+        }
+      }
+    )
+  with pytest.raises(
+    ValueError, match=r"^config\.zero_shot\.k600_novel\.val_files list no video of the classes of split 1 "
+  ):
+    zero_shot.tasks(config, tmp_path / "workdir")

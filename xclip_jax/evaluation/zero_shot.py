@@ -58,10 +58,15 @@ def tasks(config: ml_collections.ConfigDict, workdir: epath.Path) -> list[ZeroSh
       found.append(ZeroShotTask(name, tuple(splits)))
       continue
     records = [r for f in files for r in annotations.read_annotations(f, len(names))]
-    splits = [
-      _class_subset(workdir / "zero_shot" / name / f"split{i + 1}", f"{name}/split{i + 1}", records, names, ids, root)
-      for i, ids in enumerate(class_splits)
-    ]
+    splits = []
+    for i, ids in enumerate(class_splits):
+      if not subsets.restrict_to_classes(records, ids):
+        raise ValueError(
+          f"config.zero_shot.{name}.val_files list no video of the classes of split {i + 1} "
+          f"({', '.join(names[c] for c in ids[:3])}, ...)"
+        )
+      directory = workdir / "zero_shot" / name / f"split{i + 1}"
+      splits.append(_class_subset(directory, f"{name}/split{i + 1}", records, names, ids, root))
     multihost_utils.sync_global_devices("zero-shot subsets written")
     found.append(ZeroShotTask(name, tuple(splits)))
   return found

@@ -206,7 +206,9 @@ def _save_best(model: pretrained.XCLIPModel, params, workdir: epath.Path, step: 
   _write_json(workdir / "best.json", {"step": step, "top1": results["top1"], "top5": results["top5"]})
 
 
-def _final_evaluation(config, workdir, experiment, model, params, mesh, eval_step, text_encoder, step: int) -> dict:
+def _final_evaluation(
+  config, workdir, experiment, zero_shot_tasks, model, params, mesh, eval_step, text_encoder, step: int
+) -> dict:
   results = {"step": step}
   views = (config.final_eval_clips, config.final_eval_crops)
   if config.data.test_file:
@@ -230,9 +232,9 @@ def _final_evaluation(config, workdir, experiment, model, params, mesh, eval_ste
     results["single_frame_top1"] = evaluate.run_eval_set(
       config, control, eval_step, text_encoder, params, mesh, *views
     )["top1"]
-  if "zero_shot" in config:
+  if zero_shot_tasks:
     results["zero_shot"] = {}
-    for task in zero_shot.tasks(config, workdir):
+    for task in zero_shot_tasks:
       split_results = []
       for eval_set in task.splits:
         split_result = evaluate.run_eval_set(
@@ -326,6 +328,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   mesh = sharding.make_mesh(config.mesh)
   _check_mesh_fits(config, mesh)
   experiment = datasets.resolve(config, workdir)
+  # Read and checked before training too, as the other lists are.
+  zero_shot_tasks = zero_shot.tasks(config, workdir) if "zero_shot" in config else []
   model = load_model(config)
   text_encoder = evaluate.make_text_encoder(model.module)
   param_shardings = sharding.tree_shardings(model.params, mesh)
@@ -334,7 +338,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     total = sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree.leaves(model.params))
     _start_block(config, workdir, model, mesh, experiment, f"{total:,}", resumed_step=None)
     params = jax.device_put(model.params, param_shardings)
-    return _final_evaluation(config, workdir, experiment, model, params, mesh, eval_step, text_encoder, step=0)
+    return _final_evaluation(
+      config, workdir, experiment, zero_shot_tasks, model, params, mesh, eval_step, text_encoder, step=0
+    )
 
   # Train state: created sharded, then restored from the newest checkpoint if there is one.
   config = _resolved(config, experiment)
@@ -445,7 +451,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     f"Evaluating the model of step {total_steps} ({config.final_eval_clips} clips x {config.final_eval_crops} crops)"
   )
   results = _final_evaluation(
-    config, workdir, experiment, model, state.params, mesh, eval_step, text_encoder, total_steps
+    config, workdir, experiment, zero_shot_tasks, model, state.params, mesh, eval_step, text_encoder, total_steps
   )
   writer.write_scalars(total_steps, {"final/top1": results.get("top1", 0.0), "final/top5": results.get("top5", 0.0)})
   writer.flush()
