@@ -141,6 +141,12 @@ class FailureLog:
     if first_warning:
       logging.warning("skipping video %s: %s", path, reason)
 
+  def stop(self, error: "TooManyFailuresError"):
+    """Sets `error` (unless one is set already): Batches raises it, outside tf.data, whose errors carry tracebacks."""
+    with self._lock:
+      if self.error is None:
+        self.error = error
+
 
 @dataclasses.dataclass(frozen=True)
 class Batches:
@@ -316,10 +322,13 @@ def make_train_dataset(
       frames = _decode_or_skip(config, record_index, choose)
       if frames is not None:
         return frames, np.int32(records[record_index].label), augment_seed
+      try:
+        record_index = order.stand_in(epoch, slot, attempt)
+      except TooManyFailuresError as error:
+        config.failures.stop(error)
       if config.failures.error is not None:
         # No batch from here on is used (Batches raises the error): no more stand-ins to decode.
         return np.zeros((num_frames, input_size, input_size, 3), np.uint8), np.int32(-1), augment_seed
-      record_index = order.stand_in(epoch, slot, attempt)
 
   def decode(position):
     frames, label, augment_seed = tf.numpy_function(load, [position], [tf.uint8, tf.int32, tf.int64], stateful=False)

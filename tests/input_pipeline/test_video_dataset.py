@@ -249,6 +249,16 @@ def test_too_many_failures_stop_the_iterator_with_a_python_error(data, make, mes
     _take(make(data, annotation, max_failure_fraction=0.1), 4)
 
 
+def test_a_slot_whose_stand_ins_all_fail_stops_the_iterator_with_a_python_error(data):
+  """Every video broken, every failure allowed: the 20 stand-ins of the first slots run out (not a TensorFlow error
+  whose message holds the traceback of the callback)."""
+  annotation = _annotations(data, "all_broken.txt", ["broken/garbage.mp4 0", "broken/empty.mp4 1"])
+  # The slot whose decoding thread gets there first.
+  message = rf"the video at slot [01] of epoch 0 and {video_dataset.MAX_STAND_INS} stand-ins for it failed to decode"
+  with pytest.raises(video_dataset.TooManyFailuresError, match=f"^{message}$"):
+    _take(_train(data, annotation, batch_size=2, max_failure_fraction=1.0), 1)
+
+
 def test_a_skipped_video_is_one_warning_however_often_it_fails(caplog, tmp_path):
   """... in one pipeline, and in the next evaluation's, which reads the same list again."""
   garbage, empty = str(tmp_path / "garbage.mp4"), str(tmp_path / "empty.mp4")  # warned about by no other test
