@@ -330,6 +330,15 @@ def test_diverging_training_stops_naming_the_step_and_saves_nothing_of_it(datase
     assert all(np.isfinite(leaf).all() for leaf in sharding.flat_names(state["params"]).values()), name
 
 
+def test_a_loss_that_is_not_finite_stops_the_run_naming_it(dataset, tmp_path):
+  """Read every step (log_every_steps=1), no checkpoint due: the loss itself stops the run, not the parameters'
+  check before a save."""
+  config = in_process_config(dataset, lr=1e30, checkpoint_every_steps=100, log_every_steps=1)
+  with pytest.raises(FloatingPointError, match=r"^the training loss is (nan|inf|-inf) at step \d+; nothing of this"):
+    trainer.train_and_evaluate(config, tmp_path)
+  assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+
+
 def test_zero_shot_data_is_checked_before_training(dataset, tmp_path):
   root, _ = dataset
   config = in_process_config(dataset)
