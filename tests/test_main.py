@@ -339,6 +339,36 @@ def test_a_loss_that_is_not_finite_stops_the_run_naming_it(dataset, tmp_path):
   assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
 
 
+def test_only_the_newest_keep_checkpoints_are_kept(dataset, tmp_path):
+  trainer.train_and_evaluate(in_process_config(dataset, checkpoint_every_steps=1, keep_checkpoints=2), tmp_path)
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [str(TOTAL_STEPS - 1), str(TOTAL_STEPS)]
+
+
+def test_the_final_evaluation_reads_the_test_list_where_there_is_one(dataset, tmp_path):
+  root, _ = dataset
+  results = trainer.train_and_evaluate(
+    in_process_config(dataset, **{"data.test_file": str(root / "train.txt")}), tmp_path
+  )
+  assert results["num_videos"] == NUM_TRAIN  # not the validation list's NUM_VAL
+
+
+def test_best_holds_the_model_of_the_best_validation(dataset, tmp_path, monkeypatch):
+  """Validation top-1 of 0.9 after epoch 1 (step 4), 0.3 after epoch 2: best/ is step 4's model."""
+  run_eval_set, validations = evaluate.run_eval_set, iter([0.9, 0.3])
+
+  def rigged(config, eval_set, eval_step, text_encoder, params, mesh, num_clips, num_crops):
+    results = run_eval_set(config, eval_set, eval_step, text_encoder, params, mesh, num_clips, num_crops)
+    return {**results, "top1": next(validations)} if (num_clips, num_crops) == (1, 1) else results
+
+  monkeypatch.setattr(evaluate, "run_eval_set", rigged)
+  trainer.train_and_evaluate(in_process_config(dataset), tmp_path)
+  assert json.loads((tmp_path / "best.json").read_text())["step"] == 4
+  best = sharding.flat_names(xclip_jax.load_pretrained(tmp_path / "best").params)
+  state = ocp.PyTreeCheckpointer().restore((tmp_path / "checkpoints" / "4" / "state").absolute())
+  for name, value in sharding.flat_names(state["params"]).items():
+    np.testing.assert_array_equal(best[name], value, err_msg=name)
+
+
 def test_zero_shot_data_is_checked_before_training(dataset, tmp_path):
   root, _ = dataset
   config = in_process_config(dataset)
