@@ -315,6 +315,22 @@ def scored(cli_inputs):
   return model, list(classify.classify(model, good, CLASSES.split(","), embed=True))
 
 
+def test_videos_batched_with_several_views_each_score_as_one_by_one(cli_inputs):
+  """As on an accelerator, where batches hold 8 videos: each video's views averaged on their own."""
+  _, checkpoint, good, _ = cli_inputs
+  model = xclip_jax.load_pretrained(checkpoint)
+  videos = [good[0], good[1], good[0]]
+  one_by_one, batched = (
+    list(classify.classify(model, videos, CLASSES.split(","), top_k=0, views=3, embed=True, batch_size=size))
+    for size in (1, 3)
+  )
+  for single, together in zip(one_by_one, batched, strict=True):
+    single_p, together_p = dict(single.top), dict(together.top)
+    assert single_p.keys() == together_p.keys()
+    np.testing.assert_allclose([together_p[name] for name in single_p], list(single_p.values()), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(single.embedding, together.embedding, rtol=0, atol=1e-5)
+
+
 def test_embeddings_are_written_under_the_name_given(scored, tmp_path):
   model, results = scored
   classify.write_embeddings(tmp_path / "embeddings", model, CLASSES.split(","), results)
