@@ -3,7 +3,10 @@ names in full."""
 
 import logging
 
+import jax
+from jax.sharding import AbstractMesh
 from jax.sharding import PartitionSpec as P
+import numpy as np
 import pytest
 
 import xclip_jax
@@ -62,3 +65,14 @@ def test_specs_of_named_parameters(params, caplog):
 def test_names_match_in_full():
   specs = param_rules.match(sharding.PARAM_RULES, ["visual/proj", "visual/proj_extra", "decoder/text_projection"])
   assert specs == {"visual/proj": P("fsdp"), "visual/proj_extra": P(), "decoder/text_projection": P()}
+
+
+def test_an_axis_the_mesh_does_not_divide_is_left_whole():
+  """fsdp=4 splits a first axis of 8, not one of 6 (which jit would refuse): that array is replicated instead."""
+  mesh = AbstractMesh((1, 4, 1), sharding.MESH_AXES)  # sizes without devices
+  tree = {
+    "text_projection": jax.ShapeDtypeStruct((8, 32), np.float32),
+    "visual": {"proj": jax.ShapeDtypeStruct((6, 32), np.float32)},
+  }
+  specs = {name: s.spec for name, s in sharding.flat_names(sharding.tree_shardings(tree, mesh)).items()}
+  assert specs == {"text_projection": P("fsdp", None), "visual/proj": P(None, None)}
