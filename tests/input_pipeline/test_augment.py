@@ -1,5 +1,7 @@
 """Crops, flips, colours and normalisation against the official rules."""
 
+import colorsys
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -127,6 +129,25 @@ def test_flip_grayscale_and_brightness_on_a_known_frame():
   np.testing.assert_allclose(_denormalize(gray), np.repeat(luma[..., None], 3, -1), atol=1e-3)
   bright = augment.apply_train_params(clip, _params(jitter=True, brightness=1.3), INPUT_SIZE)
   np.testing.assert_allclose(_denormalize(bright), np.minimum(crop * 1.3, 255.0), atol=1e-3)
+
+
+def test_contrast_saturation_and_hue_on_a_known_frame():
+  """torchvision's ColorJitter operations, computed here in NumPy: contrast blends with each frame's mean grey,
+  saturation with each pixel's grey, hue turns the HSV hue."""
+  clip = _known_clip().astype(np.float32)
+  crop = clip[:, 0:28, 0:28]
+  luma = crop @ np.array([0.299, 0.587, 0.114], np.float32)
+  contrast = augment.apply_train_params(clip, _params(jitter=True, contrast=1.3), INPUT_SIZE)
+  frame_grey = luma.mean(axis=(1, 2))[:, None, None, None]
+  np.testing.assert_allclose(_denormalize(contrast), np.clip(1.3 * crop - 0.3 * frame_grey, 0, 255), atol=1e-3)
+  saturation = augment.apply_train_params(clip, _params(jitter=True, saturation=0.8), INPUT_SIZE)
+  np.testing.assert_allclose(_denormalize(saturation), np.clip(0.8 * crop + 0.2 * luma[..., None], 0, 255), atol=1e-3)
+  hue = augment.apply_train_params(clip, _params(jitter=True, hue=0.1), INPUT_SIZE)
+  turned = [
+    colorsys.hsv_to_rgb((h + 0.1) % 1.0, s, v)
+    for h, s, v in (colorsys.rgb_to_hsv(*p) for p in crop.reshape(-1, 3) / 255)
+  ]
+  np.testing.assert_allclose(_denormalize(hue), 255 * np.reshape(turned, crop.shape), atol=0.05)
 
 
 def test_smaller_crop_is_resized_bilinearly_to_the_input_size():
