@@ -7,6 +7,7 @@ import pathlib
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ from xclip_jax import main
 from xclip_jax.evaluation import evaluate
 from xclip_jax.parallel import sharding
 from xclip_jax.train import checkpoints
+from xclip_jax.train import run_lock
 from xclip_jax.train import trainer
 from xclip_jax.weights import torch_checkpoint
 from xclip_jax.weights import torch_pickle
@@ -600,6 +602,16 @@ def test_resuming_with_fewer_steps_than_the_newest_checkpoint_is_refused(dataset
     ValueError, match=re.escape(f"the newest checkpoint in {workdir} is of step {TOTAL_STEPS}, past this run's 4 steps")
   ):
     trainer.train_and_evaluate(in_process_config(dataset, epochs=1), workdir)
+  assert _files(workdir) == written
+
+
+def test_a_second_run_on_a_workdir_in_use_is_refused_and_changes_nothing(dataset, uninterrupted, tmp_path):
+  workdir = tmp_path / "in_use"
+  shutil.copytree(uninterrupted[0], workdir)
+  (workdir / run_lock.LOCK_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+  written = _files(workdir)
+  with pytest.raises(run_lock.WorkdirInUseError, match=re.escape(f"{workdir} is in use by the run of process")):
+    trainer.train_and_evaluate(in_process_config(dataset, epochs=3), workdir)
   assert _files(workdir) == written
 
 

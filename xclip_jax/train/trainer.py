@@ -42,6 +42,7 @@ from xclip_jax.model import tokenizer
 from xclip_jax.parallel import sharding
 from xclip_jax.train import checkpoints
 from xclip_jax.train import optimizer
+from xclip_jax.train import run_lock
 from xclip_jax.train import step as step_lib
 from xclip_jax.weights import native
 
@@ -256,11 +257,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   start = time.time()
   _check_config(config)
   workdir = paths.absolute(workdir)
-  if "demo" in config:
-    config = demo_data.prepare(config, workdir)
-  results = _train_and_evaluate(config, workdir)
-  if "stopped_at_step" not in results and jax.process_index() == 0:
-    _report(config, workdir, results, time.time() - start)
+  with run_lock.held(workdir):
+    if "demo" in config:
+      config = demo_data.prepare(config, workdir)
+    results = _train_and_evaluate(config, workdir)
+    if "stopped_at_step" not in results and jax.process_index() == 0:
+      _report(config, workdir, results, time.time() - start)
   return results
 
 

@@ -1,0 +1,53 @@
+"""One run at a time in a workdir: the lock a run holds, refused while its process lives, taken over once it ended."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from xclip_jax.train import run_lock
+
+
+def _lock(workdir, pid, host=None):
+  workdir.mkdir(exist_ok=True)
+  (workdir / run_lock.LOCK_FILE).write_text(json.dumps({"host": host or socket.gethostname(), "pid": pid}))
+
+
+def _ended_process() -> int:
+  process = subprocess.Popen([sys.executable, "-c", "pass"])
+  process.wait()
+  return process.pid
+
+
+def test_a_run_holds_the_lock_while_it_goes_on_and_removes_it_after(tmp_path):
+  with run_lock.held(tmp_path):
+    holder = json.loads((tmp_path / run_lock.LOCK_FILE).read_text())
+    assert holder == {"host": socket.gethostname(), "pid": os.getpid()}
+  assert not (tmp_path / run_lock.LOCK_FILE).exists()
+
+
+@pytest.mark.parametrize("host", [None, "another-host"])
+def test_a_workdir_held_by_a_live_run_or_one_of_another_host_is_refused(tmp_path, host):
+  """The live run here: this test's own process; on another host liveness cannot be told, so the user decides."""
+  _lock(tmp_path, os.getpid(), host)
+  before = (tmp_path / run_lock.LOCK_FILE).read_text()
+  with (
+    pytest.raises(run_lock.WorkdirInUseError, match=f"^{tmp_path} is in use by the run of process \\d+ on "),
+    run_lock.held(tmp_path),
+  ):
+    pytest.fail("entered a held workdir")
+  assert (tmp_path / run_lock.LOCK_FILE).read_text() == before
+
+
+@pytest.mark.parametrize("content", ["ended", "half-written"])
+def test_a_lock_left_by_a_run_that_ended_is_taken_over(tmp_path, content):
+  if content == "ended":
+    _lock(tmp_path, _ended_process())
+  else:
+    (tmp_path / run_lock.LOCK_FILE).write_text('{"host": ')
+  with run_lock.held(tmp_path):
+    assert json.loads((tmp_path / run_lock.LOCK_FILE).read_text())["pid"] == os.getpid()
+  assert not (tmp_path / run_lock.LOCK_FILE).exists()
