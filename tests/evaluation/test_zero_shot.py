@@ -15,18 +15,8 @@ from xclip_jax.evaluation import zero_shot
 from xclip_jax.parallel import sharding
 
 
-def test_each_split_evaluates_its_160_classes_and_only_their_videos(labels_dir, tmp_path):
-  k600 = annotations.read_label_list(labels_dir / "kinetics_600_labels.csv")
-  published = json.loads(subsets.KINETICS600_ZERO_SHOT_SPLITS.read_text())["splits"]
-  # Videos of: a class of splits 1 and 2 but not 3 ("acting in play"), a class of splits 1 and 3 but not 2
-  # ("adjusting glasses"), and a Kinetics-400 class (never evaluated).
-  classes = ["acting in play", "adjusting glasses", "abseiling"]
-  lines = []
-  for i, name in enumerate(classes):
-    video_fixtures.write_indexed_video(tmp_path / "videos" / f"{i}.mp4", num_frames=8)
-    lines.append(f"{i}.mp4 {k600.index(name)}\n")
-  (tmp_path / "val.txt").write_text("".join(lines))
-  config = tiny.experiment_config(eval_batch_size=1)
+def _with_kinetics600_protocol(config, labels_dir, tmp_path):
+  """`config` with the K600 zero-shot task over tmp_path's val.txt and videos/."""
   with config.unlocked():
     config.zero_shot = ml_collections.ConfigDict(
       {
@@ -38,6 +28,21 @@ def test_each_split_evaluates_its_160_classes_and_only_their_videos(labels_dir, 
         }
       }
     )
+  return config
+
+
+def test_each_split_evaluates_its_160_classes_and_only_their_videos(labels_dir, tmp_path):
+  k600 = annotations.read_label_list(labels_dir / "kinetics_600_labels.csv")
+  published = json.loads(subsets.KINETICS600_ZERO_SHOT_SPLITS.read_text())["splits"]
+  # Videos of: a class of splits 1 and 2 but not 3 ("acting in play"), a class of splits 1 and 3 but not 2
+  # ("adjusting glasses"), and a Kinetics-400 class (never evaluated).
+  classes = ["acting in play", "adjusting glasses", "abseiling"]
+  lines = []
+  for i, name in enumerate(classes):
+    video_fixtures.write_indexed_video(tmp_path / "videos" / f"{i}.mp4", num_frames=8)
+    lines.append(f"{i}.mp4 {k600.index(name)}\n")
+  (tmp_path / "val.txt").write_text("".join(lines))
+  config = _with_kinetics600_protocol(tiny.experiment_config(eval_batch_size=1), labels_dir, tmp_path)
   (task,) = zero_shot.tasks(config, tmp_path / "workdir")
   assert [split.class_names for split in task.splits] == [tuple(names) for names in published]
 
@@ -63,18 +68,7 @@ def test_a_split_whose_classes_have_no_video_is_refused_naming_the_config_field(
   k600 = annotations.read_label_list(labels_dir / "kinetics_600_labels.csv")
   video_fixtures.write_indexed_video(tmp_path / "videos" / "0.mp4", num_frames=8)
   (tmp_path / "val.txt").write_text(f"0.mp4 {k600.index('abseiling')}\n")
-  config = tiny.experiment_config()
-  with config.unlocked():
-    config.zero_shot = ml_collections.ConfigDict(
-      {
-        "k600_novel": {
-          "root": str(tmp_path / "videos"),
-          "val_files": (str(tmp_path / "val.txt"),),
-          "label_list": str(labels_dir / "kinetics_600_labels.csv"),
-          "class_splits": str(subsets.KINETICS600_ZERO_SHOT_SPLITS),
-        }
-      }
-    )
+  config = _with_kinetics600_protocol(tiny.experiment_config(), labels_dir, tmp_path)
   with pytest.raises(
     ValueError, match=r"^config\.zero_shot\.k600_novel\.val_files list no video of the classes of split 1 "
   ):
