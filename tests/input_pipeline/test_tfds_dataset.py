@@ -168,3 +168,13 @@ print('one batch')
   result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
   assert result.returncode == 0, result.stderr[-2000:]
   assert "one batch" in result.stdout
+
+
+def test_a_slot_whose_stand_ins_all_fail_stops_the_iterator_with_a_python_error(records, monkeypatch):
+  """The junk video's slot, with no stand-in allowed: the error comes out of the iterator, not from inside tf.data."""
+  monkeypatch.setattr(video_dataset, "MAX_STAND_INS", 0)
+  batches = tfds_dataset.make_train_dataset(
+    records["with_junk"], batch_size=NUM_VIDEOS + 1, seed=0, max_failure_fraction=1.0, **CLIP
+  )
+  with pytest.raises(video_dataset.TooManyFailuresError, match=r"^the video at slot \d+ of epoch 0 and 0 stand-ins"):
+    _batches(batches, 1)
