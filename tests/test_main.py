@@ -615,6 +615,16 @@ def test_a_second_run_on_a_workdir_in_use_is_refused_and_changes_nothing(dataset
   assert _files(workdir) == written
 
 
+def test_an_evaluation_in_a_training_workdir_warns_that_it_replaces_its_results(
+  dataset, uninterrupted, tmp_path, caplog
+):
+  workdir = tmp_path / "trained"
+  shutil.copytree(uninterrupted[0], workdir)
+  with caplog.at_level(logging.WARNING):
+    trainer.train_and_evaluate(in_process_config(dataset, mode="eval", eval_batch_size=4), workdir)
+  assert f"This evaluation replaces eval_results.json, the results of the training run in {workdir}." in caplog.messages
+
+
 def test_a_workdir_record_that_is_not_json_is_an_error_naming_it(dataset, uninterrupted, tmp_path):
   workdir = tmp_path / "finished"
   shutil.copytree(uninterrupted[0], workdir)

@@ -339,6 +339,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   if config.mode == "eval":
     total = sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree.leaves(model.params))
     _start_block(config, workdir, model, mesh, experiment, f"{total:,}", resumed_step=None)
+    if (workdir / native.WORKDIR_CHECKPOINTS).is_dir() and (workdir / RESULTS_FILE).exists():
+      logging.warning("This evaluation replaces %s, the results of the training run in %s.", RESULTS_FILE, workdir)
     params = jax.device_put(model.params, param_shardings)
     return _final_evaluation(
       config, workdir, experiment, zero_shot_tasks, model, params, mesh, eval_step, text_encoder, step=0
