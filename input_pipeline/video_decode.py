@@ -38,8 +38,9 @@ frames are chosen again from the decoded count and decoded in a second pass.
 
 On both paths only the wanted frames are converted to RGB (converting a frame
 costs about as much as decoding it), at the first frame's size where the size
-changes within the stream, and turned upright as players show them where the
-file's display matrix rotates by quarter turns (phone videos filmed upright).
+changes within the stream, and turned and mirrored as players show them where
+the file's display matrix rotates by quarter turns (phone videos filmed
+upright) or mirrors.
 """
 
 from collections.abc import Callable, Sequence
@@ -142,6 +143,9 @@ class _Video:
       self._container.close()
       raise VideoDecodeError("the file has no video stream")
     self._stream = self._container.streams.video[0]
+    if self._stream.codec_context is None:
+      self._container.close()
+      raise VideoDecodeError("no decoder for the video stream's codec")
     # One thread per video: the pipeline already decodes one video per core.
     self._stream.thread_type = "NONE"
     try:
@@ -156,6 +160,8 @@ class _Video:
     codec = self._stream.codec_context
     # The size the container declares, which is its first frame's.
     self._frame_size = (codec.height, codec.width) if codec.height and codec.width else None
+    # How players turn and mirror the stored picture, read from the first frame converted.
+    self._orientation = None
 
   @property
   def is_packet_indexed(self) -> bool:
@@ -244,12 +250,14 @@ class _Video:
     return frames, num_frames
 
   def _to_rgb(self, frame: av.VideoFrame) -> np.ndarray:
-    """The frame in RGB, at the first frame's size, upright."""
+    """The frame in RGB, at the first frame's size, as players show it."""
     if self._frame_size is None:
       self._frame_size = (frame.height, frame.width)
+    if self._orientation is None:
+      self._orientation = _orientation(frame)
     height, width = self._frame_size
     image = _thread_reformatter().reformat(frame, format="rgb24", width=width, height=height, threads=1).to_ndarray()
-    return _upright(image, frame.rotation)
+    return _orient(image, self._orientation)
 
 
 _per_thread = threading.local()
@@ -264,19 +272,35 @@ def _thread_reformatter() -> reformatter.VideoReformatter:
   return _per_thread.reformatter
 
 
-def _upright(image: np.ndarray, rotation: int) -> np.ndarray:
-  """Turns an (H, W, 3) image by its display matrix's rotation, as players do.
+def _orientation(frame: av.VideoFrame) -> tuple[bool, bool, bool]:
+  """(transpose, flip rows, flip columns): how players show the stored picture, from the frame's display matrix.
 
-  rotation is frame.rotation, counterclockwise degrees. Phones write quarter
-  turns; other angles are left as stored, and so is mirroring, which the
-  rotation does not tell (frame.side_data would, but its reference cycle keeps
-  every frame it is read from alive until the garbage collector runs, which
-  cost 15-20% of the throughput of two decoding threads).
+  A stored pixel (x, y) is shown at (a x + c y, b x + d y), plus a shift (ISO/IEC 14496-12's tkhd matrix, which
+  FFmpeg's display matrix copies). Phones write quarter turns; mirrors occur too. A matrix that is neither (another
+  angle, a shear) is left as stored. Read once per video: frame.side_data's reference cycle keeps its frame alive until
+  the garbage collector runs, which cost 15-20% of the throughput of two decoding threads when read for every frame.
   """
-  quarter_turns = round(rotation / 90)
-  if not rotation or abs(rotation - 90 * quarter_turns) > 1:
-    return image
-  return np.rot90(image, quarter_turns)
+  matrix = next((bytes(data) for data in frame.side_data if data.type.name == "DISPLAYMATRIX"), None)
+  if matrix is None or len(matrix) != 36:
+    return (False, False, False)
+  a, b, _, c, d = np.frombuffer(matrix, dtype=np.int32)[:5].astype(np.float64)
+  scale = max(abs(a), abs(b), abs(c), abs(d))
+  # Within a degree of a quarter turn, as a rotation rounds.
+  small = scale * np.sin(np.radians(1))
+  if scale and abs(b) <= small and abs(c) <= small:
+    return (False, d < 0, a < 0)
+  if scale and abs(a) <= small and abs(d) <= small:
+    # Shown row b x comes from stored column x, shown column c y from stored row y.
+    return (True, b < 0, c < 0)
+  return (False, False, False)
+
+
+def _orient(image: np.ndarray, orientation: tuple[bool, bool, bool]) -> np.ndarray:
+  """An (H, W, 3) image transposed and flipped as _orientation says."""
+  transpose, flip_rows, flip_columns = orientation
+  if transpose:
+    image = image.transpose(1, 0, 2)
+  return image[:: -1 if flip_rows else 1, :: -1 if flip_columns else 1]
 
 
 def count_frames(video_bytes: bytes) -> int:

@@ -280,6 +280,33 @@ def test_phone_portrait_video_is_turned_clockwise(tmp_path):
   np.testing.assert_array_equal(frames[:, 0, -1], stored[[0, 19], 0, 0])
 
 
+# Matrices (a, b, u, c, d, v, x, y, w) that mirror: a stored pixel (x, y) is shown at (a x + c y, b x + d y) plus a
+# shift (ISO/IEC 14496-12), so the shown picture, by hand, is the stored one:
+MIRRORS = {
+  "left-right": ([-(1 << 16), 0, 0, 0, 1 << 16, 0, WIDTH << 16, 0, 1 << 30], lambda stored: stored[:, :, ::-1]),
+  "upside-down": ([1 << 16, 0, 0, 0, -(1 << 16), 0, 0, HEIGHT << 16, 1 << 30], lambda stored: stored[:, ::-1]),
+  # shown (y, x): row x, column y
+  "transposed": ([0, 1 << 16, 0, 1 << 16, 0, 0, 0, 0, 1 << 30], lambda stored: stored.transpose(0, 2, 1, 3)),
+}
+
+
+@pytest.mark.parametrize("name", MIRRORS)
+def test_mirrored_video_is_shown_as_players_show_it(tmp_path, name):
+  matrix, shown = MIRRORS[name]
+  path = video_fixtures.write_video(tmp_path / "mirrored.mp4", 20, WIDTH, HEIGHT)
+  stored = _full_decode(path.read_bytes())
+  video_fixtures.set_mp4_display_matrix(path, matrix)
+  np.testing.assert_array_equal(video_decode.decode_frames(path.read_bytes(), [0, 19]), shown(stored[[0, 19]]))
+
+
+def test_stream_without_a_decoder_is_an_unreadable_video(tmp_path):
+  path = video_fixtures.write_video(tmp_path / "video.mkv", 5, WIDTH, HEIGHT)
+  # A damaged codec id: the container opens, but no decoder takes the stream.
+  damaged = path.read_bytes().replace(b"V_MPEG4/ISO/AVC", b"V_QQQQQ/ISO/AVC")
+  with pytest.raises(video_decode.VideoDecodeError, match="no decoder for the video stream's codec"):
+    video_decode.count_frames(damaged)
+
+
 # The same frames through build_tfds.
 
 
