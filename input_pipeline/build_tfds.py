@@ -25,7 +25,7 @@ TFDS dataset, and `input_pipeline.tfds_dataset` reads it with TF ops.
 
 A video that cannot be read or decoded, or has no frames, is logged with its
 path, left out and listed in its shard's marker; more than `--max_bad_fraction`
-of them stops the build with an error before the metadata is written.
+of them, or all, stop the build with an error before the metadata is written.
 
 A bad flag or input file stops the command with one line, `error: ...`, and
 exit status 2 (the traceback goes to OUTPUT_DIR/_build/logs/); the shards
@@ -107,9 +107,14 @@ def resized_shape(height: int, width: int, short_side: int) -> tuple[int, int]:
 
 
 def _frame_rate(video_bytes: bytes) -> float | None:
-  """Frames per second; None where the container does not say (no fps cap)."""
-  with av.open(io.BytesIO(video_bytes)) as container:
-    rate = container.streams.video[0].average_rate
+  """Frames per second; None where the container does not say (no fps cap), or where the file is no video, which
+  decoding then reports as the reason to skip it."""
+  try:
+    with av.open(io.BytesIO(video_bytes)) as container:
+      streams = container.streams.video
+      rate = streams[0].average_rate if streams else None
+  except (av.FFmpegError, ValueError):
+    return None
   return float(rate) if rate else None
 
 
@@ -370,7 +375,7 @@ def build_split(
     videos_per_shard: annotation lines per shard (the unit of resumption).
     num_workers: processes that decode and encode videos; 0 works in-process.
     max_bad_fraction: the share of unreadable videos above which the build
-      stops with an error.
+      stops with an error (as it does when no video can be read).
 
   Returns:
     The TFDS builder of `output_dir`, once its metadata is written.
@@ -432,11 +437,12 @@ def build_split(
 
     markers = [writer.read_marker(s) for s in range(writer.num_shards)]
     skipped = [f for m in markers for f in m["skipped"]]
-    if len(skipped) > max_bad_fraction * len(records):
+    # A split of no video is no data set, whatever the fraction allows.
+    if len(skipped) > max_bad_fraction * len(records) or len(skipped) == len(records):
       raise TooManyBadVideosError(
         f"{len(skipped)} of {len(records)} videos of {annotations_path} "
         f"could not be converted (more than --max_bad_fraction="
-        f"{max_bad_fraction}), e.g. {skipped[:3]}. All are listed in "
+        f"{max_bad_fraction}, or all), e.g. {skipped[:3]}. All are listed in "
         f"{writer.build_dir}/*.done.json; finished shards are kept: delete "
         "the markers of shards to convert again, or raise "
         "--max_bad_fraction and rerun."

@@ -117,6 +117,18 @@ def test_bad_videos_are_left_out_and_listed_in_the_metadata(videos, tmp_path):
   assert skipped == {2: "junk.mp4", 4: "gone.mp4"}
 
 
+def test_with_a_frame_rate_cap_files_that_are_no_video_are_left_out_too(videos, tmp_path):
+  video_fixtures.write_audio_only(tmp_path / "audio.mp4")
+  (tmp_path / "videos.txt").write_text(
+    f"{videos / 'class0/0.mp4'} 0\n{videos / 'junk.mp4'} 0\n{tmp_path / 'audio.mp4'} 1\n"
+  )
+  builder = _build(videos, tmp_path / "out", annotations=tmp_path / "videos.txt", fps=10.0, max_bad_fraction=0.7)
+  assert [e["annotation_index"] for e in _examples(builder)] == [0]
+  reasons = {v["annotation_index"]: v["reason"] for v in builder.info.metadata["train"]["skipped"]}
+  assert reasons.keys() == {1, 2}
+  assert "not a readable video" in reasons[1] and "no video stream" in reasons[2]
+
+
 def test_too_many_bad_videos_stop_before_the_metadata(videos, tmp_path):
   with pytest.raises(RuntimeError, match=r"2 of 7 videos .*junk\.mp4"):
     _build(videos, tmp_path, annotations="with_bad.txt", videos_per_shard=3, max_bad_fraction=0.2)
@@ -124,6 +136,15 @@ def test_too_many_bad_videos_stop_before_the_metadata(videos, tmp_path):
   # Raising the threshold finishes from the markers, without converting.
   builder = _build(videos, tmp_path, annotations="with_bad.txt", videos_per_shard=3, max_bad_fraction=0.3)
   assert builder.info.splits["train"].num_examples == 5
+
+
+def test_a_split_of_no_readable_video_is_refused_whatever_the_fraction_allows(videos, tmp_path):
+  (tmp_path / "bad.txt").write_text("junk.mp4 0\ngone.mp4 1\n")
+  with pytest.raises(RuntimeError, match=r"2 of 2 videos .*junk\.mp4"):
+    _build(videos, tmp_path / "out", annotations=tmp_path / "bad.txt", max_bad_fraction=1.0)
+  assert not (tmp_path / "out/dataset_info.json").exists()
+  # The folder still takes a split that has videos.
+  assert _build(videos, tmp_path / "out", split="validation").info.splits["validation"].num_examples == 5
 
 
 def test_interrupted_build_resumes_and_keeps_finished_shards(videos, tmp_path, monkeypatch):
