@@ -105,13 +105,28 @@ def check_root(root: str | os.PathLike[str]) -> str:
 
 
 def _index_tar(tar_path: epath.Path) -> dict[str, tuple[int, int]]:
-  """Maps member paths (and unambiguous base names) to (offset, size)."""
+  """Maps member paths (and unambiguous base names) to (offset, size); a link, to the file it links to."""
   try:
     with tar_path.open("rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
-      members = [m for m in tar.getmembers() if m.isfile()]
+      members = tar.getmembers()
   except tarfile.TarError as e:
     raise ValueError(f"{tar_path}: not an uncompressed tar archive ({e})") from e
-  by_path = {os.path.normpath(m.name): (m.offset_data, m.size) for m in members}
+  by_path = {os.path.normpath(m.name): (m.offset_data, m.size) for m in members if m.isfile()}
+  # tar stores a file's second name as a hard link (named from the archive's top), and a symbolic link as it is.
+  link_targets = {
+    os.path.normpath(m.name): os.path.normpath(
+      m.linkname if m.islnk() else os.path.join(os.path.dirname(m.name), m.linkname)
+    )
+    for m in members
+    if m.islnk() or m.issym()
+  }
+  for name, target in link_targets.items():
+    for _ in link_targets:  # a chain of links, never a cycle
+      if target not in link_targets:
+        break
+      target = link_targets[target]
+    if target in by_path:
+      by_path[name] = by_path[target]
   by_base_name = {}
   ambiguous = set()
   for path, location in by_path.items():

@@ -1,9 +1,11 @@
 """Decoding, sources, hosts, bad input and resuming of the tf.data pipelines."""
 
 import itertools
+import os
 import pathlib
 import subprocess
 import sys
+import tarfile
 
 import numpy as np
 import pytest
@@ -134,6 +136,27 @@ def test_tar_members_are_found_by_base_name_as_officially(data, tmp_path):
   flat = video_fixtures.write_tar(tmp_path / "flat.tar", data["folder"] / "class_2", ["video_2.mp4"])
   source = video_decode.VideoSource(flat)
   assert source.read_bytes("class_2/video_2.mp4") == (data["folder"] / "class_2/video_2.mp4").read_bytes()
+
+
+def test_tar_members_stored_as_links_are_read_as_the_files_they_link_to(data, tmp_path):
+  folder = tmp_path / "videos"
+  folder.mkdir()
+  video = (data["folder"] / "class_0/video_0.mp4").read_bytes()
+  (folder / "a.mp4").write_bytes(video)
+  os.link(folder / "a.mp4", folder / "hard.mp4")
+  (folder / "sub").mkdir()
+  (folder / "sub/soft.mp4").symlink_to("../hard.mp4")
+  (folder / "sub/soft_of_soft.mp4").symlink_to("soft.mp4")
+  (folder / "sub/dangling.mp4").symlink_to("../gone.mp4")
+  # As `tar -cf videos.tar -C videos .` stores them: the second name of a file as a hard link.
+  with tarfile.open(tmp_path / "videos.tar", "w") as tar:
+    tar.add(folder, arcname=".")
+  assert {m.name: m.type for m in tarfile.open(tmp_path / "videos.tar").getmembers()}["./hard.mp4"] == tarfile.LNKTYPE
+  source = video_decode.VideoSource(tmp_path / "videos.tar")
+  for name in ("a.mp4", "hard.mp4", "sub/soft.mp4", "sub/soft_of_soft.mp4"):
+    assert source.read_bytes(name) == video
+  with pytest.raises(video_decode.VideoDecodeError, match="dangling.mp4: not found"):
+    source.read_bytes("sub/dangling.mp4")
 
 
 def test_folder_and_tar_streams_agree(data):
