@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import io
 import os
+import re
 
 from etils import epath
 
@@ -75,10 +76,10 @@ def read_annotations(path: str | os.PathLike[str], num_classes: int) -> list[Vid
     if len(fields) != 2:
       raise ValueError(f'{path}:{line_number}: expected "relative/path label", got {line.rstrip()!r}')
     video_path, label_text = fields
-    try:
-      label = int(label_text)
-    except ValueError:
-      raise ValueError(f"{path}:{line_number}: label {label_text!r} is not an integer") from None
+    # Plain digits only: int() also takes "1_0" (10), "+1" and digits of other scripts.
+    if not re.fullmatch(r"-?[0-9]+", label_text):
+      raise ValueError(f"{path}:{line_number}: label {label_text!r} is not an integer")
+    label = int(label_text)
     if not 0 <= label < num_classes:
       raise ValueError(f"{path}:{line_number}: label {label} is outside the label list of {num_classes} classes")
     records.append(VideoRecord(video_path, label))

@@ -66,6 +66,9 @@ def test_reads_annotation_lines(tmp_path):
     ("c.mp4", r'train\.txt:3: expected "relative/path label"'),
     ("c.mp4 1 2", r'train\.txt:3: expected "relative/path label"'),
     ("c.mp4 one", r"train\.txt:3: label 'one' is not an integer"),
+    ("c.mp4 1_0", r"train\.txt:3: label '1_0' is not an integer"),
+    ("c.mp4 +1", r"train\.txt:3: label '\+1' is not an integer"),
+    ("c.mp4 \u0661", r"train\.txt:3: label '\u0661' is not an integer"),
   ],
 )
 def test_bad_annotation_line_is_refused_with_its_line_number(tmp_path, bad_line, message):
