@@ -151,7 +151,7 @@ def test_tar_members_stored_as_links_are_read_as_the_files_they_link_to(data, tm
   # As `tar -cf videos.tar -C videos .` stores them: the second name of a file as a hard link.
   with tarfile.open(tmp_path / "videos.tar", "w") as tar:
     tar.add(folder, arcname=".")
-  assert {m.name: m.type for m in tarfile.open(tmp_path / "videos.tar").getmembers()}["./hard.mp4"] == tarfile.LNKTYPE
+    assert {m.name: m.type for m in tar.getmembers()}["./hard.mp4"] == tarfile.LNKTYPE
   source = video_decode.VideoSource(tmp_path / "videos.tar")
   for name in ("a.mp4", "hard.mp4", "sub/soft.mp4", "sub/soft_of_soft.mp4"):
     assert source.read_bytes(name) == video
