@@ -137,6 +137,34 @@ def test_missing_and_unknown_entries_are_named(golden):
     official.params_from_official(extra, config)
 
 
+def test_many_missing_entries_are_counted_after_the_first_three(golden):
+  _, state_dict, _ = golden
+  config = official.config_from_official(state_dict)
+  without_mit = {k: v for k, v in state_dict.items() if not k.startswith("mit.resblocks.")}
+  num_missing = len(state_dict) - len(without_mit)
+  with pytest.raises(official.CheckpointMismatchError) as error:
+    official.params_from_official(without_mit, config)
+  assert str(error.value).startswith(f"checkpoint lacks {num_missing} parameters of the model: 'mit.resblocks.0.")
+  assert str(error.value).endswith(f" and {num_missing - 3} more")
+
+
+@pytest.mark.parametrize("name", ["text_projection", "visual.positional_embedding", "ln_final.weight"])
+def test_a_tensor_the_architecture_is_read_from_missing_is_named(golden, tmp_path, name):
+  _, state_dict, _ = golden
+  torch_writer.save_torch_state_dict({k: v for k, v in state_dict.items() if k != name}, tmp_path / "broken.pth")
+  with pytest.raises(official.CheckpointMismatchError, match=f"not an X-CLIP/CLIP state dict: '{name}' is missing"):
+    xclip_jax.load_pretrained(tmp_path / "broken.pth")
+
+
+def test_a_tensor_the_architecture_is_read_from_of_another_rank_is_named(golden):
+  _, state_dict, _ = golden
+  broken = {**state_dict, "mit.positional_embedding": state_dict["mit.positional_embedding"][0]}
+  with pytest.raises(
+    official.CheckpointMismatchError, match=r"'mit\.positional_embedding' has shape \(4, 64\); X-CLIP's has 3 dim"
+  ):
+    official.config_from_official(broken)
+
+
 def test_checkpoint_of_another_architecture_is_refused(tmp_path):
   resnet_clip = {
     "visual.layer1.0.conv1.weight": np.zeros((64, 64, 1, 1), np.float32),

@@ -111,9 +111,10 @@ def params_from_official(
   missing = [path for path in expected if path not in converted]
   if missing:
     if base_params is None:
-      names = [_official_entry(path, np.zeros(expected[path].shape))[0] for path in missing]
+      names = [_official_entry(path, None)[0] for path in missing]
+      more = f" and {len(names) - 3} more" if len(names) > 3 else ""
       raise CheckpointMismatchError(
-        f"checkpoint lacks {len(names)} parameters of the model, first {names[0]!r}; all: {names}"
+        f"checkpoint lacks {len(names)} parameters of the model: {', '.join(map(repr, names[:3]))}{more}"
       )
     base = flax.traverse_util.flatten_dict(base_params)
     converted.update({path: base[path] for path in missing})
@@ -131,6 +132,16 @@ def _count(state_dict, prefix: str) -> int:
   return len({m.group(1) for m in map(pattern.match, state_dict) if m})
 
 
+def _shape(state_dict: dict[str, np.ndarray], name: str, rank: int) -> tuple[int, ...]:
+  """The shape of a tensor the architecture is read from; CheckpointMismatchError where it is absent or misshapen."""
+  if name not in state_dict:
+    raise CheckpointMismatchError(f"not an X-CLIP/CLIP state dict: {name!r} is missing")
+  shape = tuple(np.shape(state_dict[name]))
+  if len(shape) != rank:
+    raise CheckpointMismatchError(f"checkpoint entry {name!r} has shape {shape}; X-CLIP's has {rank} dimensions")
+  return shape
+
+
 def config_from_official(
   state_dict: dict[str, np.ndarray], num_frames: int | None = None, **overrides
 ) -> model_config.XCLIPConfig:
@@ -144,24 +155,24 @@ def config_from_official(
       "not a ViT X-CLIP/CLIP state dict: 'visual.proj' and 'visual.conv1.weight' are "
       f"missing (ResNet CLIP backbones are not supported by X-CLIP); first keys: {found}"
     )
-  conv = state_dict["visual.conv1.weight"]
-  grid = round((state_dict["visual.positional_embedding"].shape[0] - 1) ** 0.5)
-  text_width = state_dict["ln_final.weight"].shape[0]
+  conv = _shape(state_dict, "visual.conv1.weight", rank=4)
+  grid = round((_shape(state_dict, "visual.positional_embedding", rank=2)[0] - 1) ** 0.5)
+  text_width = _shape(state_dict, "ln_final.weight", rank=1)[0]
   values = dict(
-    embed_dim=state_dict["text_projection"].shape[1],
-    image_resolution=conv.shape[-1] * grid,
+    embed_dim=_shape(state_dict, "text_projection", rank=2)[1],
+    image_resolution=conv[-1] * grid,
     vision_layers=_count(state_dict, "visual.transformer.resblocks."),
-    vision_width=conv.shape[0],
-    vision_patch_size=conv.shape[-1],
-    context_length=state_dict["positional_embedding"].shape[0],
-    vocab_size=state_dict["token_embedding.weight"].shape[0],
+    vision_width=conv[0],
+    vision_patch_size=conv[-1],
+    context_length=_shape(state_dict, "positional_embedding", rank=2)[0],
+    vocab_size=_shape(state_dict, "token_embedding.weight", rank=2)[0],
     transformer_width=text_width,
     transformer_heads=text_width // 64,
     transformer_layers=_count(state_dict, "transformer.resblocks."),
   )
   if "mit.positional_embedding" in state_dict:
     values.update(
-      num_frames=state_dict["mit.positional_embedding"].shape[1],
+      num_frames=_shape(state_dict, "mit.positional_embedding", rank=3)[1],
       mit_layers=_count(state_dict, "mit.resblocks."),
       prompts_layers=_count(state_dict, "prompts_generator.decoder."),
     )
