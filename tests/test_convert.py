@@ -24,6 +24,11 @@ def golden(golden_dir):
   return golden_dir, state_dict, dict(np.load(golden_dir / "io.npz"))
 
 
+# The official code derives every head count from its width (width // 64, at least 1): the tiny model's 2 text heads
+# of width 64 do not survive the official format.
+OFFICIAL_HEADS = dict(transformer_heads=1)
+
+
 def clip_only(state_dict):
   return {
     k: v for k, v in state_dict.items() if not k.startswith(official.XCLIP_ONLY_PREFIXES) and ".message_" not in k
@@ -223,7 +228,7 @@ def test_command_prints_what_it_wrote_and_keeps_library_logs_off_the_terminal(tm
   """`python -m xclip_jax.convert`: one line on stdout, nothing on stderr (orbax's and JAX's INFO lines stay in the
   log, which --verbosity=0 shows)."""
   src, dst = tmp_path / "tiny", tmp_path / "tiny.pth"
-  tiny.model().save(src)
+  tiny.model(**OFFICIAL_HEADS).save(src)
   command = [sys.executable, "-m", "xclip_jax.convert", str(src), "--to=official"]
   repo = pathlib.Path(__file__).resolve().parents[1]
   quiet = subprocess.run([*command, str(dst)], cwd=repo, capture_output=True, text=True)
@@ -237,7 +242,17 @@ def test_command_prints_what_it_wrote_and_keeps_library_logs_off_the_terminal(tm
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-  return pathlib.Path(tiny.model().save(tmp_path_factory.mktemp("convert") / "tiny"))
+  return pathlib.Path(tiny.model(**OFFICIAL_HEADS).save(tmp_path_factory.mktemp("convert") / "tiny"))
+
+
+def test_heads_the_official_format_cannot_hold_are_refused_and_nothing_is_written(tmp_path, capsys):
+  # The official code reads every head count as width // 64; the tiny model has 2 text heads of width 64.
+  tiny.model().save(tmp_path / "tiny")
+  assert convert.command(str(tmp_path / "tiny"), str(tmp_path / "tiny.pth"), to="official") == 2
+  _one_line_error(
+    capsys, "error: --to=official cannot hold this model's transformer_heads=2 (the official code reads 1)"
+  )
+  assert not (tmp_path / "tiny.pth").exists()
 
 
 def _contents(root: pathlib.Path) -> dict[str, bytes]:

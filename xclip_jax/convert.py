@@ -7,7 +7,8 @@ r"""Converts an X-CLIP or CLIP checkpoint for xclip-jax, or exports one back to 
 SRC is anything `xclip_jax.load_pretrained` reads; the conversion never executes code from it and needs no PyTorch.
 DST is a new or empty directory (--to=jax) or a new file (--to=official): nothing is overwritten, the source least of
 all. Errors are one line on stderr and exit status 2, with nothing written: a checkpoint that is missing or not an
-X-CLIP/CLIP checkpoint, an unknown --to, a --num_frames below 1, a DST that exists, a DST that cannot be written.
+X-CLIP/CLIP checkpoint, an unknown --to, a --num_frames below 1, a DST that exists, a DST that cannot be written, a
+model the official format cannot describe (head counts other than width // 64, as Hugging Face configs may set).
 """
 
 import pathlib
@@ -57,8 +58,24 @@ def write(model: pretrained.XCLIPModel, dst, to: str = "jax") -> pathlib.Path:
     if to == "jax":
       model.save(staging)  # a folder with the user's permissions, in mkdtemp's private one
     else:
-      torch_writer.save_torch_checkpoint({"model": official.official_from_params(model.params)}, staging)
+      torch_writer.save_torch_checkpoint({"model": official_state_dict(model)}, staging)
   return dst
+
+
+def official_state_dict(model: pretrained.XCLIPModel) -> dict:
+  """The model's official state dict; UserError where the official code would read another architecture off it: it
+  derives head counts from the widths (width // 64), which Hugging Face configs may set otherwise."""
+  state_dict = official.official_from_params(model.params)
+  read_back = official.config_from_official(state_dict).architecture()
+  # prompts_alpha only initialises a parameter, which the state dict holds.
+  differences = [
+    f"{name}={value} (the official code reads {read_back[name]})"
+    for name, value in model.config.architecture().items()
+    if name != "prompts_alpha" and read_back[name] != value
+  ]
+  if differences:
+    raise classify.UserError(f"--to=official cannot hold this model's {', '.join(differences)}")
+  return state_dict
 
 
 def convert(src, dst, to: str = "jax", num_frames: int | None = None) -> pathlib.Path:
