@@ -117,7 +117,8 @@ def experiment_config(*, small: bool = False) -> ml_collections.ConfigDict:
 
 
 def set_arch(config: ml_collections.ConfigDict, arch: str, frames: int):
-  """The backbone and frame count; the official settings that go with them (L/14 at 336px: 336 crops, remat)."""
+  """The backbone and frame count, and the settings that go with them: the backbone's input size (336 for
+  L/14-336), and remat for the ViT-L backbones (memory; the numbers do not change)."""
   if frames < 1:
     raise ValueError(f"config argument frames={frames} must be at least 1")
   model_config.preset(arch, num_frames=frames)  # refuses an unknown name, listing the known ones
@@ -129,6 +130,10 @@ def set_arch(config: ml_collections.ConfigDict, arch: str, frames: int):
 
 def few_shot_config(options: dict) -> ml_collections.ConfigDict:
   """The official few-shot recipe: 50 epochs, lr 2e-6, global batch 64 (4 per GPU x 8 GPUs x accumulation 2)."""
+  if options["shots"] < 1:  # 0 would train on every video, with the few-shot recipe
+    raise ValueError(f"config argument shots={options['shots']} must be at least 1")
+  if options["split"] not in (1, 2, 3):
+    raise ValueError(f"config argument split={options['split']} must be 1, 2 or 3 (the official splits)")
   config = experiment_config(small=options["small"])
   set_arch(config, options["arch"], options["frames"])
   config.data.shots = options["shots"]

@@ -2,7 +2,8 @@ r"""Kinetics-600, fully supervised (the paper's Table 2).
 
   python -m xclip_jax.main --config=configs/k600.py:arch=ViT-B/16,frames=8 --workdir=DIR --config.init.clip=...
 
-Arguments: arch, frames, small, as configs/k400.py. Data paths default to /data/kinetics600/...
+Arguments: arch (default ViT-B/16), frames (default 8), small, as configs/k400.py. Data paths default to
+/data/kinetics600/...
 """
 
 from configs import common

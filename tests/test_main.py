@@ -388,6 +388,18 @@ def test_zero_shot_data_is_checked_before_training(dataset, tmp_path):
   assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.parametrize("field, value, error", [("clips", 0, "must be at least 1"), ("crops", 2, "must be 1 or 3")])
+def test_zero_shot_views_out_of_range_are_refused_before_training(dataset, tmp_path, field, value, error):
+  config = in_process_config(dataset)
+  with config.unlocked():
+    config.zero_shot_clips, config.zero_shot_crops = 1, 1
+    config[f"zero_shot_{field}"] = value
+    config.zero_shot = {}
+  with pytest.raises(ValueError, match=re.escape(f"config.zero_shot_{field}={value} {error}")):
+    trainer.train_and_evaluate(config, tmp_path / "run")
+  assert not (tmp_path / "run").exists()
+
+
 def test_zero_shot_evaluation_reports_each_split_and_the_mean(dataset, tmp_path):
   root, _ = dataset
   # Two split files of all classes, and "novel" classes: those not in a known list, in two random subsets of 2.
@@ -462,8 +474,22 @@ def run_command(*args: str) -> subprocess.CompletedProcess:
     (["--config=TMP/config.py"], "--config: SyntaxError: invalid syntax (config.py, line 1)"),
     (["--config=TMP/config.py"], "--config: the file defines no get_config()"),
     (["--config=TMP/config.py"], "--config: RuntimeError: no data set named k999"),
+    (
+      ["--config=configs/model.py"],
+      "--config: not an experiment config (it has no field 'mode'): use configs/k400.py, k600.py, hmdb51.py, "
+      "ucf101.py, zero_shot.py or demo.py, or one made like them",
+    ),
   ],
-  ids=["config-argument", "unknown-field", "missing-config-file", "extra-argument", "syntax", "no-get-config", "raise"],
+  ids=[
+    "config-argument",
+    "unknown-field",
+    "missing-config-file",
+    "extra-argument",
+    "syntax",
+    "no-get-config",
+    "raise",
+    "model-config",
+  ],
 )
 def test_a_command_line_mistake_is_one_line_with_exit_status_2_and_runs_nothing(tmp_path, args, message, request):
   config_files = {
@@ -506,20 +532,27 @@ def test_a_config_file_refuses_fewer_than_one_frame():
 @pytest.mark.parametrize(
   "field, value, error",
   [
-    ("batch_size", 0, "config.batch_size=0 must be at least 1"),
-    ("eval_batch_size", -1, "config.eval_batch_size=-1 must be at least 1"),
-    ("accumulation_steps", 0, "config.accumulation_steps=0 must be at least 1"),
-    ("num_frames", 0, "config.num_frames=0 must be at least 1"),
-    ("lr", -1.0, "config.lr=-1.0 must be at least 0"),
-    ("weight_decay", -0.1, "config.weight_decay=-0.1 must be at least 0"),
-    ("epochs", 0, "config.epochs=0 must be more than 0"),
+    ("batch_size", 0, "config.batch_size=0 must be a finite number of at least 1"),
+    ("eval_batch_size", -1, "config.eval_batch_size=-1 must be a finite number of at least 1"),
+    ("accumulation_steps", 0, "config.accumulation_steps=0 must be a finite number of at least 1"),
+    ("num_frames", 0, "config.num_frames=0 must be a finite number of at least 1"),
+    ("lr", -1.0, "config.lr=-1.0 must be a finite number of at least 0"),
+    ("lr", float("inf"), "config.lr=inf must be a finite number of at least 0"),
+    ("weight_decay", -0.1, "config.weight_decay=-0.1 must be a finite number of at least 0"),
+    ("weight_decay", float("inf"), "config.weight_decay=inf must be a finite"),
+    ("new_modules_lr_multiplier", float("nan"), "config.new_modules_lr_multiplier=nan must be a finite"),
+    ("mixup", -0.8, "config.mixup=-0.8 must be a finite number of at least 0"),
+    ("epochs", 0, "config.epochs=0 must be a finite number more than 0"),
     ("final_eval_crops", 2, "config.final_eval_crops=2 must be 1 or 3"),
-    (
-      "data.max_failure_fraction",
-      -1.0,
-      "config.data.max_failure_fraction=-1.0 must be a share of the videos in [0, 1]",
-    ),
-    ("data.max_failure_fraction", float("nan"), "config.data.max_failure_fraction=nan must be a share"),
+    ("data.max_failure_fraction", -1.0, "config.data.max_failure_fraction=-1.0 must be in [0, 1]"),
+    ("data.max_failure_fraction", float("nan"), "config.data.max_failure_fraction=nan must be in [0, 1]"),
+    # A target of -0.25 for the true class: trained away from the right answer.
+    ("label_smoothing", 1.5, "config.label_smoothing=1.5 must be in [0, 1]"),
+    # NaN never chose CutMix.
+    ("mixup_switch_prob", float("nan"), "config.mixup_switch_prob=nan must be in [0, 1]"),
+    ("data.shots", -2, "config.data.shots=-2 must be at least 0 (0: every training video)"),
+    # numpy's generator refuses it, inside tf.data, after compiling.
+    ("seed", -1, "config.seed=-1 must be in [0, 2**32)"),
   ],
 )
 def test_a_config_number_out_of_range_is_refused_naming_the_field_before_anything_is_written(

@@ -127,6 +127,11 @@ def _parse_flags(argv: list[str]) -> list[str]:
   try:
     remaining = flags.FLAGS(argv)
     _CONFIG.value.lock()  # ml_collections raises a config file's OSError (missing, a folder) when it is first used
+    if "mode" not in _CONFIG.value:  # configs/model.py, say, which gives a model's architecture
+      console.fail(
+        "--config: not an experiment config (it has no field 'mode'): use configs/k400.py, k600.py, hmdb51.py, "
+        "ucf101.py, zero_shot.py or demo.py, or one made like them"
+      )
     return remaining
   except flags.Error as error:
     console.fail(_flag_error(error))

@@ -86,3 +86,18 @@ def test_small_switch_makes_a_cpu_sized_run():
 def test_malformed_arguments_are_refused(arg, error):
   with pytest.raises(ValueError, match=error):
     load("k400", arg)
+
+
+@pytest.mark.parametrize(
+  "arg, error",
+  [
+    # 0 would train on every training video with the few-shot recipe, silently.
+    ("shots=0", "config argument shots=0 must be at least 1"),
+    ("split=4", "config argument split=4 must be 1, 2 or 3"),
+    ("split=0", "config argument split=0 must be 1, 2 or 3"),
+  ],
+)
+@pytest.mark.parametrize("name", ["hmdb51", "ucf101"])
+def test_few_shot_arguments_out_of_range_are_refused(name, arg, error):
+  with pytest.raises(ValueError, match=error):
+    load(name, arg)

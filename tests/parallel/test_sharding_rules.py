@@ -2,6 +2,7 @@
 names in full."""
 
 import logging
+import re
 
 import jax
 from jax.sharding import AbstractMesh
@@ -76,3 +77,21 @@ def test_an_axis_the_mesh_does_not_divide_is_left_whole():
   }
   specs = {name: s.spec for name, s in sharding.flat_names(sharding.tree_shardings(tree, mesh)).items()}
   assert specs == {"text_projection": P("fsdp", None), "visual/proj": P(None, None)}
+
+
+@pytest.mark.parametrize(
+  "axes, error",
+  [
+    ({"data": 0, "time": -1}, "mesh.data=0 must be at least 1 (or -1: the devices the other axes leave)"),
+    # Their product, 8, matched the devices; numpy's reshape then failed naming neither.
+    ({"data": -2, "fsdp": -4}, "mesh.data=-2 must be at least 1"),
+    ({"data": -1, "fsdp": -1}, "at most one mesh axis may be -1"),
+    ({"data": 3}, "mesh {'data': 3, 'fsdp': 1, 'time': 1} needs 3 devices, 8 are present"),
+    ({"data": -1, "fsdp": 3}, "8 devices do not divide into mesh"),
+    ({"model": 2}, "unknown mesh axes ['model']"),
+  ],
+)
+def test_a_mesh_that_cannot_be_built_is_refused_naming_the_axis(axes, error):
+  eight_devices = jax.devices()[:1] * 8  # only their number counts before the mesh is built
+  with pytest.raises(ValueError, match=re.escape(error)):
+    sharding.make_mesh(axes, eight_devices)

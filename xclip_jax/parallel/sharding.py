@@ -47,6 +47,9 @@ def make_mesh(mesh_config: Mapping[str, int], devices=None) -> jax.sharding.Mesh
   if unknown:
     raise ValueError(f"unknown mesh axes {unknown}; the mesh axes are {MESH_AXES}")
   sizes = [int(mesh_config.get(axis, 1)) for axis in MESH_AXES]
+  for axis, size in zip(MESH_AXES, sizes):
+    if size < 1 and size != -1:
+      raise ValueError(f"mesh.{axis}={size} must be at least 1 (or -1: the devices the other axes leave)")
   if sizes.count(-1) > 1:
     raise ValueError(f"at most one mesh axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
   known = math.prod(size for size in sizes if size != -1)

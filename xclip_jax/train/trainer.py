@@ -17,6 +17,7 @@ A config with a `demo` field first writes its data to WORKDIR/demo_data (input_p
 
 import json
 import logging
+import math
 import os
 import time
 
@@ -71,7 +72,11 @@ _AT_LEAST = {
   "weight_decay": 0,
   "new_modules_lr_multiplier": 0,
   "warmup_epochs": 0,
+  "mixup": 0,
+  "cutmix": 0,
 }
+# numpy's and JAX's random generators both take these seeds.
+_SEEDS = 2**32
 
 
 def load_model(config: ml_collections.ConfigDict) -> pretrained.XCLIPModel:
@@ -136,16 +141,30 @@ def _check_config(config: ml_collections.ConfigDict):
   if config.mode not in ("train", "eval"):
     raise ValueError(f"config.mode must be 'train' or 'eval', got {config.mode!r}")
   for field, least in _AT_LEAST.items():
-    if not config[field] >= least:  # `not >=`: NaN too
-      raise ValueError(f"config.{field}={config[field]!r} must be at least {least}")
-  if not config.epochs > 0:
-    raise ValueError(f"config.epochs={config.epochs!r} must be more than 0")
-  if not 0 <= config.data.max_failure_fraction <= 1:  # NaN too
-    raise ValueError(
-      f"config.data.max_failure_fraction={config.data.max_failure_fraction!r} must be a share of the videos in [0, 1]"
-    )
-  if config.final_eval_crops not in (1, 3):  # the centre crop, or three along the long side
+    if not least <= config[field] < math.inf:  # NaN too
+      raise ValueError(f"config.{field}={config[field]!r} must be a finite number of at least {least}")
+  if not 0 < config.epochs < math.inf:
+    raise ValueError(f"config.epochs={config.epochs!r} must be a finite number more than 0")
+  # Shares and probabilities.
+  for field, value in (
+    ("label_smoothing", config.label_smoothing),
+    ("mixup_switch_prob", config.mixup_switch_prob),
+    ("data.max_failure_fraction", config.data.max_failure_fraction),
+  ):
+    if not 0 <= value <= 1:  # NaN too
+      raise ValueError(f"config.{field}={value!r} must be in [0, 1]")
+  if not config.data.shots >= 0:
+    raise ValueError(f"config.data.shots={config.data.shots!r} must be at least 0 (0: every training video)")
+  if not 0 <= config.seed < _SEEDS:
+    raise ValueError(f"config.seed={config.seed!r} must be in [0, 2**32)")
+  # The centre crop, or three along the long side.
+  if config.final_eval_crops not in (1, 3):
     raise ValueError(f"config.final_eval_crops={config.final_eval_crops!r} must be 1 or 3")
+  if "zero_shot" in config:
+    if not config.zero_shot_clips >= 1:
+      raise ValueError(f"config.zero_shot_clips={config.zero_shot_clips!r} must be at least 1")
+    if config.zero_shot_crops not in (1, 3):
+      raise ValueError(f"config.zero_shot_crops={config.zero_shot_crops!r} must be 1 or 3")
   if config.steps_per_epoch is not None and config.steps_per_epoch < 1:
     raise ValueError(f"config.steps_per_epoch={config.steps_per_epoch!r} must be at least 1 (or None: from the data)")
 
