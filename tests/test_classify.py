@@ -153,6 +153,18 @@ def cli_run(cli_inputs, tmp_path_factory):
   return result, videos, out
 
 
+def test_a_clip_checkpoint_classifies_with_a_warning_that_its_xclip_modules_are_untrained(cli_inputs, tmp_path):
+  _, _, good, _ = cli_inputs
+  clip = tiny.save_clip_checkpoint(tmp_path / "clip.pt")
+  result = run_classify(f"--checkpoint={clip}", f"--classes={CLASSES}", "--json", good[0])
+  assert result.returncode == 0, result.stderr
+  assert len(json.loads(result.stdout)["videos"]) == 1
+  assert result.stderr.splitlines() == [
+    f"warning: {clip} is a CLIP checkpoint: X-CLIP's message tokens, MIT and prompt generator are freshly "
+    "initialised, so these are not a trained X-CLIP's results; use an X-CLIP checkpoint, or one trained from this one"
+  ]
+
+
 def test_command_reports_json_and_every_unreadable_video(cli_inputs, cli_run):
   _, _, good, bad = cli_inputs
   result, videos, _ = cli_run

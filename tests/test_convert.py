@@ -87,6 +87,9 @@ def test_clip_state_dict_initialises_xclip_with_clip_text_encoder(golden, tmp_pa
   np.testing.assert_array_equal(model.params["visual"]["conv1"]["weight"], state_dict["visual.conv1.weight"])
   video = np.zeros((1, 6, 32, 32, 3), np.float32)
   assert np.isfinite(model.logits(video, io["text"])).all()
+  # A start for training, not a classifier; an X-CLIP checkpoint is one.
+  assert not model.xclip_modules_trained
+  assert xclip_jax.load_pretrained(golden[0] / "xclip_official.pth").xclip_modules_trained
 
 
 def test_torchscript_clip_archive_with_fp16_weights_loads(golden, tmp_path):

@@ -280,6 +280,17 @@ def in_process_config(dataset, **extra):
   return config
 
 
+@pytest.mark.parametrize("field", ["init.checkpoint", "init.clip"])
+def test_eval_mode_refuses_a_clip_checkpoint_whose_xclip_modules_are_untrained(dataset, tmp_path, field):
+  clip = tiny.save_clip_checkpoint(tmp_path / "clip.pt")
+  config = in_process_config(dataset, mode="eval", **{"init.checkpoint": None, field: str(clip)})
+  with pytest.raises(
+    ValueError, match=re.escape(f"mode=eval evaluates a trained X-CLIP, but {field} {clip} is a CLIP")
+  ):
+    trainer.train_and_evaluate(config, tmp_path / "run")
+  assert list((tmp_path / "run").rglob("*")) == []
+
+
 def test_eval_mode_counts_every_video_once(dataset, tmp_path):
   results = trainer.train_and_evaluate(in_process_config(dataset, mode="eval", eval_batch_size=4), tmp_path)
   # 7 videos in batches of 4: one padded row; 2 clips x 3 crops.

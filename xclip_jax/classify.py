@@ -39,6 +39,7 @@ import dataclasses
 import functools
 import itertools
 import json
+import logging
 import os
 import pathlib
 import sys
@@ -311,9 +312,21 @@ def check_embed_path(path: str) -> pathlib.Path:
 
 def _load_model() -> pretrained.XCLIPModel:
   try:
-    return pretrained.load_pretrained(FLAGS.checkpoint, num_frames=FLAGS.num_frames)
+    model = pretrained.load_pretrained(FLAGS.checkpoint, num_frames=FLAGS.num_frames)
   except (OSError, ValueError) as e:
     raise UserError(f"--checkpoint={FLAGS.checkpoint}: {e}") from None
+  warn_if_untrained(model, FLAGS.checkpoint)
+  return model
+
+
+def warn_if_untrained(model: pretrained.XCLIPModel, checkpoint):
+  """A warning on the terminal for a model loaded from CLIP, whose X-CLIP modules are untrained."""
+  if not model.xclip_modules_trained:
+    logging.warning(
+      "%s is a CLIP checkpoint: X-CLIP's message tokens, MIT and prompt generator are freshly initialised, so these "
+      "are not a trained X-CLIP's results; use an X-CLIP checkpoint, or one trained from this one",
+      checkpoint,
+    )
 
 
 def write_embeddings(path: pathlib.Path, model, class_names: Sequence[str], results: list[Result]):

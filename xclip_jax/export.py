@@ -285,6 +285,7 @@ def command(
       model = pretrained.load_pretrained(checkpoint, num_frames=num_frames)
     except (OSError, ValueError) as e:
       raise classify.UserError(f"checkpoint {checkpoint}: {e}") from None
+    classify.warn_if_untrained(model, checkpoint)
     try:
       out = export(model, class_names, out, fmt)
     except OSError as e:

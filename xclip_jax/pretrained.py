@@ -32,8 +32,17 @@ class XCLIPModel:
   training: batch over the batch axes (B must be divisible by them), frames over `time`.
   """
 
-  def __init__(self, config: model_config.XCLIPConfig, params, mesh: jax.sharding.Mesh | None = None):
+  def __init__(
+    self,
+    config: model_config.XCLIPConfig,
+    params,
+    mesh: jax.sharding.Mesh | None = None,
+    *,
+    xclip_modules_trained: bool = True,
+  ):
     self.config = config
+    # False for a model loaded from CLIP: its message tokens, MIT and prompt generator are freshly initialised.
+    self.xclip_modules_trained = xclip_modules_trained
     self.module = xclip.XCLIP(config)
     self.mesh = mesh
     if mesh is not None:
@@ -175,7 +184,8 @@ def load_pretrained(
   `seed`); a Hugging Face X-CLIP directory (`config.json` + `model.safetensors` or `pytorch_model.bin`); a directory
   written by `python -m xclip_jax.convert` (as a workdir's `best/`); the workdir of `python -m xclip_jax.main`, whose
   newest checkpoint (the final model) it reads; a Hugging Face CLIP model directory (`CLIPModel`, model_type "clip"),
-  which initialises the X-CLIP modules as for OpenAI CLIP. Nothing in the file is executed.
+  which initialises the X-CLIP modules as for OpenAI CLIP. Nothing in the file is executed. A model loaded from CLIP
+  has `xclip_modules_trained` False: it is a start for training, not a classifier.
 
   Args:
     path: the checkpoint file or directory; on cloud storage (gs://...), it is first copied to a temporary local
@@ -203,6 +213,7 @@ def load_pretrained(
       )
   path = pathlib.Path(path)
   overrides = dict(dtype=dtype, droppath=droppath, remat=remat, attention=attention)
+  from_clip = False
   if path.is_dir():
     if native.is_checkpoint(path):
       config, params = native.read_checkpoint(path, **overrides)
@@ -220,6 +231,7 @@ def load_pretrained(
       logging.info(
         "%s is a Hugging Face CLIP model: initialising the X-CLIP modules (MIT, prompts, message tokens).", path
       )
+      from_clip = True
       params = official.params_from_official(state_dict, config, base_params=official.init_params(config, seed))
     else:
       raise ValueError(
@@ -236,9 +248,10 @@ def load_pretrained(
       # A CLIP checkpoint: X-CLIP's own modules start from their official initialisation.
       config = official.config_from_official(state_dict, num_frames=num_frames or 8, **overrides)
       logging.info("%s is a CLIP checkpoint: initialising the X-CLIP modules (MIT, prompts, message tokens).", path)
+      from_clip = True
       params = official.params_from_official(state_dict, config, base_params=official.init_params(config, seed))
   config, params = _resize_frames(config, params, num_frames)
-  return XCLIPModel(config, jax.tree.map(jnp.asarray, params), mesh)
+  return XCLIPModel(config, jax.tree.map(jnp.asarray, params), mesh, xclip_modules_trained=not from_clip)
 
 
 def from_config(config: model_config.XCLIPConfig, seed: int = 0) -> XCLIPModel:
