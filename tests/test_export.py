@@ -3,6 +3,7 @@ probabilities of `XCLIPModel.logits` through both entry points; a user's mistake
 
 import contextlib
 import io
+import logging
 import pathlib
 import subprocess
 import sys
@@ -292,3 +293,15 @@ def test_frames_below_one_from_python_are_a_one_line_error_naming_num_frames(che
   expected = f"error: checkpoint {checkpoint}: num_frames must be an integer of at least 1, got {num_frames}\n"
   assert captured.out == "" and captured.err == expected, captured.err
   assert not any(tmp_path.iterdir())
+
+
+def test_a_clip_checkpoint_exports_with_a_warning_that_its_xclip_modules_are_untrained(tmp_path, caplog, monkeypatch):
+  clip = tiny.save_clip_checkpoint(tmp_path / "clip.pt")
+  monkeypatch.setattr(export, "export", lambda model, class_names, out, fmt: out)  # the warning comes before it
+  with caplog.at_level(logging.WARNING):
+    assert export.command(clip, tmp_path / "out", classes=CLASSES, fmt="stablehlo") == 0
+  warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert warnings == [
+    f"{clip} is a CLIP checkpoint: X-CLIP's message tokens, MIT and prompt generator are freshly initialised, so these "
+    "are not a trained X-CLIP's results; use an X-CLIP checkpoint, or one trained from this one"
+  ]
