@@ -291,6 +291,8 @@ def test_head_counts_other_than_width_over_64_load_via_overrides(tmp_path):
     ("text_config", "eos_token_id", 1, r"text_config.eos_token_id=1 pools the text elsewhere"),
     ("text_config", "intermediate_size", 256, r"text_config.intermediate_size=256 is not 4 x hidden_size=128"),
     ("vision_config", "num_attention_heads", 3, r"vision_config.num_attention_heads=3 does not divide"),
+    ("vision_config", "num_attention_heads", 0, r"vision_config.num_attention_heads=0 does not divide"),
+    ("text_config", "hidden_size", "128", r"text_config.hidden_size='128' is not an integer of at least 0"),
   ],
 )
 def test_config_xclip_cannot_use_is_refused(safetensors_dir, tmp_path, section, field, value, message):

@@ -239,6 +239,31 @@ def test_inexpressible_config_is_refused(safetensors_dir, section, field, value,
     hf_xclip.arch_from_hf_config(config)
 
 
+@pytest.mark.parametrize(
+  "change, message",
+  [
+    # A ZeroDivisionError, a TypeError from string formatting, from arithmetic with None, from ** of an int.
+    (
+      lambda c: c["vision_config"].update(num_attention_heads=0),
+      ".*: vision_config.num_attention_heads=0 does not div",
+    ),
+    (lambda c: c["vision_config"].update(hidden_size="96"), "vision_config.hidden_size='96' is not an integer"),
+    (lambda c: c["text_config"].update(layer_norm_eps=None), "text_config.layer_norm_eps=None is not a finite number"),
+    (lambda c: c.update(text_config=5), "text_config is 5, not an object"),
+    (lambda c: c.update(prompt_alpha="high"), "prompt_alpha='high' is not a finite number"),
+    (
+      lambda c: c["vision_config"].update(patch_size=[16.0, 16.0]),
+      r"vision_config.patch_size=\[16.0, 16.0\] is not an",
+    ),
+  ],
+)
+def test_malformed_config_values_are_refused_naming_the_field(safetensors_dir, change, message):
+  config = json.loads((safetensors_dir / "config.json").read_text())
+  change(config)
+  with pytest.raises(ValueError, match="^config.json: " + message):
+    hf_xclip.arch_from_hf_config(config)
+
+
 def test_config_defaults_fill_omitted_fields():
   config = {"model_type": "xclip", "text_config": {}, "vision_config": {"patch_size": 16}}
 

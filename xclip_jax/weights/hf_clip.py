@@ -36,8 +36,8 @@ def _arch_from_config(config: Mapping[str, Any], where: str) -> dict:
   """The `XCLIPConfig` fields of a CLIP config.json's encoders, checked to be loadable into X-CLIP."""
   if not _is_clip_config(config):
     raise ValueError(f"{where}: model_type is {config.get('model_type')!r}, not 'clip' (a transformers CLIPModel)")
-  text = hf_mapping.section(config, "text_config", _TEXT_DEFAULTS)
-  vision = hf_mapping.section(config, "vision_config", hf_mapping.VISION_DEFAULTS)
+  text = hf_mapping.section(config, "text_config", _TEXT_DEFAULTS, where)
+  vision = hf_mapping.section(config, "vision_config", hf_mapping.VISION_DEFAULTS, where)
   problems = hf_mapping.encoder_problems(text, vision)
   if text["vocab_size"] != tokenizer.VOCAB_SIZE:
     problems.append(
@@ -53,7 +53,7 @@ def _arch_from_config(config: Mapping[str, Any], where: str) -> dict:
     )
   if problems:
     raise ValueError(f"{where}: X-CLIP cannot be initialised from this CLIP model: " + "; ".join(problems))
-  top = {**hf_mapping.TOP_DEFAULTS, **config}
+  top = hf_mapping.checked({**hf_mapping.TOP_DEFAULTS, **config}, hf_mapping.TOP_DEFAULTS, "", where)
   return hf_mapping.encoders_arch(text, vision, top["projection_dim"], where)
 
 

@@ -63,17 +63,42 @@ OFFICIAL_LAYER_NORM_EPS = 1e-5
 OFFICIAL_MLP_RATIO = 4
 
 
-def section(config: Mapping[str, Any], name: str, defaults: Mapping[str, Any]) -> dict:
-  """The `name` section ('text_config' or 'vision_config') of a config.json, read as transformers reads it.
+def section(config: Mapping[str, Any], name: str, defaults: Mapping[str, Any], where: str) -> dict:
+  """The `name` section ('text_config' or 'vision_config') of a config.json, read as transformers reads it, with the
+  values of `defaults`' fields checked to be of their defaults' kinds (ValueError naming the first that is not).
 
   Configs written before transformers 4.22 may hold `<name>_dict`. CLIPConfig and XCLIPConfig then build the section
   from `<name>_dict` alone, over the defaults, and let it replace every value of `<name>`, even those `<name>_dict`
   does not set; a `null` `<name>_dict` counts as absent.
   """
-  values = config.get(f"{name}_dict")
-  if values is None:
-    values = config.get(name)
-  return {**defaults, **(values or {})}
+  key = f"{name}_dict" if config.get(f"{name}_dict") is not None else name
+  values = config.get(key)
+  if not isinstance(values, (Mapping, type(None))):
+    raise ValueError(f"{where}: {key} is {values!r}, not an object")
+  return checked({**defaults, **(values or {})}, defaults, f"{name}.", where)
+
+
+def checked(values: Mapping[str, Any], defaults: Mapping[str, Any], prefix: str, where: str) -> dict:
+  """`values`, whose fields named in `defaults` must be of their defaults' kinds: an integer of at least 0, a finite
+  number, a string (and an image or patch size may be a pair of integers); ValueError naming the first that is not."""
+  for key, default in defaults.items():
+    value = values[key]
+    if key in ("image_size", "patch_size") and isinstance(value, (list, tuple)):
+      kind, fits = "an integer or a pair of them", all(_is_count(v) for v in value)
+    elif isinstance(default, int):
+      kind, fits = "an integer of at least 0", _is_count(value)
+    elif isinstance(default, float):
+      kind = "a finite number"
+      fits = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+    else:
+      kind, fits = "a string", isinstance(value, str)
+    if not fits:
+      raise ValueError(f"{where}: {prefix}{key}={value!r} is not {kind}")
+  return dict(values)
+
+
+def _is_count(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def side(value, name: str, where: str) -> int:
@@ -98,7 +123,7 @@ def encoder_problems(text: Mapping[str, Any], vision: Mapping[str, Any]) -> list
         f"{name}.intermediate_size={values['intermediate_size']} is not "
         f"{OFFICIAL_MLP_RATIO} x hidden_size={values['hidden_size']}"
       )
-    if values["hidden_size"] % values["num_attention_heads"]:
+    if not values["num_attention_heads"] or values["hidden_size"] % values["num_attention_heads"]:
       problems.append(
         f"{name}.num_attention_heads={values['num_attention_heads']} does not divide "
         f"hidden_size={values['hidden_size']}"

@@ -77,9 +77,9 @@ def arch_from_hf_config(config: Mapping[str, Any], where: str = hf_directory.CON
   """
   if config.get("model_type") != "xclip":
     raise ValueError(f"{where}: model_type is {config.get('model_type')!r}, not 'xclip'")
-  text = hf_mapping.section(config, "text_config", hf_mapping.TEXT_DEFAULTS)
-  vision = hf_mapping.section(config, "vision_config", _VISION_DEFAULTS)
-  top = {**_TOP_DEFAULTS, **config}
+  text = hf_mapping.section(config, "text_config", hf_mapping.TEXT_DEFAULTS, where)
+  vision = hf_mapping.section(config, "vision_config", _VISION_DEFAULTS, where)
+  top = hf_mapping.checked({**_TOP_DEFAULTS, **config}, _TOP_DEFAULTS, "", where)
 
   problems = hf_mapping.encoder_problems(text, vision)
   if vision["mit_intermediate_size"] != hf_mapping.OFFICIAL_MLP_RATIO * vision["mit_hidden_size"]:
