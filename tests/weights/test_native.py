@@ -78,6 +78,33 @@ def test_a_config_that_is_not_json_is_one_error_naming_it(checkpoint, tmp_path):
     xclip_jax.load_pretrained(damaged)
 
 
+@pytest.mark.parametrize(
+  "record, message",
+  [
+    ({"format": "xclip-jax", "version": 2}, "no 'config' object holding the model's architecture"),
+    ([1, 2], "is not an xclip-jax checkpoint config"),
+    ({"format": "xclip-jax", "version": 2, "config": {"embed_dim": 64}}, "X-CLIP config lacks the fields ["),
+    ({"format": "xclip-jax", "version": 2, "config": {**tiny.ARCH, "vision_heads": 5}}, "vision_heads=5 does not"),
+  ],
+)
+def test_a_config_without_a_usable_architecture_is_one_error_naming_it(checkpoint, tmp_path, record, message):
+  damaged = _with_config(checkpoint, tmp_path / "damaged")
+  (damaged / native.CONFIG_FILE).write_text(json.dumps(record))
+  with pytest.raises(ValueError, match=f"^{re.escape(str(damaged / native.CONFIG_FILE))}.*{re.escape(message)}"):
+    xclip_jax.load_pretrained(damaged)
+
+
+@pytest.mark.parametrize("damaged_file", ["manifest.ocdbt", "_METADATA"])
+def test_damaged_params_are_one_short_error_naming_them(checkpoint, tmp_path, damaged_file):
+  damaged = tmp_path / "damaged"
+  shutil.copytree(checkpoint, damaged)
+  (damaged / native.PARAMS_DIR / damaged_file).write_bytes(b"")
+  with pytest.raises(ValueError) as error:
+    xclip_jax.load_pretrained(damaged)
+  text = str(error.value)
+  assert text.startswith(f"{damaged / native.PARAMS_DIR} cannot be read: ") and len(text) < 500, text
+
+
 def test_other_frames_are_still_interpolated_from_the_stored_ones(checkpoint):
   """`num_frames` other than the config's resamples the stored embedding on purpose: not a mismatch."""
   model = xclip_jax.load_pretrained(checkpoint, num_frames=4)
@@ -159,6 +186,16 @@ def test_a_workdir_stopped_before_its_first_validation_is_read_with_the_architec
   model = xclip_jax.load_pretrained(workdir, dtype="bfloat16")
   assert model.config.architecture() == architecture and model.config.dtype == "bfloat16"
   np.testing.assert_array_equal(model.params["mit"]["positional_embedding"], saved[2]["mit"]["positional_embedding"])
+
+
+def test_a_workdir_record_without_an_architecture_is_one_error_naming_it(tmp_path):
+  workdir = tmp_path / "workdir"
+  _workdir(workdir, steps=(2,))
+  shutil.rmtree(workdir / native.WORKDIR_BEST)
+  (workdir / native.WORKDIR_RECORD).write_text(json.dumps({"config": {}}))
+  message = f"{workdir / native.WORKDIR_RECORD}: no 'architecture' object holding the model's architecture"
+  with pytest.raises(ValueError, match=re.escape(message)):
+    xclip_jax.load_pretrained(workdir)
 
 
 def test_a_damaged_newest_checkpoint_is_skipped_with_a_one_line_warning(tmp_path):

@@ -117,6 +117,10 @@ class XCLIPConfig:
     unknown = sorted(set(values) - known)
     if unknown:
       raise ValueError(f"unknown X-CLIP config fields: {unknown}; known fields: {sorted(known)}")
+    required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
+    missing = [name for name in required if name not in values]
+    if missing:
+      raise ValueError(f"X-CLIP config lacks the fields {missing}")
     return cls(**values)
 
 

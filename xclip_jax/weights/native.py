@@ -81,23 +81,44 @@ def read_checkpoint(directory: pathlib.Path, **overrides) -> tuple[model_config.
   """The config (with `overrides`) and the params, as host numpy arrays, of a converted checkpoint."""
   directory = directory.absolute()  # orbax reads absolute paths only
   meta = paths.read_json(directory / CONFIG_FILE)
-  if meta.get("format") != FORMAT_NAME:
-    raise ValueError(f"{directory / CONFIG_FILE} is not an xclip-jax checkpoint config (format {meta.get('format')!r})")
+  stored_format = meta.get("format") if isinstance(meta, dict) else None
+  if stored_format != FORMAT_NAME:
+    raise ValueError(f"{directory / CONFIG_FILE} is not an xclip-jax checkpoint config (format {stored_format!r})")
   if meta.get("version", 1) != FORMAT_VERSION:
     raise ValueError(
       f"{directory} was written by another xclip-jax version (checkpoint format "
       f"{meta.get('version', 1)}, this version reads {FORMAT_VERSION}); convert the original checkpoint "
       "again with `python -m xclip_jax.convert SRC DST`"
     )
-  config = model_config.XCLIPConfig.from_dict(meta["config"])
+  config = _architecture(meta, "config", directory / CONFIG_FILE)
   abstract = official.abstract_params(config)
-  _check_stored_params(_stored_tree(directory / PARAMS_DIR), abstract, f"{directory / PARAMS_DIR}", CONFIG_FILE)
+  # Before reading: orbax's abandoned reads may report the moment a read fails, before the failure reaches here.
+  quiet_abandoned_reads()
+  try:
+    stored = _stored_tree(directory / PARAMS_DIR)
+  except Exception as e:  # damage fails in tensorstore, orbax or its metadata, with errors of many types
+    raise ValueError(f"{directory / PARAMS_DIR} cannot be read: {one_line(e)}") from None
+  _check_stored_params(stored, abstract, f"{directory / PARAMS_DIR}", CONFIG_FILE)
   # As host arrays: the caller lays them out on its devices (and processes), wherever the writer's were.
   as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract)
-  params = ocp.PyTreeCheckpointer().restore(
-    directory / PARAMS_DIR, args=ocp.args.PyTreeRestore(abstract, restore_args=as_numpy)
-  )
+  try:
+    params = ocp.PyTreeCheckpointer().restore(
+      directory / PARAMS_DIR, args=ocp.args.PyTreeRestore(abstract, restore_args=as_numpy)
+    )
+  except Exception as e:
+    raise ValueError(f"{directory / PARAMS_DIR} cannot be read: {one_line(e)}") from None
   return config.replace(**overrides), params
+
+
+def _architecture(record, key: str, path) -> model_config.XCLIPConfig:
+  """The model config held under `key` of the JSON object `record` read from `path`; ValueError naming the file."""
+  values = record.get(key) if isinstance(record, dict) else None
+  if not isinstance(values, dict):
+    raise ValueError(f"{path}: no {key!r} object holding the model's architecture")
+  try:
+    return model_config.XCLIPConfig.from_dict(values)
+  except ValueError as e:
+    raise ValueError(f"{path}: {e}") from None
 
 
 def _check_stored_params(stored: dict, expected: dict, where: str, described_by: str):
@@ -146,11 +167,10 @@ def read_workdir(directory: pathlib.Path, **overrides) -> tuple[model_config.XCL
   if not steps:
     raise ValueError(f"{directory} is a training workdir without a checkpoint yet")
   if (directory / WORKDIR_BEST / CONFIG_FILE).exists():
-    described_by = f"{WORKDIR_BEST}/{CONFIG_FILE}"
-    config = model_config.XCLIPConfig.from_dict(paths.read_json(directory / described_by)["config"])
+    described_by, key = f"{WORKDIR_BEST}/{CONFIG_FILE}", "config"
   else:
-    described_by = WORKDIR_RECORD
-    config = model_config.XCLIPConfig.from_dict(paths.read_json(directory / described_by)["architecture"])
+    described_by, key = WORKDIR_RECORD, "architecture"
+  config = _architecture(paths.read_json(directory / described_by), key, directory / described_by)
   # Only the parameters of the train state, not the optimiser's moments.
   item = {"params": official.abstract_params(config)}
   restore_args = ocp.checkpoint_utils.construct_restore_args(item)
