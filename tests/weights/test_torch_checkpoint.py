@@ -7,6 +7,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 import torch
 
 from xclip_jax.weights import torch_checkpoint
@@ -46,6 +47,13 @@ def test_read_state_dict_strips_data_parallel_prefix(tmp_path):
 
   assert sorted(state_dict) == ["logit_scale", "visual.proj"]
   assert extras == {}
+
+
+def test_an_entry_with_and_without_the_data_parallel_prefix_is_refused(tmp_path):
+  path = tmp_path / "both.pth"
+  torch.save({"logit_scale": torch.tensor(2.4), "module.logit_scale": torch.tensor(100.0)}, path)
+  with pytest.raises(ValueError, match="entries 'logit_scale' and 'module.logit_scale' name the same parameter"):
+    torch_checkpoint.read_state_dict(path)
 
 
 def test_loads_without_torch_or_yacs_installed(tmp_path, golden_dir, scripted_archive, fake_yacs):

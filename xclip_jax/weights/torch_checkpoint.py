@@ -55,5 +55,8 @@ def read_state_dict(path) -> tuple[dict[str, np.ndarray], dict]:
       value = np.asarray(value)
     if not isinstance(value, np.ndarray):
       raise ValueError(f"{path}: state dict entry '{name}' is a {type(value).__name__}, not a tensor")
-    arrays[name.removeprefix("module.")] = value
+    bare = name.removeprefix("module.")
+    if bare in arrays:  # `x` and `module.x`: which one the model should take, the file does not say
+      raise ValueError(f"{path}: state dict entries '{bare}' and 'module.{bare}' name the same parameter")
+    arrays[bare] = value
   return arrays, extras
