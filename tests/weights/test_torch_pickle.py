@@ -135,6 +135,30 @@ def test_truncated_file_raises_error_naming_it(tmp_path, zip_format, keep_fracti
     torch_pickle.load_torch_file(truncated)
 
 
+@pytest.mark.parametrize("keep_fraction", [0.1, 0.5, 0.9])
+def test_a_zip_cut_short_is_named_as_such(tmp_path, keep_fraction):
+  path = tmp_path / "whole.pth"
+  torch.save({"w": torch.randn(64, 64)}, path)
+  data = path.read_bytes()
+  (tmp_path / "cut.pth").write_bytes(data[: int(len(data) * keep_fraction)])
+  with pytest.raises(torch_pickle.CheckpointFormatError, match=r"cut\.pth: a zip archive cut short"):
+    torch_pickle.load_torch_file(tmp_path / "cut.pth")
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_a_pickle_asking_for_more_memory_than_there_is_is_a_format_error(tmp_path, zip_format):
+  # 38 bytes that build bytearray(10**14) (100 TB) when unpickled.
+  bomb = b"\x80\x02c__builtin__\nbytearray\nq\x00\x8a\x06\x00@z\x10\xf3Z\x85q\x01Rq\x02."
+  path = tmp_path / "bomb.pth"
+  if zip_format:
+    with zipfile.ZipFile(path, "w") as archive:
+      archive.writestr("bomb/data.pkl", bomb)
+  else:
+    path.write_bytes(bomb)
+  with pytest.raises(torch_pickle.CheckpointFormatError, match=r"bomb\.pth: .*MemoryError"):
+    torch_pickle.load_torch_file(path)
+
+
 def test_flipped_byte_raises_error_naming_file(tmp_path):
   path = tmp_path / "flipped.pth"
   torch_writer.save_torch_state_dict({"w": np.ones(4, np.float32)}, path)

@@ -418,6 +418,8 @@ def _unpickle(unpickler: _RestrictedUnpickler, path, what: str):
     AttributeError,
     IndexError,
     struct.error,
+    MemoryError,  # a pickle asking for a huge object, e.g. bytearray(10**14)
+    OverflowError,
   ) as error:
     raise CheckpointFormatError(f"{path}: cannot unpickle {what}: {type(error).__name__}: {error}") from error
 
@@ -453,6 +455,9 @@ def load_torch_file(path) -> Any:
       return archive.unpickle("data.pkl")
     finally:
       archive.close()
+  with open(path, "rb") as file:
+    if file.read(4) == b"PK\x03\x04":  # a zip's first entry, but no readable directory at its end
+      raise CheckpointFormatError(f"{path}: a zip archive cut short (an incomplete download or copy?)")
   if tarfile.is_tarfile(path):
     raise CheckpointFormatError(
       f"{path}: the pre-2018 tar checkpoint format is not supported; re-save it with a recent torch.save"
