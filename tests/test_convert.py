@@ -1,6 +1,7 @@
 """Checkpoint conversion: official X-CLIP and OpenAI CLIP files in, xclip-jax and official files out."""
 
 import json
+import os
 import pathlib
 import shutil
 import subprocess
@@ -290,6 +291,31 @@ def test_a_conversion_into_its_own_source_is_refused(checkpoint, tmp_path, capsy
   assert convert.command(str(source), str(source), num_frames=4) == 2
   _one_line_error(capsys, f"error: {source} exists and is not an empty directory")
   assert _contents(source) == before
+
+
+def test_a_destination_inside_the_source_is_refused(checkpoint, tmp_path, capsys):
+  source = tmp_path / "source"
+  shutil.copytree(checkpoint, source)
+  before = _contents(source)
+  assert convert.command(str(source), str(source / "inner")) == 2
+  _one_line_error(capsys, f"error: {source / 'inner'} is inside the checkpoint {source}: write it elsewhere")
+  assert _contents(source) == before and not (source / "inner").exists()
+
+
+def test_a_directory_as_the_official_destination_is_refused(checkpoint, tmp_path, capsys):
+  assert convert.command(str(checkpoint), f"{tmp_path / 'new'}/", to="official") == 2
+  _one_line_error(capsys, f"error: {tmp_path / 'new'}/ names a directory; --to=official writes a file")
+  assert not (tmp_path / "new").exists()
+
+
+def test_the_working_directory_empty_is_a_destination_and_stays_the_same_directory(checkpoint, tmp_path, monkeypatch):
+  (tmp_path / "here").mkdir()
+  monkeypatch.chdir(tmp_path / "here")
+  inode = os.stat(".").st_ino
+  assert convert.command(str(checkpoint), ".") == 0
+  assert os.stat(".").st_ino == inode and os.stat(tmp_path / "here").st_ino == inode  # not replaced under the user
+  assert xclip_jax.load_pretrained(tmp_path / "here").config.num_frames == tiny.ARCH["num_frames"]
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["here"]  # the staging folder is gone
 
 
 @pytest.mark.parametrize(

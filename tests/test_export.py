@@ -220,11 +220,15 @@ def test_mistakes_are_one_line_errors_before_the_checkpoint_is_read(tmp_path, ca
   assert sorted(path.name for path in tmp_path.iterdir()) == ["taken"]
 
 
-def test_a_format_whose_extra_is_missing_is_a_one_line_error(tmp_path, capsys, monkeypatch):
-  monkeypatch.setitem(export.EXTRAS, "onnx", "not_installed")
+@pytest.mark.parametrize("missing", ["jax2onnx", "onnxruntime"])
+def test_a_format_whose_extra_is_missing_is_a_one_line_error_before_the_checkpoint_is_read(
+  tmp_path, capsys, monkeypatch, missing
+):
+  find_spec = export.importlib.util.find_spec
+  monkeypatch.setattr(export.importlib.util, "find_spec", lambda name: None if name == missing else find_spec(name))
   assert export.command(tmp_path / "no_checkpoint", tmp_path / "out", classes=["a"], fmt="onnx") == 2
   assert capsys.readouterr().err == (
-    "error: --format=onnx needs not_installed: pip install '.[export]' in the xclip-jax checkout\n"
+    f"error: --format=onnx needs {missing}: pip install '.[export]' in the xclip-jax checkout\n"
   )
   assert not any(tmp_path.iterdir())
 

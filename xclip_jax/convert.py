@@ -7,10 +7,12 @@ r"""Converts an X-CLIP or CLIP checkpoint for xclip-jax, or exports one back to 
 SRC is anything `xclip_jax.load_pretrained` reads; the conversion never executes code from it and needs no PyTorch.
 DST is a new or empty directory (--to=jax) or a new file (--to=official): nothing is overwritten, the source least of
 all. Errors are one line on stderr and exit status 2, with nothing written: a checkpoint that is missing or not an
-X-CLIP/CLIP checkpoint, an unknown --to, a --num_frames below 1, a DST that exists, a DST that cannot be written, a
-model the official format cannot describe (head counts other than width // 64, as Hugging Face configs may set).
+X-CLIP/CLIP checkpoint, an unknown --to, a --num_frames below 1, a DST that exists, is inside SRC or cannot be
+written, a DST ending in / with --to=official, a model the official format cannot describe (head counts other than
+width // 64, as Hugging Face configs may set).
 """
 
+import os
 import pathlib
 
 from absl import app
@@ -37,6 +39,8 @@ def check_arguments(dst, to: str, num_frames: int | None) -> pathlib.Path:
     raise classify.UserError(f"--to={to}: unknown format; use one of {', '.join(FORMATS)}")
   if num_frames is not None and num_frames < 1:
     raise classify.UserError(f"--num_frames={num_frames}: a video has at least 1 frame")
+  if to == "official" and os.fspath(dst).endswith(("/", os.sep)):  # pathlib would drop the slash
+    raise classify.UserError(f"{dst} names a directory; --to=official writes a file: name it, e.g. {dst}model.pth")
   dst = pathlib.Path(dst)
   if to == "jax" and not paths.is_new_or_empty_directory(dst):
     raise classify.UserError(f"{dst} exists and is not an empty directory")
@@ -90,6 +94,8 @@ def command(src: str, dst: str, *, to: str = "jax", num_frames: int | None = Non
   try:
     # The cheap checks first: a mistake is reported before the checkpoint is read.
     check_arguments(dst, to, num_frames)
+    if pathlib.Path(src).resolve() in pathlib.Path(dst).resolve().parents:
+      raise classify.UserError(f"{dst} is inside the checkpoint {src}: write it elsewhere")
     try:
       model = pretrained.load_pretrained(src, num_frames=num_frames)
     except (OSError, ValueError) as e:

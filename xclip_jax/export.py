@@ -59,7 +59,8 @@ FLAGS = flags.FLAGS
 
 FORMATS = ("saved_model", "stablehlo", "onnx")
 # The module each format's writer needs beyond the core dependencies: the `export` extras.
-EXTRAS = {"saved_model": "orbax.export", "onnx": "jax2onnx"}
+# The modules each format needs beyond the requirements: to write its files, and to run them as the export checks.
+EXTRAS = {"saved_model": ("orbax.export",), "onnx": ("jax2onnx", "onnxruntime")}
 # SavedModel and StableHLO are lowered for all of these, so that one file serves on any of them.
 PLATFORMS = ("cpu", "cuda", "tpu")
 # Parameters of the text encoder, which the exported functions never run (they start from text features); flax builds
@@ -235,8 +236,11 @@ def check_destination(out, fmt: str) -> pathlib.Path:
   directory or cannot be created."""
   if fmt not in FORMATS:
     raise classify.UserError(f"--format={fmt}: unknown format; use one of {', '.join(FORMATS)}")
-  if fmt in EXTRAS and importlib.util.find_spec(EXTRAS[fmt]) is None:
-    raise classify.UserError(f"--format={fmt} needs {EXTRAS[fmt]}: pip install '.[export]' in the xclip-jax checkout")
+  missing = [module for module in EXTRAS.get(fmt, ()) if importlib.util.find_spec(module) is None]
+  if missing:
+    raise classify.UserError(
+      f"--format={fmt} needs {' and '.join(missing)}: pip install '.[export]' in the xclip-jax checkout"
+    )
   out = pathlib.Path(out)
   if not paths.is_new_or_empty_directory(out):
     raise classify.UserError(f"{out} exists and is not an empty directory")

@@ -64,15 +64,20 @@ def why_not_creatable(path: pathlib.Path) -> str | None:
 @contextlib.contextmanager
 def written_beside(dst: pathlib.Path) -> Iterator[pathlib.Path]:
   """A local path to write `dst`'s file or folder to, in a private temporary folder beside it: renamed to `dst` when
-  the block ends (replacing an empty directory there), removed with everything else written otherwise, so that a
-  failed write leaves nothing behind."""
+  the block ends (or, where `dst` is an empty directory, its entries moved into it), removed with everything else
+  written otherwise, so that a failed write leaves nothing behind."""
+  dst = pathlib.Path(os.path.abspath(dst))  # "." has no name to write beside
   dst.parent.mkdir(parents=True, exist_ok=True)
   scratch = pathlib.Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
   staging = scratch / dst.name
   try:
     yield staging
     if dst.is_dir():
-      dst.rmdir()
-    staging.rename(dst)
+      # An empty directory stays (it may be the user's working directory); folders move in before files, so that a
+      # checkpoint's config, which makes it one, comes last.
+      for entry in sorted(staging.iterdir(), key=lambda entry: not entry.is_dir()):
+        entry.rename(dst / entry.name)
+    else:
+      staging.rename(dst)
   finally:
     shutil.rmtree(scratch, ignore_errors=True)
