@@ -385,6 +385,7 @@ def test_zero_shot_data_is_checked_before_training(dataset, tmp_path):
   root, _ = dataset
   config = in_process_config(dataset)
   with config.unlocked():
+    config.zero_shot_clips, config.zero_shot_crops = 1, 1
     config.zero_shot = {
       "ucf101": {
         "root": str(tmp_path / "nope"),

@@ -165,11 +165,12 @@ def _check_config(config: ml_collections.ConfigDict):
   # The centre crop, or three along the long side.
   if config.final_eval_crops not in (1, 3):
     raise ValueError(f"config.final_eval_crops={config.final_eval_crops!r} must be 1 or 3")
-  if "zero_shot" in config:
-    if not config.zero_shot_clips >= 1:
-      raise ValueError(f"config.zero_shot_clips={config.zero_shot_clips!r} must be at least 1")
-    if config.zero_shot_crops not in (1, 3):
-      raise ValueError(f"config.zero_shot_crops={config.zero_shot_crops!r} must be 1 or 3")
+  if "zero_shot" in config:  # its views, which a config that adds zero_shot must give too (configs/zero_shot.py)
+    clips, crops = config.get("zero_shot_clips"), config.get("zero_shot_crops")
+    if not (isinstance(clips, int) and clips >= 1):
+      raise ValueError(f"config.zero_shot_clips={clips!r} must be at least 1")
+    if crops not in (1, 3):
+      raise ValueError(f"config.zero_shot_crops={crops!r} must be 1 or 3")
   if config.steps_per_epoch is not None and config.steps_per_epoch < 1:
     raise ValueError(f"config.steps_per_epoch={config.steps_per_epoch!r} must be at least 1 (or None: from the data)")
 
