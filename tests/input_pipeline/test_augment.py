@@ -110,6 +110,11 @@ def test_decision_rates_match_the_official_probabilities():
     assert values.min() >= low and values.max() <= high
     assert values.max() - values.min() > 0.8 * (high - low)
   assert all(sorted(d["jitter_order"].numpy()) == [0, 1, 2, 3] for d in draws)
+  # Every order occurs (24 of them, 400 draws), and the factors are drawn independently of each other.
+  assert len({tuple(d["jitter_order"].numpy()) for d in draws}) == 24
+  factors = np.array([[float(d[key]) for key in ("brightness", "contrast", "saturation", "hue")] for d in draws])
+  correlations = np.corrcoef(factors.T)[np.triu_indices(4, k=1)]
+  assert np.abs(correlations).max() < 0.2, correlations
 
 
 def test_crop_and_normalisation_on_a_known_frame():
@@ -127,8 +132,10 @@ def test_flip_grayscale_and_brightness_on_a_known_frame():
   gray = augment.apply_train_params(clip, _params(grayscale=True), INPUT_SIZE)
   luma = crop @ np.array([0.299, 0.587, 0.114], np.float32)
   np.testing.assert_allclose(_denormalize(gray), np.repeat(luma[..., None], 3, -1), atol=1e-3)
-  bright = augment.apply_train_params(clip, _params(jitter=True, brightness=1.3), INPUT_SIZE)
-  np.testing.assert_allclose(_denormalize(bright), np.minimum(crop * 1.3, 255.0), atol=1e-3)
+  # Last in the order, so that only its own clipping keeps the crop's blues (146-200) x 1.4 within 255.
+  bright = augment.apply_train_params(clip, _params(jitter=True, brightness=1.4, jitter_order=[1, 2, 3, 0]), INPUT_SIZE)
+  assert (crop * 1.4).max() > 255
+  np.testing.assert_allclose(_denormalize(bright), np.minimum(crop * 1.4, 255.0), atol=1e-3)
 
 
 def test_contrast_saturation_and_hue_on_a_known_frame():
@@ -209,6 +216,29 @@ def test_eval_resizes_the_short_side_like_mmcv():
   # crop column 14.
   np.testing.assert_allclose(video[0, 0, 0, :14, 0], 0.0, atol=1e-3)
   np.testing.assert_allclose(video[0, 0, 0, 14:, 0], 255.0, atol=1e-3)
+
+
+def _resized(clip, height, width):
+  """The clip resized as the official 8-bit pipeline does: bilinear with half-pixel centres, then rounded."""
+  return np.round(tf.image.resize(np.asarray(clip, np.float32), [height, width], method="bilinear").numpy())
+
+
+def test_eval_rounds_the_short_side_resize_like_mmcv_and_its_pixels_to_integers():
+  # 64x99 -> short side 32: int(99 * 0.5 + 0.5) = 50 wide (49 without mmcv's + 0.5); the centre crop starts at x = 11.
+  clip = _known_clip(num_frames=2, height=64, width=99)
+  video = augment.eval_augment(clip, INPUT_SIZE, num_crops=1)
+  expected = _resized(clip, 32, 50)[:, 2:30, 11:39]
+  np.testing.assert_allclose(_denormalize(video[0]), expected, atol=1e-3)
+
+
+def test_train_crops_come_from_the_frames_resized_to_the_short_side_of_the_crop_candidates():
+  # 64x96 -> resize_scale(28) = 32 on the short side: 32x48, where the crop boxes are drawn.
+  clip = _known_clip(num_frames=2, height=64, width=96)
+  for i in range(4):
+    seed = tf.constant([i, 2])
+    params = augment.sample_train_params(seed, 32, 48, INPUT_SIZE)
+    expected = augment.apply_train_params(tf.constant(_resized(clip, 32, 48)), params, INPUT_SIZE)
+    np.testing.assert_allclose(augment.train_augment(clip, seed, INPUT_SIZE), expected, atol=1e-4)
 
 
 def test_normalisation_uses_the_official_mean_and_std():
