@@ -73,3 +73,30 @@ def test_a_split_whose_classes_have_no_video_is_refused_naming_the_config_field(
     ValueError, match=r"^config\.zero_shot\.k600_novel\.val_files list no video of the classes of split 1 "
   ):
     zero_shot.tasks(config, tmp_path / "workdir")
+
+
+def test_a_split_keeps_the_order_its_file_gives_its_classes(tmp_path):
+  """Labels are renumbered in the split's order, so the class names (the texts), and the label list written for the
+  split, must follow that order too, whatever the label list's."""
+  names = ["archery", "bowling", "cooking", "diving"]
+  (tmp_path / "labels.csv").write_text("id,name\n" + "".join(f"{i},{n}\n" for i, n in enumerate(names)))
+  (tmp_path / "splits.json").write_text(json.dumps({"splits": [["diving", "archery", "cooking"]]}))
+  (tmp_path / "videos").mkdir()
+  (tmp_path / "val.txt").write_text("a.mp4 0\nb.mp4 3\nc.mp4 1\n")
+  config = tiny.experiment_config()
+  with config.unlocked():
+    config.zero_shot = ml_collections.ConfigDict(
+      {
+        "custom": {
+          "root": str(tmp_path / "videos"),
+          "val_files": (str(tmp_path / "val.txt"),),
+          "label_list": str(tmp_path / "labels.csv"),
+          "class_splits": str(tmp_path / "splits.json"),
+        }
+      }
+    )
+  ((split,),) = [task.splits for task in zero_shot.tasks(config, tmp_path / "workdir")]
+  assert split.class_names == ("diving", "archery", "cooking")
+  assert annotations.read_label_list(split.label_list) == ["diving", "archery", "cooking"]
+  # archery's video is label 1 of the split, diving's label 0; bowling is in no split.
+  assert (tmp_path / "workdir/zero_shot/custom/split1/val.txt").read_text() == "a.mp4 1\nb.mp4 0\n"

@@ -27,6 +27,14 @@ def test_k_shot_takes_k_videos_of_every_class_deterministically():
   assert any(other != subset for other in others)
 
 
+def test_k_shot_takes_distinct_videos_and_all_of_a_class_of_exactly_k():
+  records = _records([4, 9])
+  for seed in range(20):
+    subset = subsets.k_shot_subset(records, 2, shots=4, seed=seed)
+    assert len(set(subset)) == 8
+    assert [r for r in subset if r.label == 0] == records[:4]
+
+
 def test_k_shot_refuses_a_class_with_too_few_videos():
   with pytest.raises(ValueError, match="class 2 has 3 videos"):
     subsets.k_shot_subset(_records([5, 7, 3]), 3, shots=4, seed=0)
@@ -61,6 +69,10 @@ def test_random_splits_of_the_novel_classes_are_seeded_and_disjoint_from_known_o
   assert splits[0] != splits[1] != splits[2]
   assert splits == subsets.random_class_splits(novel, seed=0)
   assert splits != subsets.random_class_splits(novel, seed=1)
+
+
+def test_a_split_of_every_class_takes_them_all_sorted():
+  assert subsets.random_class_splits([7, 3, 5], num_splits=2, split_size=3) == [[3, 5, 7], [3, 5, 7]]
 
 
 def test_split_larger_than_the_classes_is_refused():
