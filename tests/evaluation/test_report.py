@@ -110,3 +110,29 @@ def test_summary_names_accuracy_control_time_and_files():
   assert "single-frame control" in lines[1] and "17.0%" in lines[1] and "chance 16.7%" in lines[1]
   assert "3 min 05 s" in lines[2]
   assert lines[3].split() == ["results", "runs/demo/eval_results.json"]
+
+
+def test_the_confusion_picture_colours_each_true_class_row_by_its_shares(tmp_path, monkeypatch):
+  drawn = {}
+  imshow, set_properties = report.plt.Axes.imshow, report.plt.Axes.set
+
+  def recording_imshow(self, image, **kwargs):
+    drawn["image"] = image
+    return imshow(self, image, **kwargs)
+
+  def recording_set(self, **properties):
+    drawn.update(properties)
+    return set_properties(self, **properties)
+
+  monkeypatch.setattr(report.plt.Axes, "imshow", recording_imshow)
+  monkeypatch.setattr(report.plt.Axes, "set", recording_set)
+  # Row: the true class. Class a: 3 videos, 1 taken for b; class b: 1 video, right; class c: none.
+  report.plot_confusion_matrix([[2, 1, 0], [0, 1, 0], [0, 0, 0]], ["a", "b", "c"], tmp_path / "c.png")
+  np.testing.assert_allclose(drawn["image"], [[2 / 3, 1 / 3, 0], [0, 1, 0], [0, 0, 0]])
+  assert (drawn["xlabel"], drawn["ylabel"]) == ("predicted", "true")
+
+
+def test_summary_gives_each_zero_shot_data_set_as_mean_and_std_of_top1():
+  results = {"zero_shot": {"hmdb51": {"top1_mean": 0.446, "top1_std": 0.012, "top5_mean": 0.8, "top5_std": 0.05}}}
+  (line, _) = report.run_summary(results, 61, []).splitlines()
+  assert line.split() == ["zero-shot", "hmdb51", "top-1", "44.6", "+-", "1.2%"]

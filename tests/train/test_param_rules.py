@@ -7,6 +7,7 @@ with fix_text only names containing "visual.", "mit" or "prompts" train; names c
 """
 
 import logging
+import math
 
 import jax
 import jax.numpy as jnp
@@ -182,3 +183,18 @@ def test_the_log_names_each_pattern_with_its_count_and_examples(params, caplog):
   assert "mit/.* -> 10.0: 13 (mit/positional_embedding, " in message
   assert "prompts_.* -> 10.0: 19 (" in message
   assert ".* -> 1.0: 50 (" in message
+
+
+def test_the_parameter_overview_counts_each_group(params):
+  sizes = {name: math.prod(leaf.shape) for name, leaf in sharding.flat_names(params).items()}
+  trainable = tuple(name for name in ALL if name not in FROZEN_WITH_FROZEN_TEXT)
+  counts = optimizer.count_parameters(params, trainable, 10.0)
+  new_modules = sum(sizes[name] for name in NEW_MODULES)
+  trained = sum(sizes[name] for name in trainable)
+  assert counts == {
+    "total": sum(sizes.values()),
+    "trainable": trained,
+    "frozen": sum(sizes[name] for name in FROZEN_WITH_FROZEN_TEXT),
+    "lr_x1": trained - new_modules,
+    "lr_x10": new_modules,
+  }
