@@ -100,6 +100,13 @@ def test_batches_give_the_results_of_single_videos_and_unreadable_ones_are_repor
     assert (one.error is None) == (many.error is None) == bool(many.top)
 
 
+def test_probabilities_of_logits_beyond_float32_exp_are_finite():
+  # logit_scale 100 x a cosine of 0.95: exp(95) overflows float32.
+  probabilities = classify._softmax(np.array([[95.0, 85.0, 0.0]], np.float32))
+  expected = [1 / (1 + np.exp(-10.0)), np.exp(-10.0) / (1 + np.exp(-10.0)), 0.0]
+  np.testing.assert_allclose(probabilities, [expected], rtol=1e-6, atol=1e-30)
+
+
 def test_twelve_views_average_the_softmax_of_each_view(tmp_path):
   # Views that disagree: each quarter of the clip and each third of its width has its own colour, so every view sees
   # other colours, and the logit scale is 100 (CLIP's trained value), so the views' logits differ by several units.

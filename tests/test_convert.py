@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -119,6 +120,7 @@ def test_torchscript_clip_archive_with_fp16_weights_loads(golden, tmp_path):
   torch_writer.save_torch_state_dict(rounded, tmp_path / "rounded.pt")
   reference = xclip_jax.load_pretrained(tmp_path / "rounded.pt", num_frames=4)
   # fp16 weights widen exactly to float32: the archive gives the same model as the rounded state dict.
+  assert {leaf.dtype for leaf in jax.tree.leaves(model.params)} == {np.dtype(np.float32)}
   np.testing.assert_array_equal(model.encode_text(io["text"]), reference.encode_text(io["text"]))
   np.testing.assert_allclose(model.encode_text(io["text"]), io["text_features"], rtol=0.05, atol=0.05)
 

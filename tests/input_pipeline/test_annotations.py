@@ -36,6 +36,11 @@ def test_label_names_may_hold_quoted_commas(tmp_path):
   assert annotations.read_label_list(path) == ["cooking, outdoors"]
 
 
+def test_blank_rows_of_a_label_list_are_skipped(tmp_path):
+  path = _write(tmp_path, "labels.csv", "id,name\n0,a\n\n1,b\n\n")
+  assert annotations.read_label_list(path) == ["a", "b"]
+
+
 def test_lists_saved_by_a_spreadsheet_with_a_byte_order_mark_are_read(tmp_path):
   """... and Windows line ends."""
   (tmp_path / "labels.csv").write_bytes("\ufeffid,name\r\n0,run\r\n".encode())
