@@ -72,3 +72,49 @@ def test_collective_replica_groups_in_every_printed_form():
   mesh = type("Mesh", (), {"devices": np.zeros((4, 1, 2)), "axis_names": ("data", "fsdp", "time"), "size": 8})()
   assert collectives.crosses(ops["a"], mesh, "time") and not collectives.crosses(ops["a"], mesh, "data")
   assert collectives.crosses(ops["c"], mesh, "data") and not collectives.crosses(ops["c"], mesh, "time")
+
+
+def test_collective_payloads_async_starts_loops_and_traffic_by_kind():
+  from xclip_jax.parallel import collectives
+
+  # A 2 x 2 x 2 mesh: groups [4,2]<=[8] pair devices along `time`, the last axis.
+  mesh = type(
+    "Mesh",
+    (),
+    {
+      "devices": np.zeros((2, 2, 2)),
+      "axis_names": ("data", "fsdp", "time"),
+      "size": 8,
+      "shape": {"data": 2, "fsdp": 2, "time": 2},
+    },
+  )()
+  hlo = "\n".join(
+    [
+      "ENTRY %main {",
+      # An async start's result tuple holds its operand, then its result: the gathered (2, 8).
+      "  %s = (f32[2,4]{1,0}, f32[2,8]{1,0}) all-gather-start(%x), replica_groups=[4,2]<=[8], dimensions={1}",
+      # A parameter of 16 split over all 8 devices.
+      "  %q = f32[2]{0} all-reduce(%u), replica_groups=[4,2]<=[8], to_apply=%add",
+      # Each device gives 2 x 3 floats to get its 3.
+      "  %r = f32[3]{0} reduce-scatter(%v), replica_groups=[4,2]<=[8], dimensions={0}",
+      "}",
+    ]
+  )
+  ops = {op.name: op for op in collectives.read(hlo)}
+  assert ops["s"].shapes == (("f32", (2, 8)),) and ops["s"].nbytes == 64
+  params = {"w": np.zeros((2, 8)), "v": np.zeros(16)}
+  assert collectives.traffic(hlo, mesh, "time", params) == {"parameters": 64 + 8, "activations": 2 * 3 * 4}
+  looped = "\n".join(
+    [
+      "%body (p: f32[4]) -> f32[4] {",
+      "  %g = f32[8]{0} all-gather(%x), replica_groups=[4,2]<=[8], dimensions={0}",
+      "}",
+      "ENTRY %main {",
+      '  %w = f32[4]{0} while(%t), condition=%cond, body=%body, metadata={op_name="loop"}',
+      "}",
+    ]
+  )
+  (gather,) = collectives.read(looped)
+  assert gather.in_loop
+  with pytest.raises(ValueError, match="g crosses time inside a loop"):
+    collectives.traffic(looped, mesh, "time", params)

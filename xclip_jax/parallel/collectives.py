@@ -22,7 +22,9 @@ _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16
 _DTYPE_BYTES.update({"f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8})
 
 _INSTRUCTION = re.compile(
-  r"^\s*(?:ROOT )?%(?P<name>\S+) = (?P<result>.+?) (?P<kind>" + "|".join(KINDS) + r")(?:-start)?\((?P<operands>[^)]*)\)"
+  r"^\s*(?:ROOT )?%(?P<name>\S+) = (?P<result>.+?) (?P<kind>"
+  + "|".join(KINDS)
+  + r")(?P<start>-start)?\((?P<operands>[^)]*)\)"
   r"(?P<attributes>.*)$"
 )
 _SHAPE = re.compile(r"\b(pred|[suf]\d+|bf16)\[([\d,]*)\]")
@@ -112,7 +114,7 @@ def read(hlo_text: str) -> list[Collective]:
     if not match:
       continue
     result = _shapes(match.group("result"))
-    if match.group(0).split("=", 1)[1].lstrip().split("(", 1)[0].endswith("-start"):
+    if match.group("start"):
       result = result[len(result) // 2 :]  # an async start gives (operands..., results...)
     op_name = re.search(r'op_name="([^"]*)"', match.group("attributes"))
     found.append(
