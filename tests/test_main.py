@@ -22,6 +22,7 @@ from configs import k400
 from tests.fixtures import tiny
 from tests.fixtures import video_fixtures
 import xclip_jax
+from xclip_jax import console
 from xclip_jax import convert
 from xclip_jax import main
 from xclip_jax.evaluation import evaluate
@@ -362,6 +363,38 @@ def test_the_final_evaluation_reads_the_test_list_where_there_is_one(dataset, tm
     in_process_config(dataset, **{"data.test_file": str(root / "train.txt")}), tmp_path
   )
   assert results["num_videos"] == NUM_TRAIN  # not the validation list's NUM_VAL
+
+
+def test_a_new_run_replaces_the_best_model_an_earlier_run_left_without_a_checkpoint(dataset, tmp_path, caplog):
+  """An earlier run that diverged before its first checkpoint left best/ with a higher validation top-1 than this
+  run reaches (here 1.0): a run from step 0 does not compete with it, and its first validation replaces it."""
+  tiny.model(seed=7).save(tmp_path / "best")
+  (tmp_path / "best.json").write_text(json.dumps({"step": 3, "top1": 1.0}))
+  with caplog.at_level(logging.WARNING):
+    trainer.train_and_evaluate(in_process_config(dataset), tmp_path)
+  assert "holds the best model of an earlier run that left no checkpoint" in caplog.text
+  assert json.loads((tmp_path / "best.json").read_text())["step"] in (4, 8)
+  stale = tiny.model(seed=7).params["logit_scale"]
+  assert xclip_jax.load_pretrained(tmp_path / "best").params["logit_scale"] != stale
+
+
+def test_speed_and_time_left_leave_out_the_time_of_validations(dataset, tmp_path, monkeypatch):
+  """A validation of 3 s after step 4: the window that holds it (steps 5 and 6) still shows the steps' own speed."""
+  run_eval_set, shown = evaluate.run_eval_set, {}
+
+  def slow(*args):
+    time.sleep(3)
+    return run_eval_set(*args)
+
+  update = console.Progress.update
+  monkeypatch.setattr(evaluate, "run_eval_set", slow)
+  monkeypatch.setattr(
+    console.Progress, "update", lambda self, step, scalars: shown.update({step: scalars}) or update(self, step, scalars)
+  )
+  trainer.train_and_evaluate(in_process_config(dataset, log_every_steps=2), tmp_path)
+  # Two steps of 4 clips in the window: under 3 s unless the validation is counted.
+  assert 2 * 4 / shown[6]["clips_per_second"] < 2.5, shown[6]
+  assert shown[6]["eta_seconds"] < 2.5, shown[6]
 
 
 def test_best_holds_the_model_of_the_best_validation(dataset, tmp_path, monkeypatch):

@@ -335,6 +335,10 @@ class _MetricWindow:
       values.append(float(metrics[key]))
     return metrics
 
+  def exclude(self, seconds: float):
+    """Leaves `seconds` spent on other work (an evaluation, a save) out of the window's speed and time left."""
+    self._start += seconds
+
   def summary(self, step: int, total_steps: int, batch_size: int) -> dict:
     """The window's means, the last learning rate and the speed; starts a new window."""
     last = self.take_pending()
@@ -418,7 +422,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   failures = video_dataset.FailureLog()
   batches = datasets.train_stream(config, experiment, position, failures).as_numpy_iterator()
   val_set = datasets.validation_set(config, experiment)
-  best_top1 = _best_so_far(workdir)
+  # A run from step 0 is a new one: an earlier run's best model here (one that stopped before its first checkpoint,
+  # say on a diverged loss) is no bar to beat; the first validation replaces it.
+  best_top1 = _best_so_far(workdir) if int(state.step) else -1.0
+  if not int(state.step) and (workdir / native.WORKDIR_BEST).exists():
+    logging.warning(
+      "%s holds the best model of an earlier run that left no checkpoint; this run replaces it at its first "
+      "validation.",
+      workdir / native.WORKDIR_BEST,
+    )
   # Once every check has passed: a rerun refused on the way keeps the record of the run that wrote the checkpoints.
   _write_json(workdir / CONFIG_FILE, record)
 
@@ -441,6 +453,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         progress.update(step, scalars)
       if itstime(step, eval_every_steps, total_steps):
         window.take_pending()
+        started = time.time()
         results = evaluate.run_eval_set(config, val_set, eval_step, text_encoder, state.params, mesh, 1, 1)
         writer.write_scalars(step, {"eval/top1": results["top1"], "eval/top5": results["top5"]})
         console.info(
@@ -451,11 +464,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
           _check_finite_params(step, state.params)
           best_top1 = results["top1"]
           _save_best(model, state.params, workdir, step, results)
+        window.exclude(time.time() - started)
       stop = preemption.requested(step)
       if itstime(step, config.checkpoint_every_steps, total_steps) or stop:
         window.take_pending()
+        started = time.time()
         _check_finite_params(step, state.params)
         checkpoints.save(manager, state, position, config.batch_size, force=stop)
+        window.exclude(time.time() - started)
       if stop:
         logging.warning("Stopped at step %d on %s; rerun the same command to resume.", step, preemption.received)
         return {"stopped_at_step": step}
@@ -503,8 +519,8 @@ def _save_before_stopping(manager, state, position: int, batch_size: int):
 
 
 _NOTHING_SAVED = (
-  "nothing of this step was saved, the newest checkpoint is intact (lower the learning rate or check the data, then "
-  "rerun to resume)"
+  "nothing of this step was saved (lower the learning rate or check the data, then rerun: it resumes from the newest "
+  "checkpoint, if there is one)"
 )
 
 
