@@ -39,7 +39,7 @@ from xclip_jax.train import trainer
 from xclip_jax.weights import native
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-NUM_TRAIN, NUM_VAL = 8, 5  # 5 validation videos in global batches of 4: the second batch is mostly padding
+NUM_TRAIN, NUM_VAL = 8, 5  # 5 validation videos (and one that cannot be read) in global batches of 4: padding too
 TOTAL_STEPS = 6  # 3 epochs of 2 steps, a checkpoint after each
 # The runs are compared with each other, not timed: XLA compiles faster without LLVM's optimisations.
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
@@ -60,7 +60,11 @@ def dataset(tmp_path_factory):
     video_fixtures.write_indexed_video(root / "videos" / f"v{i}.mp4", 6 + 2 * (i % 3), width=40, height=36)
     lines.append(f"v{i}.mp4 {i % tiny.NUM_CLASSES}\n")
   (root / "train.txt").write_text("".join(lines[:NUM_TRAIN]))
-  (root / "val.txt").write_text("".join(lines[NUM_TRAIN:]))
+  # And one validation video that cannot be read, where process 1 reads it: each process counts its own.
+  (root / "videos" / "broken.mp4").write_bytes(b"not a video")
+  val = lines[NUM_TRAIN:]
+  val.insert(3, "broken.mp4 0\n")
+  (root / "val.txt").write_text("".join(val))
   (root / "labels.csv").write_text("id,name\n" + "".join(f"{i},class {i}\n" for i in range(tiny.NUM_CLASSES)))
   model = tiny.model()
   model.save(root / "tiny_xclip")
@@ -92,6 +96,7 @@ def _command(dataset, workdir, overrides: dict, heartbeat_timeout: int) -> list[
     "log_every_steps": 1,
     "final_eval_clips": 1,
     "final_eval_crops": 1,
+    "data.max_failure_fraction": 0.5,
     **overrides,
   }
   return [
@@ -228,6 +233,7 @@ def _assert_same_training(ours: dict, reference: dict, initial: dict):
 
 def _assert_same_evaluation(ours: dict, reference: dict):
   assert ours["num_videos"] == reference["num_videos"] == NUM_VAL
+  assert ours["skipped_videos"] == reference["skipped_videos"] == 1
   assert np.sum(ours["confusion_matrix"]) == NUM_VAL
   for key in ("top1", "top5", "per_class", "confusion_matrix"):
     assert ours[key] == reference[key], key

@@ -101,7 +101,8 @@ def run_eval_set(
   failures = video_dataset.FailureLog()
   dataset = datasets.eval_stream(config, eval_set, num_clips, num_crops, failures)
   results = evaluate(eval_step, params, text_features, dataset, mesh, eval_set.class_names, num_clips * num_crops)
-  results["skipped_videos"] = failures.count
+  # Each process reads its own slice of the list.
+  results["skipped_videos"] = int(np.sum(multihost_utils.process_allgather(np.int64(len(failures.paths)))))
   logging.info(
     "%s: top-1 %.2f%%, top-5 %.2f%% over %d videos, %d views (%d skipped)",
     eval_set.name,
@@ -109,6 +110,6 @@ def run_eval_set(
     100 * results["top5"],
     results["num_videos"],
     results["views"],
-    failures.count,
+    results["skipped_videos"],
   )
   return results

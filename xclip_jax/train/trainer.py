@@ -449,7 +449,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       progress.tick()
       if itstime(step, config.log_every_steps, total_steps):
         scalars = {**window.summary(step, total_steps, config.batch_size), "epoch": step / config.steps_per_epoch}
-        writer.write_scalars(step, {**scalars, "skipped_videos": failures.count})
+        writer.write_scalars(step, {**scalars, "skipped_videos": len(failures.paths)})
         progress.update(step, scalars)
       if itstime(step, eval_every_steps, total_steps):
         window.take_pending()
