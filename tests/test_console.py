@@ -87,6 +87,19 @@ def test_on_a_terminal_the_progress_is_one_live_line_with_what_is_printed_above_
   assert screen[2:] == [""]
 
 
+def test_a_terminal_of_no_width_gets_the_plain_lines(monkeypatch):
+  """A pseudo-terminal nobody sized (ssh -tt, script) says 0 columns: a live line would never show."""
+  terminal = _Terminal()
+  terminal.fileno = lambda: 1
+  monkeypatch.setattr(sys, "stdout", terminal)
+  monkeypatch.setattr(console.os, "get_terminal_size", lambda fd: os.terminal_size((0, 0)))
+  progress = console.Progress(1200, 0)
+  progress.tick()
+  progress.update(250, SCALARS)
+  progress.close()
+  assert terminal.getvalue() == "step 250/1200  epoch 3.33  loss 1.7242  lr 1.20e-04  42.1 clips/s  ETA 06:17\n"
+
+
 def test_log_file_takes_library_info_lines_that_the_terminal_does_not(tmp_path, capsys):
   console.setup(verbose=False)
   logging.getLogger("orbax.checkpoint").info("CheckpointManager init: checkpointers=None")  # before the file is known

@@ -137,7 +137,8 @@ class Progress:
     """`first_step`: the steps done before (a resumed run)."""
     self._total = total_steps
     self._bar = None
-    self._plain = _process_index == 0 and not sys.stdout.isatty()
+    # A terminal of no width (a pseudo-terminal nobody sized, as `ssh -tt` or `script` give) cannot show a live line.
+    self._plain = _process_index == 0 and (not sys.stdout.isatty() or _columns(sys.stdout) == 0)
     if _process_index == 0 and not self._plain:
       self._bar = tqdm.tqdm(
         total=total_steps,
@@ -166,6 +167,14 @@ class Progress:
     """Leaves the last state of the live line on the terminal."""
     if self._bar is not None:
       self._bar.close()
+
+
+def _columns(stream) -> int | None:
+  """The width of the terminal `stream` writes to; None where it does not say."""
+  try:
+    return os.get_terminal_size(stream.fileno()).columns
+  except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both of the last two
+    return None
 
 
 def error(message: str) -> int:
