@@ -72,6 +72,7 @@ from benchmarks import throughput
 from benchmarks import train_step as train_benchmark
 from input_pipeline import annotations
 from xclip_jax import compilation_cache
+from xclip_jax import console
 from xclip_jax import pretrained
 from xclip_jax.model import tokenizer
 
@@ -199,14 +200,17 @@ def define_flags():
     "What to measure: the evaluation forward pass, classify runs, the train step, or the train step's memory.",
   )
   flags.DEFINE_enum("arch", "ViT-B/32", list(throughput.ARCHS), "Backbone (tiny: a few-second model for CPUs).")
-  flags.DEFINE_integer("frames", 8, "Frames per video.")
+  flags.DEFINE_integer("frames", 8, "Frames per video.", lower_bound=1)
   flags.DEFINE_string(
     "batch",
     None,
     "eval, train: videos per call or step (default 1 for eval, 2 for train), or `auto`: the largest that fits.",
   )
   flags.DEFINE_integer(
-    "max_batch", None, "eval, train with --batch=auto: the largest size tried (default 8 on a CPU, 1024 otherwise)."
+    "max_batch",
+    None,
+    "eval, train with --batch=auto: the largest size tried (default 8 on a CPU, 1024 otherwise).",
+    lower_bound=1,
   )
   flags.DEFINE_bool("remat", False, "eval, train: rematerialise each CCT block in the backward pass (as for ViT-L).")
   flags.DEFINE_bool(
@@ -216,12 +220,17 @@ def define_flags():
     "(benchmarks.step_profile).",
   )
   flags.DEFINE_bool("freeze_text", True, "train: the official frozen text tower (its features computed once).")
-  flags.DEFINE_integer("classes", 400, "eval, memory, classify without --labels: class texts.")
+  flags.DEFINE_integer("classes", 400, "eval, memory, classify without --labels: class texts.", lower_bound=1)
   flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "eval, train, memory: compute dtype.")
   flags.DEFINE_integer(
-    "repeats", None, "eval, train: timed calls or steps after warm-up (default 20 for eval, 8 for train)."
+    "repeats",
+    None,
+    "eval, train: timed calls or steps after warm-up (default 20 for eval, 8 for train).",
+    lower_bound=1,
   )
-  flags.DEFINE_integer("rounds", 2, "train: fresh processes per side, alternating with the official step.")
+  flags.DEFINE_integer(
+    "rounds", 2, "train: fresh processes per side, alternating with the official step.", lower_bound=1
+  )
   flags.DEFINE_string(
     "official_code",
     None,
@@ -229,10 +238,15 @@ def define_flags():
     "(needs PyTorch).",
   )
   flags.DEFINE_string("labels", None, "classify: an `id,name` CSV of class names (default: --classes generated ones).")
-  flags.DEFINE_integer("videos", 20, "classify: videos of the many-video run.")
+  flags.DEFINE_integer("videos", 20, "classify: videos of the many-video run (at least 2).", lower_bound=2)
+  flags.register_validator(
+    "batch",
+    lambda value: value in (None, "auto") or (value.isdigit() and int(value) >= 1),
+    "must be `auto` or an integer of at least 1",
+  )
   compilation_cache.define_flag()
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=console.parse_flags)

@@ -40,11 +40,12 @@ from input_pipeline import normalization
 from input_pipeline import sampling
 from input_pipeline import tfds_dataset
 from input_pipeline import video_dataset
+from xclip_jax import console
 
-_NUM_VIDEOS = flags.DEFINE_integer("num_videos", 16, "Synthetic videos.")
-_NUM_BATCHES = flags.DEFINE_integer("num_batches", 40, "Timed batches.")
-_WARMUP_BATCHES = flags.DEFINE_integer("warmup_batches", 4, "Batches read before timing starts.")
 _BATCH_SIZE = 8
+_NUM_VIDEOS = flags.DEFINE_integer("num_videos", 16, "Synthetic videos (one batch at least).", lower_bound=_BATCH_SIZE)
+_NUM_BATCHES = flags.DEFINE_integer("num_batches", 40, "Timed batches.", lower_bound=1)
+_WARMUP_BATCHES = flags.DEFINE_integer("warmup_batches", 4, "Batches read before timing starts.", lower_bound=0)
 _NUM_FRAMES = 8
 _INPUT_SIZE = 224
 
@@ -144,4 +145,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=console.parse_flags)

@@ -94,5 +94,5 @@ def status() -> str:
   if mode == "always":
     return "transparent huge pages: always (the system puts large allocations on 2 MiB pages)"
   if would_help(os.environ):
-    return f"4 KiB pages: could not restart with {TUNABLE}=1"
+    return f"4 KiB pages: started without {TUNABLE}=1, which would help here"
   return f"4 KiB pages (transparent huge pages: {mode or 'unknown'}, glibc: {glibc_version() or 'none'})"

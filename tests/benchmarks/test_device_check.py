@@ -11,6 +11,7 @@ import pytest
 
 from benchmarks import device_check
 from benchmarks import golden_tiny
+from xclip_jax import host_memory
 
 # Packages the accelerator machines do not have. A sitecustomize first on PYTHONPATH makes them unimportable in the
 # check and in every part's process: a finder first on sys.meta_path answers each of them, and each submodule, as
@@ -97,6 +98,8 @@ def test_small_check_reports_speed_memory_and_the_batch_search(small_check):
   assert report["train_b16"]["cudnn_attention_calls"] == 0  # a GPU's kernels, which `auto` never tries on a CPU
   profile = report["train_b16"]["profile"]
   assert profile["available"] and 0 < profile["matmul_s"] < profile["traced_s"], profile
+  if host_memory.would_help(os.environ):  # the parts' host memory as the training command's
+    assert report["train_b16"]["host_memory"].startswith("GLIBC_TUNABLES sets glibc.malloc.hugetlb=1"), report
 
 
 def test_flop_counts_analytic_and_xla_agree(small_check):
@@ -195,3 +198,18 @@ def test_a_golden_case_that_fails_leaves_the_others_results(monkeypatch):
   result = device_check.golden_parity()
   assert result["float32"]["passed"] and result["float32_default_precision"]["passed"]
   assert result["bfloat16"] == {"passed": False, "error": "RuntimeError: cuDNN graph failed to build"}
+
+
+@pytest.mark.parametrize(
+  "golden, status",
+  [
+    ({"float32": {"passed": True}, "float32_default_precision": {"passed": True}, "bfloat16": {"passed": True}}, 0),
+    ({"float32": {"passed": True}, "float32_default_precision": {"passed": True}, "bfloat16": {"passed": False}}, 1),
+    ({"error": "RuntimeError: no device"}, 1),
+    ({"skipped": "5 s of the budget left"}, 0),
+    (None, 0),  # --parts without golden
+  ],
+)
+def test_the_exit_status_says_whether_the_device_reproduced_the_official_outputs(golden, status):
+  report = {"train_b16": {"error": "out of memory"}} | ({} if golden is None else {"golden": golden})
+  assert device_check.exit_status(report) == status
