@@ -89,6 +89,7 @@ def test_clip_state_dict_initialises_xclip_with_clip_text_encoder(golden, tmp_pa
   np.testing.assert_array_equal(model.params["visual"]["conv1"]["weight"], state_dict["visual.conv1.weight"])
   video = np.zeros((1, 6, 32, 32, 3), np.float32)
   assert np.isfinite(model.logits(video, io["text"])).all()
+  assert xclip_jax.load_pretrained(tmp_path / "clip.pt").config.num_frames == 8  # CLIP's default, as officially
   # A start for training, not a classifier; an X-CLIP checkpoint is one.
   assert not model.xclip_modules_trained
   assert xclip_jax.load_pretrained(golden[0] / "xclip_official.pth").xclip_modules_trained

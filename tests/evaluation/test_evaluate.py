@@ -1,6 +1,7 @@
 """The evaluation's figures on inputs whose answers are worked out by hand: top-1, top-5, per-class accuracy, the
 confusion matrix, and the softmax averaged over views."""
 
+import jax
 import numpy as np
 
 from xclip_jax.evaluation import evaluate
@@ -91,3 +92,27 @@ def test_eval_step_ranks_classes_by_the_softmax_averaged_over_views():
   np.testing.assert_array_equal(out["top"], expected)
   for key in ("label", "mask", "index"):
     np.testing.assert_array_equal(out[key], batch[key])
+
+
+class _Batches:
+  def __init__(self, batches):
+    self._batches = batches
+
+  def as_numpy_iterator(self):
+    return iter(self._batches)
+
+
+def test_videos_that_failed_and_padding_rows_are_left_out_and_each_video_counted_once():
+  # Rows: video 0 (archery, right), video 1 that failed to decode (label -1, masked), a padding row (index -1), and
+  # video 0 again.
+  batch = {
+    "top": np.array([[0, 1], [0, 1], [1, 0], [0, 1]], np.int32),
+    "label": np.array([0, -1, 0, 0], np.int32),
+    "mask": np.array([1, 0, 0, 1], np.int32),
+    "index": np.array([0, 1, -1, 0], np.int32),
+  }
+  mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
+  passed_through = lambda params, text_features, batch: batch
+  results = evaluate.evaluate(passed_through, None, None, _Batches([batch]), mesh, ["archery", "bowling"], views=1)
+  assert (results["num_videos"], results["top1"]) == (1, 1.0)
+  assert results["confusion_matrix"] == [[1, 0], [0, 0]]

@@ -75,6 +75,11 @@ def test_stored_frame_indices_cap_the_frame_rate_then_the_count():
   np.testing.assert_array_equal(build_tfds.stored_frame_indices(7, 15.0, 30.0, 8), np.arange(7))
 
 
+def test_resized_shape_rounds_to_the_nearest_pixel():
+  # 322 x 256 / 322 is 255.99999999999997 in floating point; 572 x 256 / 322 = 454.76.
+  assert build_tfds.resized_shape(322, 572, 256) == (256, 455)
+
+
 def test_resized_shape_shrinks_the_short_side_and_never_enlarges():
   assert build_tfds.resized_shape(256, 340, 128) == (128, 170)
   assert build_tfds.resized_shape(340, 256, 128) == (170, 128)
@@ -127,6 +132,10 @@ def test_with_a_frame_rate_cap_files_that_are_no_video_are_left_out_too(videos, 
   reasons = {v["annotation_index"]: v["reason"] for v in builder.info.metadata["train"]["skipped"]}
   assert reasons.keys() == {1, 2}
   assert "not a readable video" in reasons[1] and "no video stream" in reasons[2]
+
+
+def test_no_bad_video_allowed_builds_a_list_of_good_ones(videos, tmp_path):
+  assert _build(videos, tmp_path, max_bad_fraction=0.0).info.splits["train"].num_examples == len(LENGTHS)
 
 
 def test_too_many_bad_videos_stop_before_the_metadata(videos, tmp_path):

@@ -65,10 +65,11 @@ def test_text_features_not_shaped_as_encode_texts_output_are_refused(model, inpu
     (lambda ids: ids[None], r"text_ids of shape \(1, 3, 77\): expected \(K, 77\)"),
     (lambda ids: ids[:0], r"text_ids of shape \(0, 77\): expected \(K, 77\)"),
     (lambda ids: np.where(ids == ids.max(), 60000, ids), r"text_ids must be integer token ids in \[0, 49408\)"),
+    (lambda ids: np.where(ids == ids.max(), 49408, ids), r"text_ids must be integer token ids in \[0, 49408\)"),
     (lambda ids: ids - 5, r"text_ids must be integer token ids in \[0, 49408\)"),
     (lambda ids: ids.astype(np.float32), r"text_ids must be integer token ids in \[0, 49408\)"),
   ],
-  ids=["one-text", "extra-axis", "no-text", "beyond-vocabulary", "negative", "float"],
+  ids=["one-text", "extra-axis", "no-text", "beyond-vocabulary", "the-vocabulary-size", "negative", "float"],
 )
 def test_text_ids_that_tokenize_does_not_give_are_refused(model, inputs, change, message):
   _, text_ids, _ = inputs

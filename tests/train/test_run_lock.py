@@ -42,12 +42,22 @@ def test_a_workdir_held_by_a_live_run_or_one_of_another_host_is_refused(tmp_path
   assert (tmp_path / run_lock.LOCK_FILE).read_text() == before
 
 
-@pytest.mark.parametrize("content", ["ended", "half-written"])
+@pytest.mark.parametrize("content", ["ended", "half-written", "no-pid"])
 def test_a_lock_left_by_a_run_that_ended_is_taken_over(tmp_path, content):
   if content == "ended":
     _lock(tmp_path, _ended_process())
   else:
-    (tmp_path / run_lock.LOCK_FILE).write_text('{"host": ')
+    (tmp_path / run_lock.LOCK_FILE).write_text({"half-written": '{"host": ', "no-pid": '{"host": "h"}'}[content])
   with run_lock.held(tmp_path):
     assert json.loads((tmp_path / run_lock.LOCK_FILE).read_text())["pid"] == os.getpid()
   assert not (tmp_path / run_lock.LOCK_FILE).exists()
+
+
+def test_a_workdir_held_by_a_live_process_of_another_user_is_refused(tmp_path, monkeypatch):
+  def not_allowed(pid, signal):
+    raise PermissionError(1, "Operation not permitted")
+
+  _lock(tmp_path, 1)
+  monkeypatch.setattr(run_lock.os, "kill", not_allowed)
+  with pytest.raises(run_lock.WorkdirInUseError), run_lock.held(tmp_path):
+    pytest.fail("entered a held workdir")

@@ -289,6 +289,9 @@ def test_config_defaults_fill_omitted_fields():
     prompts_alpha=0.1,
   )
   assert hf_xclip.arch_from_hf_config(hf_xclip.hf_config_from_arch(arch)) == arch
+  # Each head count its own, so that none can stand for another.
+  distinct = {**arch, "vision_heads": 6, "transformer_heads": 2, "mit_heads": 4, "prompts_heads": 16}
+  assert hf_xclip.arch_from_hf_config(hf_xclip.hf_config_from_arch(distinct)) == distinct
 
 
 def test_is_hf_checkpoint(safetensors_dir, tmp_path):
