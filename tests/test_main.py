@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 
 import jax
 import numpy as np
@@ -395,6 +396,20 @@ def test_speed_and_time_left_leave_out_the_time_of_validations(dataset, tmp_path
   # Two steps of 4 clips in the window: under 3 s unless the validation is counted.
   assert 2 * 4 / shown[6]["clips_per_second"] < 2.5, shown[6]
   assert shown[6]["eta_seconds"] < 2.5, shown[6]
+  assert shown[6]["epoch"] == 6 / 4  # 4 steps an epoch
+
+
+def test_the_progress_figures_of_a_window_of_steps(monkeypatch):
+  """4 steps of 8 clips in 2 s, 6 steps of 10 left: 16 clips/s, 3 s left; the mean loss, the last learning rate."""
+  clock = iter([100.0, 102.0, 102.0])  # the window opens, closes, and the next one opens
+  monkeypatch.setattr(trainer, "time", types.SimpleNamespace(time=lambda: next(clock)))
+  window = trainer._MetricWindow()
+  for step, loss in zip(range(1, 5), (4.0, 3.0, 2.0, 1.0)):
+    window.add(step, {"loss": np.float32(loss), "grad_norm": np.float32(1.0), "lr": np.float32(step / 10)})
+  scalars = window.summary(4, 10, batch_size=8)
+  assert scalars == pytest.approx(
+    {"loss": 2.5, "grad_norm": 1.0, "lr": 0.4, "clips_per_second": 16.0, "eta_seconds": 3.0}
+  )
 
 
 def test_best_holds_the_model_of_the_best_validation(dataset, tmp_path, monkeypatch):
