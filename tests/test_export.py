@@ -261,12 +261,13 @@ def test_a_write_that_fails_after_the_export_is_a_one_line_error_and_leaves_noth
   assert not any(tmp_path.iterdir())
 
 
-def test_an_export_whose_runtime_gives_other_probabilities_is_refused(checkpoint, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("error", [0.05, float("nan")])
+def test_an_export_whose_runtime_gives_other_probabilities_is_refused(checkpoint, tmp_path, capsys, monkeypatch, error):
   serve = export.SERVERS["stablehlo"]
-  monkeypatch.setitem(export.SERVERS, "stablehlo", lambda out, frames: serve(out, frames) + 0.05)
+  monkeypatch.setitem(export.SERVERS, "stablehlo", lambda out, frames: serve(out, frames) + error)
   assert export.command(checkpoint, tmp_path / "out", classes=CLASSES, fmt="stablehlo") == 2
   captured = capsys.readouterr()
-  message = "error: --format=stablehlo: the exported model's probabilities differ from JAX's by 0.05 (shape (2, 3)"
+  message = f"error: --format=stablehlo: the exported model's probabilities differ from JAX's by {error:.3g} (shape"
   assert captured.err.count("\n") == 1 and captured.err.startswith(message), captured.err
   assert not any(tmp_path.iterdir())
 

@@ -159,6 +159,22 @@ def test_tar_members_stored_as_links_are_read_as_the_files_they_link_to(data, tm
     source.read_bytes("sub/dangling.mp4")
 
 
+def test_a_base_name_two_tar_members_share_finds_neither_and_a_tar_cut_inside_a_member_says_so(tmp_path):
+  (tmp_path / "a").mkdir()
+  (tmp_path / "b").mkdir()
+  (tmp_path / "a/x.mp4").write_bytes(b"a" * 5000)
+  (tmp_path / "b/x.mp4").write_bytes(b"b" * 5000)
+  tar = video_fixtures.write_tar(tmp_path / "videos.tar", tmp_path, ["a/x.mp4", "b/x.mp4"])
+  source = video_decode.VideoSource(tar)
+  assert source.read_bytes("b/x.mp4") == b"b" * 5000
+  with pytest.raises(video_decode.VideoDecodeError, match=r"c/x\.mp4: not found"):
+    source.read_bytes("c/x.mp4")  # which x.mp4 it means, the base name does not tell
+  data = tar.read_bytes()
+  tar.write_bytes(data[: data.index(b"b" * 5000) + 100])  # the copy stopped inside b/x.mp4
+  with pytest.raises(video_decode.VideoDecodeError, match=r"b/x\.mp4: .*videos\.tar ends inside this member"):
+    source.read_bytes("b/x.mp4")
+
+
 def test_folder_and_tar_streams_agree(data):
   from_folder = _take(_train(data, data["good"]), 2)
   from_tar = _take(_train(data, data["good"], root=data["tar"]), 2)

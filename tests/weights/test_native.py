@@ -124,11 +124,15 @@ def test_a_write_that_fails_leaves_no_config(tmp_path, monkeypatch):
   assert not native.is_checkpoint(tmp_path / "tiny")
 
 
-@pytest.mark.parametrize("kind", ["notes", "workdir", "file"])
+@pytest.mark.parametrize("kind", ["notes", "workdir", "file", "checkpoint-and-notes"])
 def test_saving_over_anything_but_a_checkpoint_is_refused_and_leaves_it(tmp_path, kind):
-  """A folder with other files (a workdir, notes in params/), or a file: the saved model would replace or hide them."""
+  """A folder with other files (a workdir, notes in params/, notes beside a checkpoint), or a file: the saved model
+  would replace or hide them."""
   target = tmp_path / "target"
-  if kind == "notes":
+  if kind == "checkpoint-and-notes":
+    tiny.model().save(target)
+    (target / "notes.txt").write_text("mine\n")
+  elif kind == "notes":
     (target / native.PARAMS_DIR).mkdir(parents=True)
     (target / native.PARAMS_DIR / "notes.txt").write_text("mine\n")
   elif kind == "workdir":
