@@ -412,6 +412,22 @@ def test_the_progress_figures_of_a_window_of_steps(monkeypatch):
   )
 
 
+def test_the_single_frame_control_reports_the_top1_of_its_own_list(dataset, tmp_path, monkeypatch):
+  root, _ = dataset
+  run_eval_set = evaluate.run_eval_set
+
+  def rigged(config, eval_set, *args):
+    results = run_eval_set(config, eval_set, *args)
+    return {**results, "top1": 0.25, "top5": 0.75} if eval_set.name == "single_frame" else results
+
+  monkeypatch.setattr(evaluate, "run_eval_set", rigged)
+  config = in_process_config(dataset, mode="eval")
+  with config.unlocked():
+    config.data.single_frame_file = str(root / "val.txt")
+  results = trainer.train_and_evaluate(config, tmp_path)
+  assert results["single_frame_top1"] == 0.25
+
+
 def test_best_holds_the_model_of_the_best_validation(dataset, tmp_path, monkeypatch):
   """Validation top-1 of 0.9 after epoch 1 (step 4), 0.3 after epoch 2: best/ is step 4's model."""
   run_eval_set, validations = evaluate.run_eval_set, iter([0.9, 0.3])

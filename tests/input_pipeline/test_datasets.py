@@ -44,7 +44,7 @@ def test_good_lists_resolve_to_the_training_list(config, tmp_path):
   assert experiment.num_train_videos == 4
 
 
-@pytest.mark.parametrize("field", ["val_file", "test_file"])
+@pytest.mark.parametrize("field", ["val_file", "test_file", "single_frame_file"])
 def test_a_bad_label_in_an_evaluation_list_stops_before_training(config, tmp_path, field):
   config.data[field] = _list(tmp_path, "bad.txt", "v/a.mp4 0\nv/b.mp4 3\n")
   with pytest.raises(ValueError, match=r"bad\.txt:2: label 3 is outside the label list of 3 classes"):
@@ -80,7 +80,7 @@ def test_training_needs_a_validation_list(config, tmp_path):
     datasets.resolve(config, epath.Path(tmp_path / "workdir"))
 
 
-@pytest.mark.parametrize("field", ["train_file", "val_file", "test_file"])
+@pytest.mark.parametrize("field", ["train_file", "val_file", "test_file", "single_frame_file"])
 def test_a_missing_video_stops_before_training(config, tmp_path, field):
   # One of four videos, more than 1% of them.
   config.data[field] = _list(tmp_path, "gone.txt", "v/a.mp4 0\nv/gone.mp4 1\nv/c.mp4 2\nw/d.mp4 0\n")
