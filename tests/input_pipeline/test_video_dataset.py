@@ -3,6 +3,7 @@
 import itertools
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import tarfile
@@ -286,6 +287,20 @@ def test_too_many_failures_stop_the_iterator_with_a_python_error(data, make, mes
   annotation = _annotations(data, "too_broken.txt", lines)
   with pytest.raises(video_dataset.TooManyFailuresError, match=f"^{message}"):
     _take(make(data, annotation, max_failure_fraction=0.1), 4)
+
+
+def test_each_of_several_processes_allows_its_share_of_the_failures(data):
+  """Two processes: each reads half an epoch's 10 slots (5 batches of 2), and allows 10% of that half."""
+  lines = _good_lines(data) + ["broken/garbage.mp4 0", "broken/empty.mp4 1"]
+  annotation = _annotations(data, "too_broken.txt", lines)
+  messages = []
+  for process_index in (0, 1):
+    try:
+      settings = dict(batch_size=2, max_failure_fraction=0.1, process_index=process_index, process_count=2)
+      _take(_train(data, annotation, **settings), 5)
+    except video_dataset.TooManyFailuresError as error:
+      messages.append(str(error))
+  assert messages and all(re.match(r"1 videos .* allowed 0.5;", m) for m in messages), messages
 
 
 def test_a_slot_whose_stand_ins_all_fail_stops_the_iterator_with_a_python_error(data):
