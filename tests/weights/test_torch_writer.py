@@ -67,3 +67,11 @@ def test_save_rejects_what_torch_cannot_hold(tmp_path):
     torch_writer.save_torch_state_dict({"counts": np.zeros(2, np.uint32)}, tmp_path / "x.pth")
   with pytest.raises(ValueError, match="key 3 in the checkpoint is not a string"):
     torch_writer.save_torch_state_dict({3: np.zeros(2, np.float32)}, tmp_path / "x.pth")
+
+
+def test_big_endian_arrays_and_integers_of_every_width_load_in_torch(tmp_path):
+  checkpoint = {"model": {"w": np.arange(4, dtype=">f4")}, "step": 100000, "small": 7, "epoch": 300, "big": -(2**40)}
+  torch_writer.save_torch_checkpoint(checkpoint, tmp_path / "ckpt.pth")
+  loaded = torch.load(tmp_path / "ckpt.pth", weights_only=True)
+  np.testing.assert_array_equal(loaded["model"]["w"].numpy(), [0.0, 1.0, 2.0, 3.0])
+  assert (loaded["step"], loaded["small"], loaded["epoch"], loaded["big"]) == (100000, 7, 300, -(2**40))

@@ -105,7 +105,9 @@ class _PickleWriter:
 
   def _tensor(self, array: np.ndarray, where: str):
     """_rebuild_tensor_v2(storage, 0, shape, strides, False, OrderedDict())."""
-    if array.dtype not in _STORAGE_NAME_BY_DTYPE:
+    # Its storage is written little-endian whatever its byte order (save_torch_checkpoint).
+    dtype = array.dtype.newbyteorder("=") if array.dtype.byteorder != "|" else array.dtype
+    if dtype not in _STORAGE_NAME_BY_DTYPE:
       raise ValueError(
         f"{self._path}: {where} has dtype {array.dtype}, which torch.save's "
         f"typed storages cannot hold (supported: "
@@ -118,7 +120,7 @@ class _PickleWriter:
     # Persistent id ('storage', torch.<X>Storage, key, 'cpu', numel).
     self._out.write(pickle.MARK)
     self._string("storage")
-    self._global("torch", _STORAGE_NAME_BY_DTYPE[array.dtype])
+    self._global("torch", _STORAGE_NAME_BY_DTYPE[dtype])
     self._string(storage_key)
     self._string("cpu")
     self._integer(array.size)
