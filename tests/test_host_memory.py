@@ -85,3 +85,12 @@ def test_the_training_command_restarts_with_the_tunable():
     [sys.executable, "-c", code], env=_WITHOUT_TUNABLES, cwd=REPO, capture_output=True, text=True, check=False
   )
   assert result.stdout.splitlines()[-1] == "glibc.malloc.hugetlb=1", result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("version, helps", [((2, 34), False), ((2, 35), True), ((3, 0), True)])
+def test_the_tunable_needs_glibc_2_35(monkeypatch, version, helps):
+  """glibc.malloc.hugetlb came with glibc 2.35; an older glibc ignores it, and a restart would change nothing."""
+  monkeypatch.setattr(host_memory.sys, "platform", "linux")
+  monkeypatch.setattr(host_memory, "huge_page_mode", lambda: "madvise")
+  monkeypatch.setattr(host_memory, "glibc_version", lambda: version)
+  assert host_memory.would_help(_WITHOUT_TUNABLES) == helps

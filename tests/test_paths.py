@@ -45,3 +45,21 @@ def test_a_file_that_is_not_json_is_an_error_naming_it(tmp_path):
     paths.read_json(tmp_path / "best.json")
   (tmp_path / "best.json").write_text('{"top1": 0.5}')
   assert paths.read_json(tmp_path / "best.json") == {"top1": 0.5}
+
+
+def test_into_an_existing_empty_directory_folders_move_before_files(tmp_path, monkeypatch):
+  """A checkpoint's config, which makes a folder one, arrives after its params: an interrupted move never looks like
+  a complete checkpoint."""
+  (tmp_path / "dst").mkdir()
+  moved = []
+  rename = paths.pathlib.Path.rename
+  monkeypatch.setattr(
+    paths.pathlib.Path, "rename", lambda self, target: moved.append(self.name) or rename(self, target)
+  )
+  with paths.written_beside(tmp_path / "dst") as staging:
+    staging.mkdir()
+    (staging / "config.json").write_text("{}")
+    (staging / "params").mkdir()
+    (staging / "params" / "data").write_text("x")
+  assert moved == ["params", "config.json"]
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["dst"] and (tmp_path / "dst/params/data").exists()
