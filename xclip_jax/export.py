@@ -58,8 +58,8 @@ from xclip_jax.model import xclip
 FLAGS = flags.FLAGS
 
 FORMATS = ("saved_model", "stablehlo", "onnx")
-# The module each format's writer needs beyond the core dependencies: the `export` extras.
-# The modules each format needs beyond the requirements: to write its files, and to run them as the export checks.
+# The modules each format needs beyond the core dependencies (the `export` extras): to write its files, and to run
+# them as the export checks.
 EXTRAS = {"saved_model": ("orbax.export",), "onnx": ("jax2onnx", "onnxruntime")}
 # SavedModel and StableHLO are lowered for all of these, so that one file serves on any of them.
 PLATFORMS = ("cpu", "cuda", "tpu")

@@ -92,20 +92,18 @@ def read_checkpoint(directory: pathlib.Path, **overrides) -> tuple[model_config.
     )
   config = _architecture(meta, "config", directory / CONFIG_FILE)
   abstract = official.abstract_params(config)
+  # As host arrays: the caller lays them out on its devices (and processes), wherever the writer's were.
+  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract)
   # Before reading: orbax's abandoned reads may report the moment a read fails, before the failure reaches here.
   quiet_abandoned_reads()
   try:
-    stored = _stored_tree(directory / PARAMS_DIR)
-  except Exception as e:  # damage fails in tensorstore, orbax or its metadata, with errors of many types
-    raise ValueError(f"{directory / PARAMS_DIR} cannot be read: {one_line(e)}") from None
-  _check_stored_params(stored, abstract, f"{directory / PARAMS_DIR}", CONFIG_FILE)
-  # As host arrays: the caller lays them out on its devices (and processes), wherever the writer's were.
-  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract)
-  try:
+    _check_stored_params(_stored_tree(directory / PARAMS_DIR), abstract, f"{directory / PARAMS_DIR}", CONFIG_FILE)
     params = ocp.PyTreeCheckpointer().restore(
       directory / PARAMS_DIR, args=ocp.args.PyTreeRestore(abstract, restore_args=as_numpy)
     )
-  except Exception as e:
+  except official.CheckpointMismatchError:
+    raise  # not damage: the config describes other params
+  except Exception as e:  # damage fails in tensorstore, orbax or its metadata, with errors of many types
     raise ValueError(f"{directory / PARAMS_DIR} cannot be read: {one_line(e)}") from None
   return config.replace(**overrides), params
 
