@@ -233,8 +233,7 @@ def check(small: bool, budget_s: float, parts=tuple(name for name, *_ in PARTS),
   start = time.perf_counter()
   report = {"small": small, "budget_s": budget_s}
   # The parts' processes use glibc's huge pages where the training command would (`xclip_jax.host_memory`).
-  environ = host_memory.with_huge_pages(os.environ) if host_memory.would_help(os.environ) else dict(os.environ)
-  env = _with_xla_flags(environ, _SMALL_XLA_FLAGS if small else "")
+  env = _with_xla_flags(host_memory.as_training_runs(os.environ), _SMALL_XLA_FLAGS if small else "")
   chosen = [entry for entry in PARTS if entry[0] in parts]
   scale = budget_s / (sum(share for _, share, *_ in chosen) + (TUNE[1] if with_tune else 0))
   deadline = start

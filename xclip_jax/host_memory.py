@@ -71,6 +71,12 @@ def with_huge_pages(environ: Mapping[str, str]) -> dict[str, str]:
   return {**environ, _ENV_VAR: ":".join(tunables)}
 
 
+def as_training_runs(environ: Mapping[str, str]) -> dict[str, str]:
+  """A copy of `environ` for a process that should run as the training command does: with the tunable where it
+  `would_help`."""
+  return with_huge_pages(environ) if would_help(environ) else dict(environ)
+
+
 def restart_with_huge_pages():
   """Starts this command again with the tunable, in this process, where it `would_help`; else returns.
 
