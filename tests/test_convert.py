@@ -13,6 +13,7 @@ import pytest
 
 from tests.fixtures import tiny
 import xclip_jax
+from xclip_jax import classify
 from xclip_jax import convert
 from xclip_jax.weights import official
 from xclip_jax.weights import torch_checkpoint
@@ -303,6 +304,8 @@ def test_a_destination_inside_the_source_is_refused(checkpoint, tmp_path, capsys
   assert convert.command(str(source), str(source / "inner")) == 2
   _one_line_error(capsys, f"error: {source / 'inner'} is inside the checkpoint {source}: write it elsewhere")
   assert _contents(source) == before and not (source / "inner").exists()
+  with pytest.raises(classify.UserError, match="is inside the checkpoint"):  # from Python too
+    convert.convert(source, source / "inner")
 
 
 def test_a_directory_as_the_official_destination_is_refused(checkpoint, tmp_path, capsys):

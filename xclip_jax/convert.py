@@ -32,9 +32,9 @@ FORMATS = ("jax", "official")
 USAGE = "usage: python -m xclip_jax.convert SRC DST [--to=jax|official] [--num_frames=N]"
 
 
-def check_arguments(dst, to: str, num_frames: int | None) -> pathlib.Path:
-  """`dst` as a path, or UserError for an unknown format, a --num_frames below 1, or a `dst` that exists (other than
-  as an empty directory, for --to=jax)."""
+def check_arguments(dst, to: str, num_frames: int | None, src=None) -> pathlib.Path:
+  """`dst` as a path, or UserError for an unknown format, a --num_frames below 1, a `dst` that exists (other than
+  as an empty directory, for --to=jax), or one inside the checkpoint `src`."""
   if to not in FORMATS:
     raise classify.UserError(f"--to={to}: unknown format; use one of {', '.join(FORMATS)}")
   if num_frames is not None and num_frames < 1:
@@ -46,6 +46,8 @@ def check_arguments(dst, to: str, num_frames: int | None) -> pathlib.Path:
     raise classify.UserError(f"{dst} exists and is not an empty directory")
   if to == "official" and (dst.exists() or dst.is_symlink()):
     raise classify.UserError(f"{dst} exists")
+  if src is not None and pathlib.Path(src).resolve() in dst.resolve().parents:
+    raise classify.UserError(f"{dst} is inside the checkpoint {src}: write it elsewhere")
   if reason := paths.why_not_creatable(dst):
     raise classify.UserError(f"cannot write {dst}: {reason}")
   return dst
@@ -84,7 +86,7 @@ def official_state_dict(model: pretrained.XCLIPModel) -> dict:
 
 def convert(src, dst, to: str = "jax", num_frames: int | None = None) -> pathlib.Path:
   """Converts the checkpoint `src` to `dst` (`write`), checking the arguments before reading it."""
-  check_arguments(dst, to, num_frames)
+  check_arguments(dst, to, num_frames, src)
   return write(pretrained.load_pretrained(src, num_frames=num_frames), dst, to)
 
 
@@ -93,9 +95,7 @@ def command(src: str, dst: str, *, to: str = "jax", num_frames: int | None = Non
   stderr."""
   try:
     # The cheap checks first: a mistake is reported before the checkpoint is read.
-    check_arguments(dst, to, num_frames)
-    if pathlib.Path(src).resolve() in pathlib.Path(dst).resolve().parents:
-      raise classify.UserError(f"{dst} is inside the checkpoint {src}: write it elsewhere")
+    check_arguments(dst, to, num_frames, src)
     try:
       model = pretrained.load_pretrained(src, num_frames=num_frames)
     except (OSError, ValueError) as e:
