@@ -15,20 +15,27 @@ from xclip_jax.evaluation import zero_shot
 from xclip_jax.parallel import sharding
 
 
-def _with_kinetics600_protocol(config, labels_dir, tmp_path):
-  """`config` with the K600 zero-shot task over tmp_path's val.txt and videos/."""
+def _with_class_splits(config, tmp_path, name, label_list, class_splits):
+  """`config` with the zero-shot task `name`: the classes of each split of `class_splits` among `label_list`, over
+  tmp_path's val.txt and videos/."""
   with config.unlocked():
     config.zero_shot = ml_collections.ConfigDict(
       {
-        "k600_novel": {
+        name: {
           "root": str(tmp_path / "videos"),
           "val_files": (str(tmp_path / "val.txt"),),
-          "label_list": str(labels_dir / "kinetics_600_labels.csv"),
-          "class_splits": str(subsets.KINETICS600_ZERO_SHOT_SPLITS),
+          "label_list": str(label_list),
+          "class_splits": str(class_splits),
         }
       }
     )
   return config
+
+
+def _with_kinetics600_protocol(config, labels_dir, tmp_path):
+  """`config` with the K600 zero-shot task over tmp_path's val.txt and videos/."""
+  labels = labels_dir / "kinetics_600_labels.csv"
+  return _with_class_splits(config, tmp_path, "k600_novel", labels, subsets.KINETICS600_ZERO_SHOT_SPLITS)
 
 
 def test_each_split_evaluates_its_160_classes_and_only_their_videos(labels_dir, tmp_path):
@@ -83,18 +90,9 @@ def test_a_split_keeps_the_order_its_file_gives_its_classes(tmp_path):
   (tmp_path / "splits.json").write_text(json.dumps({"splits": [["diving", "archery", "cooking"]]}))
   (tmp_path / "videos").mkdir()
   (tmp_path / "val.txt").write_text("a.mp4 0\nb.mp4 3\nc.mp4 1\n")
-  config = tiny.experiment_config()
-  with config.unlocked():
-    config.zero_shot = ml_collections.ConfigDict(
-      {
-        "custom": {
-          "root": str(tmp_path / "videos"),
-          "val_files": (str(tmp_path / "val.txt"),),
-          "label_list": str(tmp_path / "labels.csv"),
-          "class_splits": str(tmp_path / "splits.json"),
-        }
-      }
-    )
+  config = _with_class_splits(
+    tiny.experiment_config(), tmp_path, "custom", tmp_path / "labels.csv", tmp_path / "splits.json"
+  )
   ((split,),) = [task.splits for task in zero_shot.tasks(config, tmp_path / "workdir")]
   assert split.class_names == ("diving", "archery", "cooking")
   assert annotations.read_label_list(split.label_list) == ["diving", "archery", "cooking"]
