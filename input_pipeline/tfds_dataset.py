@@ -278,4 +278,4 @@ def make_eval_dataset(
   dataset = _read_records(dataset, index)
   dataset = dataset.map(decode_and_crop, num_parallel_calls=tf.data.AUTOTUNE)
   dataset = dataset.batch(batch_size // process_count, drop_remainder=True)
-  return video_dataset.finish(dataset, failures)
+  return video_dataset.finish(dataset, failures, index.num_videos)

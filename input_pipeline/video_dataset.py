@@ -151,10 +151,11 @@ class FailureLog:
 @dataclasses.dataclass(frozen=True)
 class Batches:
   """A pipeline: its tf.data `dataset`, and its batches as numpy arrays, which stop with its FailureLog's error once
-  too many videos failed."""
+  too many videos failed. An evaluation's also says how many videos its list holds over all processes."""
 
   dataset: tf.data.Dataset
   failures: FailureLog
+  num_videos: int | None = None
 
   def as_numpy_iterator(self) -> Iterator[dict[str, np.ndarray]]:
     for batch in self.dataset.as_numpy_iterator():
@@ -355,7 +356,7 @@ def make_train_dataset(
   return finish(dataset, config.failures)
 
 
-def finish(dataset: tf.data.Dataset, failures: FailureLog) -> Batches:
+def finish(dataset: tf.data.Dataset, failures: FailureLog, num_videos: int | None = None) -> Batches:
   """The end of every pipeline here and in tfds_dataset: prefetching, with tf.data's autotuning off, and the Batches
   that stop on `failures`' error.
 
@@ -366,7 +367,7 @@ def finish(dataset: tf.data.Dataset, failures: FailureLog) -> Batches:
   """
   options = tf.data.Options()
   options.autotune.enabled = False
-  return Batches(dataset.prefetch(tf.data.AUTOTUNE).with_options(options), failures)
+  return Batches(dataset.prefetch(tf.data.AUTOTUNE).with_options(options), failures, num_videos)
 
 
 def eval_lines(num_videos: int, batch_size: int, process_index: int, process_count: int) -> np.ndarray:
@@ -443,4 +444,4 @@ def make_eval_dataset(
   dataset = tf.data.Dataset.from_tensor_slices(lines)
   dataset = dataset.map(decode_and_crop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   dataset = dataset.batch(batch_size // process_count, drop_remainder=True)
-  return finish(dataset, config.failures)
+  return finish(dataset, config.failures, len(records))

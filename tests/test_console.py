@@ -11,6 +11,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import time
 
 from absl import logging as absl_logging
 import pytest
@@ -100,6 +101,56 @@ def test_a_terminal_of_no_width_gets_the_plain_lines(monkeypatch):
   assert terminal.getvalue() == "step 250/1200  epoch 3.33  loss 1.7242  lr 1.20e-04  42.1 clips/s  ETA 06:17\n"
 
 
+class _Clock:
+  def __init__(self):
+    self.now = 1000.0
+
+  def __call__(self):
+    return self.now
+
+
+def test_a_long_evaluation_prints_a_plain_line_at_each_tenth_done_with_its_rate_and_time_left(monkeypatch, capsys):
+  clock = _Clock()
+  monkeypatch.setattr(console.time, "monotonic", clock)
+  progress = console.EvalProgress("test", 1000)
+  clock.now += 40  # compiling and the first batch
+  progress.advance(100)  # the first batch: the rate starts here
+  clock.now += 10
+  progress.advance(100)  # 200 done, 100 in 10 s: 10 videos/s, 800 left
+  progress.advance(50)  # still within the second tenth
+  clock.now += 5
+  progress.advance(1000)  # padding past the end of the list is not counted
+  progress.close()
+  assert capsys.readouterr().out.splitlines() == [
+    "evaluating test: 100/1000 videos  0.0 videos/s  ETA ?",
+    "evaluating test: 200/1000 videos  10.0 videos/s  ETA 01:20",
+    "evaluating test: 1000/1000 videos  60.0 videos/s  ETA 00:00",
+  ]
+
+
+def test_a_short_evaluation_prints_no_progress_lines(monkeypatch, capsys):
+  clock = _Clock()
+  monkeypatch.setattr(console.time, "monotonic", clock)
+  progress = console.EvalProgress("val", 40)
+  for _ in range(10):
+    clock.now += console.EvalProgress.PLAIN_AFTER_SECONDS / 11
+    progress.advance(4)
+  progress.close()
+  assert capsys.readouterr().out == ""
+
+
+def test_on_a_terminal_the_evaluation_line_is_live_and_goes_when_it_ends(monkeypatch):
+  terminal = _Terminal()
+  monkeypatch.setattr(sys, "stdout", terminal)
+  progress = console.EvalProgress("val", 4)
+  progress.advance(2)
+  time.sleep(0.15)  # tqdm redraws at most ten times a second
+  progress.advance(2)
+  assert re.fullmatch(r"evaluating val: 4/4 videos .* videos/s  ETA 00:00", terminal.getvalue().split("\r")[-1])
+  progress.close()
+  assert terminal.getvalue().split("\r")[-1].strip() == ""
+
+
 def test_log_file_takes_library_info_lines_that_the_terminal_does_not(tmp_path, capsys):
   console.setup(verbose=False)
   logging.getLogger("orbax.checkpoint").info("CheckpointManager init: checkpointers=None")  # before the file is known
@@ -140,6 +191,9 @@ def test_other_processes_print_only_warnings_which_name_the_process(tmp_path, ca
   progress.tick()
   progress.update(3, SCALARS)
   progress.close()
+  evaluation = console.EvalProgress("val", 10)
+  evaluation.advance(10)
+  evaluation.close()
   absl_logging.warning("skipping video v3.mp4: no frames")
   terminal = capsys.readouterr()
   assert terminal.out == ""

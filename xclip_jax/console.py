@@ -169,6 +169,59 @@ class Progress:
       self._bar.close()
 
 
+class EvalProgress:
+  """The progress of an evaluation on process 0, e.g. `evaluating test: 120/400 videos  12.3 videos/s  ETA 00:25`.
+
+  On a terminal, a live line that goes away when the evaluation ends (below the training line, during training).
+  Elsewhere, plain lines at each tenth of the videos done, once the evaluation has run PLAIN_AFTER_SECONDS: a long
+  final evaluation shows in a log that it is moving, a short validation adds nothing.
+  """
+
+  PLAIN_AFTER_SECONDS = 30
+
+  def __init__(self, name: str, total_videos: int):
+    self._name, self._total = name, total_videos
+    self._done = self._printed_tenths = 0
+    self._bar = None
+    self._plain = _process_index == 0 and (not sys.stdout.isatty() or _columns(sys.stdout) == 0)
+    self._start = time.monotonic()
+    # The rate counts from the first batch done: before it come compiling and filling the input pipeline.
+    self._first = None
+    if _process_index == 0 and not self._plain:
+      self._bar = tqdm.tqdm(
+        total=total_videos,
+        file=sys.stdout,
+        dynamic_ncols=True,
+        leave=False,
+        bar_format=f"evaluating {name}: {{n_fmt}}/{{total_fmt}} videos {{bar}} {{rate_fmt}}  ETA {{remaining}}",
+        unit=" videos",
+      )
+
+  def advance(self, videos: int):
+    """`videos` more rows of the list done (a global batch; its padding past the list's end is not counted)."""
+    videos = min(videos, self._total - self._done)
+    self._done += videos
+    now = time.monotonic()
+    if self._bar is not None:
+      self._bar.update(videos)
+    if not self._plain:
+      return
+    if self._first is None:
+      self._first = (now, self._done)
+    tenths = 10 * self._done // max(self._total, 1)
+    if tenths <= self._printed_tenths or now - self._start < self.PLAIN_AFTER_SECONDS:
+      return
+    self._printed_tenths = tenths
+    first_time, first_done = self._first
+    rate = (self._done - first_done) / (now - first_time) if now > first_time else 0.0
+    eta = tqdm.tqdm.format_interval((self._total - self._done) / rate) if rate else "?"
+    print(f"evaluating {self._name}: {self._done}/{self._total} videos  {rate:.1f} videos/s  ETA {eta}", flush=True)
+
+  def close(self):
+    if self._bar is not None:
+      self._bar.close()
+
+
 def _columns(stream) -> int | None:
   """The width of the terminal `stream` writes to; None where it does not say."""
   try:

@@ -95,8 +95,9 @@ def test_eval_step_ranks_classes_by_the_softmax_averaged_over_views():
 
 
 class _Batches:
-  def __init__(self, batches):
+  def __init__(self, batches, num_videos=2):
     self._batches = batches
+    self.num_videos = num_videos
 
   def as_numpy_iterator(self):
     return iter(self._batches)
@@ -113,6 +114,8 @@ def test_videos_that_failed_and_padding_rows_are_left_out_and_each_video_counted
   }
   mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
   passed_through = lambda params, text_features, batch: batch
-  results = evaluate.evaluate(passed_through, None, None, _Batches([batch]), mesh, ["archery", "bowling"], views=1)
+  results = evaluate.evaluate(
+    passed_through, None, None, _Batches([batch]), mesh, ["archery", "bowling"], views=1, name="val"
+  )
   assert (results["num_videos"], results["top1"]) == (1, 1.0)
   assert results["confusion_matrix"] == [[1, 0], [0, 0]]

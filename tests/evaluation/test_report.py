@@ -102,14 +102,36 @@ def test_an_evaluation_without_training_draws_only_the_confusion_matrix(tmp_path
   assert _png(path)
 
 
-def test_summary_names_accuracy_control_time_and_files():
-  results = {"top1": 0.95, "num_videos": 300, "views": 12, "single_frame_top1": 0.17, "confusion_matrix": [[0] * 6] * 6}
+def test_summary_names_accuracy_skipped_videos_control_time_and_files():
+  results = {
+    "top1": 0.95,
+    "top5": 0.99,
+    "num_videos": 300,
+    "views": 12,
+    "skipped_videos": 2,
+    "single_frame_top1": 0.17,
+    "confusion_matrix": [[0] * 6] * 6,
+  }
   table = report.run_summary(results, 185.4, [("results", "runs/demo/eval_results.json")])
   lines = table.splitlines()
   assert "95.0%" in lines[0] and "300 videos, 12 views" in lines[0]
-  assert "single-frame control" in lines[1] and "17.0%" in lines[1] and "chance 16.7%" in lines[1]
-  assert "3 min 05 s" in lines[2]
-  assert lines[3].split() == ["results", "runs/demo/eval_results.json"]
+  assert lines[1].split() == ["top-5", "99.0%"]
+  assert lines[2].split()[:3] == ["skipped", "videos", "2"]
+  assert "single-frame control" in lines[3] and "17.0%" in lines[3] and "chance 16.7%" in lines[3]
+  assert "3 min 05 s" in lines[4]
+  assert lines[5].split() == ["results", "runs/demo/eval_results.json"]
+
+
+def test_summary_leaves_out_top5_of_five_classes_or_fewer_and_no_skipped_videos():
+  results = {
+    "top1": 0.4,
+    "top5": 1.0,
+    "num_videos": 5,
+    "views": 1,
+    "skipped_videos": 0,
+    "confusion_matrix": [[0] * 5] * 5,
+  }
+  assert [line.split()[0] for line in report.run_summary(results, 1, []).splitlines()] == ["top-1", "wall"]
 
 
 def test_the_confusion_picture_colours_each_true_class_row_by_its_shares(tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ import numpy as np
 
 from input_pipeline import datasets
 from input_pipeline import video_dataset
+from xclip_jax import console
 from xclip_jax.model import tokenizer
 from xclip_jax.model import xclip
 from xclip_jax.parallel import sharding
@@ -57,12 +58,20 @@ def make_text_encoder(module: xclip.XCLIP):
   return jax.jit(lambda params, ids: module.apply({"params": params}, ids, method=xclip.XCLIP.encode_text))
 
 
-def evaluate(eval_step, params, text_features, dataset, mesh, class_names: Sequence[str], views: int) -> dict:
-  """Runs `dataset` (from datasets.eval_stream) through `eval_step`; returns the results of all processes."""
+def evaluate(
+  eval_step, params, text_features, dataset, mesh, class_names: Sequence[str], views: int, name: str
+) -> dict:
+  """Runs `dataset` (from datasets.eval_stream) through `eval_step`, showing its progress as `name`; returns the
+  results of all processes."""
   outputs = []
-  for local_batch in dataset.as_numpy_iterator():
-    batch = sharding.global_batch(local_batch, mesh)
-    outputs.append(eval_step(params, text_features, batch))
+  progress = console.EvalProgress(name, dataset.num_videos)
+  try:
+    for local_batch in dataset.as_numpy_iterator():
+      batch = sharding.global_batch(local_batch, mesh)
+      outputs.append(eval_step(params, text_features, batch))
+      progress.advance(len(batch["label"]))
+  finally:
+    progress.close()
   gathered = [multihost_utils.process_allgather(out, tiled=True) for out in outputs]
   if not gathered:
     raise ValueError("the evaluation list is empty")
@@ -92,6 +101,11 @@ def summarize(top: np.ndarray, labels: np.ndarray, class_names: Sequence[str], v
   }
 
 
+def top5_tells(results: dict) -> bool:
+  """Whether `results`' top-5 says anything: with TOP_K classes or fewer, every video's class is among them."""
+  return len(results["confusion_matrix"]) > TOP_K
+
+
 def run_eval_set(
   config, eval_set: datasets.EvalSet, eval_step, text_encoder, params, mesh, num_clips: int, num_crops: int
 ):
@@ -100,7 +114,8 @@ def run_eval_set(
   text_features = text_encoder(params, text_ids)
   failures = video_dataset.FailureLog()
   dataset = datasets.eval_stream(config, eval_set, num_clips, num_crops, failures)
-  results = evaluate(eval_step, params, text_features, dataset, mesh, eval_set.class_names, num_clips * num_crops)
+  views = num_clips * num_crops
+  results = evaluate(eval_step, params, text_features, dataset, mesh, eval_set.class_names, views, eval_set.name)
   # Each process reads its own slice of the list.
   results["skipped_videos"] = int(np.sum(multihost_utils.process_allgather(np.int64(len(failures.paths)))))
   logging.info(

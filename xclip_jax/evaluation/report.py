@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from xclip_jax import paths
+from xclip_jax.evaluation import evaluate
 
 CURVES_FILE = "training_curves.png"
 CONFUSION_FILE = "confusion_matrix.png"
@@ -121,6 +122,10 @@ def run_summary(results: dict, seconds: float, files: list[tuple[str, str]]) -> 
   rows = []
   if "top1" in results:
     rows.append(("top-1", f"{100 * results['top1']:.1f}%  ({results['num_videos']} videos, {results['views']} views)"))
+    if evaluate.top5_tells(results):
+      rows.append(("top-5", f"{100 * results['top5']:.1f}%"))
+    if results.get("skipped_videos"):
+      rows.append(("skipped videos", f"{results['skipped_videos']} (unreadable; the warnings name them)"))
   if "single_frame_top1" in results:
     chance = 100 / len(results["confusion_matrix"])
     rows.append(("single-frame control top-1", f"{100 * results['single_frame_top1']:.1f}%  (chance {chance:.1f}%)"))

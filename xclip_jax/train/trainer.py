@@ -456,9 +456,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         started = time.time()
         results = evaluate.run_eval_set(config, val_set, eval_step, text_encoder, state.params, mesh, 1, 1)
         writer.write_scalars(step, {"eval/top1": results["top1"], "eval/top5": results["top5"]})
+        top5 = f"  top-5 {100 * results['top5']:.1f}%" if evaluate.top5_tells(results) else ""
         console.info(
-          f"step {step}: validation top-1 {100 * results['top1']:.1f}%  top-5 {100 * results['top5']:.1f}%  "
-          f"({results['num_videos']} videos)"
+          f"step {step}: validation top-1 {100 * results['top1']:.1f}%{top5}  ({results['num_videos']} videos)"
         )
         if results["top1"] > best_top1:
           _check_finite_params(step, state.params)
