@@ -1,12 +1,15 @@
 """tfds_dataset: training and evaluation batches from build_tfds records."""
 
 import itertools
+import json
 import pathlib
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from input_pipeline import build_tfds
 from input_pipeline import tfds_dataset
@@ -132,6 +135,53 @@ def test_evaluation_sees_every_video_once_across_hosts(records):
   # Lines 0-2 and 4-6 are videos 0-5; line 3 (junk) is masked out.
   assert sorted(seen) == [(0, 0), (1, 1), (2, 2), (4, 3), (5, 4), (6, 5)]
   assert failures.paths == {"junk.mp4"}
+
+
+def test_evaluation_allows_failures_among_its_videos_not_its_padding_rows(records):
+  # 7 lines in one global batch of 8 with 1 padding row; the junk line is 1 failure of 7 videos. 13% allows 0.91 of
+  # them (1.04 if the padding row counted as a video).
+  batches = tfds_dataset.make_eval_dataset(
+    records["with_junk"], "train", batch_size=8, max_failure_fraction=0.13, **CLIP
+  )
+  with pytest.raises(video_dataset.TooManyFailuresError, match=r"^1 videos .* allowed 0\.91;"):
+    _batches(batches, 1)
+
+
+def _with_metadata(records_dir, tmp_path, edit):
+  """A copy of a records folder whose metadata.json `edit` changed."""
+  copy = tmp_path / "records"
+  shutil.copytree(records_dir, copy)
+  metadata = json.loads((copy / "metadata.json").read_text())
+  edit(metadata["train"])
+  (copy / "metadata.json").write_text(json.dumps(metadata))
+  return str(copy)
+
+
+def test_records_that_are_not_where_the_metadata_says_are_an_error_not_other_videos(records, tmp_path):
+  # The metadata says line 2 was skipped instead of line 3 (the junk): as many records, but line 3's place in the
+  # shards holds line 2's record.
+  def move_skipped_line(split):
+    split["skipped"][0]["annotation_index"] = 2
+
+  data_dir = _with_metadata(records["with_junk"], tmp_path, move_skipped_line)
+  batches = tfds_dataset.make_eval_dataset(data_dir, "train", batch_size=7, max_failure_fraction=1.0, **CLIP)
+  with pytest.raises(tf.errors.InvalidArgumentError, match="metadata.json does not match the shards"):
+    _batches(batches, 1)
+
+
+@pytest.mark.parametrize("skipped_lines,accounted_for", [([], 7), ([3, 5], 5)], ids=["fewer records", "more records"])
+def test_metadata_that_accounts_for_another_number_of_records_is_refused(
+  records, tmp_path, skipped_lines, accounted_for
+):
+  # The split holds 6 records, of 7 lines with line 3 skipped.
+  def set_skipped_lines(split):
+    split["skipped"] = [{"annotation_index": line, "path": f"{line}.mp4", "reason": "junk"} for line in skipped_lines]
+
+  data_dir = _with_metadata(records["with_junk"], tmp_path, set_skipped_lines)
+  with pytest.raises(
+    ValueError, match=f"split 'train': the split has 6 records but its metadata accounts for {accounted_for} "
+  ):
+    tfds_dataset.make_train_dataset(data_dir, batch_size=2, seed=0, **CLIP)
 
 
 def test_pipelines_run_without_tf_data_autotuning(records):

@@ -248,6 +248,28 @@ def test_epochs_are_whole_global_batches_of_a_permutation():
     order.positions(start_position=0, process_index=0, process_count=3)
 
 
+def test_each_slot_draws_its_own_stand_ins():
+  # Seeded by the slot too: broken videos of one epoch do not all get the same stand-in.
+  order = video_dataset.TrainOrder(1000, seed=3, batch_size=4)
+  first_stand_ins = {order.stand_in(epoch=0, slot=slot, attempt=1) for slot in range(20)}
+  assert len(first_stand_ins) > 10
+
+
+def test_each_attempt_draws_another_stand_in():
+  # Seeded by the attempt too: a slot whose stand-in is broken tries another video, not the same one again.
+  order = video_dataset.TrainOrder(1000, seed=3, batch_size=4)
+  stand_ins = {order.stand_in(epoch=0, slot=5, attempt=attempt) for attempt in range(1, 11)}
+  assert len(stand_ins) > 5
+
+
+def test_a_slot_gets_max_stand_ins_stand_ins_then_gives_up():
+  order = video_dataset.TrainOrder(1000, seed=3, batch_size=4)
+  for attempt in range(1, video_dataset.MAX_STAND_INS + 1):
+    assert 0 <= order.stand_in(epoch=0, slot=5, attempt=attempt) < 1000
+  with pytest.raises(video_dataset.TooManyFailuresError, match=f"and {video_dataset.MAX_STAND_INS} stand-ins for it"):
+    order.stand_in(epoch=0, slot=5, attempt=video_dataset.MAX_STAND_INS + 1)
+
+
 def test_resumed_stream_continues_with_identical_batches(data):
   # A broken video in the list: skipping must not shift the resumed stream.
   lines = _good_lines(data)
@@ -368,6 +390,12 @@ def test_evaluation_sees_every_video_once_across_hosts(data, process_count):
   assert sorted(seen) == list(range(8))
   assert failed == [7]
   assert failures.paths == {"broken/garbage.mp4"}
+
+
+def test_each_evaluation_process_reads_its_block_of_rows_of_every_global_batch():
+  # 10 lines in 3 global batches of 4 (the last padded with -1); of 2 processes, 0 reads rows 0-1, 1 reads rows 2-3.
+  assert video_dataset.eval_lines(10, batch_size=4, process_index=0, process_count=2).tolist() == [0, 1, 4, 5, 8, 9]
+  assert video_dataset.eval_lines(10, batch_size=4, process_index=1, process_count=2).tolist() == [2, 3, 6, 7, -1, -1]
 
 
 def test_eval_views_and_frames(data):

@@ -169,6 +169,18 @@ def test_fast_path_serves_the_codecs_it_is_exact_for(videos, name):
   assert video.is_packet_indexed == (name in PACKET_INDEXED)
 
 
+@pytest.mark.parametrize("name", sorted(PACKET_INDEXED))
+def test_fast_path_decodes_its_videos_without_falling_back(videos, name, monkeypatch):
+  # Its results equal the exact path's, so only a fallback that fails shows that the fast path did the work.
+  def no_fallback(*args, **kwargs):
+    raise AssertionError("fell back to the exact path")
+
+  monkeypatch.setattr(video_decode._Video, "decode_every_frame", no_fallback)
+  video_bytes, reference = videos[name]
+  frames, indices = video_decode.decode_sampled_frames(video_bytes, _choose("train", 16))
+  np.testing.assert_array_equal(frames, reference[indices])
+
+
 def _packets(video_bytes):
   with av.open(io.BytesIO(video_bytes)) as container:
     return [p for p in container.demux(container.streams.video[0]) if p.size]

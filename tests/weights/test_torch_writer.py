@@ -1,6 +1,8 @@
 """Tests for xclip_jax.weights.torch_writer: torch.save checkpoints written without torch."""
 
 import collections
+import struct
+import zipfile
 
 import ml_dtypes
 import numpy as np
@@ -34,12 +36,30 @@ def test_saved_state_dict_loads_in_torch_bit_exactly(tmp_path):
   assert list(loaded) == list(state_dict)
   for name, array in state_dict.items():
     torch_reference.assert_bitwise_equal(torch_reference.as_numpy(loaded[name]), array)
-  # torch's memory-mapped loading requires the 64-byte record alignment.
+  # Memory-mapped loading reads the tensors in place, from the records' offsets.
   mapped = torch.load(path, weights_only=True, mmap=True)
   np.testing.assert_array_equal(mapped["visual.conv1.weight"].numpy(), state_dict["visual.conv1.weight"])
   ours = torch_pickle.load_torch_file(path)
   for name, array in state_dict.items():
     torch_reference.assert_bitwise_equal(ours[name], array)
+
+
+def test_every_record_starts_on_a_64_byte_boundary_as_torch_writes_them(tmp_path):
+  # Arrays and names of odd byte lengths, so that records written back to back would not stay aligned.
+  state_dict = {"a": np.ones(3, np.float16), "bias_of_odd_name": np.ones(1, np.int8), "c": np.ones((5, 7), np.float32)}
+  path = tmp_path / "aligned.pth"
+  torch_writer.save_torch_state_dict(state_dict, path)
+
+  file_bytes = path.read_bytes()
+  data_offsets = {}
+  with zipfile.ZipFile(path) as archive:
+    for info in archive.infolist():
+      # A local file header: 30 bytes, the name, then the extra field, then the data.
+      signature, *_, name_length, extra_length = struct.unpack_from("<4s5H3I2H", file_bytes, info.header_offset)
+      assert signature == b"PK\x03\x04"
+      data_offsets[info.filename] = info.header_offset + 30 + name_length + extra_length
+  assert {f"archive/data/{key}" for key in range(3)} <= set(data_offsets)
+  assert {name: offset % 64 for name, offset in data_offsets.items()} == dict.fromkeys(data_offsets, 0)
 
 
 def test_saved_training_checkpoint_loads_in_torch(tmp_path):
