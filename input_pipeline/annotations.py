@@ -15,6 +15,8 @@ import re
 
 from etils import epath
 
+from xclip_jax.model import tokenizer
+
 
 @dataclasses.dataclass(frozen=True)
 class VideoRecord:
@@ -51,13 +53,16 @@ def read_label_list(csv_path: str | os.PathLike[str]) -> list[str]:
       )
     if not name:
       raise ValueError(f"{csv_path}:{line_number}: empty class name")
-    if name in first_seen:
-      # Two ids of one name: their text prompts are the same, and results keyed by class name merge them.
-      first_id, first_line = first_seen[name]
+    # Two ids of one text: the model reads the same prompt for both (the tokenizer lower-cases and collapses
+    # whitespace), so the later id is never predicted; results keyed by class name merge them.
+    text = tokenizer.clean_text(name)
+    if text in first_seen:
+      first_id, first_line = first_seen[text]
       raise ValueError(
-        f"{csv_path}:{line_number}: class {name!r} (id {class_id}) is already id {first_id} (line {first_line})"
+        f"{csv_path}:{line_number}: class {name!r} (id {class_id}) reads as class {names[first_id]!r} (id {first_id}, "
+        f"line {first_line}): the model sees the same text for both"
       )
-    first_seen[name] = (len(names), line_number)
+    first_seen[text] = (len(names), line_number)
     names.append(name)
   if not names:
     raise ValueError(f"{csv_path}: the label list has no classes")

@@ -220,7 +220,8 @@ def test_embeddings_are_the_plain_class_texts_and_the_view_averaged_videos(cli_i
   [
     ("--classes=", None, "error: --classes lists no classes"),
     ("--classes=a shape,b,a shape", None, "error: --classes lists 'a shape' more than once"),
-    ("duplicated.csv", None, "duplicated.csv:4: class 'b' (id 2) is already id 1 (line 3)"),
+    ("--classes=Surfing,surfing", None, "error: --classes lists 'Surfing' and 'surfing', which the model reads as"),
+    ("duplicated.csv", None, "duplicated.csv:4: class 'b' (id 2) reads as class 'b' (id 1, line 3)"),
     ("header_only.csv", None, "the label list has no classes"),
     (f"--classes={CLASSES}", "missing", "error: --checkpoint=MISSING: no checkpoint at MISSING"),
     (f"--classes={CLASSES}", "not_a_checkpoint.txt", "error: --checkpoint=OTHER: "),

@@ -269,9 +269,16 @@ def check_class_names(names: Sequence[str], source: str) -> list[str]:
     raise UserError(f"{source} lists no classes")
   if not all(names):
     raise UserError(f"{source} has an empty class name")
-  twice = sorted({name for name in names if names.count(name) > 1})
-  if twice:
-    raise UserError(f"{source} lists {', '.join(repr(name) for name in twice)} more than once")
+  # Names the tokenizer reads as one text (it lower-cases and collapses whitespace) would score the same.
+  spellings = collections.defaultdict(list)
+  for name in names:
+    spellings[tokenizer.clean_text(name)].append(name)
+  for same_text in spellings.values():
+    if len(same_text) > 1:
+      distinct = list(dict.fromkeys(same_text))
+      if len(distinct) == 1:
+        raise UserError(f"{source} lists {distinct[0]!r} more than once")
+      raise UserError(f"{source} lists {' and '.join(map(repr, distinct))}, which the model reads as the same text")
   try:
     tokenizer.tokenize(names)
   except tokenizer.TextTooLongError as error:

@@ -1,5 +1,7 @@
 """Label lists and annotation files: read, and refused with file and line."""
 
+import re
+
 import pytest
 
 from input_pipeline import annotations
@@ -89,5 +91,15 @@ def test_empty_annotation_file_is_refused(tmp_path):
 
 def test_a_class_named_twice_is_refused_naming_both_ids_and_lines(tmp_path):
   path = _write(tmp_path, "labels.csv", "id,name\n0,run\n1,jump\n2, run\n")
-  with pytest.raises(ValueError, match=r"labels\.csv:4: class 'run' \(id 2\) is already id 0 \(line 2\)"):
+  with pytest.raises(ValueError, match=r"labels\.csv:4: class 'run' \(id 2\) reads as class 'run' \(id 0, line 2\)"):
+    annotations.read_label_list(path)
+
+
+@pytest.mark.parametrize("second", ["Dancing", "dancing  ballet", "DANCING\tBALLET"])
+def test_classes_that_differ_only_in_case_or_spacing_are_refused(tmp_path, second):
+  # The tokenizer lower-cases and collapses whitespace: the model would read one prompt for both classes.
+  first = "dancing" if second == "Dancing" else "dancing ballet"
+  path = _write(tmp_path, "labels.csv", f"id,name\n0,{first}\n1,{second}\n")
+  expected = f"labels.csv:3: class {second!r} (id 1) reads as class {first!r} (id 0, line 2)"
+  with pytest.raises(ValueError, match=re.escape(expected)):
     annotations.read_label_list(path)
