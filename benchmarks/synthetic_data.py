@@ -12,6 +12,8 @@ import pathlib
 import av
 import numpy as np
 
+from input_pipeline import annotations
+
 
 def textured_frames(num_frames: int, width: int, height: int, seed: int = 0) -> list[np.ndarray]:
   """(height, width, 3) uint8 frames: smooth patterns moving at different speeds, with normal(0, 6) noise."""
@@ -70,5 +72,5 @@ def write_label_list(path, num_classes: int) -> pathlib.Path:
   words = [n for n, count in sorted(counts.items()) for _ in range(count)]
   names = [" ".join([_WORDS[i // len(_WORDS)], _WORDS[i % len(_WORDS)], *_WORDS[: n - 2]]) for i, n in enumerate(words)]
   path = pathlib.Path(path)
-  path.write_text("id,name\n" + "".join(f"{i},{name}\n" for i, name in enumerate(names)))
+  annotations.write_label_list(path, names)
   return path

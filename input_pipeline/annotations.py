@@ -32,6 +32,13 @@ def _read_text(path: str | os.PathLike[str]) -> str:
     raise ValueError(f"{os.fspath(path)}: not UTF-8 text ({error.reason} at byte {error.start})") from None
 
 
+def write_label_list(csv_path, names: list[str]):
+  """Writes `names` as the `id,name` CSV read_label_list reads (quoted where a name holds a comma or a quote)."""
+  text = io.StringIO(newline="")
+  csv.writer(text, lineterminator="\n").writerows([("id", "name"), *enumerate(names)])
+  epath.Path(csv_path).write_text(text.getvalue())
+
+
 def read_label_list(csv_path: str | os.PathLike[str]) -> list[str]:
   """Returns the class names of an `id,name` CSV, indexed by id."""
   text = _read_text(csv_path)

@@ -30,6 +30,7 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
+from input_pipeline import annotations
 from xclip_jax import paths
 
 CLASS_NAMES = (
@@ -186,7 +187,7 @@ def write(directory, settings: Settings):
       (directory / f"{split}.txt").write_text("".join(f"{path} {label}\n" for path, _, label in written))
       if split == "test":
         (directory / f"{SINGLE_FRAME}.txt").write_text("".join(f"{copy} {label}\n" for _, copy, label in written))
-  (directory / "labels.csv").write_text("id,name\n" + "".join(f"{i},{n}\n" for i, n in enumerate(CLASS_NAMES)))
+  annotations.write_label_list(directory / "labels.csv", CLASS_NAMES)
   (directory / MANIFEST).write_text(json.dumps(dataclasses.asdict(settings), indent=1) + "\n")
 
 

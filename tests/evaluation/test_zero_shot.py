@@ -85,16 +85,16 @@ def test_a_split_whose_classes_have_no_video_is_refused_naming_the_config_field(
 def test_a_split_keeps_the_order_its_file_gives_its_classes(tmp_path):
   """Labels are renumbered in the split's order, so the class names (the texts), and the label list written for the
   split, must follow that order too, whatever the label list's."""
-  names = ["archery", "bowling", "cooking", "diving"]
-  (tmp_path / "labels.csv").write_text("id,name\n" + "".join(f"{i},{n}\n" for i, n in enumerate(names)))
-  (tmp_path / "splits.json").write_text(json.dumps({"splits": [["diving", "archery", "cooking"]]}))
+  # Names with a comma and quotes: the split's label list must quote them.
+  (tmp_path / "labels.csv").write_text('id,name\n0,archery\n1,bowling\n2,"cooking, outdoors"\n3,"diving ""high"""\n')
+  (tmp_path / "splits.json").write_text(json.dumps({"splits": [['diving "high"', "archery", "cooking, outdoors"]]}))
   (tmp_path / "videos").mkdir()
   (tmp_path / "val.txt").write_text("a.mp4 0\nb.mp4 3\nc.mp4 1\n")
   config = _with_class_splits(
     tiny.experiment_config(), tmp_path, "custom", tmp_path / "labels.csv", tmp_path / "splits.json"
   )
   ((split,),) = [task.splits for task in zero_shot.tasks(config, tmp_path / "workdir")]
-  assert split.class_names == ("diving", "archery", "cooking")
-  assert annotations.read_label_list(split.label_list) == ["diving", "archery", "cooking"]
+  assert split.class_names == ('diving "high"', "archery", "cooking, outdoors")
+  assert annotations.read_label_list(split.label_list) == ['diving "high"', "archery", "cooking, outdoors"]
   # archery's video is label 1 of the split, diving's label 0; bowling is in no split.
   assert (tmp_path / "workdir/zero_shot/custom/split1/val.txt").read_text() == "a.mp4 1\nb.mp4 0\n"

@@ -38,6 +38,15 @@ def test_label_names_may_hold_quoted_commas(tmp_path):
   assert annotations.read_label_list(path) == ["cooking, outdoors"]
 
 
+def test_a_written_label_list_quotes_what_csv_needs_and_reads_back(tmp_path):
+  names = ["archery", "cooking, outdoors", 'diving "high"', "skiéing"]
+  annotations.write_label_list(tmp_path / "labels.csv", names)
+  assert (tmp_path / "labels.csv").read_text() == (
+    'id,name\n0,archery\n1,"cooking, outdoors"\n2,"diving ""high"""\n3,skiéing\n'
+  )
+  assert annotations.read_label_list(tmp_path / "labels.csv") == names
+
+
 def test_blank_rows_of_a_label_list_are_skipped(tmp_path):
   path = _write(tmp_path, "labels.csv", "id,name\n0,a\n\n1,b\n\n")
   assert annotations.read_label_list(path) == ["a", "b"]

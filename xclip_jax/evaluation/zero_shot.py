@@ -78,7 +78,7 @@ def _class_subset(directory, split_name: str, records, names, class_ids, root) -
     directory.mkdir(parents=True, exist_ok=True)
     chosen = subsets.restrict_to_classes(records, class_ids)
     (directory / "val.txt").write_text("".join(f"{r.path} {r.label}\n" for r in chosen))
-    (directory / "labels.csv").write_text("id,name\n" + "".join(f"{j},{names[c]}\n" for j, c in enumerate(class_ids)))
+    annotations.write_label_list(directory / "labels.csv", [names[c] for c in class_ids])
   subset_names = tuple(names[c] for c in class_ids)
   return datasets.EvalSet(split_name, str(directory / "val.txt"), root, str(directory / "labels.csv"), subset_names)
 
