@@ -111,8 +111,8 @@ def _frame_rate(video_bytes: bytes) -> float | None:
   decoding then reports as the reason to skip it."""
   try:
     with av.open(io.BytesIO(video_bytes)) as container:
-      streams = container.streams.video
-      rate = streams[0].average_rate if streams else None
+      stream = video_decode.first_video_stream(container)
+      rate = stream.average_rate if stream else None
   except (av.FFmpegError, ValueError):
     return None
   return float(rate) if rate else None

@@ -146,18 +146,26 @@ _PACKET_INDEXED_CODECS = frozenset({"h264", "hevc", "mpeg4", "mjpeg"})
 _PRESENTATION_TIMED_FORMATS = frozenset({"mov", "mp4", "matroska", "webm"})
 
 
+def first_video_stream(container: av.container.InputContainer) -> av.VideoStream | None:
+  """The container's first video stream that moves: a picture attached to an audio file or a video (an album
+  cover, a thumbnail) is a video stream of one frame, but not the video."""
+  moving = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+  return moving[0] if moving else None
+
+
 class _Video:
-  """The first video stream of a file: its packets and both ways to decode them."""
+  """The first video stream of a file (not a cover picture): its packets and both ways to decode them."""
 
   def __init__(self, video_bytes: bytes):
     try:
       self._container = av.open(io.BytesIO(video_bytes), mode="r")
     except (av.FFmpegError, ValueError) as e:
       raise VideoDecodeError(f"not a readable video ({e})") from e
-    if not self._container.streams.video:
+    self._stream = first_video_stream(self._container)
+    if self._stream is None:
+      cover = bool(self._container.streams.video)
       self._container.close()
-      raise VideoDecodeError("the file has no video stream")
-    self._stream = self._container.streams.video[0]
+      raise VideoDecodeError("the file has no video stream" + (", only a cover picture" if cover else ""))
     if self._stream.codec_context is None:
       self._container.close()
       raise VideoDecodeError("no decoder for the video stream's codec")
@@ -170,6 +178,12 @@ class _Video:
     except av.FFmpegError as e:
       self._container.close()
       raise VideoDecodeError(f"demuxing failed ({e})") from e
+    # An mp4 or mov lists every frame in its index, which a download cut short still holds in full (at its start):
+    # fewer frames in the file than listed is a truncated file, not a shorter video.
+    listed = self._stream.frames
+    if self._container.format.name.startswith("mov,") and len(self._packets) < listed:
+      self._container.close()
+      raise VideoDecodeError(f"truncated: {len(self._packets)} of the {listed} frames its index lists are in the file")
     self.num_packets = sum(not p.is_discard for p in self._packets)
     self._index_of_pts = self._packet_index()
     codec = self._stream.codec_context

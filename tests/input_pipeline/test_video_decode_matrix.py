@@ -319,6 +319,22 @@ def test_stream_without_a_decoder_is_an_unreadable_video(tmp_path):
     video_decode.count_frames(damaged)
 
 
+def test_an_album_cover_is_not_a_video(tmp_path):
+  path = video_fixtures.write_audio_only(tmp_path / "song.mp4", cover_picture=True)
+  with pytest.raises(video_decode.VideoDecodeError, match="^the file has no video stream, only a cover picture$"):
+    video_decode.count_frames(path.read_bytes())
+
+
+def test_an_mp4_cut_short_after_its_index_is_truncated_not_shorter(tmp_path):
+  # A download cut short: the index at the front lists all 30 frames, the file holds the first ones only.
+  source = video_fixtures.write_video(tmp_path / "video.mp4", 30, WIDTH, HEIGHT)
+  streaming = video_fixtures.remux(source, tmp_path / "streaming.mp4", index_first=True)
+  intact = streaming.read_bytes()
+  assert video_decode.count_frames(intact) == 30
+  with pytest.raises(video_decode.VideoDecodeError, match=r"^truncated: \d+ of the 30 frames its index lists"):
+    video_decode.count_frames(intact[: len(intact) * 2 // 3])
+
+
 # The same frames through build_tfds.
 
 
