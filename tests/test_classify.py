@@ -5,6 +5,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -57,6 +58,19 @@ def test_eval_crops_are_augment_eval_augment_bit_for_bit(height, width, input_si
   frames[1] = (np.add.outer(np.arange(height), 3 * np.arange(width)) % 256)[:, :, None]
   expected = augment.eval_augment(frames, input_size, num_crops=num_crops).numpy()
   np.testing.assert_array_equal(classify.eval_crops(frames, input_size, num_crops), expected)
+
+
+@pytest.mark.parametrize("num_crops", [1, 3])
+def test_eval_crops_of_large_frames_never_hold_the_frames_as_floats(num_crops):
+  # 1080p: float32 copies of the frames would take four times their 12 MB; the crops themselves take 4 MB.
+  frames = np.zeros((2, 1080, 1920, 3), np.uint8)
+  tracemalloc.start()
+  try:
+    classify.eval_crops(frames, 224, num_crops)
+    _, peak = tracemalloc.get_traced_memory()
+  finally:
+    tracemalloc.stop()
+  assert peak < frames.nbytes
 
 
 def test_eval_crops_normalise_with_the_official_mean_and_std():

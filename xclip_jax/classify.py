@@ -89,16 +89,20 @@ def _bilinear_taps(in_size: int, out_size: int, start: int, count: int):
 
 
 def _resized_window(frames: np.ndarray, new_size: tuple[int, int], top: int, left: int, size: int) -> np.ndarray:
-  """The size x size window at (top, left) of the frames resized to new_size (bilinear, rounded to integers)."""
+  """The size x size window at (top, left) of the uint8 frames resized to new_size (bilinear, rounded to integers),
+  as float32. Only the pixels the window reads become floats: a 4K video's frames would take four times their size."""
   height, width = frames.shape[1:3]
   if new_size == (height, width):
-    return frames[:, top : top + size, left : left + size]
+    return frames[:, top : top + size, left : left + size].astype(np.float32)
   row_low, row_high, row_weight = _bilinear_taps(height, new_size[0], top, size)
   col_low, col_high, col_weight = _bilinear_taps(width, new_size[1], left, size)
   col_weight = col_weight[:, None]
-  upper, lower = frames[:, row_low], frames[:, row_high]
-  upper = upper[:, :, col_low] + (upper[:, :, col_high] - upper[:, :, col_low]) * col_weight
-  lower = lower[:, :, col_low] + (lower[:, :, col_high] - lower[:, :, col_low]) * col_weight
+
+  def resized_rows(rows):
+    at_low, at_high = rows[:, :, col_low].astype(np.float32), rows[:, :, col_high].astype(np.float32)
+    return at_low + (at_high - at_low) * col_weight
+
+  upper, lower = resized_rows(frames[:, row_low]), resized_rows(frames[:, row_high])
   return np.clip(np.round(upper + (lower - upper) * row_weight[:, None, None]), 0.0, 255.0)
 
 
@@ -121,7 +125,6 @@ def eval_crops(frames: np.ndarray, input_size: int, num_crops: int = 1) -> np.nd
     origins = [(0, position * ((new_width - input_size) // 2)) for position in (0, 2, 1)]
   else:
     origins = [(position * ((new_height - input_size) // 2), 0) for position in (0, 2, 1)]
-  frames = frames.astype(np.float32)
   crops = np.stack([_resized_window(frames, (new_height, new_width), top, left, input_size) for top, left in origins])
   return (crops - MEAN_RGB) / STD_RGB
 
