@@ -156,7 +156,14 @@ def _resize_frames(config, params, num_frames):
   if num_frames is None or num_frames == config.num_frames:
     return config, params
   embedding = np.asarray(params["mit"]["positional_embedding"])
-  logging.info("Interpolating the MIT temporal position embedding from %d to %d frames.", config.num_frames, num_frames)
+  # A warning: evaluated or used to classify as it is, the model scores below its published accuracy.
+  logging.warning(
+    "The checkpoint's model takes %d frames; its MIT temporal position embedding is interpolated to %d, which it "
+    "was not trained with (evaluate at %d frames for its published accuracy).",
+    config.num_frames,
+    num_frames,
+    config.num_frames,
+  )
   params = flax.traverse_util.unflatten_dict(
     {
       **flax.traverse_util.flatten_dict(params),
