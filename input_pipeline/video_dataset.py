@@ -133,7 +133,8 @@ class FailureLog:
       num_failed = len(self.paths)
       if num_failed > max_failures and self.error is None:
         self.error = TooManyFailuresError(
-          f"{num_failed} videos failed to decode, more than the allowed {max_failures:g}; the last was {path}: {reason}"
+          f"{num_failed} video{'s' if num_failed > 1 else ''} failed to decode, more than "
+          f"data.max_failure_fraction allows ({max_failures:g} here); the last was {path}: {reason}"
         )
     with _warned_lock:
       first_warning = first_failure and path not in _warned_paths

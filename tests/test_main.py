@@ -301,6 +301,32 @@ def test_eval_mode_counts_every_video_once(dataset, tmp_path):
   assert json.loads((tmp_path / trainer.RESULTS_FILE).read_text())["num_videos"] == NUM_VAL
 
 
+def _val_list_with_a_broken_video(dataset, tmp_path, good_lines: int) -> str:
+  """The first `good_lines` of the validation list, and a video that cannot be read listed twice."""
+  root, _ = dataset
+  (root / "videos" / "broken.mp4").write_bytes(b"not a video")
+  lines = (root / "val.txt").read_text().splitlines(keepends=True)[:good_lines]
+  (tmp_path / "val.txt").write_text("".join(lines) + "broken.mp4 0\nbroken.mp4 1\n")
+  return str(tmp_path / "val.txt")
+
+
+def test_eval_mode_counts_skipped_videos_by_line_as_it_counts_the_others(dataset, tmp_path):
+  val_file = _val_list_with_a_broken_video(dataset, tmp_path, NUM_VAL)
+  config = in_process_config(
+    dataset, mode="eval", eval_batch_size=4, **{"data.val_file": val_file, "data.max_failure_fraction": 0.5}
+  )
+  results = trainer.train_and_evaluate(config, tmp_path / "run")
+  assert (results["num_videos"], results["skipped_videos"]) == (NUM_VAL, 2)
+
+
+def test_an_evaluation_of_no_readable_video_is_an_error_not_zero_percent(dataset, tmp_path):
+  val_file = _val_list_with_a_broken_video(dataset, tmp_path, 0)
+  config = in_process_config(dataset, mode="eval", **{"data.val_file": val_file, "data.max_failure_fraction": 1.0})
+  with pytest.raises(ValueError, match="^evaluating val: none of its videos could be read"):
+    trainer.train_and_evaluate(config, tmp_path / "run")
+  assert not (tmp_path / "run" / trainer.RESULTS_FILE).exists()
+
+
 @pytest.mark.parametrize(
   "field, value, error",
   [

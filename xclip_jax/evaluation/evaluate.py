@@ -80,6 +80,8 @@ def evaluate(
   # Padding and failed videos are masked; a video appears once, but dedupe by line to be sure of it.
   _, first = np.unique(merged["index"][keep], return_index=True)
   top, labels = merged["top"][keep][first], merged["label"][keep][first]
+  if not len(labels):
+    raise ValueError(f"evaluating {name}: none of its videos could be read (the warnings name them)")
   return summarize(top, labels, class_names, views)
 
 
@@ -92,8 +94,8 @@ def summarize(top: np.ndarray, labels: np.ndarray, class_names: Sequence[str], v
   np.add.at(confusion, (labels, top[:, 0]), 1)
   per_class = {class_names[c]: float(correct1[labels == c].mean()) for c in range(num_classes) if (labels == c).any()}
   return {
-    "top1": float(correct1.mean()) if len(labels) else 0.0,
-    "top5": float(correct5.mean()) if len(labels) else 0.0,
+    "top1": float(correct1.mean()),
+    "top5": float(correct5.mean()),
     "num_videos": int(len(labels)),
     "views": int(views),
     "per_class": per_class,
@@ -116,8 +118,8 @@ def run_eval_set(
   dataset = datasets.eval_stream(config, eval_set, num_clips, num_crops, failures)
   views = num_clips * num_crops
   results = evaluate(eval_step, params, text_features, dataset, mesh, eval_set.class_names, views, eval_set.name)
-  # Each process reads its own slice of the list.
-  results["skipped_videos"] = int(np.sum(multihost_utils.process_allgather(np.int64(len(failures.paths)))))
+  # Each process reads its own slice of the list. Lines, not paths: a video listed twice counts twice in num_videos.
+  results["skipped_videos"] = int(np.sum(multihost_utils.process_allgather(np.int64(failures.count))))
   logging.info(
     "%s: top-1 %.2f%%, top-5 %.2f%% over %d videos, %d views (%d skipped)",
     eval_set.name,
