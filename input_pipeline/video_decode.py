@@ -59,6 +59,12 @@ class VideoDecodeError(Exception):
   """A video is missing, unreadable, truncated or has no frames."""
 
 
+def _reason(error: Exception) -> str:
+  """An error's reason without the number and file name FFmpeg's and the OS's add (`Invalid data found when
+  processing input`, not `[Errno 1094995529] Invalid data found when processing input: '<none>'`)."""
+  return getattr(error, "strerror", None) or str(error)
+
+
 class VideoSource:
   """Gives the bytes of videos under a root folder or inside an uncompressed tar.
 
@@ -73,17 +79,20 @@ class VideoSource:
     self._tar_members = None if check_root(root) == "folder" else _index_tar(self.root)
 
   def read_bytes(self, relative_path: str) -> bytes:
-    """Returns the file's bytes; raises VideoDecodeError if it is missing."""
+    """Returns the file's bytes; raises VideoDecodeError if it is missing (its message, for a warning that names the
+    path already, names the root)."""
     if self._tar_members is None:
       path = self.root / relative_path
       try:
         return path.read_bytes()
+      except FileNotFoundError as e:
+        raise VideoDecodeError(f"not found in {self.root}") from e
       except Exception as e:  # OSError locally; cloud storage raises its own error types
-        raise VideoDecodeError(f"{path}: cannot be read ({e})") from e
+        raise VideoDecodeError(f"{path}: cannot be read ({_reason(e)})") from e
     key = os.path.normpath(relative_path)
     location = self._tar_members.get(key) or self._tar_members.get(os.path.basename(key))
     if location is None:
-      raise VideoDecodeError(f"{relative_path}: not found in {self.root}")
+      raise VideoDecodeError(f"not found in {self.root}")
     offset, size = location
     # A file object of its own per read, so that worker threads never share a file position.
     with self.root.open("rb") as f:
@@ -160,7 +169,7 @@ class _Video:
     try:
       self._container = av.open(io.BytesIO(video_bytes), mode="r")
     except (av.FFmpegError, ValueError) as e:
-      raise VideoDecodeError(f"not a readable video ({e})") from e
+      raise VideoDecodeError(f"not a readable video ({_reason(e)})") from e
     self._stream = first_video_stream(self._container)
     if self._stream is None:
       cover = bool(self._container.streams.video)
@@ -177,7 +186,7 @@ class _Video:
       self._packets = [p for p in self._container.demux(self._stream) if p.size]
     except av.FFmpegError as e:
       self._container.close()
-      raise VideoDecodeError(f"demuxing failed ({e})") from e
+      raise VideoDecodeError(f"demuxing failed ({_reason(e)})") from e
     # An mp4 or mov lists every frame in its index, which a download cut short still holds in full (at its start):
     # fewer frames in the file than listed is a truncated file, not a shorter video.
     listed = self._stream.frames
@@ -275,7 +284,7 @@ class _Video:
         if stop_once_wanted_are_out and len(frames) == len(wanted):
           break
     except av.FFmpegError as e:
-      raise VideoDecodeError(f"decoding failed ({e})") from e
+      raise VideoDecodeError(f"decoding failed ({_reason(e)})") from e
     return frames, num_frames
 
   def _to_rgb(self, frame: av.VideoFrame) -> np.ndarray:

@@ -131,7 +131,9 @@ def test_summary_leaves_out_top5_of_five_classes_or_fewer_and_no_skipped_videos(
     "skipped_videos": 0,
     "confusion_matrix": [[0] * 5] * 5,
   }
-  assert [line.split()[0] for line in report.run_summary(results, 1, []).splitlines()] == ["top-1", "wall"]
+  lines = report.run_summary(results, 1, []).splitlines()
+  assert [line.split()[0] for line in lines] == ["top-1", "wall"]
+  assert lines[0].endswith("(5 videos, 1 view)")
 
 
 def test_the_confusion_picture_colours_each_true_class_row_by_its_shares(tmp_path, monkeypatch):

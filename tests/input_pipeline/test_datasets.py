@@ -101,12 +101,12 @@ def test_the_streams_stop_with_a_python_error_once_too_many_videos_failed(config
   config.update(batch_size=2, eval_batch_size=2, num_frames=2, input_size=32)
   experiment = datasets.resolve(config, epath.Path(tmp_path / "workdir"))
   train = datasets.train_stream(config, experiment, 0, video_dataset.FailureLog())
-  with pytest.raises(video_dataset.TooManyFailuresError, match="^1 videos failed to decode"):
+  with pytest.raises(video_dataset.TooManyFailuresError, match="^1 video failed to decode"):
     next(train.as_numpy_iterator())
   validation = datasets.eval_stream(
     config, datasets.validation_set(config, experiment), 1, 1, video_dataset.FailureLog()
   )
-  with pytest.raises(video_dataset.TooManyFailuresError, match="^1 videos failed to decode"):
+  with pytest.raises(video_dataset.TooManyFailuresError, match="^1 video failed to decode"):
     next(validation.as_numpy_iterator())
 
 

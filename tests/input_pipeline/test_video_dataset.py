@@ -116,10 +116,9 @@ def test_folder_and_tar_give_the_same_bytes(data):
   tar = video_decode.VideoSource(data["tar"])
   for path in data["paths"]:
     assert folder.read_bytes(path) == tar.read_bytes(path)
-  with pytest.raises(video_decode.VideoDecodeError, match="not found"):
-    tar.read_bytes("class_0/missing.mp4")
-  with pytest.raises(video_decode.VideoDecodeError, match="missing.mp4"):
-    folder.read_bytes("class_0/missing.mp4")
+  for source, root in ((tar, data["tar"]), (folder, data["folder"])):
+    with pytest.raises(video_decode.VideoDecodeError, match=f"^not found in {re.escape(str(root))}$"):
+      source.read_bytes("class_0/missing.mp4")
 
 
 def test_root_must_be_a_folder_or_a_tar(tmp_path):
@@ -156,7 +155,7 @@ def test_tar_members_stored_as_links_are_read_as_the_files_they_link_to(data, tm
   source = video_decode.VideoSource(tmp_path / "videos.tar")
   for name in ("a.mp4", "hard.mp4", "sub/soft.mp4", "sub/soft_of_soft.mp4"):
     assert source.read_bytes(name) == video
-  with pytest.raises(video_decode.VideoDecodeError, match="dangling.mp4: not found"):
+  with pytest.raises(video_decode.VideoDecodeError, match="^not found in "):
     source.read_bytes("sub/dangling.mp4")
 
 
@@ -168,7 +167,7 @@ def test_a_base_name_two_tar_members_share_finds_neither_and_a_tar_cut_inside_a_
   tar = video_fixtures.write_tar(tmp_path / "videos.tar", tmp_path, ["a/x.mp4", "b/x.mp4"])
   source = video_decode.VideoSource(tar)
   assert source.read_bytes("b/x.mp4") == b"b" * 5000
-  with pytest.raises(video_decode.VideoDecodeError, match=r"c/x\.mp4: not found"):
+  with pytest.raises(video_decode.VideoDecodeError, match="^not found in "):
     source.read_bytes("c/x.mp4")  # which x.mp4 it means, the base name does not tell
   data = tar.read_bytes()
   tar.write_bytes(data[: data.index(b"b" * 5000) + 100])  # the copy stopped inside b/x.mp4

@@ -112,16 +112,21 @@ def write_plots(workdir, results: dict, class_names) -> list[epath.Path]:
   workdir = epath.Path(workdir)
   written = [plot_training_curves(read_scalars(workdir), workdir / CURVES_FILE)]
   if "confusion_matrix" in results:
-    title = f"top-1 {100 * results['top1']:.1f}% over {results['num_videos']} videos, {results['views']} views"
+    title = f"top-1 {100 * results['top1']:.1f}% over {_videos_and_views(results)}"
     written.append(plot_confusion_matrix(results["confusion_matrix"], class_names, workdir / CONFUSION_FILE, title))
   return [path for path in written if path]
+
+
+def _videos_and_views(results: dict) -> str:
+  videos, views = results["num_videos"], results["views"]
+  return f"{videos} video{'s' * (videos != 1)}, {views} view{'s' * (views != 1)}"
 
 
 def run_summary(results: dict, seconds: float, files: list[tuple[str, str]]) -> str:
   """The table a run ends with: its accuracy (and the single-frame control's), wall time, and (name, path) files."""
   rows = []
   if "top1" in results:
-    rows.append(("top-1", f"{100 * results['top1']:.1f}%  ({results['num_videos']} videos, {results['views']} views)"))
+    rows.append(("top-1", f"{100 * results['top1']:.1f}%  ({_videos_and_views(results)})"))
     if evaluate.top5_tells(results):
       rows.append(("top-5", f"{100 * results['top5']:.1f}%"))
     if results.get("skipped_videos"):
