@@ -148,6 +148,24 @@ def test_saving_over_anything_but_a_checkpoint_is_refused_and_leaves_it(tmp_path
   assert _listing(tmp_path) == before
 
 
+@pytest.mark.parametrize("first_write", [True, False])
+def test_saving_over_what_a_killed_write_left_finishes_the_checkpoint(tmp_path, first_write):
+  """A kill or a full disk while orbax writes the params leaves its temporary folder (with or without the config of
+  an earlier write, as a workdir's best/): the next save must not refuse the folder, or every rerun of the training
+  stops at its first better validation."""
+  target = tmp_path / "best"
+  if not first_write:
+    tiny.model(seed=1).save(target)
+    shutil.rmtree(target / native.PARAMS_DIR)
+  unfinished = target / f"{native.PARAMS_DIR}.orbax-checkpoint-tmp-1765100000"
+  unfinished.mkdir(parents=True)
+  (unfinished / "partial").write_bytes(b"\0" * 10)
+  tiny.model(seed=2).save(target)
+  assert sorted(path.name for path in target.iterdir()) == sorted([native.CONFIG_FILE, native.PARAMS_DIR])
+  loaded = xclip_jax.load_pretrained(target).params["mit"]["positional_embedding"]
+  np.testing.assert_array_equal(loaded, tiny.model(seed=2).params["mit"]["positional_embedding"])
+
+
 def test_saving_over_a_checkpoint_replaces_it(tmp_path):
   """As training does with a workdir's best/."""
   tiny.model(seed=1).save(tmp_path / "checkpoint")

@@ -53,6 +53,9 @@ def write_checkpoint(directory, config: model_config.XCLIPConfig, params) -> epa
     raise ValueError(
       f"{directory} exists and is neither an empty directory nor an xclip-jax checkpoint; save to a new directory"
     )
+  if jax.process_index() == 0 and directory.exists():
+    for unfinished in _unfinished_writes(directory):  # of a write that was killed or ran out of disk
+      unfinished.rmtree()
   if jax.process_count() > 1:  # every process has looked before any writes
     multihost_utils.sync_global_devices("checkpoint directory checked")
   directory.mkdir(parents=True, exist_ok=True)
@@ -65,10 +68,17 @@ def write_checkpoint(directory, config: model_config.XCLIPConfig, params) -> epa
   return directory
 
 
+def _unfinished_writes(directory: epath.Path) -> list[epath.Path]:
+  """The params orbax was still writing when a write stopped (a kill, a full disk): PARAMS_DIR plus orbax's suffix."""
+  return [path for path in directory.iterdir() if path.name.startswith(f"{PARAMS_DIR}.orbax-checkpoint-tmp")]
+
+
 def _new_or_checkpoint(directory: epath.Path) -> bool:
+  """Whether `directory` may be written: empty, a checkpoint, or what a stopped write of one left."""
   if not directory.is_dir():
     return False
-  names = {path.name for path in directory.iterdir()}
+  unfinished = {path.name for path in _unfinished_writes(directory)}
+  names = {path.name for path in directory.iterdir()} - unfinished
   return not names or (CONFIG_FILE in names and names <= {CONFIG_FILE, PARAMS_DIR})
 
 
