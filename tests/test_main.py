@@ -742,7 +742,8 @@ def test_resuming_with_fewer_steps_than_the_newest_checkpoint_is_refused(dataset
 def test_a_second_run_on_a_workdir_in_use_is_refused_and_changes_nothing(dataset, uninterrupted, tmp_path):
   workdir = tmp_path / "in_use"
   shutil.copytree(uninterrupted[0], workdir)
-  (workdir / run_lock.LOCK_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+  # Held by a live process: this one's parent.
+  (workdir / run_lock.LOCK_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid()}))
   written = _files(workdir)
   with pytest.raises(run_lock.WorkdirInUseError, match=re.escape(f"{workdir} is in use by the run of process")):
     trainer.train_and_evaluate(in_process_config(dataset, epochs=3), workdir)

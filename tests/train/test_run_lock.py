@@ -29,17 +29,34 @@ def test_a_run_holds_the_lock_while_it_goes_on_and_removes_it_after(tmp_path):
   assert not (tmp_path / run_lock.LOCK_FILE).exists()
 
 
+@pytest.fixture
+def live_process():
+  process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+  yield process.pid
+  process.kill()
+  process.wait()
+
+
 @pytest.mark.parametrize("host", [None, "another-host"])
-def test_a_workdir_held_by_a_live_run_or_one_of_another_host_is_refused(tmp_path, host):
-  """The live run here: this test's own process; on another host liveness cannot be told, so the user decides."""
-  _lock(tmp_path, os.getpid(), host)
+def test_a_workdir_held_by_a_live_run_or_one_of_another_host_is_refused(tmp_path, host, live_process):
+  """On another host liveness cannot be told, so the user decides."""
+  _lock(tmp_path, live_process, host)
   before = (tmp_path / run_lock.LOCK_FILE).read_text()
   with (
-    pytest.raises(run_lock.WorkdirInUseError, match=f"^{tmp_path} is in use by the run of process \\d+ on "),
+    pytest.raises(run_lock.WorkdirInUseError, match=f"^{tmp_path} is in use by the run of process {live_process} on "),
     run_lock.held(tmp_path),
   ):
     pytest.fail("entered a held workdir")
   assert (tmp_path / run_lock.LOCK_FILE).read_text() == before
+  assert sorted(path.name for path in tmp_path.iterdir()) == [run_lock.LOCK_FILE]
+
+
+def test_a_lock_of_this_process_id_is_of_a_killed_run_whose_container_restarted(tmp_path):
+  """A container that runs training as process 1 under a fixed host name has the killed run's host and pid."""
+  _lock(tmp_path, os.getpid())
+  with run_lock.held(tmp_path):
+    assert json.loads((tmp_path / run_lock.LOCK_FILE).read_text())["pid"] == os.getpid()
+  assert not (tmp_path / run_lock.LOCK_FILE).exists()
 
 
 @pytest.mark.parametrize("content", ["ended", "half-written", "no-pid"])

@@ -13,6 +13,7 @@ import logging
 import os
 import pathlib
 import socket
+import tempfile
 
 import jax
 
@@ -33,21 +34,27 @@ def held(workdir) -> Iterator[None]:
     return
   path = pathlib.Path(workdir) / LOCK_FILE
   path.parent.mkdir(parents=True, exist_ok=True)
-  while True:
-    try:
-      descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-      break
-    except FileExistsError:
-      holder = _holder(path)
-      if holder is not None and not _ended(holder):
-        raise WorkdirInUseError(
-          f"{workdir} is in use by the run of process {holder['pid']} on {holder['host']}: wait for it or stop it "
-          f"(if it is not running, delete {path})"
-        ) from None
-      logging.info("Taking over %s, left by a run that ended without removing it.", path)
-      path.unlink(missing_ok=True)
+  # The lock appears whole: written beside it, then linked to its name, which fails where it exists. (Created empty
+  # and then written, a second run starting at that moment would read it as left half-written and take it over.)
+  descriptor, written = tempfile.mkstemp(prefix=f".{LOCK_FILE}.", dir=path.parent)
   with os.fdopen(descriptor, "w") as f:
     json.dump({"host": socket.gethostname(), "pid": os.getpid()}, f)
+  try:
+    while True:
+      try:
+        os.link(written, path)
+        break
+      except FileExistsError:
+        holder = _holder(path)
+        if holder is not None and not _ended(holder):
+          raise WorkdirInUseError(
+            f"{workdir} is in use by the run of process {holder['pid']} on {holder['host']}: wait for it or stop it "
+            f"(if it is not running, delete {path})"
+          ) from None
+        logging.info("Taking over %s, left by a run that ended without removing it.", path)
+        path.unlink(missing_ok=True)
+  finally:
+    os.unlink(written)
   try:
     yield
   finally:
@@ -67,6 +74,10 @@ def _ended(holder: dict) -> bool:
   """Whether the process that wrote the lock has ended: known only on its own host."""
   if holder["host"] != socket.gethostname():
     return False
+  if int(holder["pid"]) == os.getpid():
+    # This process has not taken the lock: a container restarted after a kill, whose run has the same host name
+    # and process id (often 1) as the killed one.
+    return True
   try:
     os.kill(int(holder["pid"]), 0)
   except ProcessLookupError:
