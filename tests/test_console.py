@@ -171,6 +171,25 @@ def test_log_file_takes_library_info_lines_that_the_terminal_does_not(tmp_path, 
     assert message in line, (line, message)
 
 
+def test_a_log_file_that_cannot_be_written_is_one_warning_and_the_terminal_keeps_its_lines(tmp_path, capsys):
+  """A full disk: the error that ends the run must still reach the terminal, without logging's tracebacks."""
+  console.setup(verbose=False)
+  path = console.open_log(tmp_path)
+
+  def disk_full(text):
+    raise OSError(28, "No space left on device")
+
+  console._handler._file.write = disk_full
+  absl_logging.warning("skipping video v3.mp4: no frames")
+  absl_logging.error("No space left on device (traceback in the log)")
+  console.flush()
+  assert capsys.readouterr().err.splitlines() == [
+    f"warning: cannot write the log {path} (No space left on device); lines may be missing",
+    "warning: skipping video v3.mp4: no frames",
+    "error: No space left on device (traceback in the log)",
+  ]
+
+
 def test_verbose_shows_the_whole_log_on_the_terminal(tmp_path, capsys):
   console.setup(verbose=True)
   console.open_log(tmp_path)

@@ -329,6 +329,7 @@ class _Handler(logging.Handler):
     self._file: _LocalFile | _RemoteFile | None = None
     self._early = collections.deque(maxlen=_EARLY_RECORDS)
     self._prefix = ""
+    self._file_failed = False
     self.path: epath.Path | None = None
 
   def open(self, path: epath.Path, prefix: str):
@@ -337,12 +338,27 @@ class _Handler(logging.Handler):
       self._file = _RemoteFile(path) if paths.is_remote(path) else _LocalFile(path)
       self.path = path
       while self._early:
-        self._file.write(self._file_line(self._early.popleft()) + "\n")
+        self._write(self._file_line(self._early.popleft()) + "\n")
+
+  def _write(self, text: str):
+    """Into the log file. A write that fails (a full disk) is told on the terminal, once, and stops nothing: the
+    terminal still gets its lines, the error that ends the run among them."""
+    try:
+      self._file.write(text)
+    except OSError as error:
+      self._file_error(error)
+
+  def _file_error(self, error: OSError):
+    if not self._file_failed:
+      self._file_failed = True
+      _to_terminal(
+        f"{self._prefix}warning: cannot write the log {self.path} ({error.strerror or error}); lines may be missing"
+      )
 
   def emit(self, record: logging.LogRecord):
     try:
       if self._file is not None:
-        self._file.write(self._file_line(record) + "\n")
+        self._write(self._file_line(record) + "\n")
       else:
         self._early.append(record)
       if getattr(record, _PRINTED, False):
@@ -360,7 +376,7 @@ class _Handler(logging.Handler):
       return
     with self.lock:
       if self._file is not None:
-        self._file.write(text)
+        self._write(text)
       else:
         self._early.append(logging.makeLogRecord({"msg": text.rstrip("\n"), "levelno": logging.INFO, "raw": True}))
     if self._verbose:
@@ -379,7 +395,10 @@ class _Handler(logging.Handler):
   def flush(self):
     with self.lock:
       if self._file is not None:
-        self._file.flush()
+        try:
+          self._file.flush()
+        except OSError as error:
+          self._file_error(error)
 
   def close(self):
     with self.lock:
