@@ -782,6 +782,19 @@ def test_resuming_with_a_model_of_another_architecture_is_refused_before_anythin
   assert _files(workdir) == written
 
 
+def test_resuming_with_other_parameters_trained_is_refused_before_anything_is_written(dataset, uninterrupted, tmp_path):
+  """The optimiser state of the checkpoints holds the parameters they trained: another set cannot be read into."""
+  workdir = tmp_path / "finished"
+  shutil.copytree(uninterrupted[0], workdir)
+  written = _files(workdir)
+  trained_text = json.loads((workdir / trainer.CONFIG_FILE).read_text())["config"]["freeze_text"]
+  config = in_process_config(dataset, freeze_text=not trained_text)
+  refusal = f"the checkpoints in {workdir} train other parameters (freeze_text {trained_text} -> {not trained_text})"
+  with pytest.raises(ValueError, match=re.escape(refusal)):
+    trainer.train_and_evaluate(config, workdir)
+  assert _files(workdir) == written
+
+
 def test_resuming_with_other_config_values_warns_naming_them_and_goes_on(dataset, uninterrupted, tmp_path, caplog):
   """Fields that cannot change what is trained (how often to log) are left out."""
   workdir = tmp_path / "finished"

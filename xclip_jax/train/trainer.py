@@ -60,6 +60,8 @@ _NOT_COMPARED = (
   "remat",
   "attention",
 )
+# Config fields that decide which parameters the optimiser state holds: checkpoints of another value cannot be read.
+_STATE_FIELDS = ("freeze_text",)
 # The least value of each config number that a run reads as a count (at least 1) or a rate or duration (at least 0).
 _AT_LEAST = {
   "batch_size": 1,
@@ -552,8 +554,9 @@ def _run_record(config: ml_collections.ConfigDict, model: pretrained.XCLIPModel)
 
 
 def _check_resumes_the_same_run(workdir: epath.Path, record: dict):
-  """Refuses to resume the checkpoints of a model of another architecture; warns of other config values that differ
-  from those of the run that wrote them (a run extended on purpose, or a mistake: training goes on either way)."""
+  """Refuses to resume the checkpoints of a model of another architecture, or of other trained parameters; warns of
+  other config values that differ from those of the run that wrote them (a run extended on purpose, or a mistake:
+  training goes on either way)."""
   path = workdir / CONFIG_FILE
   if not path.exists():  # written by a version that kept no config
     return
@@ -563,7 +566,14 @@ def _check_resumes_the_same_run(workdir: epath.Path, record: dict):
     raise ValueError(
       f"the checkpoints in {workdir} are of another model ({changed}): rerun with their config, or use another workdir"
     )
-  changed = _differences(_flat_config(stored["config"]), _flat_config(record["config"]))
+  stored_config, config = _flat_config(stored["config"]), _flat_config(record["config"])
+  changed = _differences(*({f: c.get(f) for f in _STATE_FIELDS} for c in (stored_config, config)))
+  if changed:
+    raise ValueError(
+      f"the checkpoints in {workdir} train other parameters ({changed}): rerun with their config, or use another "
+      "workdir"
+    )
+  changed = _differences(stored_config, config)
   if changed and jax.process_index() == 0:  # one warning, not one a process
     logging.warning(
       "This run's config differs from that of the checkpoints it resumes in %s (%s); training goes on with this run's.",
