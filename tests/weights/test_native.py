@@ -220,6 +220,23 @@ def test_a_workdir_record_without_an_architecture_is_one_error_naming_it(tmp_pat
     xclip_jax.load_pretrained(workdir)
 
 
+def test_a_damaged_checkpoints_error_is_told_by_its_innermost_cause_but_not_a_context_dropped_with_from_none():
+  # As json raises for an empty file: its StopIteration(0) is an internal detail, which `from None` hides.
+  def read_empty_json():
+    try:
+      next(iter([]))
+    except StopIteration:
+      raise ValueError("Expecting value: line 1 column 1 (char 0)") from None
+
+  try:
+    try:
+      read_empty_json()
+    except ValueError as error:
+      raise RuntimeError("restoring data failed") from error
+  except RuntimeError as error:
+    assert native.one_line(error) == "Expecting value: line 1 column 1 (char 0)"
+
+
 def test_a_damaged_newest_checkpoint_is_skipped_with_a_one_line_warning(tmp_path):
   """The newest intact checkpoint is read; one warning line names the damaged step (none of orbax's abandoned reads'
   tracebacks); the workdir is left as it was."""

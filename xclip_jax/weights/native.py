@@ -208,8 +208,9 @@ def read_workdir(directory: pathlib.Path, **overrides) -> tuple[model_config.XCL
 def one_line(error: BaseException) -> str:
   """An error that a damaged checkpoint raised, in one line: its innermost cause, which says what is wrong
   ("OUT_OF_RANGE: Error reading ..."; the outer ones say where it was read)."""
-  while error.__cause__ or error.__context__:
-    error = error.__cause__ or error.__context__
+  # As Python's tracebacks go: the cause, else the context unless `raise ... from None` dropped it.
+  while (inner := error.__cause__ or (None if error.__suppress_context__ else error.__context__)) is not None:
+    error = inner
   text = " ".join(str(error).split()) or type(error).__name__
   return text if len(text) <= 300 else text[:297] + "..."
 
