@@ -681,6 +681,27 @@ def test_an_error_mid_run_leaves_the_checkpoint_being_written_complete(dataset, 
   assert _data_position(tmp_path, 2) == 2 * overrides(dataset)["batch_size"]
 
 
+def test_a_checkpoint_that_fails_in_the_background_stops_the_run_at_its_next_step(dataset, tmp_path, monkeypatch):
+  """A full disk while the step-2 checkpoint is written: the run stops at step 3, not at the next save, and says so
+  (orbax raises a failed save only at the next one)."""
+  saved_steps = []
+  save = checkpoints.save
+
+  def recording_save(manager, state, *args, **kwargs):
+    save(manager, state, *args, **kwargs)
+    saved_steps.append(int(state.step))
+
+  def disk_full_after_a_save(manager):
+    if saved_steps == [2]:
+      raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(checkpoints, "save", recording_save)
+  monkeypatch.setattr(ocp.CheckpointManager, "check_for_errors", disk_full_after_a_save)
+  with pytest.raises(OSError, match=r"^a checkpoint could not be written: \[Errno 28\] No space left on device$"):
+    trainer.train_and_evaluate(in_process_config(dataset, checkpoint_every_steps=2), tmp_path)
+  assert saved_steps == [2, 3]  # step 3 saved before stopping, as after any error
+
+
 def test_an_error_mid_run_saves_the_steps_done_since_the_last_checkpoint(dataset, tmp_path, monkeypatch):
   """A validation that fails at step 4 (a bad video): step 4 is saved before the run stops, with its data position,
   so that the rerun goes on from there instead of from the last periodic checkpoint (none here)."""

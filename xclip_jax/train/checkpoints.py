@@ -46,6 +46,15 @@ def save(manager: ocp.CheckpointManager, state: step_lib.TrainState, position: i
     logging.info("Saved checkpoint at step %d.", int(state.step))
 
 
+def check_saved(manager: ocp.CheckpointManager):
+  """Raises the error of an asynchronous save that failed (a full disk) once it is known: orbax would raise it only at
+  the next save, after checkpoint_every_steps more steps that no checkpoint keeps."""
+  try:
+    manager.check_for_errors()
+  except Exception as error:
+    raise OSError(f"a checkpoint could not be written: {native.one_line(error)}") from error
+
+
 def restore(
   manager: ocp.CheckpointManager, state: step_lib.TrainState, mesh: jax.sharding.Mesh, batch_size: int
 ) -> tuple[step_lib.TrainState, int]:

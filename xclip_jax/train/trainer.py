@@ -449,6 +449,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       position = next_position  # the data position of `state`
       window.add(step, metrics)
       progress.tick()
+      checkpoints.check_saved(manager)
       if itstime(step, config.log_every_steps, total_steps):
         scalars = {**window.summary(step, total_steps, config.batch_size), "epoch": step / config.steps_per_epoch}
         writer.write_scalars(step, {**scalars, "skipped_videos": len(failures.paths)})
@@ -515,6 +516,7 @@ def _save_before_stopping(manager, state, position: int, batch_size: int):
     step = int(state.step)
     if step > (manager.latest_step() or 0) and bool(_all_finite(state.params)):
       checkpoints.save(manager, state, position, batch_size, force=True)
+      manager.wait_until_finished()  # the warning below must not claim a save that fails
       logging.warning("The run stopped on an error at step %d; saved a checkpoint there first.", step)
   except Exception as error:  # e.g. the state's buffers, donated to a step that failed
     logging.warning("Could not save a checkpoint before stopping: %s", " ".join(str(error).split())[:300])
