@@ -27,6 +27,7 @@ from xclip_jax import console
 from xclip_jax import convert
 from xclip_jax import main
 from xclip_jax.evaluation import evaluate
+from xclip_jax.evaluation import report
 from xclip_jax.parallel import sharding
 from xclip_jax.train import checkpoints
 from xclip_jax.train import run_lock
@@ -128,6 +129,13 @@ def test_trains_end_to_end_with_checkpoints_metrics_and_results(uninterrupted, t
   assert "message_fc" in converted.params["visual"]["transformer"]["resblocks_0"]
 
 
+def test_the_results_file_holds_each_confusion_matrix_row_on_one_line(uninterrupted):
+  """One number a line, Kinetics-400's matrix would take 160,000 lines."""
+  lines = [line.strip().rstrip(",") for line in (uninterrupted[0] / trainer.RESULTS_FILE).read_text().splitlines()]
+  matrix = json.loads((uninterrupted[0] / trainer.RESULTS_FILE).read_text())["confusion_matrix"]
+  assert all(f"[{', '.join(map(str, row))}]" in lines for row in matrix)
+
+
 def test_killed_and_resumed_run_ends_like_the_uninterrupted_one(dataset, uninterrupted, tmp_path):
   """A run stopped mid-way (SIGTERM, then kill -9) resumes each time from its checkpoint's step and data position."""
   workdir = tmp_path / "interrupted"
@@ -138,7 +146,8 @@ def test_killed_and_resumed_run_ends_like_the_uninterrupted_one(dataset, uninter
   process = _start_main(dataset, workdir, log)
   _wait_until(process, log, lambda text: _logged_steps(text), "step 1 logged")
   process.send_signal(signal.SIGTERM)
-  assert process.wait(timeout=300) == 0, log.read_text()[-3000:]
+  # Saved and stopped, unfinished: the shells' status for a SIGTERM.
+  assert process.wait(timeout=300) == 128 + signal.SIGTERM, log.read_text()[-3000:]
   stopped_at = _newest_checkpoint(workdir)
   assert 0 < stopped_at < TOTAL_STEPS, f"SIGTERM landed after the last step ({stopped_at})"
   assert f"Stopped at step {stopped_at} on SIGTERM" in log.read_text()
@@ -254,6 +263,19 @@ def test_rerunning_a_finished_run_evaluates_again_without_compiling_the_train_st
   assert "Compiled the train step" in reference_log and "Compiled the train step" not in log
   ours, reference = (json.loads((w / trainer.RESULTS_FILE).read_text()) for w in (workdir, uninterrupted[0]))
   assert ours["top1"] == reference["top1"] and ours["confusion_matrix"] == reference["confusion_matrix"]
+
+
+def test_a_rerun_removes_what_an_earlier_runs_unfinished_save_left(dataset, uninterrupted, tmp_path):
+  """A second Ctrl-C or a kill mid-save leaves orbax's temporary folder of a step that may never be saved again."""
+  workdir = tmp_path / "finished"
+  shutil.copytree(uninterrupted[0], workdir)
+  unfinished = workdir / "checkpoints" / "3.orbax-checkpoint-tmp-1765100000"
+  (unfinished / "state").mkdir(parents=True)
+  trainer.train_and_evaluate(in_process_config(dataset), workdir)
+  assert not unfinished.exists()
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == sorted(
+    p.name for p in (uninterrupted[0] / "checkpoints").iterdir()
+  )
 
 
 def test_without_an_intact_checkpoint_the_run_stops_naming_the_folder_and_what_it_tried(
@@ -679,6 +701,49 @@ def test_an_error_mid_run_leaves_the_checkpoint_being_written_complete(dataset, 
     trainer.train_and_evaluate(in_process_config(dataset), tmp_path)
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2"]  # no STEP.orbax-checkpoint-tmp
   assert _data_position(tmp_path, 2) == 2 * overrides(dataset)["batch_size"]
+
+
+# xclip_jax.main with Ctrl-C pressed twice as the step-2 checkpoint is written: the first as its save starts, the
+# second while the run waits for it to finish, with orbax's threads still writing.
+_CTRL_C_TWICE_WHILE_SAVING = """
+import runpy, sys
+import orbax.checkpoint as ocp
+from xclip_jax.train import checkpoints
+save = checkpoints.save
+def save_then_ctrl_c(*args, **kwargs):
+  save(*args, **kwargs)
+  raise KeyboardInterrupt
+def ctrl_c_again(manager):
+  raise KeyboardInterrupt
+checkpoints.save = save_then_ctrl_c
+ocp.CheckpointManager.wait_until_finished = ctrl_c_again
+sys.argv = ["xclip_jax.main", *sys.argv[1:]]
+runpy.run_module("xclip_jax.main", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_a_second_ctrl_c_while_saving_stops_at_once_with_one_line(dataset, tmp_path):
+  command = main_command(dataset, tmp_path / "run")
+  result = subprocess.run(
+    [sys.executable, "-c", _CTRL_C_TWICE_WHILE_SAVING, *command[3:]],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    env=_env(),
+  )
+  assert result.returncode == 128 + signal.SIGINT, result.stderr[-3000:]
+  assert result.stderr.splitlines() == [
+    "error: Interrupted; rerun the same command to resume from the newest checkpoint, if there is one."
+  ], result.stderr[-3000:]
+
+
+def test_a_stopped_run_logs_the_steps_since_its_last_log_line(dataset, tmp_path, monkeypatch):
+  """A SIGTERM after step 3 with a line every 2 steps: step 3's metrics are written before the run exits (the rerun's
+  first line, at step 4, covers step 4 only)."""
+  monkeypatch.setattr(checkpoints.Preemption, "requested", lambda self, step: step == 3)
+  results = trainer.train_and_evaluate(in_process_config(dataset, log_every_steps=2), tmp_path)
+  assert results == {"stopped_at_step": 3, "stopped_by": "SIGTERM"}
+  assert [step for step, _ in report.read_scalars(tmp_path)["loss"]] == [2, 3]
 
 
 def test_a_checkpoint_that_fails_in_the_background_stops_the_run_at_its_next_step(dataset, tmp_path, monkeypatch):

@@ -17,10 +17,12 @@ every library goes to WORKDIR/logs/process_I.log, and --verbosity=0 (or 1, with 
 
 A mistake on the command line (a flag, the config file or its arguments, an argument too many) is one line on stderr,
 `error: ...`, and exit status 2, before anything runs. An error in the run is one line too, naming the log file that
-holds its traceback, and exit status 1.
+holds its traceback, and exit status 1. A run that a SIGTERM or Ctrl-C stopped saves a checkpoint and exits with
+the shells' status for that signal, 143 or 130: rerun the same command to resume.
 """
 
 import os
+import signal
 import sys
 from typing import NoReturn
 
@@ -60,7 +62,8 @@ _HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
 flags.mark_flags_as_required(["config", "workdir"])
 
 EXIT_FAILED = 1  # the run stopped on an error (a command-line mistake: console.EXIT_ERROR, before anything runs)
-EXIT_INTERRUPTED = 130  # the shells' status for a process stopped by Ctrl-C
+EXIT_SIGNALLED = 128  # plus the signal's number: the shells' status for a process a signal stopped
+EXIT_INTERRUPTED = EXIT_SIGNALLED + signal.SIGINT  # stopped by Ctrl-C
 
 
 def main(argv):
@@ -83,14 +86,23 @@ def main(argv):
     logging.info(
       "JAX: %d processes, %d devices (%s)", jax.process_count(), jax.device_count(), jax.devices()[0].platform
     )
-    trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    results = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except app.UsageError as error:  # distributed.initialize's: the --coordinator_address flags given in part
     console.fail(str(error))
   except KeyboardInterrupt:  # a second Ctrl-C, or one before training (the first during training saves and stops)
-    logging.error("Interrupted; rerun the same command to resume from the newest checkpoint.")
-    sys.exit(EXIT_INTERRUPTED)
+    logging.error("Interrupted; rerun the same command to resume from the newest checkpoint, if there is one.")
+    # At once, as asked: an orderly exit would wait for a checkpoint being written, and orbax's threads, stopped by
+    # the interpreter's shutdown, would print hundreds of tracebacks. The rerun removes what the save left.
+    console.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_INTERRUPTED)
   except Exception as error:
     _stop(error, log)
+  if "stopped_by" in results:
+    # Saved and stopped before the end: not a finished run to a shell's `&&`, or to a scheduler that restarts
+    # what did not finish (the shells' status for a process ended by that signal).
+    sys.exit(EXIT_SIGNALLED + signal.Signals[results["stopped_by"]])
 
 
 def _stop(error: Exception, log) -> NoReturn:

@@ -65,6 +65,7 @@ def test_few_shot_defaults(name, classes):
   config = load(name, "shots=8")
   assert (config.data.shots, config.num_classes, config.num_frames) == (8, classes, 32)
   assert (config.epochs, config.lr, config.batch_size) == (50, 2e-6, 64)
+  assert (config.final_eval_clips, config.final_eval_crops) == (1, 1)  # single view, as the official runs end
 
 
 def test_zero_shot_evaluates_three_splits_of_each_dataset():

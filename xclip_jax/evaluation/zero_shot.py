@@ -84,7 +84,8 @@ def _class_subset(directory, split_name: str, records, names, class_ids, root) -
 
 
 def summary(results: Sequence[dict]) -> dict:
-  """Mean and standard deviation over splits, as the paper reports them."""
+  """Mean and standard deviation over splits, as the paper reports them (the population std, ddof 0; the paper does
+  not say which)."""
   top1 = np.array([r["top1"] for r in results])
   top5 = np.array([r["top5"] for r in results])
   return {

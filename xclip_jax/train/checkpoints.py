@@ -22,10 +22,11 @@ DAMAGED_SUFFIX = ".damaged"
 
 
 def make_manager(workdir, keep: int) -> ocp.CheckpointManager:
-  """The run's checkpoints in `workdir/checkpoints`, the newest `keep` of them kept."""
-  return ocp.CheckpointManager(
-    workdir / native.WORKDIR_CHECKPOINTS, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-  )
+  """The run's checkpoints in `workdir/checkpoints`, the newest `keep` of them kept. For the run holding the workdir
+  (run_lock): what an earlier run's unfinished saves left (a kill, a second Ctrl-C, a full disk) is removed, as no
+  save of its step may ever come to replace it."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True)
+  return ocp.CheckpointManager(workdir / native.WORKDIR_CHECKPOINTS, options=options)
 
 
 def _arrays(state: step_lib.TrainState) -> dict:

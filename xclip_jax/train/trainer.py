@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 
 from clu import metric_writers
@@ -221,10 +222,16 @@ def _start_block(config, workdir, model, mesh, experiment, parameters: str, resu
   console.start_block(rows)
 
 
+# A list of numbers as json.dumps(indent=...) writes it, one number a line.
+_NUMBER_LIST = re.compile(r"\[\n\s*(-?[\d.eE+-]+(?:,\n\s*-?[\d.eE+-]+)*)\n\s*\]")
+
+
 def _write_json(path: epath.Path, value):
+  """Indented, with each list of numbers on one line: a confusion matrix of 400 classes is 400 lines, not 160,000."""
   if jax.process_index() == 0:
+    text = _NUMBER_LIST.sub(lambda m: "[" + re.sub(r",\n\s*", ", ", m.group(1)) + "]", json.dumps(value, indent=1))
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=1) + "\n")
+    tmp.write_text(text + "\n")
     tmp.replace(path)
 
 
@@ -450,7 +457,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       window.add(step, metrics)
       progress.tick()
       checkpoints.check_saved(manager)
-      if itstime(step, config.log_every_steps, total_steps):
+      stop = preemption.requested(step)
+      if itstime(step, config.log_every_steps, total_steps) or stop:  # a stopped run logs its last steps too
         scalars = {**window.summary(step, total_steps, config.batch_size), "epoch": step / config.steps_per_epoch}
         writer.write_scalars(step, {**scalars, "skipped_videos": len(failures.paths)})
         progress.update(step, scalars)
@@ -468,7 +476,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
           best_top1 = results["top1"]
           _save_best(model, state.params, workdir, step, results)
         window.exclude(time.time() - started)
-      stop = preemption.requested(step)
       if itstime(step, config.checkpoint_every_steps, total_steps) or stop:
         window.take_pending()
         started = time.time()
@@ -477,7 +484,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         window.exclude(time.time() - started)
       if stop:
         logging.warning("Stopped at step %d on %s; rerun the same command to resume.", step, preemption.received)
-        return {"stopped_at_step": step}
+        return {"stopped_at_step": step, "stopped_by": preemption.received}
   except Exception as error:
     if not isinstance(error, FloatingPointError):  # not a diverged state: the steps done are worth keeping
       _save_before_stopping(manager, state, position, config.batch_size)
