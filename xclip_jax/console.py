@@ -18,6 +18,8 @@ and errors, and every line of the log and every warning says `[process I/N]`.
   progress = console.Progress(total_steps, first_step)
   ...  progress.tick() after each step, progress.update(step, scalars) at each log interval, console.info(text)
   progress.close()
+
+An evaluation shows its own progress (`EvalProgress`), below the training's line while training.
 """
 
 import collections

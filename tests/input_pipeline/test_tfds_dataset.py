@@ -137,6 +137,14 @@ def test_evaluation_sees_every_video_once_across_hosts(records):
   assert failures.paths == {"junk.mp4"}
 
 
+def test_an_evaluation_says_how_many_videos_its_list_holds_over_all_processes(records):
+  # The annotation file's 7 lines, the one skipped when the records were built among them.
+  batches = tfds_dataset.make_eval_dataset(
+    records["with_junk"], "train", batch_size=4, process_index=1, process_count=2, **CLIP
+  )
+  assert batches.num_videos == 7
+
+
 def test_evaluation_allows_failures_among_its_videos_not_its_padding_rows(records):
   # 7 lines in one global batch of 8 with 1 padding row; the junk line is 1 failure of 7 videos. 13% allows 0.91 of
   # them (1.04 if the padding row counted as a video).

@@ -393,6 +393,13 @@ def test_evaluation_sees_every_video_once_across_hosts(data, process_count):
   assert failures.paths == {"broken/garbage.mp4"}
 
 
+def test_an_evaluation_says_how_many_videos_its_list_holds_over_all_processes(data):
+  # What its progress counts to: 7 lines (one unreadable) in global batches of 4, read by 2 processes.
+  annotation = _annotations(data, "val.txt", _good_lines(data)[:6] + ["broken/garbage.mp4 0"])
+  batches = _eval(data, annotation, batch_size=4, process_index=1, process_count=2)
+  assert batches.num_videos == 7
+
+
 def test_each_evaluation_process_reads_its_block_of_rows_of_every_global_batch():
   # 10 lines in 3 global batches of 4 (the last padded with -1); of 2 processes, 0 reads rows 0-1, 1 reads rows 2-3.
   assert video_dataset.eval_lines(10, batch_size=4, process_index=0, process_count=2).tolist() == [0, 1, 4, 5, 8, 9]

@@ -78,3 +78,15 @@ def test_a_workdir_held_by_a_live_process_of_another_user_is_refused(tmp_path, m
   monkeypatch.setattr(run_lock.os, "kill", not_allowed)
   with pytest.raises(run_lock.WorkdirInUseError), run_lock.held(tmp_path):
     pytest.fail("entered a held workdir")
+
+
+def test_on_a_file_system_without_hard_links_the_lock_is_created_exclusively(tmp_path, monkeypatch, live_process):
+  def no_hard_links(source, destination):
+    raise PermissionError(1, "Operation not permitted")
+
+  monkeypatch.setattr(run_lock.os, "link", no_hard_links)
+  with run_lock.held(tmp_path):
+    assert json.loads((tmp_path / run_lock.LOCK_FILE).read_text())["pid"] == os.getpid()
+  _lock(tmp_path, live_process)
+  with pytest.raises(run_lock.WorkdirInUseError), run_lock.held(tmp_path):
+    pytest.fail("entered a held workdir")

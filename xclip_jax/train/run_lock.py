@@ -42,7 +42,7 @@ def held(workdir) -> Iterator[None]:
   try:
     while True:
       try:
-        os.link(written, path)
+        _place(written, path)
         break
       except FileExistsError:
         holder = _holder(path)
@@ -59,6 +59,17 @@ def held(workdir) -> Iterator[None]:
     yield
   finally:
     path.unlink(missing_ok=True)
+
+
+def _place(written: str, path: pathlib.Path):
+  """Gives the lock file `written` the name `path`, or raises FileExistsError where a lock is."""
+  try:
+    os.link(written, path)
+  except FileExistsError:
+    raise
+  except OSError:  # a file system without hard links (FAT): create exclusively, then write
+    with open(path, "x") as f:
+      f.write(pathlib.Path(written).read_text())
 
 
 def _holder(path: pathlib.Path) -> dict | None:
