@@ -737,6 +737,41 @@ def test_a_second_ctrl_c_while_saving_stops_at_once_with_one_line(dataset, tmp_p
   ], result.stderr[-3000:]
 
 
+# xclip_jax.main with a SIGTERM as its final evaluation starts, after the training steps.
+_SIGTERM_IN_THE_FINAL_EVALUATION = """
+import os, runpy, signal, sys
+from xclip_jax import console
+with console.native_start_up():  # as xclip_jax.main imports TensorFlow: its start-up lines go to the log
+  from xclip_jax.train import trainer
+final_evaluation = trainer._final_evaluation
+def terminated_first(*args, **kwargs):
+  os.kill(os.getpid(), signal.SIGTERM)
+  return final_evaluation(*args, **kwargs)
+trainer._final_evaluation = terminated_first
+sys.argv = ["xclip_jax.main", *sys.argv[1:]]
+runpy.run_module("xclip_jax.main", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_a_sigterm_outside_the_training_steps_ends_the_run_with_one_line_and_frees_the_workdir(dataset, tmp_path):
+  workdir = tmp_path / "run"
+  command = main_command(dataset, workdir)
+  result = subprocess.run(
+    [sys.executable, "-c", _SIGTERM_IN_THE_FINAL_EVALUATION, *command[3:]],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    env=_env(),
+  )
+  assert result.returncode == 128 + signal.SIGTERM, result.stderr[-3000:]
+  assert result.stderr.splitlines() == [
+    "error: Stopped by SIGTERM outside the training steps; rerun the same command to resume from the newest "
+    "checkpoint, if there is one."
+  ], result.stderr[-3000:]
+  assert not (workdir / run_lock.LOCK_FILE).exists()
+  assert _newest_checkpoint(workdir) == TOTAL_STEPS
+
+
 def test_a_stopped_run_logs_the_steps_since_its_last_log_line(dataset, tmp_path, monkeypatch):
   """A SIGTERM after step 3 with a line every 2 steps: step 3's metrics are written before the run exits (the rerun's
   first line, at step 4, covers step 4 only)."""

@@ -75,6 +75,8 @@ def main(argv):
     compilation_cache.enable(_CACHE_DIR.value)
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _HEARTBEAT_TIMEOUT.value)
     log = console.open_log(_WORKDIR.value, jax.process_index(), jax.process_count())
+    if jax.process_count() == 1:  # several processes: jax.distributed's own handler syncs their stop
+      signal.signal(signal.SIGTERM, _terminate)
     logging.info("Command line: %s", " ".join(sys.argv))
     if jax.process_count() > 1:
       logging.info(
@@ -89,6 +91,12 @@ def main(argv):
     results = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except app.UsageError as error:  # distributed.initialize's: the --coordinator_address flags given in part
     console.fail(str(error))
+  except Terminated:
+    logging.error(
+      "Stopped by SIGTERM outside the training steps; rerun the same command to resume from the newest checkpoint, "
+      "if there is one."
+    )
+    sys.exit(EXIT_SIGNALLED + signal.SIGTERM)
   except KeyboardInterrupt:  # a second Ctrl-C, or one before training (the first during training saves and stops)
     logging.error("Interrupted; rerun the same command to resume from the newest checkpoint, if there is one.")
     # At once, as asked: an orderly exit would wait for a checkpoint being written, and orbax's threads, stopped by
@@ -103,6 +111,17 @@ def main(argv):
     # Saved and stopped before the end: not a finished run to a shell's `&&`, or to a scheduler that restarts
     # what did not finish (the shells' status for a process ended by that signal).
     sys.exit(EXIT_SIGNALLED + signal.Signals[results["stopped_by"]])
+
+
+class Terminated(BaseException):
+  """A SIGTERM outside the training steps (compiling, the final evaluation), where no step is left to save: unlike
+  the signal's default, it ends the run with a message, and releases the workdir's lock. (During the steps,
+  checkpoints.Preemption saves after the step first.)"""
+
+
+def _terminate(signum, frame):
+  del signum, frame
+  raise Terminated
 
 
 def _stop(error: Exception, log) -> NoReturn:
