@@ -703,10 +703,22 @@ def test_an_error_mid_run_leaves_the_checkpoint_being_written_complete(dataset, 
   assert _data_position(tmp_path, 2) == 2 * overrides(dataset)["batch_size"]
 
 
-# xclip_jax.main with Ctrl-C pressed twice as the step-2 checkpoint is written: the first as its save starts, the
-# second while the run waits for it to finish, with orbax's threads still writing.
-_CTRL_C_TWICE_WHILE_SAVING = """
+def _run_main_after(patch: str, dataset, workdir) -> subprocess.CompletedProcess:
+  """xclip_jax.main as `-m` runs it, in a process where the Python source `patch` has run first."""
+  script = f"""{patch}
 import runpy, sys
+sys.argv = ["xclip_jax.main", *sys.argv[1:]]
+runpy.run_module("xclip_jax.main", run_name="__main__", alter_sys=True)
+"""
+  command = main_command(dataset, workdir)
+  return subprocess.run(
+    [sys.executable, "-c", script, *command[3:]], cwd=REPO, capture_output=True, text=True, env=_env()
+  )
+
+
+# Ctrl-C pressed twice as the step-2 checkpoint is written: the first as its save starts, the second while the run
+# waits for it to finish, with orbax's threads still writing.
+_CTRL_C_TWICE_WHILE_SAVING = """
 import orbax.checkpoint as ocp
 from xclip_jax.train import checkpoints
 save = checkpoints.save
@@ -717,29 +729,20 @@ def ctrl_c_again(manager):
   raise KeyboardInterrupt
 checkpoints.save = save_then_ctrl_c
 ocp.CheckpointManager.wait_until_finished = ctrl_c_again
-sys.argv = ["xclip_jax.main", *sys.argv[1:]]
-runpy.run_module("xclip_jax.main", run_name="__main__", alter_sys=True)
 """
 
 
 def test_a_second_ctrl_c_while_saving_stops_at_once_with_one_line(dataset, tmp_path):
-  command = main_command(dataset, tmp_path / "run")
-  result = subprocess.run(
-    [sys.executable, "-c", _CTRL_C_TWICE_WHILE_SAVING, *command[3:]],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    env=_env(),
-  )
+  result = _run_main_after(_CTRL_C_TWICE_WHILE_SAVING, dataset, tmp_path / "run")
   assert result.returncode == 128 + signal.SIGINT, result.stderr[-3000:]
   assert result.stderr.splitlines() == [
     "error: Interrupted; rerun the same command to resume from the newest checkpoint, if there is one."
   ], result.stderr[-3000:]
 
 
-# xclip_jax.main with a SIGTERM as its final evaluation starts, after the training steps.
+# A SIGTERM as the final evaluation starts, after the training steps.
 _SIGTERM_IN_THE_FINAL_EVALUATION = """
-import os, runpy, signal, sys
+import os, signal
 from xclip_jax import console
 with console.native_start_up():  # as xclip_jax.main imports TensorFlow: its start-up lines go to the log
   from xclip_jax.train import trainer
@@ -748,21 +751,12 @@ def terminated_first(*args, **kwargs):
   os.kill(os.getpid(), signal.SIGTERM)
   return final_evaluation(*args, **kwargs)
 trainer._final_evaluation = terminated_first
-sys.argv = ["xclip_jax.main", *sys.argv[1:]]
-runpy.run_module("xclip_jax.main", run_name="__main__", alter_sys=True)
 """
 
 
 def test_a_sigterm_outside_the_training_steps_ends_the_run_with_one_line_and_frees_the_workdir(dataset, tmp_path):
   workdir = tmp_path / "run"
-  command = main_command(dataset, workdir)
-  result = subprocess.run(
-    [sys.executable, "-c", _SIGTERM_IN_THE_FINAL_EVALUATION, *command[3:]],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    env=_env(),
-  )
+  result = _run_main_after(_SIGTERM_IN_THE_FINAL_EVALUATION, dataset, workdir)
   assert result.returncode == 128 + signal.SIGTERM, result.stderr[-3000:]
   assert result.stderr.splitlines() == [
     "error: Stopped by SIGTERM outside the training steps; rerun the same command to resume from the newest "
