@@ -46,6 +46,7 @@ def test_demo_trains_evaluates_the_control_and_draws_its_pictures(tmp_path):
   for picture in (report.CURVES_FILE, report.CONFUSION_FILE):
     assert (workdir / picture).read_bytes()[:4] == b"\x89PNG"
   assert (workdir / "demo_data" / demo_data.MANIFEST).exists()
+  assert f"Evaluating the model of step {results['step']} (1 clip x 1 crop)" in result.stdout.splitlines()
   # The summary table on stdout names the results and where everything is.
   assert "single-frame control top-1" in result.stdout and str(workdir / "eval_results.json") in result.stdout
   final = workdir / "checkpoints" / str(results["step"])

@@ -502,8 +502,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   del batches
 
   # Final evaluation: the official code evaluates the final model (not the best) with all views.
+  clips, crops = config.final_eval_clips, config.final_eval_crops
   console.info(
-    f"Evaluating the model of step {total_steps} ({config.final_eval_clips} clips x {config.final_eval_crops} crops)"
+    f"Evaluating the model of step {total_steps} ({clips} clip{'s' * (clips != 1)} x {crops} crop{'s' * (crops != 1)})"
   )
   results = _final_evaluation(
     config, workdir, experiment, zero_shot_tasks, model, state.params, mesh, eval_step, text_encoder, total_steps
