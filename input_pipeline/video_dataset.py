@@ -61,6 +61,7 @@ from input_pipeline import annotations
 from input_pipeline import augment
 from input_pipeline import sampling
 from input_pipeline import video_decode
+from xclip_jax import console
 
 
 class TooManyFailuresError(RuntimeError):
@@ -133,7 +134,7 @@ class FailureLog:
       num_failed = len(self.paths)
       if num_failed > max_failures and self.error is None:
         self.error = TooManyFailuresError(
-          f"{num_failed} video{'s' if num_failed > 1 else ''} failed to decode, more than "
+          f"{console.count(num_failed, 'video')} failed to decode, more than "
           f"data.max_failure_fraction allows ({max_failures:g} here); the last was {path}: {reason}"
         )
     with _warned_lock:

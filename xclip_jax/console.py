@@ -139,8 +139,7 @@ class Progress:
     """`first_step`: the steps done before (a resumed run)."""
     self._total = total_steps
     self._bar = None
-    # A terminal of no width (a pseudo-terminal nobody sized, as `ssh -tt` or `script` give) cannot show a live line.
-    self._plain = _process_index == 0 and (not sys.stdout.isatty() or _columns(sys.stdout) == 0)
+    self._plain = _plain_lines()
     if _process_index == 0 and not self._plain:
       self._bar = tqdm.tqdm(
         total=total_steps,
@@ -185,7 +184,7 @@ class EvalProgress:
     self._name, self._total = name, total_videos
     self._done = self._printed_tenths = 0
     self._bar = None
-    self._plain = _process_index == 0 and (not sys.stdout.isatty() or _columns(sys.stdout) == 0)
+    self._plain = _plain_lines()
     self._start = time.monotonic()
     # The rate counts from the first batch done: before it come compiling and filling the input pipeline.
     self._first = None
@@ -224,12 +223,23 @@ class EvalProgress:
       self._bar.close()
 
 
+def _plain_lines() -> bool:
+  """Whether this process shows progress as plain lines: process 0 where stdout is no terminal, or a terminal of no
+  width (a pseudo-terminal nobody sized, as `ssh -tt` or `script` give), which cannot show a live line."""
+  return _process_index == 0 and (not sys.stdout.isatty() or _columns(sys.stdout) == 0)
+
+
 def _columns(stream) -> int | None:
   """The width of the terminal `stream` writes to; None where it does not say."""
   try:
     return os.get_terminal_size(stream.fileno()).columns
   except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both of the last two
     return None
+
+
+def count(number: int, noun: str) -> str:
+  """`1 video`, `2 videos`: the number with its noun, in the plural unless it is 1."""
+  return f"{number} {noun}{'s' * (number != 1)}"
 
 
 def error(message: str) -> int:

@@ -101,10 +101,7 @@ def main(argv):
     logging.error("Interrupted; rerun the same command to resume from the newest checkpoint, if there is one.")
     # At once, as asked: an orderly exit would wait for a checkpoint being written, and orbax's threads, stopped by
     # the interpreter's shutdown, would print hundreds of tracebacks. The rerun removes what the save left.
-    console.flush()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(EXIT_INTERRUPTED)
+    _exit_at_once(EXIT_INTERRUPTED)
   except Exception as error:
     _stop(error, log)
   if "stopped_by" in results:
@@ -136,9 +133,15 @@ def _stop(error: Exception, log) -> NoReturn:
   )
   # An orderly exit would wait at jax.distributed's shutdown barrier for processes that wait for this one; exiting at
   # once lets their heartbeat check stop them, saying that another process died.
+  _exit_at_once(EXIT_FAILED)
+
+
+def _exit_at_once(status: int) -> NoReturn:
+  """Exits without Python's shutdown (no waiting for threads or barriers), once the log and the terminal have it all."""
   console.flush()
+  sys.stdout.flush()
   sys.stderr.flush()
-  os._exit(EXIT_FAILED)
+  os._exit(status)
 
 
 def _describe(error: Exception) -> str:

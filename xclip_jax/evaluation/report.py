@@ -17,6 +17,7 @@ from matplotlib import pyplot as plt
 import numpy as np
 import tensorflow as tf
 
+from xclip_jax import console
 from xclip_jax import paths
 from xclip_jax.evaluation import evaluate
 
@@ -118,8 +119,7 @@ def write_plots(workdir, results: dict, class_names) -> list[epath.Path]:
 
 
 def _videos_and_views(results: dict) -> str:
-  videos, views = results["num_videos"], results["views"]
-  return f"{videos} video{'s' * (videos != 1)}, {views} view{'s' * (views != 1)}"
+  return f"{console.count(results['num_videos'], 'video')}, {console.count(results['views'], 'view')}"
 
 
 def run_summary(results: dict, seconds: float, files: list[tuple[str, str]]) -> str:

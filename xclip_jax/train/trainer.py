@@ -15,6 +15,7 @@ What lands in workdir:
 A config with a `demo` field first writes its data to WORKDIR/demo_data (input_pipeline.demo_data).
 """
 
+import contextlib
 import json
 import logging
 import math
@@ -344,9 +345,14 @@ class _MetricWindow:
       values.append(float(metrics[key]))
     return metrics
 
-  def exclude(self, seconds: float):
-    """Leaves `seconds` spent on other work (an evaluation, a save) out of the window's speed and time left."""
-    self._start += seconds
+  @contextlib.contextmanager
+  def paused(self):
+    """For other work (an evaluation, a save): reads the held step's metrics first, failing on a non-finite loss, and
+    leaves the block's time out of the window's speed and time left."""
+    self.take_pending()
+    started = time.time()
+    yield
+    self._start += time.time() - started
 
   def summary(self, step: int, total_steps: int, batch_size: int) -> dict:
     """The window's means, the last learning rate and the speed; starts a new window."""
@@ -463,25 +469,21 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         writer.write_scalars(step, {**scalars, "skipped_videos": len(failures.paths)})
         progress.update(step, scalars)
       if itstime(step, eval_every_steps, total_steps):
-        window.take_pending()
-        started = time.time()
-        results = evaluate.run_eval_set(config, val_set, eval_step, text_encoder, state.params, mesh, 1, 1)
-        writer.write_scalars(step, {"eval/top1": results["top1"], "eval/top5": results["top5"]})
-        top5 = f"  top-5 {100 * results['top5']:.1f}%" if evaluate.top5_tells(results) else ""
-        console.info(
-          f"step {step}: validation top-1 {100 * results['top1']:.1f}%{top5}  ({results['num_videos']} videos)"
-        )
-        if results["top1"] > best_top1:
-          _check_finite_params(step, state.params)
-          best_top1 = results["top1"]
-          _save_best(model, state.params, workdir, step, results)
-        window.exclude(time.time() - started)
+        with window.paused():
+          results = evaluate.run_eval_set(config, val_set, eval_step, text_encoder, state.params, mesh, 1, 1)
+          writer.write_scalars(step, {"eval/top1": results["top1"], "eval/top5": results["top5"]})
+          top5 = f"  top-5 {100 * results['top5']:.1f}%" if evaluate.top5_tells(results) else ""
+          console.info(
+            f"step {step}: validation top-1 {100 * results['top1']:.1f}%{top5}  ({results['num_videos']} videos)"
+          )
+          if results["top1"] > best_top1:
+            _check_finite_params(step, state.params)
+            best_top1 = results["top1"]
+            _save_best(model, state.params, workdir, step, results)
       if itstime(step, config.checkpoint_every_steps, total_steps) or stop:
-        window.take_pending()
-        started = time.time()
-        _check_finite_params(step, state.params)
-        checkpoints.save(manager, state, position, config.batch_size, force=stop)
-        window.exclude(time.time() - started)
+        with window.paused():
+          _check_finite_params(step, state.params)
+          checkpoints.save(manager, state, position, config.batch_size, force=stop)
       if stop:
         logging.warning("Stopped at step %d on %s; rerun the same command to resume.", step, preemption.received)
         return {"stopped_at_step": step, "stopped_by": preemption.received}
@@ -502,10 +504,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   del batches
 
   # Final evaluation: the official code evaluates the final model (not the best) with all views.
-  clips, crops = config.final_eval_clips, config.final_eval_crops
-  console.info(
-    f"Evaluating the model of step {total_steps} ({clips} clip{'s' * (clips != 1)} x {crops} crop{'s' * (crops != 1)})"
-  )
+  views = f"{console.count(config.final_eval_clips, 'clip')} x {console.count(config.final_eval_crops, 'crop')}"
+  console.info(f"Evaluating the model of step {total_steps} ({views})")
   results = _final_evaluation(
     config, workdir, experiment, zero_shot_tasks, model, state.params, mesh, eval_step, text_encoder, total_steps
   )

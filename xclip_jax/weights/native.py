@@ -68,17 +68,19 @@ def write_checkpoint(directory, config: model_config.XCLIPConfig, params) -> epa
   return directory
 
 
+# The start of the name of the params orbax was still writing when a write stopped (a kill, a full disk).
+_UNFINISHED_PARAMS = f"{PARAMS_DIR}.orbax-checkpoint-tmp"
+
+
 def _unfinished_writes(directory: epath.Path) -> list[epath.Path]:
-  """The params orbax was still writing when a write stopped (a kill, a full disk): PARAMS_DIR plus orbax's suffix."""
-  return [path for path in directory.iterdir() if path.name.startswith(f"{PARAMS_DIR}.orbax-checkpoint-tmp")]
+  return [path for path in directory.iterdir() if path.name.startswith(_UNFINISHED_PARAMS)]
 
 
 def _new_or_checkpoint(directory: epath.Path) -> bool:
   """Whether `directory` may be written: empty, a checkpoint, or what a stopped write of one left."""
   if not directory.is_dir():
     return False
-  unfinished = {path.name for path in _unfinished_writes(directory)}
-  names = {path.name for path in directory.iterdir()} - unfinished
+  names = {path.name for path in directory.iterdir() if not path.name.startswith(_UNFINISHED_PARAMS)}
   return not names or (CONFIG_FILE in names and names <= {CONFIG_FILE, PARAMS_DIR})
 
 
