@@ -524,7 +524,7 @@ def test_zero_shot_views_out_of_range_are_refused_before_training(dataset, tmp_p
   assert not (tmp_path / "run").exists()
 
 
-def test_zero_shot_evaluation_reports_each_split_and_the_mean(dataset, tmp_path):
+def test_zero_shot_evaluation_reports_each_split_and_the_mean(dataset, tmp_path, capsys):
   root, _ = dataset
   # Two split files of all classes, and "novel" classes: those not in a known list, in two random subsets of 2.
   (root / "known.csv").write_text("id,name\n0,abseiling\n")
@@ -556,6 +556,9 @@ def test_zero_shot_evaluation_reports_each_split_and_the_mean(dataset, tmp_path)
   assert results["splits"]["top1_std"] == pytest.approx(np.std(top1))
   assert results["splits"]["top5_mean"] == pytest.approx(np.mean(top5))
   assert results["splits"]["top5_std"] == pytest.approx(np.std(top5))
+  # The line printed when the task ends gives the figure as the summary table does: one decimal, as the paper.
+  expected = f"zero-shot splits: top-1 {100 * np.mean(top1):.1f} +- {100 * np.std(top1):.1f}%"
+  assert expected in capsys.readouterr().out.splitlines()
   novel = results["novel"]["splits"]
   assert len(novel) == 2
   for split in novel:

@@ -20,6 +20,7 @@ import tensorflow as tf
 from xclip_jax import console
 from xclip_jax import paths
 from xclip_jax.evaluation import evaluate
+from xclip_jax.evaluation import zero_shot
 
 CURVES_FILE = "training_curves.png"
 CONFUSION_FILE = "confusion_matrix.png"
@@ -135,7 +136,7 @@ def run_summary(results: dict, seconds: float, files: list[tuple[str, str]]) -> 
     chance = 100 / len(results["confusion_matrix"])
     rows.append(("single-frame control top-1", f"{100 * results['single_frame_top1']:.1f}%  (chance {chance:.1f}%)"))
   for name, task in results.get("zero_shot", {}).items():
-    rows.append((f"zero-shot {name} top-1", f"{100 * task['top1_mean']:.1f} +- {100 * task['top1_std']:.1f}%"))
+    rows.append((f"zero-shot {name} top-1", zero_shot.top1_text(task)))
   minutes, rest = divmod(round(seconds), 60)
   rows.append(("wall time", f"{minutes} min {rest:02d} s"))
   width = max(len(name) for name, _ in rows + files)

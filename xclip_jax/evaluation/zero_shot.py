@@ -95,3 +95,8 @@ def summary(results: Sequence[dict]) -> dict:
     "top5_mean": float(top5.mean()),
     "top5_std": float(top5.std()),
   }
+
+
+def top1_text(summary: dict) -> str:
+  """'44.6 +- 1.2%': one decimal, as the paper gives zero-shot results."""
+  return f"{100 * summary['top1_mean']:.1f} +- {100 * summary['top1_std']:.1f}%"

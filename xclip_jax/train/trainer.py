@@ -278,7 +278,7 @@ def _final_evaluation(
         )
         split_results.append({"split": eval_set.name, **split_result})
       summary = zero_shot.summary(split_results)
-      console.info(f"zero-shot {task.name}: top-1 {100 * summary['top1_mean']:.2f} +- {100 * summary['top1_std']:.2f}%")
+      console.info(f"zero-shot {task.name}: top-1 {zero_shot.top1_text(summary)}")
       results["zero_shot"][task.name] = summary
   _write_json(workdir / RESULTS_FILE, results)
   return results
