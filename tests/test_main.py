@@ -913,6 +913,22 @@ def test_resuming_with_other_parameters_trained_is_refused_before_anything_is_wr
   assert _files(workdir) == written
 
 
+def test_resuming_after_the_data_moved_names_the_move_once(dataset, uninterrupted, tmp_path, caplog):
+  """Four data paths that moved from one folder to another are one change, not four paths written out twice."""
+  root, checkpoint = dataset
+  workdir, moved = tmp_path / "finished", tmp_path / "moved"
+  shutil.copytree(uninterrupted[0], workdir)
+  shutil.copytree(root, moved)
+  with caplog.at_level(logging.WARNING):
+    trainer.train_and_evaluate(in_process_config((moved, checkpoint), lr=2e-3), workdir)
+  warnings = [record.getMessage() for record in caplog.records if "config differs" in record.getMessage()]
+  assert warnings == [
+    f"This run's config differs from that of the checkpoints it resumes in {workdir} (data.label_list, data.root, "
+    f"data.train_file, data.val_file '{root}/...' -> '{moved}/...'; lr 0.001 -> 0.002); training goes on with this "
+    "run's."
+  ]
+
+
 def test_resuming_with_other_config_values_warns_naming_them_and_goes_on(dataset, uninterrupted, tmp_path, caplog):
   """Fields that cannot change what is trained (how often to log) are left out."""
   workdir = tmp_path / "finished"

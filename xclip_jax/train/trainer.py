@@ -15,6 +15,7 @@ What lands in workdir:
 A config with a `demo` field first writes its data to WORKDIR/demo_data (input_pipeline.demo_data).
 """
 
+import collections
 import contextlib
 import json
 import logging
@@ -593,9 +594,29 @@ def _check_resumes_the_same_run(workdir: epath.Path, record: dict):
 
 
 def _differences(old: dict, new: dict) -> str:
-  """`field old -> new, ...` for the fields that differ, leaving out _NOT_COMPARED."""
+  """`field old -> new; ...` for the fields that differ, leaving out _NOT_COMPARED. Paths that moved together (a data
+  folder or a workdir moved) read as one change: `data.root, data.train_file '/old/...' -> '/new/...'`."""
   fields = sorted(f for f in old.keys() | new.keys() if old.get(f) != new.get(f) and not f.startswith(_NOT_COMPARED))
-  return ", ".join(f"{f} {old.get(f)!r} -> {new.get(f)!r}" for f in fields)
+  moves = collections.defaultdict(list)  # ('/old/...', '/new/...') -> the fields whose paths moved so
+  for field in fields:
+    moves[_moved_folders(old.get(field), new.get(field)) or field].append(field)
+  return "; ".join(
+    f"{', '.join(names)} {move[0]} -> {move[1]}"
+    if len(names) > 1
+    else f"{names[0]} {old.get(names[0])!r} -> {new.get(names[0])!r}"
+    for move, names in moves.items()
+  )
+
+
+def _moved_folders(old, new) -> tuple[str, str] | None:
+  """('/old/...', '/new/...') for two paths that end alike from a folder on ('/old/a/b.txt', '/new/a/b.txt')."""
+  if not (isinstance(old, str) and isinstance(new, str) and old and new):
+    return None
+  same_end = len(os.path.commonprefix([old[::-1], new[::-1]]))
+  folder_end = old.find("/", len(old) - same_end)  # the common end, from its first separator on
+  if folder_end <= 0:
+    return None
+  return repr(old[:folder_end] + "/..."), repr(new[: len(new) - (len(old) - folder_end)] + "/...")
 
 
 def _flat_config(config: ml_collections.ConfigDict | dict, prefix: str = "") -> dict:
