@@ -2,13 +2,17 @@
 
 import json
 import os
+import pathlib
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
 from xclip_jax.train import run_lock
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _lock(workdir, pid, host=None):
@@ -90,3 +94,39 @@ def test_on_a_file_system_without_hard_links_the_lock_is_created_exclusively(tmp
   _lock(tmp_path, live_process)
   with pytest.raises(run_lock.WorkdirInUseError), run_lock.held(tmp_path):
     pytest.fail("entered a held workdir")
+
+
+_OTHER_RUN = """
+import sys, time
+from xclip_jax.train import run_lock
+print("started", flush=True)
+try:
+  with run_lock.held(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(3)
+except run_lock.WorkdirInUseError as error:
+  print(f"refused: {error}", flush=True)
+"""
+
+
+def test_of_two_runs_taking_over_one_left_lock_at_once_only_one_goes_on(tmp_path, monkeypatch):
+  """Another run comes while this one judges the left lock: one of the two holds the workdir, the other is refused."""
+  _lock(tmp_path, _ended_process())
+  judge, other = run_lock._ended, []
+
+  def judging_while_another_run_comes(holder):
+    if not other:
+      other.append(
+        subprocess.Popen([sys.executable, "-c", _OTHER_RUN, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE)
+      )
+      assert other[0].stdout.readline() == b"started\n"
+      time.sleep(1)  # time for it to take the lock over, unless this run's takeover keeps it out
+    return judge(holder)
+
+  monkeypatch.setattr(run_lock, "_ended", judging_while_another_run_comes)
+  try:
+    with run_lock.held(tmp_path):
+      this_run_held, lines = True, other[0].communicate(timeout=60)[0].decode().splitlines()
+  except run_lock.WorkdirInUseError:
+    this_run_held, lines = False, other[0].communicate(timeout=60)[0].decode().splitlines()
+  assert (this_run_held, lines[0].split(":")[0]) in [(True, "refused"), (False, "held")]

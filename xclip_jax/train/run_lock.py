@@ -8,12 +8,14 @@ where it is. Local workdirs only: cloud storage has no exclusive create.
 
 from collections.abc import Iterator
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import pathlib
 import socket
 import tempfile
+import time
 
 import jax
 
@@ -45,14 +47,7 @@ def held(workdir) -> Iterator[None]:
         _place(written, path)
         break
       except FileExistsError:
-        holder = _holder(path)
-        if holder is not None and not _ended(holder):
-          raise WorkdirInUseError(
-            f"{workdir} is in use by the run of process {holder['pid']} on {holder['host']}: wait for it or stop it "
-            f"(if it is not running, delete {path})"
-          ) from None
-        logging.info("Taking over %s, left by a run that ended without removing it.", path)
-        path.unlink(missing_ok=True)
+        _remove_if_ended(path, workdir)
   finally:
     os.unlink(written)
   try:
@@ -61,21 +56,64 @@ def held(workdir) -> Iterator[None]:
     path.unlink(missing_ok=True)
 
 
+def _remove_if_ended(path: pathlib.Path, workdir):
+  """Removes the lock at `path` if its run has ended; raises WorkdirInUseError if it goes on.
+
+  Runs that find a lock at once each read and remove it holding its file's flock, once they see that its name still
+  leads to it: removed unseen, the lock that the first of them just placed would let the second in too.
+  """
+  try:
+    descriptor = os.open(path, os.O_RDWR)
+  except FileNotFoundError:  # removed by a run taking it over
+    return
+  try:
+    if not _flock(descriptor):
+      return  # another run is judging it: the next try reads what it decided
+    holder = _holder(descriptor)
+    if holder is not None and not _ended(holder):
+      raise WorkdirInUseError(
+        f"{workdir} is in use by the run of process {holder['pid']} on {holder['host']}: wait for it or stop it "
+        f"(if it is not running, delete {path})"
+      )
+    try:
+      still_there = os.path.samestat(os.fstat(descriptor), os.stat(path))
+    except FileNotFoundError:
+      still_there = False
+    if still_there:
+      logging.info("Taking over %s, left by a run that ended without removing it.", path)
+      path.unlink()
+  finally:
+    os.close(descriptor)
+
+
+def _flock(descriptor: int) -> bool:
+  """Takes `descriptor`'s file's exclusive flock: False if another process holds it; True where flock is unknown."""
+  try:
+    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    time.sleep(0.01)
+    return False
+  except OSError:  # a file system without flock: unguarded, as nothing better is there
+    pass
+  return True
+
+
 def _place(written: str, path: pathlib.Path):
   """Gives the lock file `written` the name `path`, or raises FileExistsError where a lock is."""
   try:
     os.link(written, path)
   except FileExistsError:
     raise
-  except OSError:  # a file system without hard links (FAT): create exclusively, then write
+  except OSError:  # a file system without hard links (FAT): create exclusively, then write under its flock
     with open(path, "x") as f:
+      _flock(f.fileno())
       f.write(pathlib.Path(written).read_text())
 
 
-def _holder(path: pathlib.Path) -> dict | None:
+def _holder(descriptor: int) -> dict | None:
   """The host and process id in a lock file; None if it cannot be read (written half, by a killed run)."""
   try:
-    holder = json.loads(path.read_text())
+    holder = json.loads(os.pread(descriptor, 1 << 16, 0))
     return holder if isinstance(holder, dict) and {"host", "pid"} <= holder.keys() else None
   except (OSError, ValueError):
     return None
