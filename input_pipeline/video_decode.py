@@ -153,6 +153,10 @@ def _index_tar(tar_path: epath.Path) -> dict[str, tuple[int, int]]:
 _PACKET_INDEXED_CODECS = frozenset({"h264", "hevc", "mpeg4", "mjpeg"})
 # Containers whose packet timestamps are presentation times (AVI's are not).
 _PRESENTATION_TIMED_FORMATS = frozenset({"mov", "mp4", "matroska", "webm"})
+# How much earlier than their listed DURATION a Matroska file's frames may end and be whole (besides two frames, for a
+# last frame without a duration): timestamps rounded to milliseconds, muxers that count the end differently. A cut
+# that loses less changes little of what is sampled.
+_TRUNCATION_MARGIN_S = 0.5
 
 
 def first_video_stream(container: av.container.InputContainer) -> av.VideoStream | None:
@@ -160,6 +164,16 @@ def first_video_stream(container: av.container.InputContainer) -> av.VideoStream
   cover, a thumbnail) is a video stream of one frame, but not the video."""
   moving = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
   return moving[0] if moving else None
+
+
+def _matroska_duration_seconds(stream: av.VideoStream) -> float | None:
+  """The stream's DURATION tag ('00:00:04.000000000', FFmpeg's Matroska muxer), in seconds; None without one."""
+  hours, _, rest = stream.metadata.get("DURATION", "").partition(":")
+  minutes, _, seconds = rest.partition(":")
+  try:
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+  except ValueError:
+    return None
 
 
 class _Video:
@@ -193,6 +207,16 @@ class _Video:
     if self._container.format.name.startswith("mov,") and len(self._packets) < listed:
       self._container.close()
       raise VideoDecodeError(f"truncated: {len(self._packets)} of the {listed} frames its index lists are in the file")
+    # FFmpeg's Matroska/WebM muxer writes each stream's DURATION at the file's start (yt-dlp's merges, ffmpeg's
+    # cuts): frames ending well before it are a truncated file, not a shorter video.
+    frames_end, listed_end = self._end_seconds(), _matroska_duration_seconds(self._stream)
+    if self._container.format.name.startswith("matroska") and frames_end is not None and listed_end is not None:
+      frame_time = frames_end / max(len(self._packets), 1)
+      if frames_end < listed_end - max(_TRUNCATION_MARGIN_S, 2 * frame_time):
+        self._container.close()
+        raise VideoDecodeError(
+          f"truncated: its frames end at {frames_end:.2f} s of the {listed_end:.2f} s its header lists"
+        )
     self.num_packets = sum(not p.is_discard for p in self._packets)
     self._index_of_pts = self._packet_index()
     codec = self._stream.codec_context
@@ -200,6 +224,11 @@ class _Video:
     self._frame_size = (codec.height, codec.width) if codec.height and codec.width else None
     # How players turn and mirror the stored picture, read from the first frame converted.
     self._orientation = None
+
+  def _end_seconds(self) -> float | None:
+    """When the last frame in the file ends, by packet timestamps; None without them."""
+    ends = [p.pts + (p.duration or 0) for p in self._packets if p.pts is not None]
+    return float(max(ends) * self._stream.time_base) if ends and self._stream.time_base else None
 
   @property
   def is_packet_indexed(self) -> bool:

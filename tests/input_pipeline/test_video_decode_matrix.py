@@ -335,6 +335,15 @@ def test_an_mp4_cut_short_after_its_index_is_truncated_not_shorter(tmp_path):
     video_decode.count_frames(intact[: len(intact) * 2 // 3])
 
 
+@pytest.mark.parametrize("name, codec", [("video.mkv", "libx264"), ("video.webm", "libvpx-vp9")])
+def test_a_matroska_file_cut_short_is_truncated_not_shorter(tmp_path, name, codec):
+  # FFmpeg's muxer lists the stream's DURATION at the start: 60 frames at 30 fps, 2 s.
+  intact = video_fixtures.write_video(tmp_path / name, 60, WIDTH, HEIGHT, codec=codec).read_bytes()
+  assert video_decode.count_frames(intact) == 60
+  with pytest.raises(video_decode.VideoDecodeError, match=r"^truncated: its frames end at 0\.\d\d s of the 2\.00 s"):
+    video_decode.count_frames(intact[: len(intact) // 3])
+
+
 # The same frames through build_tfds.
 
 
