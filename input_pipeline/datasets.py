@@ -120,11 +120,20 @@ def _check_same_classes(stored: tuple[str, ...], class_names: tuple[str, ...], c
   )
 
 
+def _record_index(config: ml_collections.ConfigDict, split: str, class_names) -> tfds_dataset.RecordIndex:
+  """The index of data.tfds_dir's records of `split`, checked to be there and of data.label_list's classes."""
+  index = tfds_dataset.RecordIndex.load(check_exists(config.data.tfds_dir, "data.tfds_dir", "folder"), split)
+  _check_same_classes(tuple(index.features["label"].names), class_names, config)
+  return index
+
+
 def resolve(config: ml_collections.ConfigDict, workdir: epath.Path) -> Experiment:
   """Checks the data the config names and prepares the training list (writing the few-shot subset to workdir)."""
   class_names = _class_names(config)
   for field in _evaluation_lists(config):
     _check_videos_present(config, _read_list(config, field), config.data[field])
+  if config.data.tfds_dir and (config.mode == "train" or not config.data.test_file):  # validation_set's records
+    _record_index(config, config.data.val_split, class_names)
   if config.mode == "eval":
     if not (config.data.val_file or config.data.test_file or config.data.tfds_dir or "zero_shot" in config):
       raise ValueError("config.mode=eval has nothing to evaluate: set config.data.test_file or config.data.val_file")
@@ -132,11 +141,7 @@ def resolve(config: ml_collections.ConfigDict, workdir: epath.Path) -> Experimen
   if config.data.tfds_dir:
     if config.data.shots:
       raise ValueError("data.shots (few-shot lists) needs annotation files, not data.tfds_dir records")
-    index = tfds_dataset.RecordIndex.load(
-      check_exists(config.data.tfds_dir, "data.tfds_dir", "folder"), config.data.train_split
-    )
-    _check_same_classes(tuple(index.features["label"].names), class_names, config)
-    return Experiment(class_names, index.num_videos, "")
+    return Experiment(class_names, _record_index(config, config.data.train_split, class_names).num_videos, "")
   records = _read_list(config, "train_file")
   if not config.data.shots:
     _check_videos_present(config, records, config.data.train_file)

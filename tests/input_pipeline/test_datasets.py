@@ -134,12 +134,12 @@ def test_a_few_shot_run_checks_only_the_videos_of_its_subset(config, tmp_path):
   assert not (tmp_path / "workdir2").exists()  # refused before the subset's list is written
 
 
-def _records(config, tmp_path):
-  """Records of 2 videos in the split "train" and 3 in "train_all", built with the config's label list."""
+def _records(config, tmp_path, splits=(("train", 2), ("train_all", 3), ("val", 1))):
+  """Records of 2 videos in the split "train", 3 in "train_all" and 1 in "val", built with the config's label list."""
   for i in range(3):
     video_fixtures.write_indexed_video(tmp_path / "clips" / f"{i}.mp4", 8)
   (tmp_path / "clips" / "labels.csv").write_text("id,name\n0,run\n1,jump\n2,swim\n")
-  for split, count in (("train", 2), ("train_all", 3)):
+  for split, count in splits:
     (tmp_path / f"{split}.txt").write_text("".join(f"{i}.mp4 {i}\n" for i in range(count)))
     build_tfds.build_split(
       annotations_path=str(tmp_path / f"{split}.txt"),
@@ -168,9 +168,20 @@ def test_records_count_the_videos_of_the_split_the_run_reads(config, tmp_path):
     ),
   ],
 )
-def test_records_built_with_another_label_list_are_refused(config, tmp_path, labels, message):
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_records_built_with_another_label_list_are_refused(config, tmp_path, labels, message, mode):
+  """In evaluation too: scored against other class texts, top-1 and the confusion matrix would be wrong."""
   _records(config, tmp_path)
+  config.mode = mode
+  config.data.val_file = ""
   config.data.label_list = _list(tmp_path, "other_labels.csv", labels)
   config.num_classes = labels.count("\n") - 1
   with pytest.raises(ValueError, match=re.escape(message.replace("LABELS", config.data.label_list))):
+    datasets.resolve(config, epath.Path(tmp_path / "workdir"))
+
+
+def test_records_without_the_validation_split_are_refused_before_training(config, tmp_path):
+  """Found at the first validation, after an epoch, it would stop the run there."""
+  _records(config, tmp_path, splits=(("train", 2),))
+  with pytest.raises(ValueError, match=re.escape(f"{config.data.tfds_dir}: no build_tfds metadata for split 'val'")):
     datasets.resolve(config, epath.Path(tmp_path / "workdir"))
