@@ -76,7 +76,8 @@ class VideoSource:
 
   def __init__(self, root: str | os.PathLike[str]):
     self.root = epath.Path(root)
-    self._tar_members = None if check_root(root) == "folder" else _index_tar(self.root)
+    # Member paths -> (offset, size), and unambiguous base names -> member paths.
+    self._tar_members, self._tar_base_names = (None, None) if check_root(root) == "folder" else _index_tar(self.root)
 
   def read_bytes(self, relative_path: str) -> bytes:
     """Returns the file's bytes; raises VideoDecodeError if it is missing (its message, for a warning that names the
@@ -90,7 +91,13 @@ class VideoSource:
       except Exception as e:  # OSError locally; cloud storage raises its own error types
         raise VideoDecodeError(f"{path}: cannot be read ({_reason(e)})") from e
     key = os.path.normpath(relative_path)
-    location = self._tar_members.get(key) or self._tar_members.get(os.path.basename(key))
+    location = self._tar_members.get(key)
+    if location is None:
+      # As officially, by base name, where the two paths differ only in folders one of them lacks at its start:
+      # `a/x.mp4` is `x.mp4` in a flat tar and `videos/a/x.mp4` in one of a top folder, never `b/x.mp4`.
+      member = self._tar_base_names.get(os.path.basename(key))
+      if member is not None and _one_ends_the_other(member, key):
+        location = self._tar_members[member]
     if location is None:
       raise VideoDecodeError(f"not found in {self.root}")
     offset, size = location
@@ -113,8 +120,15 @@ def check_root(root: str | os.PathLike[str]) -> str:
   raise ValueError(f"video root {os.fspath(path)!r} is neither a folder nor a .tar file")
 
 
-def _index_tar(tar_path: epath.Path) -> dict[str, tuple[int, int]]:
-  """Maps member paths (and unambiguous base names) to (offset, size); a link, to the file it links to."""
+def _one_ends_the_other(path: str, other: str) -> bool:
+  """Whether the folders and name of one path are the last ones of the other."""
+  parts, other_parts = path.split(os.sep), other.split(os.sep)
+  shorter = min(len(parts), len(other_parts))
+  return parts[-shorter:] == other_parts[-shorter:]
+
+
+def _index_tar(tar_path: epath.Path) -> tuple[dict[str, tuple[int, int]], dict[str, str]]:
+  """Maps member paths to (offset, size), a link's to its file's; and unambiguous base names to member paths."""
   try:
     with tar_path.open("rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
       members = tar.getmembers()
@@ -138,14 +152,14 @@ def _index_tar(tar_path: epath.Path) -> dict[str, tuple[int, int]]:
       by_path[name] = by_path[target]
   by_base_name = {}
   ambiguous = set()
-  for path, location in by_path.items():
+  for path in by_path:
     name = os.path.basename(path)
     if name in by_base_name:
       ambiguous.add(name)
-    by_base_name[name] = location
+    by_base_name[name] = path
   for name in ambiguous:
     del by_base_name[name]
-  return {**by_base_name, **by_path}
+  return by_path, by_base_name
 
 
 # Decoders that turn each packet into exactly one frame stamped with the

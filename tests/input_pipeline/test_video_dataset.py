@@ -138,6 +138,19 @@ def test_tar_members_are_found_by_base_name_as_officially(data, tmp_path):
   assert source.read_bytes("class_2/video_2.mp4") == (data["folder"] / "class_2/video_2.mp4").read_bytes()
 
 
+def test_a_tar_member_is_found_by_base_name_only_where_its_folders_agree(tmp_path):
+  """A folder one path lacks at its start (a tar of a top folder, a list of bare names) is not a different folder."""
+  (tmp_path / "videos/val").mkdir(parents=True)
+  (tmp_path / "videos/val/clip.mp4").write_bytes(b"val clip")
+  tar = video_fixtures.write_tar(tmp_path / "videos.tar", tmp_path, ["videos/val/clip.mp4"])
+  source = video_decode.VideoSource(tar)
+  for listed in ("clip.mp4", "val/clip.mp4", "data/videos/val/clip.mp4"):
+    assert source.read_bytes(listed) == b"val clip"
+  for listed in ("train/clip.mp4", "other/val/clip.mp4"):
+    with pytest.raises(video_decode.VideoDecodeError, match="^not found in "):
+      source.read_bytes(listed)  # another folder's video of the same name: the wrong class, or the wrong split
+
+
 def test_tar_members_stored_as_links_are_read_as_the_files_they_link_to(data, tmp_path):
   folder = tmp_path / "videos"
   folder.mkdir()
