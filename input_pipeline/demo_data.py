@@ -191,11 +191,28 @@ def write(directory, settings: Settings):
   (directory / MANIFEST).write_text(json.dumps(dataclasses.asdict(settings), indent=1) + "\n")
 
 
+# The config.data fields that `prepare` sets: the files it writes in WORKDIR/demo_data.
+_DATA_FILES = {
+  "root": "videos",
+  "label_list": "labels.csv",
+  "train_file": "train.txt",
+  "val_file": "val.txt",
+  "test_file": "test.txt",
+  "single_frame_file": f"{SINGLE_FRAME}.txt",
+}
+
+
 def prepare(config: ml_collections.ConfigDict, workdir) -> ml_collections.ConfigDict:
   """Writes the demo data to WORKDIR/demo_data unless it is there; returns a copy of `config` whose data.* name it.
 
   A rerun reuses the data; data made with other settings (`config.demo`) is refused rather than mixed.
   """
+  given = [field for field in (*_DATA_FILES, "tfds_dir") if config.data.get(field)]
+  if given:
+    raise ValueError(
+      f"the demo trains on data it makes, so config.data.{given[0]}={config.data[given[0]]} would not be read: for "
+      "your own data, start from a config such as configs/k400.py"
+    )
   directory = pathlib.Path(workdir).absolute() / "demo_data"
   settings = Settings(**config.demo.to_dict())
   manifest = directory / MANIFEST
@@ -211,10 +228,6 @@ def prepare(config: ml_collections.ConfigDict, workdir) -> ml_collections.Config
       "use another workdir"
     )
   config = ml_collections.ConfigDict(config.to_dict())
-  config.data.root = str(directory / "videos")
-  config.data.label_list = str(directory / "labels.csv")
-  config.data.train_file = str(directory / "train.txt")
-  config.data.val_file = str(directory / "val.txt")
-  config.data.test_file = str(directory / "test.txt")
-  config.data.single_frame_file = str(directory / f"{SINGLE_FRAME}.txt")
+  for field, name in _DATA_FILES.items():
+    config.data[field] = str(directory / name)
   return config

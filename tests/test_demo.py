@@ -33,6 +33,16 @@ def test_prepare_writes_once_and_refuses_data_made_with_other_settings(tmp_path)
     demo_data.prepare(config, tmp_path)
 
 
+@pytest.mark.parametrize("field", ["train_file", "label_list", "tfds_dir"])
+def test_the_demo_refuses_data_of_the_user_before_writing_its_own(tmp_path, field):
+  """It would train on its own data and report that as the user's."""
+  config = demo_config.get_config("small=True")
+  config.data[field] = "my/data"
+  with pytest.raises(ValueError, match=f"^the demo trains on data it makes, so config.data.{field}=my/data would not"):
+    demo_data.prepare(config, tmp_path)
+  assert not list(tmp_path.iterdir())
+
+
 def test_demo_trains_evaluates_the_control_and_draws_its_pictures(tmp_path):
   workdir = tmp_path / "demo"
   command = [sys.executable, "-m", "xclip_jax.main", "--config=configs/demo.py:small=True", f"--workdir={workdir}"]
