@@ -45,16 +45,22 @@ class Experiment:
   train_file: str  # the list training reads (the few-shot subset when data.shots > 0)
 
 
+def read_class_names(path: str, field: str) -> tuple[str, ...]:
+  """The class names of the label list at `path` (config field `field`), each checked to fit the text encoder."""
+  names = tuple(annotations.read_label_list(check_exists(path, field)))
+  try:
+    tokenizer.tokenize(names)
+  except tokenizer.TextTooLongError as error:
+    raise ValueError(error.naming(names[error.row], path)) from None
+  return names
+
+
 def _class_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  names = tuple(annotations.read_label_list(check_exists(config.data.label_list, "data.label_list")))
+  names = read_class_names(config.data.label_list, "data.label_list")
   if len(names) != config.num_classes:
     raise ValueError(
       f"config.num_classes is {config.num_classes} but {config.data.label_list} lists {len(names)} classes"
     )
-  try:
-    tokenizer.tokenize(names)
-  except tokenizer.TextTooLongError as error:
-    raise ValueError(error.naming(names[error.row], config.data.label_list)) from None
   return names
 
 
@@ -93,14 +99,17 @@ def _read_list(config: ml_collections.ConfigDict, field: str) -> list[annotation
   return annotations.read_annotations(path, config.num_classes)
 
 
-def _check_videos_present(config: ml_collections.ConfigDict, records: list[annotations.VideoRecord], name: str):
-  """Refuses the list `name` of `records` before any training when more of its videos are missing than the pipeline
-  would skip before stopping on them later."""
-  missing = _missing_videos(records, config.data.root)
+def check_videos_present(
+  config: ml_collections.ConfigDict, records: list[annotations.VideoRecord], name: str, root: str | None = None
+):
+  """Refuses the list `name` of `records` (videos under `root`, by default data.root) before any training when more
+  of its videos are missing than the pipeline would skip before stopping on them later."""
+  root = root or config.data.root
+  missing = _missing_videos(records, root)
   allowed = config.data.max_failure_fraction * len(records)
   if len(missing) > allowed:
     raise ValueError(
-      f"{name}: {len(missing)} of its {len(records)} videos are missing from {config.data.root}, more than the "
+      f"{name}: {len(missing)} of its {len(records)} videos are missing from {root}, more than the "
       f"{allowed:g} that data.max_failure_fraction={config.data.max_failure_fraction:g} allows: "
       f"{', '.join(missing[:3])}" + (", ..." if len(missing) > 3 else "")
     )
@@ -131,7 +140,7 @@ def resolve(config: ml_collections.ConfigDict, workdir: epath.Path) -> Experimen
   """Checks the data the config names and prepares the training list (writing the few-shot subset to workdir)."""
   class_names = _class_names(config)
   for field in _evaluation_lists(config):
-    _check_videos_present(config, _read_list(config, field), config.data[field])
+    check_videos_present(config, _read_list(config, field), config.data[field])
   if config.data.tfds_dir and (config.mode == "train" or not config.data.test_file):  # validation_set's records
     _record_index(config, config.data.val_split, class_names)
   if config.mode == "eval":
@@ -144,11 +153,11 @@ def resolve(config: ml_collections.ConfigDict, workdir: epath.Path) -> Experimen
     return Experiment(class_names, _record_index(config, config.data.train_split, class_names).num_videos, "")
   records = _read_list(config, "train_file")
   if not config.data.shots:
-    _check_videos_present(config, records, config.data.train_file)
+    check_videos_present(config, records, config.data.train_file)
     return Experiment(class_names, len(records), config.data.train_file)
   records = subsets.k_shot_subset(records, config.num_classes, config.data.shots, config.seed)
   # The videos the run reads: the few-shot subset's, not the whole list's.
-  _check_videos_present(config, records, f"the {config.data.shots}-shot subset of {config.data.train_file}")
+  check_videos_present(config, records, f"the {config.data.shots}-shot subset of {config.data.train_file}")
   train_file = str(workdir / f"train_{config.data.shots}shot.txt")
   if jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)

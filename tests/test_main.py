@@ -20,6 +20,7 @@ import pytest
 
 from configs import common
 from configs import k400
+from input_pipeline import video_dataset
 from tests.fixtures import tiny
 from tests.fixtures import video_fixtures
 import xclip_jax
@@ -565,6 +566,27 @@ def test_zero_shot_evaluation_reports_each_split_and_the_mean(dataset, tmp_path,
     # Only videos of the subset's 2 classes (never 'abseiling', the known class), labels renumbered to 0..1.
     assert len(split["confusion_matrix"]) == 2 and "abseiling" not in split["per_class"]
     assert split["num_videos"] == np.sum(split["confusion_matrix"]) > 0
+
+
+def test_results_done_before_a_zero_shot_set_fails_are_kept(dataset, tmp_path):
+  root, _ = dataset
+  (root / "garbage").mkdir()
+  (root / "garbage" / "0.mp4").write_bytes(b"not a video")
+  (root / "garbage.txt").write_text("0.mp4 0\n")
+  config = in_process_config(dataset, mode="eval", eval_batch_size=2, final_eval_clips=1, final_eval_crops=1)
+  with config.unlocked():
+    config.zero_shot_clips, config.zero_shot_crops = 1, 1
+    config.zero_shot = {
+      "unreadable": {
+        "root": str(root / "garbage"),
+        "val_files": (str(root / "garbage.txt"),),
+        "label_list": str(root / "labels.csv"),
+      }
+    }
+  with pytest.raises(video_dataset.TooManyFailuresError, match="1 video failed to decode"):
+    trainer.train_and_evaluate(config, tmp_path)
+  kept = json.loads((tmp_path / trainer.RESULTS_FILE).read_text())
+  assert kept["num_videos"] == NUM_VAL and "top1" in kept
 
 
 def test_few_shot_trains_on_k_videos_per_class(dataset, tmp_path):

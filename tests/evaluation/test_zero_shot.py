@@ -89,6 +89,8 @@ def test_a_split_keeps_the_order_its_file_gives_its_classes(tmp_path):
   (tmp_path / "labels.csv").write_text('id,name\n0,archery\n1,bowling\n2,"cooking, outdoors"\n3,"diving ""high"""\n')
   (tmp_path / "splits.json").write_text(json.dumps({"splits": [['diving "high"', "archery", "cooking, outdoors"]]}))
   (tmp_path / "videos").mkdir()
+  for name in ("a", "b", "c"):
+    (tmp_path / "videos" / f"{name}.mp4").write_bytes(b"")  # looked for, not read
   (tmp_path / "val.txt").write_text("a.mp4 0\nb.mp4 3\nc.mp4 1\n")
   config = _with_class_splits(
     tiny.experiment_config(), tmp_path, "custom", tmp_path / "labels.csv", tmp_path / "splits.json"
@@ -98,3 +100,38 @@ def test_a_split_keeps_the_order_its_file_gives_its_classes(tmp_path):
   assert annotations.read_label_list(split.label_list) == ['diving "high"', "archery", "cooking, outdoors"]
   # archery's video is label 1 of the split, diving's label 0; bowling is in no split.
   assert (tmp_path / "workdir/zero_shot/custom/split1/val.txt").read_text() == "a.mp4 1\nb.mp4 0\n"
+
+
+LONG_NAME = "a very long class name " * 20
+
+
+@pytest.mark.parametrize(
+  "labels, lines, error",
+  [
+    ("archery\nbowling", "a.mp4 0\nb.mp4 7\n", r"split1\.txt:2: label 7 is outside the label list of 2 classes"),
+    ("archery\nbowling", "a.mp4 0\ngone.mp4 1\n", r"split1\.txt: 1 of its 2 videos are missing from .*videos"),
+    (f"archery\n{LONG_NAME}", "a.mp4 0\nb.mp4 1\n", r"labels\.csv: class 1 \('a very long.*'\) is \d+ tokens long"),
+  ],
+  ids=["label outside the list", "videos missing", "class name too long"],
+)
+def test_split_files_are_checked_when_the_tasks_are_read_before_training(tmp_path, labels, lines, error):
+  """As the training lists are: found after training, the problem would cost the run's final evaluation."""
+  names = labels.split("\n")
+  (tmp_path / "labels.csv").write_text("id,name\n" + "".join(f"{i},{name}\n" for i, name in enumerate(names)))
+  (tmp_path / "videos").mkdir()
+  for name in ("a", "b"):
+    (tmp_path / "videos" / f"{name}.mp4").write_bytes(b"")
+  (tmp_path / "split1.txt").write_text(lines)
+  config = tiny.experiment_config()
+  with config.unlocked():
+    config.zero_shot = ml_collections.ConfigDict(
+      {
+        "files": {
+          "root": str(tmp_path / "videos"),
+          "val_files": (str(tmp_path / "split1.txt"),),
+          "label_list": str(tmp_path / "labels.csv"),
+        }
+      }
+    )
+  with pytest.raises(ValueError, match=error):
+    zero_shot.tasks(config, tmp_path / "workdir")

@@ -35,12 +35,14 @@ def tasks(config: ml_collections.ConfigDict, workdir: epath.Path) -> list[ZeroSh
   HMDB-51's and UCF-101's split files). Class subsets are written to workdir as annotation files and label lists."""
   found = []
   for name, task in config.zero_shot.items():
-    label_list = datasets.check_exists(task.label_list, f"zero_shot.{name}.label_list")
+    # Every list read, labels, class names and videos checked, now: not after training.
+    label_list = task.label_list
+    names = datasets.read_class_names(label_list, f"zero_shot.{name}.label_list")
     root = datasets.check_exists(task.root, f"zero_shot.{name}.root", "folder or .tar")
-    names = annotations.read_label_list(label_list)
     files = [datasets.check_exists(f, f"zero_shot.{name}.val_files") for f in task.val_files]
     if not files:
       raise ValueError(f"config.zero_shot.{name}.val_files is empty")
+    records_of = {f: annotations.read_annotations(f, len(names)) for f in files}
     if task.get("class_splits"):
       class_splits = subsets.read_class_splits(
         datasets.check_exists(task.class_splits, f"zero_shot.{name}.class_splits"), names
@@ -52,19 +54,21 @@ def tasks(config: ml_collections.ConfigDict, workdir: epath.Path) -> list[ZeroSh
       novel = subsets.novel_classes(known, names)
       class_splits = subsets.random_class_splits(novel, task.num_subsets, task.subset_size, task.seed)
     else:
-      splits = [
-        datasets.EvalSet(f"{name}/split{i + 1}", f, root, label_list, tuple(names)) for i, f in enumerate(files)
-      ]
+      for f, records in records_of.items():
+        datasets.check_videos_present(config, records, f, root)
+      splits = [datasets.EvalSet(f"{name}/split{i + 1}", f, root, label_list, names) for i, f in enumerate(files)]
       found.append(ZeroShotTask(name, tuple(splits)))
       continue
-    records = [r for f in files for r in annotations.read_annotations(f, len(names))]
+    records = [r for f in files for r in records_of[f]]
     splits = []
     for i, ids in enumerate(class_splits):
-      if not subsets.restrict_to_classes(records, ids):
+      chosen = subsets.restrict_to_classes(records, ids)
+      if not chosen:
         raise ValueError(
           f"config.zero_shot.{name}.val_files list no video of the classes of split {i + 1} "
           f"({', '.join(names[c] for c in ids[:3])}, ...)"
         )
+      datasets.check_videos_present(config, chosen, f"split {i + 1} of config.zero_shot.{name}", root)
       directory = workdir / "zero_shot" / name / f"split{i + 1}"
       splits.append(_class_subset(directory, f"{name}/split{i + 1}", records, names, ids, root))
     multihost_utils.sync_global_devices("zero-shot subsets written")

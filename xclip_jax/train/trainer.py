@@ -272,6 +272,7 @@ def _final_evaluation(
   if zero_shot_tasks:
     results["zero_shot"] = {}
     for task in zero_shot_tasks:
+      _write_json(workdir / RESULTS_FILE, results)  # what is done so far, kept should a later set fail
       split_results = []
       for eval_set in task.splits:
         split_result = evaluate.run_eval_set(
