@@ -150,7 +150,18 @@ def resolve(config: ml_collections.ConfigDict, workdir: epath.Path) -> Experimen
   if config.data.tfds_dir:
     if config.data.shots:
       raise ValueError("data.shots (few-shot lists) needs annotation files, not data.tfds_dir records")
-    return Experiment(class_names, _record_index(config, config.data.train_split, class_names).num_videos, "")
+    index = _record_index(config, config.data.train_split, class_names)
+    # Over its epochs, each process meets every video the build left out: all count against the run's allowance.
+    order = video_dataset.TrainOrder(index.num_videos, config.seed, config.batch_size)
+    allowed = config.data.max_failure_fraction * order.slots_per_epoch
+    if len(index.skipped) > allowed:
+      raise ValueError(
+        f"data.tfds_dir {config.data.tfds_dir}: its build left out {len(index.skipped)} of the {index.num_videos} "
+        f"videos of split {config.data.train_split!r} (metadata.json lists them), more than the {allowed:g} that "
+        f"data.max_failure_fraction={config.data.max_failure_fraction:g} allows over an epoch of "
+        f"{order.slots_per_epoch}: raise it, or rebuild the split with those videos repaired"
+      )
+    return Experiment(class_names, index.num_videos, "")
   records = _read_list(config, "train_file")
   if not config.data.shots:
     check_videos_present(config, records, config.data.train_file)

@@ -174,7 +174,6 @@ class _Config:
   records: Sequence[annotations.VideoRecord]
   source: video_decode.VideoSource
   failures: FailureLog
-  max_failures: float
 
 
 def _load_inputs(annotation_file, video_root, label_list):
@@ -192,15 +191,15 @@ def process_batch_size(batch_size: int, process_index: int, process_count: int) 
   return batch_size // process_count
 
 
-def _decode_or_skip(config: _Config, record_index: int, choose_indices):
-  """Decoded frames of a record, or None after logging the failure."""
+def _decode_or_skip(config: _Config, record_index: int, choose_indices, max_failures: float):
+  """Decoded frames of a record, or None after logging the failure (allowing `max_failures`)."""
   record = config.records[record_index]
   try:
     video_bytes = config.source.read_bytes(record.path)
     frames, _ = video_decode.decode_sampled_frames(video_bytes, choose_indices)
     return frames
   except video_decode.VideoDecodeError as e:
-    config.failures.add(record.path, str(e), config.max_failures)
+    config.failures.add(record.path, str(e), max_failures)
     return None
 
 
@@ -247,6 +246,14 @@ class TrainOrder:
   def locate(self, position: int) -> tuple[int, int, int]:
     epoch, slot = divmod(position, self.slots_per_epoch)
     return epoch, slot, int(self._permutation(epoch)[slot])
+
+  def failure_allowance(self, fraction: float, process_count: int, start_position: int, position: int) -> float:
+    """How many distinct videos may have failed on one of `process_count` processes once it reads `position`, having
+    started at `start_position`: `fraction` of the videos it can have met. Each epoch it reads its share of the list
+    in a new order, so it meets more of the list's broken videos every epoch, up to all of them; an allowance of its
+    first epoch's share would stop a long run on a list that has no more broken videos than `fraction` allows."""
+    epochs = position // self.slots_per_epoch - start_position // self.slots_per_epoch + 1
+    return fraction * min(self.slots_per_epoch, epochs * self.slots_per_epoch / process_count)
 
   def stand_in(self, epoch: int, slot: int, attempt: int) -> int:
     """The line read in place of the slot's video once it and attempt - 1 stand-ins failed."""
@@ -313,16 +320,16 @@ def make_train_dataset(
   records, source = _load_inputs(annotation_file, video_root, label_list)
   order = TrainOrder(len(records), seed, batch_size)
   positions = order.positions(start_position, process_index, process_count)
-  max_failures = max_failure_fraction * order.slots_per_epoch / process_count
-  config = _Config(records, source, failures or FailureLog(), max_failures)
+  config = _Config(records, source, failures or FailureLog())
 
   @python_calls.call()
   def load(position):
     epoch, slot, record_index = order.locate(int(position))
+    max_failures = order.failure_allowance(max_failure_fraction, process_count, start_position, int(position))
     for attempt in itertools.count(1):
       sampling_rng, augment_seed = clip_seeds(seed, epoch, slot)
       choose = functools.partial(sampling.train_frame_indices, num_segments=num_frames, rng=sampling_rng)
-      frames = _decode_or_skip(config, record_index, choose)
+      frames = _decode_or_skip(config, record_index, choose, max_failures)
       if frames is not None:
         return frames, np.int32(records[record_index].label), augment_seed
       try:
@@ -425,14 +432,15 @@ def make_eval_dataset(
   """
   records, source = _load_inputs(annotation_file, video_root, label_list)
   lines = eval_lines(len(records), batch_size, process_index, process_count)
-  config = _Config(records, source, failures or FailureLog(), max_failure_fraction * np.sum(lines >= 0))
+  config = _Config(records, source, failures or FailureLog())
+  max_failures = max_failure_fraction * np.sum(lines >= 0)
 
   def choose(num_video_frames):
     return sampling.eval_clips_frame_indices(num_video_frames, num_frames, num_clips)
 
   @python_calls.call()
   def load(index):
-    frames = None if index < 0 else _decode_or_skip(config, int(index), choose)
+    frames = None if index < 0 else _decode_or_skip(config, int(index), choose, max_failures)
     if frames is None:
       blank = np.zeros((num_clips * num_frames, input_size, input_size, 3), np.uint8)
       return blank, np.int32(-1), False

@@ -185,3 +185,24 @@ def test_records_without_the_validation_split_are_refused_before_training(config
   _records(config, tmp_path, splits=(("train", 2),))
   with pytest.raises(ValueError, match=re.escape(f"{config.data.tfds_dir}: no build_tfds metadata for split 'val'")):
     datasets.resolve(config, epath.Path(tmp_path / "workdir"))
+
+
+def test_records_the_build_left_out_beyond_the_failure_allowance_are_refused_before_training(config, tmp_path):
+  """Every process meets them all over its epochs: found at start, not as a stop mid-run."""
+  _records(config, tmp_path, splits=(("val", 1),))
+  (tmp_path / "clips" / "bad.mp4").write_bytes(b"not a video")
+  (tmp_path / "train.txt").write_text("0.mp4 0\n1.mp4 1\n2.mp4 2\nbad.mp4 0\n")
+  build_tfds.build_split(
+    annotations_path=str(tmp_path / "train.txt"),
+    root=str(tmp_path / "clips"),
+    labels_path=str(tmp_path / "clips" / "labels.csv"),
+    output_dir=config.data.tfds_dir,
+    split="train",
+    max_bad_fraction=0.5,
+  )
+  config.batch_size = 2  # an epoch of 4 slots
+  config.data.max_failure_fraction = 0.25  # 1 allowed
+  assert datasets.resolve(config, epath.Path(tmp_path / "workdir")).num_train_videos == 4
+  config.data.max_failure_fraction = 0.2  # 0.8 allowed
+  with pytest.raises(ValueError, match=r"its build left out 1 of the 4 videos of split 'train' .* more than the 0\.8"):
+    datasets.resolve(config, epath.Path(tmp_path / "workdir"))

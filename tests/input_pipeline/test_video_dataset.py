@@ -339,6 +339,21 @@ def test_each_of_several_processes_allows_its_share_of_the_failures(data):
   assert messages and all(re.match(r"1 video failed .* \(0.5 here\);", m) for m in messages), messages
 
 
+def test_a_process_allows_more_failures_as_later_epochs_show_it_more_of_the_list(data):
+  """2 of 10 videos broken, 20% allowed: within what the list may hold. Each of two processes reads half of each epoch
+  (5 slots, 1 failure allowed), and with seed 1 meets one broken video in its first epoch and the other in its
+  second: allowed, as it has then met up to all 10 videos (2 failures allowed), not stopped as over its first half."""
+  lines = _good_lines(data) + ["broken/garbage.mp4 0", "broken/empty.mp4 1"]
+  annotation = _annotations(data, "two_broken.txt", lines)
+  for process_index in (0, 1):
+    failures = video_dataset.FailureLog()
+    settings = dict(batch_size=2, seed=1, max_failure_fraction=0.2, process_index=process_index, process_count=2)
+    batches = _train(data, annotation, failures=failures, **settings).as_numpy_iterator()
+    for epoch in range(2):
+      list(itertools.islice(batches, 5))
+      assert len(failures.paths) == epoch + 1  # the premise: one more broken video met in each epoch
+
+
 def test_a_slot_whose_stand_ins_all_fail_stops_the_iterator_with_a_python_error(data):
   """Every video broken, every failure allowed: the 20 stand-ins of the first slots run out (not a TensorFlow error
   whose message holds the traceback of the callback)."""
