@@ -628,6 +628,8 @@ def run_command(*args: str) -> subprocess.CompletedProcess:
       "--config: not an experiment config (it has no field 'mode'): use configs/k400.py, k600.py, hmdb51.py, "
       "ucf101.py, zero_shot.py or demo.py, or one made like them",
     ),
+    # An unset $WORKDIR: the run would write into the current folder.
+    (["--config=configs/demo.py", "--workdir="], "--workdir is empty: give the folder (or gs:// path) the run writes"),
   ],
   ids=[
     "config-argument",
@@ -638,6 +640,7 @@ def run_command(*args: str) -> subprocess.CompletedProcess:
     "no-get-config",
     "raise",
     "model-config",
+    "empty-workdir",
   ],
 )
 def test_a_command_line_mistake_is_one_line_with_exit_status_2_and_runs_nothing(tmp_path, args, message, request):

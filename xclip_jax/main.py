@@ -69,6 +69,8 @@ EXIT_INTERRUPTED = EXIT_SIGNALLED + signal.SIGINT  # stopped by Ctrl-C
 def main(argv):
   if len(argv) > 1:
     console.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not _WORKDIR.value.strip():
+    console.fail("--workdir is empty: give the folder (or gs:// path) the run writes")
   console.setup()
   log = None
   try:
