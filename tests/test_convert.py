@@ -429,3 +429,31 @@ def test_a_missing_destination_argument_is_a_one_line_usage_error(checkpoint):
   )
   assert result.returncode == 2 and result.stdout == ""
   assert result.stderr == "error: usage: python -m xclip_jax.convert SRC DST [--to=jax|official] [--num_frames=N]\n"
+
+
+def test_a_clip_checkpoint_converted_to_xclip_jax_stays_marked_untrained(tmp_path):
+  """Converted, it would otherwise pass for a trained X-CLIP: no warning from classify and export, and
+  --config.mode=eval would evaluate it."""
+  clip = tiny.save_clip_checkpoint(tmp_path / "clip.pt")
+  assert convert.command(str(clip), str(tmp_path / "cc")) == 0
+  assert not xclip_jax.load_pretrained(tmp_path / "cc").xclip_modules_trained
+
+
+@pytest.mark.parametrize("source", ["clip", "converted_clip"])
+def test_an_untrained_model_to_the_official_format_is_refused_and_nothing_is_written(tmp_path, capsys, source):
+  """The official format cannot record that the X-CLIP modules are untrained; read back, it would pass for a trained
+  X-CLIP."""
+  path = tiny.save_clip_checkpoint(tmp_path / "clip.pt")
+  if source == "converted_clip":
+    model = xclip_jax.load_pretrained(path)
+    path = tmp_path / "cc"
+    model.save(path)
+  capsys.readouterr()
+  before = _contents(tmp_path)
+  assert convert.command(str(path), str(tmp_path / "out.pth"), to="official") == 2
+  _one_line_error(
+    capsys,
+    f"error: {path}: a CLIP checkpoint, whose X-CLIP modules are untrained: an official checkpoint cannot say so; "
+    "convert it to xclip-jax or train it first",
+  )
+  assert _contents(tmp_path) == before

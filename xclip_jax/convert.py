@@ -9,7 +9,8 @@ DST is a new or empty directory (--to=jax) or a new file (--to=official): nothin
 all. Errors are one line on stderr and exit status 2, with nothing written: a checkpoint that is missing or not an
 X-CLIP/CLIP checkpoint, an unknown --to, a --num_frames below 1, a DST that exists, is inside SRC or cannot be
 written, a DST ending in / with --to=official, a model the official format cannot describe (head counts other than
-width // 64, as Hugging Face configs may set).
+width // 64, as Hugging Face configs may set; X-CLIP modules untrained, as in a model started from CLIP, which only
+an xclip-jax checkpoint records).
 """
 
 import os
@@ -53,13 +54,25 @@ def check_arguments(dst, to: str, num_frames: int | None, src=None) -> pathlib.P
   return dst
 
 
-def write(model: pretrained.XCLIPModel, dst, to: str = "jax") -> pathlib.Path:
-  """Writes `model` to `dst` in format `to` (see the module doc); UserError if `dst` exists.
+def check_recordable(model: pretrained.XCLIPModel, to: str, source="the model"):
+  """UserError where format `to` cannot record that `model`'s X-CLIP modules are untrained (a model from CLIP): read
+  back, it would pass for a trained X-CLIP, which classify, export and --config.mode=eval take it for."""
+  if to != "jax" and not model.xclip_modules_trained:
+    raise classify.UserError(
+      f"{source}: a CLIP checkpoint, whose X-CLIP modules are untrained: an official checkpoint cannot say so; "
+      "convert it to xclip-jax or train it first"
+    )
+
+
+def write(model: pretrained.XCLIPModel, dst, to: str = "jax", source="the model") -> pathlib.Path:
+  """Writes `model` to `dst` in format `to` (see the module doc); UserError if `dst` exists, or if `to` cannot
+  record that the model's X-CLIP modules are untrained (`check_recordable`, naming `source`).
 
   The output is written beside `dst` and moved there at the end (`paths.written_beside`): a failed conversion leaves
   nothing behind.
   """
   dst = check_arguments(dst, to, None)
+  check_recordable(model, to, source)
   with paths.written_beside(dst) as staging:
     if to == "jax":
       model.save(staging)  # a folder with the user's permissions, in mkdtemp's private one
@@ -87,7 +100,7 @@ def official_state_dict(model: pretrained.XCLIPModel) -> dict:
 def convert(src, dst, to: str = "jax", num_frames: int | None = None) -> pathlib.Path:
   """Converts the checkpoint `src` to `dst` (`write`), checking the arguments before reading it."""
   check_arguments(dst, to, num_frames, src)
-  return write(pretrained.load_pretrained(src, num_frames=num_frames), dst, to)
+  return write(pretrained.load_pretrained(src, num_frames=num_frames), dst, to, src)
 
 
 def command(src: str, dst: str, *, to: str = "jax", num_frames: int | None = None) -> int:
@@ -100,8 +113,9 @@ def command(src: str, dst: str, *, to: str = "jax", num_frames: int | None = Non
       model = pretrained.load_pretrained(src, num_frames=num_frames)
     except (OSError, ValueError) as e:
       raise classify.UserError(f"checkpoint {src}: {e}") from None
+    check_recordable(model, to, src)
     try:
-      dst = write(model, dst, to)
+      dst = write(model, dst, to, src)
     except OSError as e:
       raise classify.UserError(f"cannot write {dst}: {e}") from None
   except classify.UserError as e:

@@ -144,12 +144,15 @@ class XCLIPModel:
     )
 
   def save(self, directory) -> epath.Path:
-    """Writes the converted checkpoint (`native.write_checkpoint`): xclip_config.json and the params in orbax.
+    """Writes the converted checkpoint (`native.write_checkpoint`): xclip_config.json, which records whether the
+    X-CLIP modules are trained, and the params in orbax.
 
     `directory` may be on cloud storage (gs://...). With several processes, every process calls this (the params
     may be sharded over all of them); process 0 writes the config.
     """
-    return native.write_checkpoint(directory, self.config, self.params)
+    return native.write_checkpoint(
+      directory, self.config, self.params, xclip_modules_trained=self.xclip_modules_trained
+    )
 
 
 def _resize_frames(config, params, num_frames):
@@ -192,7 +195,8 @@ def load_pretrained(
   written by `python -m xclip_jax.convert` (as a workdir's `best/`); the workdir of `python -m xclip_jax.main`, whose
   newest checkpoint (the final model) it reads; a Hugging Face CLIP model directory (`CLIPModel`, model_type "clip"),
   which initialises the X-CLIP modules as for OpenAI CLIP. Nothing in the file is executed. A model loaded from CLIP
-  has `xclip_modules_trained` False: it is a start for training, not a classifier.
+  (or from an xclip-jax checkpoint converted from one, which records it) has `xclip_modules_trained` False: it is a
+  start for training, not a classifier.
 
   Args:
     path: the checkpoint file or directory; on cloud storage (gs://...), it is first copied to a temporary local
@@ -224,6 +228,7 @@ def load_pretrained(
   if path.is_dir():
     if native.is_checkpoint(path):
       config, params = native.read_checkpoint(path, **overrides)
+      from_clip = not native.modules_trained(path)
     elif native.is_workdir(path):
       config, params = native.read_workdir(path, **overrides)
     elif hf_xclip.is_hf_checkpoint(path):

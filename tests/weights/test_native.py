@@ -298,3 +298,29 @@ def test_checkpoints_and_workdirs_load_from_relative_paths(checkpoint, tmp_path,
   np.testing.assert_array_equal(xclip_jax.load_pretrained("linked").params["mit"]["positional_embedding"], expected)
   xclip_jax.load_pretrained("linked").save("saved")
   np.testing.assert_array_equal(xclip_jax.load_pretrained("saved").params["mit"]["positional_embedding"], expected)
+
+
+def test_a_model_whose_xclip_modules_are_untrained_reads_back_untrained(tmp_path):
+  trained = tiny.model()
+  untrained = xclip_jax.XCLIPModel(trained.config, trained.params, xclip_modules_trained=False)
+  untrained.save(tmp_path / "untrained")
+  trained.save(tmp_path / "trained")
+  assert not xclip_jax.load_pretrained(tmp_path / "untrained").xclip_modules_trained
+  assert xclip_jax.load_pretrained(tmp_path / "trained").xclip_modules_trained
+
+
+def test_a_checkpoint_written_before_the_mark_was_recorded_reads_as_trained(checkpoint, tmp_path):
+  old = _with_config(checkpoint, tmp_path / "old")
+  meta = json.loads((old / native.CONFIG_FILE).read_text())
+  meta.pop("xclip_modules_trained", None)
+  (old / native.CONFIG_FILE).write_text(json.dumps(meta))
+  assert xclip_jax.load_pretrained(old).xclip_modules_trained
+
+
+def test_a_mark_that_is_not_a_boolean_is_one_error_naming_the_file(checkpoint, tmp_path):
+  odd = _with_config(checkpoint, tmp_path / "odd")
+  meta = json.loads((odd / native.CONFIG_FILE).read_text())
+  meta["xclip_modules_trained"] = "no"
+  (odd / native.CONFIG_FILE).write_text(json.dumps(meta))
+  with pytest.raises(ValueError, match=re.escape(f"{odd / native.CONFIG_FILE}: xclip_modules_trained is 'no'")):
+    xclip_jax.load_pretrained(odd)

@@ -35,12 +35,20 @@ FORMAT_NAME = "xclip-jax"
 FORMAT_VERSION = 2
 WORKDIR_CHECKPOINTS = "checkpoints"
 WORKDIR_BEST = "best"
+# Whether the X-CLIP modules (message tokens, MIT, prompts) were trained, in xclip_config.json; absent (checkpoints
+# written before it was recorded) reads as trained.
+TRAINED_FIELD = "xclip_modules_trained"
 # The trainer's record of a run: {"config": the run's config, "architecture": its model's XCLIPConfig.architecture()}.
 WORKDIR_RECORD = "config.json"
 
 
-def write_checkpoint(directory, config: model_config.XCLIPConfig, params) -> epath.Path:
+def write_checkpoint(
+  directory, config: model_config.XCLIPConfig, params, *, xclip_modules_trained: bool = True
+) -> epath.Path:
   """Writes a converted checkpoint: `xclip_config.json` and an orbax checkpoint of the params.
+
+  `xclip_modules_trained` False (a model started from CLIP) is recorded in the config, so that the checkpoint read
+  back is still known to be a start for training (`modules_trained`).
 
   `directory` may be on cloud storage (gs://...). With several processes, every process calls this (the params may be
   sharded over all of them); process 0 writes the config, after the params: the config makes the directory a
@@ -62,7 +70,12 @@ def write_checkpoint(directory, config: model_config.XCLIPConfig, params) -> epa
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(directory / PARAMS_DIR, params, force=True)
   checkpointer.wait_until_finished()
-  meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "config": config.architecture()}
+  meta = {
+    "format": FORMAT_NAME,
+    "version": FORMAT_VERSION,
+    "config": config.architecture(),
+    TRAINED_FIELD: bool(xclip_modules_trained),
+  }
   if jax.process_index() == 0:
     (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
   return directory
@@ -87,6 +100,16 @@ def _new_or_checkpoint(directory: epath.Path) -> bool:
 def is_checkpoint(directory: pathlib.Path) -> bool:
   """Whether `directory` is a converted checkpoint."""
   return (directory / CONFIG_FILE).exists()
+
+
+def modules_trained(directory: pathlib.Path) -> bool:
+  """Whether the converted checkpoint's X-CLIP modules were trained (False for one converted from CLIP); ValueError
+  naming the file where the field is not a boolean."""
+  meta = paths.read_json(pathlib.Path(directory) / CONFIG_FILE)
+  trained = meta.get(TRAINED_FIELD, True) if isinstance(meta, dict) else True
+  if not isinstance(trained, bool):
+    raise ValueError(f"{pathlib.Path(directory) / CONFIG_FILE}: {TRAINED_FIELD} is {trained!r}, not true or false")
+  return trained
 
 
 def read_checkpoint(directory: pathlib.Path, **overrides) -> tuple[model_config.XCLIPConfig, dict]:
