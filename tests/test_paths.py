@@ -1,6 +1,7 @@
 """Paths on cloud storage (gs://) or local: what orbax is given, and init checkpoints read through a local copy."""
 
 import os
+import pathlib
 import re
 
 import jax
@@ -63,3 +64,36 @@ def test_into_an_existing_empty_directory_folders_move_before_files(tmp_path, mo
     (staging / "params" / "data").write_text("x")
   assert moved == ["params", "config.json"]
   assert sorted(p.name for p in tmp_path.iterdir()) == ["dst"] and (tmp_path / "dst/params/data").exists()
+
+
+def test_into_an_existing_directory_the_output_is_staged_inside_it(tmp_path):
+  """A mounted output folder is on another file system than its parent: staged there, the output could not be
+  renamed into it."""
+  (tmp_path / "mounted").mkdir()
+  with paths.written_beside(tmp_path / "mounted") as staging:
+    assert tmp_path / "mounted" in staging.parents
+    staging.mkdir()
+    (staging / "model.onnx").write_text("x")
+  assert [p.name for p in (tmp_path / "mounted").iterdir()] == ["model.onnx"]
+  assert [p.name for p in tmp_path.iterdir()] == ["mounted"]
+
+
+def _writable_except(monkeypatch, unwritable: pathlib.Path):
+  """As if `unwritable` were not writable (the tests run as root, who may write anything)."""
+  access = os.access
+  monkeypatch.setattr(
+    paths.os, "access", lambda path, mode: os.fspath(path) != os.fspath(unwritable) and access(path, mode)
+  )
+
+
+def test_an_existing_directory_that_is_not_writable_cannot_be_written(tmp_path, monkeypatch):
+  (tmp_path / "out").mkdir()
+  _writable_except(monkeypatch, tmp_path / "out")
+  assert paths.why_not_creatable(tmp_path / "out") == f"cannot write in {tmp_path / 'out'}"
+
+
+def test_a_writable_directory_under_a_parent_that_is_not_writable_can_be_written(tmp_path, monkeypatch):
+  (tmp_path / "out").mkdir()
+  _writable_except(monkeypatch, tmp_path)
+  assert paths.why_not_creatable(tmp_path / "out") is None
+  assert paths.why_not_creatable(tmp_path / "new") == f"cannot write in {tmp_path}"

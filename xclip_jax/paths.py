@@ -49,9 +49,10 @@ def is_new_or_empty_directory(path: pathlib.Path) -> bool:
 
 
 def why_not_creatable(path: pathlib.Path) -> str | None:
-  """Why `written_beside` could not create `path`'s folder (an ancestor is a file, or the nearest existing one is not
-  writable), or None."""
-  ancestor = path.absolute().parent
+  """Why `written_beside` could not write `path`: an existing folder (written inside) that is not writable; else an
+  ancestor that is a file, or a nearest existing one that is not writable. None where it could."""
+  path = pathlib.Path(os.path.abspath(path))
+  ancestor = path if path.is_dir() else path.parent
   while not ancestor.exists():
     ancestor = ancestor.parent
   if not ancestor.is_dir():
@@ -61,20 +62,31 @@ def why_not_creatable(path: pathlib.Path) -> str | None:
   return None
 
 
+# The prefix of the staging folder `written_beside` makes inside an existing destination folder.
+STAGING_PREFIX = ".xclip-jax-staging."
+
+
 @contextlib.contextmanager
 def written_beside(dst: pathlib.Path) -> Iterator[pathlib.Path]:
   """A local path to write `dst`'s file or folder to, in a private temporary folder beside it: renamed to `dst` when
-  the block ends (or, where `dst` is an empty directory, its entries moved into it), removed with everything else
-  written otherwise, so that a failed write leaves nothing behind."""
+  the block ends, removed with everything else written otherwise, so that a failed write leaves nothing behind.
+
+  Where `dst` is an existing (empty) directory, the temporary folder is inside it and its entries move into it: the
+  directory stays (it may be the user's working directory), and a rename within it stays on its file system (a
+  mounted folder's parent is on another, where a rename fails).
+  """
   dst = pathlib.Path(os.path.abspath(dst))  # "." has no name to write beside
-  dst.parent.mkdir(parents=True, exist_ok=True)
-  scratch = pathlib.Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+  into_directory = dst.is_dir()
+  if into_directory:
+    scratch = pathlib.Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=dst))
+  else:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    scratch = pathlib.Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
   staging = scratch / dst.name
   try:
     yield staging
-    if dst.is_dir():
-      # An empty directory stays (it may be the user's working directory); folders move in before files, so that a
-      # checkpoint's config, which makes it one, comes last.
+    if into_directory:
+      # Folders move in before files, so that a checkpoint's config, which makes it one, comes last.
       for entry in sorted(staging.iterdir(), key=lambda entry: not entry.is_dir()):
         entry.rename(dst / entry.name)
     else:
