@@ -368,7 +368,7 @@ def test_an_empty_directory_is_a_destination(checkpoint, tmp_path):
 @pytest.mark.parametrize("to", ["jax", "official"])
 def test_a_write_that_fails_leaves_nothing_behind(checkpoint, tmp_path, capsys, monkeypatch, to):
   """The output is written beside DST and moved there at the end: a write that fails midway (a full disk) leaves
-  neither DST nor the partial files."""
+  neither DST, nor the partial files, nor the folders made for DST."""
 
   def fails_midway(path):
     path = pathlib.Path(path)
@@ -382,9 +382,12 @@ def test_a_write_that_fails_leaves_nothing_behind(checkpoint, tmp_path, capsys, 
     monkeypatch.setattr(xclip_jax.XCLIPModel, "save", lambda self, path: fails_midway(path))
   else:
     monkeypatch.setattr(torch_writer, "save_torch_checkpoint", lambda value, path: fails_midway(path))
-  assert convert.command(str(checkpoint), str(tmp_path / "out" / "dst"), to=to) == 2
-  _one_line_error(capsys, f"error: cannot write {tmp_path / 'out' / 'dst'}: [Errno 28] No space left on device")
-  assert list((tmp_path / "out").iterdir()) == []
+  (tmp_path / "there").mkdir()
+  dst = tmp_path / "there" / "new" / "newer" / "dst"
+  assert convert.command(str(checkpoint), str(dst), to=to) == 2
+  _one_line_error(capsys, f"error: cannot write {dst}: [Errno 28] No space left on device")
+  # The folders it made for DST are gone too; the one that was there stays.
+  assert [path.name for path in tmp_path.iterdir()] == ["there"] and not any((tmp_path / "there").iterdir())
 
 
 @pytest.mark.parametrize(

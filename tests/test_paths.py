@@ -97,3 +97,12 @@ def test_a_writable_directory_under_a_parent_that_is_not_writable_can_be_written
   _writable_except(monkeypatch, tmp_path)
   assert paths.why_not_creatable(tmp_path / "out") is None
   assert paths.why_not_creatable(tmp_path / "new") == f"cannot write in {tmp_path}"
+
+
+def test_a_failed_write_removes_the_folders_it_made_and_keeps_those_that_were_there(tmp_path):
+  (tmp_path / "there").mkdir()
+  dst = tmp_path / "there" / "new" / "newer" / "out"
+  with pytest.raises(OSError, match="No space left"), paths.written_beside(dst) as staging:
+    staging.write_text("half")
+    raise OSError(28, "No space left on device")
+  assert [path.name for path in tmp_path.iterdir()] == ["there"] and not any((tmp_path / "there").iterdir())

@@ -69,7 +69,8 @@ STAGING_PREFIX = ".xclip-jax-staging."
 @contextlib.contextmanager
 def written_beside(dst: pathlib.Path) -> Iterator[pathlib.Path]:
   """A local path to write `dst`'s file or folder to, in a private temporary folder beside it: renamed to `dst` when
-  the block ends, removed with everything else written otherwise, so that a failed write leaves nothing behind.
+  the block ends, removed with everything else written otherwise (the folders made for `dst` too), so that a failed
+  write leaves nothing behind.
 
   Where `dst` is an existing (empty) directory, the temporary folder is inside it and its entries move into it: the
   directory stays (it may be the user's working directory), and a rename within it stays on its file system (a
@@ -77,13 +78,16 @@ def written_beside(dst: pathlib.Path) -> Iterator[pathlib.Path]:
   """
   dst = pathlib.Path(os.path.abspath(dst))  # "." has no name to write beside
   into_directory = dst.is_dir()
-  if into_directory:
-    scratch = pathlib.Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=dst))
-  else:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    scratch = pathlib.Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-  staging = scratch / dst.name
+  # The folders this creates for `dst`, deepest first: a failed write removes them too.
+  created = [] if into_directory else [folder for folder in dst.parents if not os.path.lexists(folder)]
+  scratch, written = None, False
   try:
+    if into_directory:
+      scratch = pathlib.Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=dst))
+    else:
+      dst.parent.mkdir(parents=True, exist_ok=True)
+      scratch = pathlib.Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    staging = scratch / dst.name
     yield staging
     if into_directory:
       # Folders move in before files, so that a checkpoint's config, which makes it one, comes last.
@@ -91,5 +95,13 @@ def written_beside(dst: pathlib.Path) -> Iterator[pathlib.Path]:
         entry.rename(dst / entry.name)
     else:
       staging.rename(dst)
+    written = True
   finally:
-    shutil.rmtree(scratch, ignore_errors=True)
+    if scratch is not None:
+      shutil.rmtree(scratch, ignore_errors=True)
+    if not written:
+      for folder in created:
+        try:
+          folder.rmdir()
+        except OSError:  # not empty: someone else wrote there meanwhile
+          break
