@@ -310,3 +310,12 @@ def test_a_clip_checkpoint_exports_with_a_warning_that_its_xclip_modules_are_unt
     f"{clip} is a CLIP checkpoint: X-CLIP's message tokens, MIT and prompt generator are freshly initialised, so these "
     "are not a trained X-CLIP's results; use an X-CLIP checkpoint, or one trained from this one"
   ]
+
+
+def test_a_symbolic_link_to_nothing_as_out_is_a_one_line_error_before_the_checkpoint_is_read(tmp_path, capsys):
+  (tmp_path / "out").symlink_to(tmp_path / "gone")
+  assert export.command(tmp_path / "no_checkpoint", tmp_path / "out", classes=CLASSES, fmt="stablehlo") == 2
+  captured = capsys.readouterr()
+  expected = f"error: cannot write {tmp_path / 'out'}: {tmp_path / 'out'} is a symbolic link to {tmp_path / 'gone'}"
+  assert captured.out == "" and captured.err.count("\n") == 1 and captured.err.startswith(expected), captured.err
+  assert [path.name for path in tmp_path.iterdir()] == ["out"] and (tmp_path / "out").is_symlink()

@@ -106,3 +106,10 @@ def test_a_failed_write_removes_the_folders_it_made_and_keeps_those_that_were_th
     staging.write_text("half")
     raise OSError(28, "No space left on device")
   assert [path.name for path in tmp_path.iterdir()] == ["there"] and not any((tmp_path / "there").iterdir())
+
+
+@pytest.mark.parametrize("output", ["link", "link/out"])
+def test_a_symbolic_link_to_nothing_cannot_be_written(tmp_path, output):
+  (tmp_path / "link").symlink_to(tmp_path / "gone")
+  expected = f"{tmp_path / 'link'} is a symbolic link to {tmp_path / 'gone'}, which does not exist"
+  assert paths.why_not_creatable(tmp_path / output) == expected

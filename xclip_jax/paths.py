@@ -49,10 +49,14 @@ def is_new_or_empty_directory(path: pathlib.Path) -> bool:
 
 
 def why_not_creatable(path: pathlib.Path) -> str | None:
-  """Why `written_beside` could not write `path`: an existing folder (written inside) that is not writable; else an
-  ancestor that is a file, or a nearest existing one that is not writable. None where it could."""
+  """Why `written_beside` could not write `path`: it or an ancestor is a symbolic link to nothing; an existing folder
+  (written inside) is not writable; else an ancestor is a file, or the nearest existing one is not writable. None
+  where it could."""
   path = pathlib.Path(os.path.abspath(path))
   ancestor = path if path.is_dir() else path.parent
+  for link in (path, *path.parents):  # a link to nothing: creating it, or through it, fails after the work
+    if link.is_symlink() and not link.exists():
+      return f"{link} is a symbolic link to {os.readlink(link)}, which does not exist"
   while not ancestor.exists():
     ancestor = ancestor.parent
   if not ancestor.is_dir():
