@@ -4,7 +4,9 @@ probabilities of `XCLIPModel.logits` through both entry points; a user's mistake
 import contextlib
 import io
 import logging
+import os
 import pathlib
+import stat
 import subprocess
 import sys
 
@@ -319,3 +321,23 @@ def test_a_symbolic_link_to_nothing_as_out_is_a_one_line_error_before_the_checkp
   expected = f"error: cannot write {tmp_path / 'out'}: {tmp_path / 'out'} is a symbolic link to {tmp_path / 'gone'}"
   assert captured.out == "" and captured.err.count("\n") == 1 and captured.err.startswith(expected), captured.err
   assert [path.name for path in tmp_path.iterdir()] == ["out"] and (tmp_path / "out").is_symlink()
+
+
+def test_onnx_external_weights_get_the_permissions_of_the_other_files(model, tmp_path, monkeypatch):
+  """onnx's save writes them 0600: a server running as another user could read the graph but not its weights."""
+  import onnx
+
+  save_model = onnx.save_model
+  # Weights of 4 KB and more to the .onnx.data file, as a real model's of 1 MB and more (the tiny model has none).
+  # (Shape constants stay in the graph, where onnxruntime needs them.)
+  monkeypatch.setattr(
+    onnx, "save_model", lambda *args, **kwargs: save_model(*args, **{**kwargs, "size_threshold": 4096})
+  )
+  previous = os.umask(0o027)
+  try:
+    out = export.export(model, CLASSES, tmp_path / "out", "onnx")
+  finally:
+    os.umask(previous)
+  expected = 0o666 & ~0o027
+  for name in ("probabilities.onnx.data", "probabilities_from_features.onnx.data", "labels.csv"):
+    assert stat.S_IMODE((out / name).stat().st_mode) == expected, name

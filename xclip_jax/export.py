@@ -21,7 +21,7 @@ reads) and `text_features.npy` ((K, D) float32, the baked features):
   stablehlo: `probabilities.jax_exported` and `probabilities_from_features.jax_exported`, serialised
     `jax.export.Exported` (`jax.export.deserialize(data).call(frames)`) with the weights inside, for CPU, CUDA and TPU.
   onnx: `probabilities.onnx` and `probabilities_from_features.onnx` (opset 23, through jax2onnx), same input and output
-    names; weights beyond 1 MB go to a `.onnx.data` file beside each.
+    names; weights beyond 1 MB go to a `.onnx.data` file beside each (with the .onnx's permissions).
 SavedModel and ONNX need the `export` extras: pip install '.[export]' in the xclip-jax checkout.
 
 Before the files reach OUT, the format's runtime (TensorFlow, jax, onnxruntime) runs `probabilities` on two clips and
@@ -40,6 +40,7 @@ import importlib.util
 import logging as python_logging
 import os
 import pathlib
+import stat
 
 from absl import app
 from absl import flags
@@ -116,6 +117,11 @@ def _write_onnx(model, text_features, out: pathlib.Path):
       input_names=input_names,
       output_names=["probabilities"],
     )
+    # onnx writes the external weights private (0600): give them the permissions of the .onnx file beside them,
+    # which follow the umask as every other file written.
+    graph, weights = out / f"{name}.onnx", out / f"{name}.onnx.data"
+    if weights.exists():
+      os.chmod(weights, stat.S_IMODE(graph.stat().st_mode))
 
 
 def _write_saved_model(model, text_features, out: pathlib.Path):
