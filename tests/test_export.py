@@ -341,3 +341,13 @@ def test_onnx_external_weights_get_the_permissions_of_the_other_files(model, tmp
   expected = 0o666 & ~0o027
   for name in ("probabilities.onnx.data", "probabilities_from_features.onnx.data", "labels.csv"):
     assert stat.S_IMODE((out / name).stat().st_mode) == expected, name
+
+
+def test_a_model_of_a_smaller_vocabulary_than_clips_is_a_one_line_error_and_nothing_is_written(tmp_path, capsys):
+  """A Hugging Face X-CLIP may set any vocab_size; CLIP's tokenizer gives ids up to 49407 (its end of text)."""
+  small = tiny.model(vocab_size=1000).save(tmp_path / "small")
+  assert export.command(small, tmp_path / "out", classes=["a", "b"], fmt="stablehlo") == 2
+  captured = capsys.readouterr()
+  expected = "error: the class names' CLIP token ids reach 49407, but the model's vocabulary has 1000 tokens"
+  assert captured.out == "" and captured.err.count("\n") == 1 and captured.err.startswith(expected), captured.err
+  assert [path.name for path in tmp_path.iterdir()] == ["small"]

@@ -29,8 +29,9 @@ must give JAX's probabilities, so that an export that would fail at serving fail
 TensorFlow 2.21 cannot read the SavedModel's StableHLO and jax2onnx 0.17 cannot convert.
 
 Errors are one line on stderr and exit status 2, with nothing written: a checkpoint that is missing or not an
-X-CLIP/CLIP checkpoint, an unknown --format, a --num_frames below 1, no (or a bad) label list, an OUT that is not empty,
-a missing extra, an export that its runtime cannot run (naming the versions involved).
+X-CLIP/CLIP checkpoint, an unknown --format, a --num_frames below 1, no (or a bad) label list, a model whose vocabulary
+is smaller than the CLIP tokenizer's, an OUT that is not empty, a missing extra, an export that its runtime cannot run
+(naming the versions involved).
 """
 
 from collections.abc import Callable, Sequence
@@ -255,6 +256,19 @@ def check_destination(out, fmt: str) -> pathlib.Path:
   return out
 
 
+def check_tokens(model: pretrained.XCLIPModel, class_names: Sequence[str]) -> np.ndarray:
+  """The class names' CLIP token ids; UserError where the model's vocabulary is smaller than CLIP's (a Hugging Face
+  X-CLIP may set any vocab_size) and lacks some of them."""
+  text_ids = tokenizer.tokenize(class_names)
+  vocab = model.config.vocab_size
+  if text_ids.max() >= vocab:
+    raise classify.UserError(
+      f"the class names' CLIP token ids reach {text_ids.max()}, but the model's vocabulary has {vocab} tokens "
+      "(vocab_size): it cannot read the CLIP tokenizer's texts"
+    )
+  return text_ids
+
+
 def export(model: pretrained.XCLIPModel, class_names: Sequence[str], out, fmt: str = "saved_model") -> pathlib.Path:
   """Writes `model` as a classifier of `class_names` in `fmt` (see the module doc) to `out`, a new or empty directory.
 
@@ -266,7 +280,7 @@ def export(model: pretrained.XCLIPModel, class_names: Sequence[str], out, fmt: s
   # The hand-written attention core, plain XLA operations, whatever the model was loaded with: it lowers for every
   # platform, which cuDNN's kernel (what `auto` runs on a GPU) does not.
   model = pretrained.XCLIPModel(model.config.replace(attention="hand"), model.params)
-  text_features = np.asarray(model.encode_text(tokenizer.tokenize(class_names)), np.float32)
+  text_features = np.asarray(model.encode_text(check_tokens(model, class_names)), np.float32)
   with paths.written_beside(out) as staging:
     staging.mkdir()  # with the user's permissions (mkdtemp's are private)
     write_and_check(model, text_features, staging, fmt)
