@@ -398,6 +398,7 @@ def test_a_write_that_fails_leaves_nothing_behind(checkpoint, tmp_path, capsys, 
     ("arrays.npz", "error: checkpoint SRC: SRC: expected exactly one '<archive>/data.pkl' record, found none"),
     ("foreign.pth", "error: checkpoint SRC: not a ViT X-CLIP/CLIP state dict"),
     ("directory", "error: checkpoint SRC: SRC is a directory but neither an xclip-jax checkpoint"),
+    ("hf_model", "error: checkpoint SRC: SRC/config.json: invalid JSON (Expecting ',' delimiter: line 1 column 24"),
   ],
 )
 def test_a_source_that_is_not_a_checkpoint_is_a_one_line_error_and_nothing_is_written(
@@ -413,6 +414,10 @@ def test_a_source_that_is_not_a_checkpoint_is_a_one_line_error_and_nothing_is_wr
   elif source == "directory":
     path.mkdir()
     (path / "notes.txt").write_text("not a checkpoint\n")
+  elif source == "hf_model":  # a Hugging Face model whose config.json is damaged
+    path.mkdir()
+    (path / "config.json").write_text('{"model_type": "xclip" "projection_dim": 512}')
+    (path / "model.safetensors").write_bytes(b"")
   before = _contents(tmp_path)
   assert convert.command(str(path), str(tmp_path / "out")) == 2
   _one_line_error(capsys, message.replace("SRC", str(path)))

@@ -318,7 +318,9 @@ def test_other_directories_are_not_taken_for_clip(safetensors_dir, tmp_path):
   assert not hf_clip.is_hf_clip_checkpoint(tmp_path)  # No config.json.
   broken = _copy_with(safetensors_dir, tmp_path / "broken_json")
   (broken / "config.json").write_text("{not json")
-  assert not hf_clip.is_hf_clip_checkpoint(broken)
+  # A damaged model, not another directory: its JSON error is named.
+  with pytest.raises(ValueError, match=r"broken_json/config\.json: invalid JSON \(Expecting property name"):
+    hf_clip.is_hf_clip_checkpoint(broken)
 
 
 def test_missing_unexpected_and_misshapen_tensors_are_named(safetensors_dir, tmp_path):

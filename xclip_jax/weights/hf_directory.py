@@ -37,13 +37,16 @@ def read_config(directory) -> dict:
 
 
 def model_config(directory) -> dict | None:
-  """The config.json of a directory that holds a model (a readable config and weights); None for any other."""
+  """The config.json of a directory that holds a model (a config and weights); None for any other.
+
+  Raises:
+    ValueError: the directory holds weights and a config.json that is not a JSON object (named, with the JSON
+      error: a damaged model, not some other directory).
+  """
   directory = pathlib.Path(directory)
-  try:
-    config = read_config(directory)
-  except (FileNotFoundError, ValueError):
+  if not (directory / CONFIG_FILE).is_file() or not any((directory / name).is_file() for name in _WEIGHT_FILES):
     return None
-  return config if any((directory / name).is_file() for name in _WEIGHT_FILES) else None
+  return read_config(directory)
 
 
 def read_tensors(directory) -> dict[str, np.ndarray]:
