@@ -465,3 +465,24 @@ def test_an_untrained_model_to_the_official_format_is_refused_and_nothing_is_wri
     "convert it to xclip-jax or train it first",
   )
   assert _contents(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+  "dropped, message",
+  [
+    (
+      "visual.transformer.resblocks.1.",
+      "lacks layer 1 of visual.transformer.resblocks (no 'visual.transformer.resblocks.1.*' entries) but has layer 2",
+    ),
+    ("mit.resblocks.", "has 'mit.positional_embedding' but no MIT layer ('mit.resblocks.0.*')"),
+  ],
+)
+def test_a_state_dict_missing_whole_layers_is_a_one_line_error_naming_the_first(tmp_path, capsys, dropped, message):
+  """Read off the remaining layers, it would load as a smaller model."""
+  state_dict = official.official_from_params(tiny.model(vision_layers=3).params)
+  torch_writer.save_torch_state_dict(
+    {name: value for name, value in state_dict.items() if not name.startswith(dropped)}, tmp_path / "damaged.pth"
+  )
+  assert convert.command(str(tmp_path / "damaged.pth"), str(tmp_path / "out")) == 2
+  _one_line_error(capsys, f"error: checkpoint {tmp_path / 'damaged.pth'}: checkpoint {message}")
+  assert not (tmp_path / "out").exists()

@@ -128,8 +128,17 @@ def official_from_params(params: dict) -> dict[str, np.ndarray]:
 
 
 def _count(state_dict, prefix: str) -> int:
+  """The number of layers `prefix`N.* in the state dict; CheckpointMismatchError where N do not run from 0 without a
+  gap (a layer's entries lost would otherwise load as a smaller model)."""
   pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
-  return len({m.group(1) for m in map(pattern.match, state_dict) if m})
+  indices = sorted({int(m.group(1)) for m in map(pattern.match, state_dict) if m})
+  for expected, index in enumerate(indices):
+    if index != expected:
+      raise CheckpointMismatchError(
+        f"checkpoint lacks layer {expected} of {prefix.rstrip('.')} (no '{prefix}{expected}.*' entries) but has "
+        f"layer {index}: its layers must run from 0 without a gap"
+      )
+  return len(indices)
 
 
 def _shape(state_dict: dict[str, np.ndarray], name: str, rank: int) -> tuple[int, ...]:
@@ -176,6 +185,10 @@ def config_from_official(
       mit_layers=_count(state_dict, "mit.resblocks."),
       prompts_layers=_count(state_dict, "prompts_generator.decoder."),
     )
+    if not values["mit_layers"]:
+      raise CheckpointMismatchError(
+        "checkpoint has 'mit.positional_embedding' but no MIT layer ('mit.resblocks.0.*'): X-CLIP's MIT has at least one"
+      )
   elif num_frames is not None:
     values["num_frames"] = num_frames
   values.update(overrides)
