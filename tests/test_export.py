@@ -6,6 +6,7 @@ import io
 import logging
 import os
 import pathlib
+import shutil
 import stat
 import subprocess
 import sys
@@ -351,3 +352,12 @@ def test_a_model_of_a_smaller_vocabulary_than_clips_is_a_one_line_error_and_noth
   expected = "error: the class names' CLIP token ids reach 49407, but the model's vocabulary has 1000 tokens"
   assert captured.out == "" and captured.err.count("\n") == 1 and captured.err.startswith(expected), captured.err
   assert [path.name for path in tmp_path.iterdir()] == ["small"]
+
+
+def test_an_out_inside_the_checkpoint_is_a_one_line_error_and_the_checkpoint_is_kept(checkpoint, tmp_path, capsys):
+  source = pathlib.Path(shutil.copytree(checkpoint, tmp_path / "source"))
+  before = sorted(path.relative_to(source) for path in source.rglob("*"))
+  assert export.command(source, source / "out", classes=CLASSES, fmt="stablehlo") == 2
+  captured = capsys.readouterr()
+  assert captured.err == f"error: {source / 'out'} is inside the checkpoint {source}: write it elsewhere\n"
+  assert sorted(path.relative_to(source) for path in source.rglob("*")) == before

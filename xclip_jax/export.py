@@ -30,8 +30,8 @@ TensorFlow 2.21 cannot read the SavedModel's StableHLO and jax2onnx 0.17 cannot 
 
 Errors are one line on stderr and exit status 2, with nothing written: a checkpoint that is missing or not an
 X-CLIP/CLIP checkpoint, an unknown --format, a --num_frames below 1, no (or a bad) label list, a model whose vocabulary
-is smaller than the CLIP tokenizer's, an OUT that is not empty, a missing extra, an export that its runtime cannot run
-(naming the versions involved).
+is smaller than the CLIP tokenizer's, an OUT that is not empty or is inside CHECKPOINT, a missing extra, an export that
+its runtime cannot run (naming the versions involved).
 """
 
 from collections.abc import Callable, Sequence
@@ -238,9 +238,9 @@ def write_and_check(model: pretrained.XCLIPModel, text_features: np.ndarray, out
     )
 
 
-def check_destination(out, fmt: str) -> pathlib.Path:
+def check_destination(out, fmt: str, checkpoint=None) -> pathlib.Path:
   """`out` as a path, or UserError for an unknown format, a missing extra, or an `out` that is not a new or empty
-  directory or cannot be created."""
+  directory, is inside the checkpoint directory `checkpoint`, or cannot be created."""
   if fmt not in FORMATS:
     raise classify.UserError(f"--format={fmt}: unknown format; use one of {', '.join(FORMATS)}")
   missing = [module for module in EXTRAS.get(fmt, ()) if importlib.util.find_spec(module) is None]
@@ -251,6 +251,10 @@ def check_destination(out, fmt: str) -> pathlib.Path:
   out = pathlib.Path(out)
   if not paths.is_new_or_empty_directory(out):
     raise classify.UserError(f"{out} exists and is not an empty directory")
+  # Written there, the export would change the checkpoint (as convert refuses too).
+  local_checkpoint = checkpoint is not None and not paths.is_remote(checkpoint)
+  if local_checkpoint and pathlib.Path(checkpoint).resolve() in out.resolve().parents:
+    raise classify.UserError(f"{out} is inside the checkpoint {checkpoint}: write it elsewhere")
   if reason := paths.why_not_creatable(out):
     raise classify.UserError(f"cannot write {out}: {reason}")
   return out
@@ -304,7 +308,7 @@ def command(
   try:
     # The cheap checks first: a mistake is reported before the checkpoint is read.
     class_names = classify.read_class_names(labels, classes)
-    check_destination(out, fmt)
+    check_destination(out, fmt, checkpoint)
     try:
       model = pretrained.load_pretrained(checkpoint, num_frames=num_frames)
     except (OSError, ValueError) as e:
