@@ -486,3 +486,19 @@ def test_a_state_dict_missing_whole_layers_is_a_one_line_error_naming_the_first(
   assert convert.command(str(tmp_path / "damaged.pth"), str(tmp_path / "out")) == 2
   _one_line_error(capsys, f"error: checkpoint {tmp_path / 'damaged.pth'}: checkpoint {message}")
   assert not (tmp_path / "out").exists()
+
+
+def test_a_float16_checkpoint_comes_back_as_float32_of_the_same_values(tmp_path):
+  """What the README says of the round trip: xclip-jax keeps its parameters in float32."""
+  half = {
+    name: value.astype(np.float16)
+    for name, value in official.official_from_params(tiny.model(**OFFICIAL_HEADS).params).items()
+  }
+  torch_writer.save_torch_state_dict(half, tmp_path / "half.pth")
+  convert.convert(tmp_path / "half.pth", tmp_path / "jax")
+  convert.convert(tmp_path / "jax", tmp_path / "back.pth", to="official")
+  back = torch_pickle.load_torch_file(tmp_path / "back.pth")["model"]
+  assert set(back) == set(half)
+  for name, value in half.items():
+    assert back[name].dtype == np.float32, name
+    np.testing.assert_array_equal(back[name], value.astype(np.float32), err_msg=name)
