@@ -181,8 +181,8 @@ def test_a_clip_checkpoint_classifies_with_a_warning_that_its_xclip_modules_are_
   assert result.returncode == 0, result.stderr
   assert len(json.loads(result.stdout)["videos"]) == 1
   assert result.stderr.splitlines() == [
-    f"warning: {clip} is a CLIP checkpoint: X-CLIP's message tokens, MIT and prompt generator are freshly "
-    "initialised, so these are not a trained X-CLIP's results; use an X-CLIP checkpoint, or one trained from this one"
+    f"warning: {clip} is a CLIP model: X-CLIP's message tokens, MIT and prompt generator are untrained, so these are "
+    "not a trained X-CLIP's results; use an X-CLIP checkpoint, or one trained from this one"
   ]
 
 

@@ -461,7 +461,7 @@ def test_an_untrained_model_to_the_official_format_is_refused_and_nothing_is_wri
   assert convert.command(str(path), str(tmp_path / "out.pth"), to="official") == 2
   _one_line_error(
     capsys,
-    f"error: {path}: a CLIP checkpoint, whose X-CLIP modules are untrained: an official checkpoint cannot say so; "
+    f"error: {path}: a CLIP model, whose X-CLIP modules are untrained: an official checkpoint cannot say so; "
     "convert it to xclip-jax or train it first",
   )
   assert _contents(tmp_path) == before

@@ -310,8 +310,8 @@ def test_a_clip_checkpoint_exports_with_a_warning_that_its_xclip_modules_are_unt
     assert export.command(clip, tmp_path / "out", classes=CLASSES, fmt="stablehlo") == 0
   warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
   assert warnings == [
-    f"{clip} is a CLIP checkpoint: X-CLIP's message tokens, MIT and prompt generator are freshly initialised, so these "
-    "are not a trained X-CLIP's results; use an X-CLIP checkpoint, or one trained from this one"
+    f"{clip} is a CLIP model: X-CLIP's message tokens, MIT and prompt generator are untrained, so these are not a "
+    "trained X-CLIP's results; use an X-CLIP checkpoint, or one trained from this one"
   ]
 
 

@@ -330,10 +330,11 @@ def _load_model() -> pretrained.XCLIPModel:
 
 
 def warn_if_untrained(model: pretrained.XCLIPModel, checkpoint):
-  """A warning on the terminal for a model loaded from CLIP, whose X-CLIP modules are untrained."""
+  """A warning on the terminal for a model loaded from CLIP (or converted from one), whose X-CLIP modules are
+  untrained."""
   if not model.xclip_modules_trained:
     logging.warning(
-      "%s is a CLIP checkpoint: X-CLIP's message tokens, MIT and prompt generator are freshly initialised, so these "
+      "%s is a CLIP model: X-CLIP's message tokens, MIT and prompt generator are untrained, so these "
       "are not a trained X-CLIP's results; use an X-CLIP checkpoint, or one trained from this one",
       checkpoint,
     )

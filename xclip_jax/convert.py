@@ -59,7 +59,7 @@ def check_recordable(model: pretrained.XCLIPModel, to: str, source="the model"):
   back, it would pass for a trained X-CLIP, which classify, export and --config.mode=eval take it for."""
   if to != "jax" and not model.xclip_modules_trained:
     raise classify.UserError(
-      f"{source}: a CLIP checkpoint, whose X-CLIP modules are untrained: an official checkpoint cannot say so; "
+      f"{source}: a CLIP model, whose X-CLIP modules are untrained: an official checkpoint cannot say so; "
       "convert it to xclip-jax or train it first"
     )
 
@@ -113,7 +113,6 @@ def command(src: str, dst: str, *, to: str = "jax", num_frames: int | None = Non
       model = pretrained.load_pretrained(src, num_frames=num_frames)
     except (OSError, ValueError) as e:
       raise classify.UserError(f"checkpoint {src}: {e}") from None
-    check_recordable(model, to, src)
     try:
       dst = write(model, dst, to, src)
     except OSError as e:

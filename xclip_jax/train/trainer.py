@@ -98,8 +98,8 @@ def load_model(config: ml_collections.ConfigDict) -> pretrained.XCLIPModel:
     model = pretrained.load_pretrained(datasets.check_exists(path, field), num_frames=config.num_frames, **options)
     if config.mode == "eval" and not model.xclip_modules_trained:
       raise ValueError(
-        f"mode=eval evaluates a trained X-CLIP, but {field} {path} is a CLIP checkpoint, whose message tokens, MIT "
-        "and prompt generator would be untrained: set --config.init.checkpoint to an X-CLIP checkpoint, or train"
+        f"mode=eval evaluates a trained X-CLIP, but {field} {path} is a CLIP model, whose message tokens, MIT and "
+        "prompt generator are untrained: set --config.init.checkpoint to an X-CLIP checkpoint, or train"
       )
     arch = _arch_of(model.config)
     if config.arch and arch != config.arch:
