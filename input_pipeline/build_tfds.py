@@ -29,7 +29,9 @@ of them, or all, stop the build with an error before the metadata is written.
 
 A bad flag or input file stops the command with one line, `error: ...`, and
 exit status 2 (the traceback goes to OUTPUT_DIR/_build/logs/); the shards
-already done stay for the next run.
+already done stay for the next run. Ctrl-C or a SIGTERM stops it with one line
+too, and the shells' status for that signal, 130 or 143: rerunning the same
+command goes on from the shards written.
 """
 
 from collections.abc import Iterator, Sequence
@@ -40,8 +42,11 @@ import io
 import json
 import math
 import multiprocessing
+from multiprocessing import resource_tracker
 import os
 import re
+import signal
+import sys
 
 from absl import app
 from absl import flags
@@ -63,6 +68,14 @@ with console.native_start_up():  # TensorFlow's C++ start-up lines go to the log
 
 class TooManyBadVideosError(RuntimeError):
   """More videos could not be converted than --max_bad_fraction allows."""
+
+
+class Stopped(BaseException):
+  """Ctrl-C or a SIGTERM to the command: it stops with one line (not a traceback per process), the shards done kept."""
+
+  def __init__(self, signum: int):
+    super().__init__(signal.Signals(signum).name)
+    self.signum = signum
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,6 +179,7 @@ class VideoEncoder:
 
 
 _worker_encoder: VideoEncoder | None = None
+_SIGNAL_CHECK_SECONDS = 0.5  # how long Ctrl-C may wait while the workers convert
 
 
 def _init_worker(root, config, label_names):
@@ -263,6 +277,25 @@ class SplitWriter:
 
   def is_published(self) -> bool:
     return tf.io.gfile.exists(os.path.join(self.build_dir, "published"))
+
+
+def _results_in_order(submitted: Sequence[futures.Future]) -> Iterator[tuple[bytes | None, str | None]]:
+  """The workers' results in the order of their tasks, waited for in short steps: a signal that the kernel hands to
+  another thread of this process runs its handler when the main thread next runs Python code, which a wait without
+  a timeout would put off until the next result (forever, for a read that hangs)."""
+  for future in submitted:
+    while True:
+      try:
+        yield future.result(timeout=_SIGNAL_CHECK_SECONDS)
+        break
+      except futures.TimeoutError:
+        continue
+
+
+def _kill_workers(pool: futures.ProcessPoolExecutor):
+  # No public way before Python 3.14's ProcessPoolExecutor.kill_workers.
+  for process in list(pool._processes.values()):
+    process.kill()
 
 
 def _sha256(path: str) -> str:
@@ -415,21 +448,36 @@ def build_split(
     done = len(records) - len(tasks)
     # A live bar on a terminal; elsewhere (CI, SLURM, a log file) a plain line per shard written.
     progress = tqdm.tqdm(total=len(records), initial=done, unit="video", desc=f"{name}/{split}", disable=None)
-    if num_workers:
-      # Spawned, not forked: TensorFlow's threads do not survive a fork.
-      pool = futures.ProcessPoolExecutor(
-        num_workers, multiprocessing.get_context("spawn"), _init_worker, (root, config, label_names)
-      )
-      results = pool.map(_encode_in_worker, tasks)
-    else:
-      pool = None
-      results = map(VideoEncoder(root, config, label_names), tasks)
+    pool = None
     try:
+      if num_workers:
+        # Spawned, not forked: TensorFlow's threads do not survive a fork. The workers start (here, at the first
+        # tasks) with SIGINT and SIGTERM blocked, as the mask passes to child processes: Ctrl-C reaches every process
+        # of the terminal, and only this one decides how to stop (a worker would print its traceback, from any line).
+        # multiprocessing's resource tracker first: its start unblocks both signals in this thread.
+        resource_tracker.ensure_running()
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+          pool = futures.ProcessPoolExecutor(
+            num_workers, multiprocessing.get_context("spawn"), _init_worker, (root, config, label_names)
+          )
+          submitted = [pool.submit(_encode_in_worker, task) for task in tasks]
+        finally:
+          signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        results = _results_in_order(submitted)
+      else:
+        results = map(VideoEncoder(root, config, label_names), tasks)
       for shard in todo:
         writer.write_shard(shard, results, progress)
         done += len(writer.shard_range(shard))
         if progress.disable:
           console.info(f"{name}/{split}: {done}/{len(records)} videos (shard {shard + 1}/{writer.num_shards})")
+    except BaseException:
+      if pool is not None:
+        # Stopped or failed: the videos the workers are converting belong to a shard not done, which a rerun
+        # converts again; waiting for them would only delay the stop (forever, for a read that hangs).
+        _kill_workers(pool)
+      raise
     finally:
       progress.close()
       if pool is not None:
@@ -482,12 +530,23 @@ _MAX_BAD_FRACTION = flags.DEFINE_float(
 
 # What bad input raises: a file missing or unreadable, a malformed one, settings that differ from the split's start.
 _INPUT_ERRORS = (OSError, ValueError, TooManyBadVideosError, tf.errors.OpError)
+EXIT_SIGNALLED = 128  # plus the signal's number: the shells' status for a process a signal stopped
+
+
+def _stop(signum, frame):
+  del frame
+  # The first signal stops; later ones would only interrupt that stop with tracebacks.
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  signal.signal(signal.SIGTERM, signal.SIG_IGN)
+  raise Stopped(signum)
 
 
 def main(argv):
   del argv
   console.setup()
   try:
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
     console.open_log(os.path.join(_OUTPUT_DIR.value, "_build"))
     builder = build_split(
       annotations_path=_ANNOTATIONS.value,
@@ -507,6 +566,11 @@ def main(argv):
   except _INPUT_ERRORS as error:
     console.log_traceback(error)  # one line here
     console.fail(str(error))
+  except Stopped as stop:
+    logging.info("Stopped by %s.", stop)
+    print("stopped: rerun the same command to go on from the shards written", file=sys.stderr, flush=True)
+    console.flush()
+    sys.exit(EXIT_SIGNALLED + stop.signum)
   console.info(f"Wrote {_OUTPUT_DIR.value}: {builder.info.splits}")
 
 

@@ -4,8 +4,10 @@ import json
 import os
 import pathlib
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -312,3 +314,50 @@ def test_too_many_bad_videos_are_one_error_line_and_the_shards_stay(videos, tmp_
   assert "Traceback" not in result.stderr
   assert re.fullmatch(r"error: 2 of 7 videos .*junk\.mp4.* and rerun\.", result.stderr.splitlines()[-1])
   assert len(list((tmp_path / "_build" / "train").glob("*.done.json"))) == 3
+
+
+@pytest.mark.parametrize("stop_signal,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_stop_signal_is_one_line_and_the_shells_status_and_the_shards_done_stay(
+  videos, tmp_path, stop_signal, status
+):
+  """Sent to every process of the command, as Ctrl-C on a terminal does, while a worker waits on a read that hangs;
+  to the workers first, whose tracebacks would otherwise race with the stop that ends them."""
+  fifo = tmp_path / "hangs.mp4"
+  os.mkfifo(fifo)  # opening it for reading waits for a writer, which never comes: the build cannot end first
+  (tmp_path / "list.txt").write_text(f"{videos / 'class0/0.mp4'} 0\n{videos / 'class1/1.mp4'} 1\n{fifo} 0\n")
+  output = tmp_path / "out"
+  command = subprocess.Popen(
+    [
+      sys.executable,
+      "-m",
+      "input_pipeline.build_tfds",
+      f"--annotations={tmp_path / 'list.txt'}",
+      f"--root={videos}",
+      f"--labels={videos / 'labels.csv'}",
+      f"--output_dir={output}",
+      "--num_workers=2",
+      "--videos_per_shard=2",
+    ],
+    cwd=REPO,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    start_new_session=True,  # a process group of its own, for the signal
+  )
+  first_marker = output / "_build/train/videos-train.tfrecord-00000-of-00002.done.json"
+  try:
+    deadline = time.monotonic() + 120
+    while not first_marker.exists() and command.poll() is None and time.monotonic() < deadline:
+      time.sleep(0.05)
+    for worker in pathlib.Path(f"/proc/{command.pid}/task/{command.pid}/children").read_text().split():
+      os.kill(int(worker), stop_signal)
+    time.sleep(1)
+    os.killpg(command.pid, stop_signal)
+    stdout, stderr = command.communicate(timeout=60)
+  finally:
+    if command.poll() is None:
+      os.killpg(command.pid, signal.SIGKILL)
+  assert stderr == "stopped: rerun the same command to go on from the shards written\n"
+  assert stdout == "videos/train: 2/3 videos (shard 1/2)\n"
+  assert command.returncode == status
+  assert [p.name for p in (output / "_build/train").glob("*.done.json")] == [first_marker.name]
