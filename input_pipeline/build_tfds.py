@@ -228,8 +228,9 @@ class SplitWriter:
     with tf.io.gfile.GFile(self.marker_path(shard)) as f:
       return json.load(f)
 
-  def check_or_save_config(self):
-    """Refuses to resume a conversion made with other settings."""
+  def check_or_save_config(self, label_names: Sequence[str]):
+    """Refuses to resume a conversion made with other settings; a new one saves them, with the class names for the
+    splits converted next (_check_labels_match_other_splits)."""
     path = os.path.join(self.build_dir, "config.json")
     wanted = dataclasses.asdict(self.config)
     if tf.io.gfile.exists(path):
@@ -245,7 +246,7 @@ class SplitWriter:
       return
     tf.io.gfile.makedirs(self.build_dir)
     with tf.io.gfile.GFile(path, "w") as f:
-      json.dump(wanted, f, indent=2)
+      json.dump({**wanted, "label_names": list(label_names)}, f, indent=2)
 
   def write_shard(self, shard: int, results: Iterator[tuple[bytes | None, str | None]], progress: tqdm.tqdm):
     """Writes a shard from its videos' results, then marks it done."""
@@ -333,24 +334,36 @@ def _published_splits(output_dir: str) -> tuple[list[tfds.core.SplitInfo], dict[
   return split_infos, metadata
 
 
-def _check_labels_match_other_splits(output_dir: str, config: BuildConfig):
-  """All splits of one dataset share the label list stored in features.json."""
+def _check_labels_match_other_splits(output_dir: str, config: BuildConfig, label_names: Sequence[str]):
+  """All splits of one dataset share the label list stored in features.json: the same class names, in the same order
+  (as read: a file saved with other line ends or quoting is the same list)."""
   # Sorted, so that the split an error names does not depend on the file system.
   for path in sorted(tf.io.gfile.glob(os.path.join(output_dir, "_build", "*", "config.json"))):
     with tf.io.gfile.GFile(path) as f:
       other = json.load(f)
     if other["split"] == config.split:
       continue
-    if other["labels_sha256"] != config.labels_sha256:
+    where = f"--labels differs from the label list that split '{other['split']}' was converted with ({path})"
+    other_names = other.get("label_names")
+    if other_names is None:  # a split started before config.json held the names: only the file's hash tells
+      if other["labels_sha256"] != config.labels_sha256:
+        raise ValueError(f"{where}; one dataset folder holds one label list.")
+    elif other_names != list(label_names):
       raise ValueError(
-        f"--labels differs from the label list that split "
-        f"'{other['split']}' was converted with ({path}); one dataset "
-        "folder holds one label list."
+        f"{where}: {_first_difference(other_names, label_names)}; one dataset folder holds one label list."
       )
     if other["name"] != config.name:
       raise ValueError(
         f"--name={config.name} differs from the name '{other['name']}' of split '{other['split']}' ({path})."
       )
+
+
+def _first_difference(there: Sequence[str], here: Sequence[str]) -> str:
+  """The first class of two label lists that differs, e.g. `class 3 is 'run' there, 'jump' here`."""
+  i = next((i for i, (a, b) in enumerate(zip(there, here)) if a != b), min(len(there), len(here)))
+  name_there = repr(there[i]) if i < len(there) else f"missing ({len(there)} classes)"
+  name_here = repr(here[i]) if i < len(here) else f"missing ({len(here)} classes)"
+  return f"class {i} is {name_there} there, {name_here} here"
 
 
 def _check_settings(*, name, split, short_side, fps, max_frames, jpeg_quality, videos_per_shard, max_bad_fraction):
@@ -439,8 +452,8 @@ def build_split(
     videos_per_shard=videos_per_shard,
   )
   writer = SplitWriter(output_dir, config, records)
-  _check_labels_match_other_splits(output_dir, config)
-  writer.check_or_save_config()
+  _check_labels_match_other_splits(output_dir, config, label_names)
+  writer.check_or_save_config(label_names)
 
   if not writer.is_published():
     todo = [s for s in range(writer.num_shards) if writer.read_marker(s) is None]

@@ -230,6 +230,49 @@ def test_splits_share_the_folder_and_its_label_list(videos, tmp_path):
     )
 
 
+def test_a_split_may_read_the_same_classes_from_a_file_of_other_line_ends(videos, tmp_path):
+  _build(videos, tmp_path / "out")
+  (tmp_path / "labels.csv").write_bytes(b"id,name\r\n0,even\r\n1,odd\r\n")  # labels.csv as a Windows editor saves it
+  builder = build_tfds.build_split(
+    annotations_path=str(videos / "good.txt"),
+    root=str(videos),
+    labels_path=str(tmp_path / "labels.csv"),
+    output_dir=str(tmp_path / "out"),
+    split="validation",
+  )
+  assert builder.info.splits["validation"].num_examples == len(LENGTHS)
+
+
+def test_a_split_of_other_classes_is_refused_naming_the_first_that_differs(videos, tmp_path):
+  _build(videos, tmp_path / "out")
+  (tmp_path / "labels.csv").write_text("id,name\n0,even\n1,uneven\n")
+  with pytest.raises(ValueError, match=re.escape("class 1 is 'odd' there, 'uneven' here")):
+    build_tfds.build_split(
+      annotations_path=str(videos / "good.txt"),
+      root=str(videos),
+      labels_path=str(tmp_path / "labels.csv"),
+      output_dir=str(tmp_path / "out"),
+      split="validation",
+    )
+
+
+def test_a_split_converted_before_its_config_held_the_class_names_is_compared_by_its_file(videos, tmp_path):
+  _build(videos, tmp_path / "out")
+  config_path = tmp_path / "out/_build/train/config.json"
+  config = json.loads(config_path.read_text())
+  del config["label_names"]
+  config_path.write_text(json.dumps(config))
+  (tmp_path / "labels.csv").write_text("id,name\n0,even\n1,uneven\n")
+  with pytest.raises(ValueError, match="split 'train' was converted with"):
+    build_tfds.build_split(
+      annotations_path=str(videos / "good.txt"),
+      root=str(videos),
+      labels_path=str(tmp_path / "labels.csv"),
+      output_dir=str(tmp_path / "out"),
+      split="validation",
+    )
+
+
 def test_command_line_converts_in_a_worker_process(videos, tmp_path):
   """... and keeps TensorFlow's and the libraries' log lines off the terminal, in OUTPUT_DIR/_build/logs."""
   result = subprocess.run(
