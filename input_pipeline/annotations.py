@@ -2,7 +2,9 @@
 
 Label list: a CSV with the header `id,name` and one `id,name` row per class,
 ids 0..N-1 in order, each name once (names may contain commas when quoted).
-Annotation file: one `relative/path.mp4 label` line per video.
+Annotation file: one `relative/path.mp4 label` line per video; a video listed
+twice with two labels is refused, a line repeated is read as it is (official
+lists have some), with a warning.
 Problems are refused when the files are read, naming file and line. Both may
 be on cloud storage (gs://...): they are read through etils.epath.
 """
@@ -10,6 +12,7 @@ be on cloud storage (gs://...): they are read through etils.epath.
 import csv
 import dataclasses
 import io
+import logging
 import os
 import re
 
@@ -77,10 +80,12 @@ def read_label_list(csv_path: str | os.PathLike[str]) -> list[str]:
 
 
 def read_annotations(path: str | os.PathLike[str], num_classes: int) -> list[VideoRecord]:
-  """Reads `relative/path label` lines; labels must be in [0, num_classes)."""
+  """Reads `relative/path label` lines; labels must be in [0, num_classes), one per video."""
   lines = _read_text(path).split("\n")
   path = os.fspath(path)
   records = []
+  first_seen = {}  # video path -> (label, line)
+  repeats = []  # (line, the line it repeats)
   for line_number, line in enumerate(lines, start=1):
     fields = line.split()
     if not fields:
@@ -94,7 +99,23 @@ def read_annotations(path: str | os.PathLike[str], num_classes: int) -> list[Vid
     label = int(label_text)
     if not 0 <= label < num_classes:
       raise ValueError(f"{path}:{line_number}: label {label} is outside the label list of {num_classes} classes")
+    first_label, first_line = first_seen.setdefault(video_path, (label, line_number))
+    if first_label != label:
+      # Training would read two targets for one video, and an evaluation count it under both classes.
+      raise ValueError(
+        f"{path}:{line_number}: {video_path} has label {label} here and label {first_label} on line {first_line}"
+      )
+    if first_line != line_number:
+      repeats.append((line_number, first_line))
     records.append(VideoRecord(video_path, label))
   if not records:
     raise ValueError(f"{path}: the annotation file lists no videos")
+  if repeats:
+    logging.warning(
+      "%s: %d lines repeat an earlier line (the first, line %d, repeats line %d); read as listed, so their videos "
+      "count more than once",
+      path,
+      len(repeats),
+      *repeats[0],
+    )
   return records

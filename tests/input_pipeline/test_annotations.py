@@ -1,5 +1,6 @@
 """Label lists and annotation files: read, and refused with file and line."""
 
+import logging
 import re
 
 import pytest
@@ -91,6 +92,24 @@ def test_bad_annotation_line_is_refused_with_its_line_number(tmp_path, bad_line,
   path = _write(tmp_path, "train.txt", f"a.mp4 0\nb.mp4 1\n{bad_line}\n")
   with pytest.raises(ValueError, match=message):
     annotations.read_annotations(path, num_classes=3)
+
+
+def test_a_video_listed_with_two_labels_is_refused_naming_both_lines(tmp_path):
+  path = _write(tmp_path, "train.txt", "a.mp4 1\nb.mp4 0\na.mp4 2\n")
+  with pytest.raises(ValueError, match=re.escape("train.txt:3: a.mp4 has label 2 here and label 1 on line 1")):
+    annotations.read_annotations(path, num_classes=3)
+
+
+def test_repeated_lines_are_read_as_listed_with_one_warning(tmp_path, caplog):
+  path = _write(tmp_path, "val.txt", "a.mp4 1\nb.mp4 0\nb.mp4 0\na.mp4  1\n")
+  with caplog.at_level(logging.WARNING):
+    records = annotations.read_annotations(path, num_classes=3)
+  a, b = annotations.VideoRecord("a.mp4", 1), annotations.VideoRecord("b.mp4", 0)
+  assert records == [a, b, b, a]
+  assert [r.getMessage() for r in caplog.records] == [
+    f"{path}: 2 lines repeat an earlier line (the first, line 3, repeats line 2); read as listed, so their videos "
+    "count more than once"
+  ]
 
 
 def test_empty_annotation_file_is_refused(tmp_path):
