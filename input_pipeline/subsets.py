@@ -27,9 +27,23 @@ from input_pipeline import annotations
 
 
 def k_shot_subset(
-  records: Sequence[annotations.VideoRecord], num_classes: int, shots: int, seed: int
+  records: Sequence[annotations.VideoRecord],
+  num_classes: int,
+  shots: int,
+  seed: int,
+  *,
+  list_path: str | None = None,
+  class_names: Sequence[str] | None = None,
 ) -> list[annotations.VideoRecord]:
   """K videos of every class, chosen with the seed, in the list's order.
+
+  Args:
+    records: the videos of the training list.
+    num_classes: the classes of the label list, 0..num_classes-1.
+    shots: K.
+    seed: chooses the videos.
+    list_path: the file the records were read from, for the error to name.
+    class_names: the label list's names, for the error to name the class.
 
   Raises:
     ValueError: a class of the label list has fewer than `shots` videos.
@@ -44,7 +58,9 @@ def k_shot_subset(
   for label in range(num_classes):
     positions = positions_by_class[label]
     if len(positions) < shots:
-      raise ValueError(f"class {label} has {len(positions)} videos in the list, fewer than {shots} shots")
+      name = f" ({class_names[label]!r})" if class_names is not None else ""
+      where = f"{list_path}: " if list_path is not None else ""
+      raise ValueError(f"{where}class {label}{name} has {len(positions)} videos in the list, fewer than {shots} shots")
     chosen.extend(rng.choice(positions, shots, replace=False).tolist())
   return [records[position] for position in sorted(chosen)]
 

@@ -1,6 +1,7 @@
 """Few-shot lists and zero-shot class subsets."""
 
 import collections
+import re
 
 import pytest
 
@@ -40,6 +41,13 @@ def test_k_shot_refuses_a_class_with_too_few_videos():
     subsets.k_shot_subset(_records([5, 7, 3]), 3, shots=4, seed=0)
   with pytest.raises(ValueError, match="class 3 has 0 videos"):
     subsets.k_shot_subset(_records([5, 7, 3]), 4, shots=1, seed=0)
+
+
+def test_k_shot_shortage_names_the_list_and_the_class_when_given():
+  with pytest.raises(ValueError, match=re.escape("train.txt: class 2 ('jump') has 3 videos in the list, fewer than 4")):
+    subsets.k_shot_subset(
+      _records([5, 7, 3]), 3, shots=4, seed=0, list_path="train.txt", class_names=["run", "swim", "jump"]
+    )
 
 
 def test_restrict_to_classes_renumbers_labels_in_subset_order():
