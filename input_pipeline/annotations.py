@@ -3,8 +3,7 @@
 Label list: a CSV with the header `id,name` and one `id,name` row per class,
 ids 0..N-1 in order, each name once (names may contain commas when quoted).
 Annotation file: one `relative/path.mp4 label` line per video; a video listed
-twice with two labels is refused, a line repeated is read as it is (official
-lists have some), with a warning.
+with two labels is refused, a line repeated is read as it is, with a warning.
 Problems are refused when the files are read, naming file and line. Both may
 be on cloud storage (gs://...): they are read through etils.epath.
 """

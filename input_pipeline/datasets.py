@@ -166,7 +166,14 @@ def resolve(config: ml_collections.ConfigDict, workdir: epath.Path) -> Experimen
   if not config.data.shots:
     check_videos_present(config, records, config.data.train_file)
     return Experiment(class_names, len(records), config.data.train_file)
-  records = subsets.k_shot_subset(records, config.num_classes, config.data.shots, config.seed)
+  records = subsets.k_shot_subset(
+    records,
+    config.num_classes,
+    config.data.shots,
+    config.seed,
+    list_path=config.data.train_file,
+    class_names=class_names,
+  )
   # The videos the run reads: the few-shot subset's, not the whole list's.
   check_videos_present(config, records, f"the {config.data.shots}-shot subset of {config.data.train_file}")
   train_file = str(workdir / f"train_{config.data.shots}shot.txt")

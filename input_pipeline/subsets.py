@@ -24,6 +24,7 @@ import pathlib
 import numpy as np
 
 from input_pipeline import annotations
+from xclip_jax import console
 
 
 def k_shot_subset(
@@ -60,7 +61,9 @@ def k_shot_subset(
     if len(positions) < shots:
       name = f" ({class_names[label]!r})" if class_names is not None else ""
       where = f"{list_path}: " if list_path is not None else ""
-      raise ValueError(f"{where}class {label}{name} has {len(positions)} videos in the list, fewer than {shots} shots")
+      raise ValueError(
+        f"{where}class {label}{name} has {console.count(len(positions), 'video')} in the list, fewer than {shots} shots"
+      )
     chosen.extend(rng.choice(positions, shots, replace=False).tolist())
   return [records[position] for position in sorted(chosen)]
 

@@ -329,7 +329,7 @@ def _val_list_with_a_broken_video(dataset, tmp_path, good_lines: int) -> str:
   root, _ = dataset
   (root / "videos" / "broken.mp4").write_bytes(b"not a video")
   lines = (root / "val.txt").read_text().splitlines(keepends=True)[:good_lines]
-  (tmp_path / "val.txt").write_text("".join(lines) + "broken.mp4 0\nbroken.mp4 1\n")
+  (tmp_path / "val.txt").write_text("".join(lines) + "broken.mp4 0\nbroken.mp4 0\n")
   return str(tmp_path / "val.txt")
 
 

@@ -206,3 +206,12 @@ def test_records_the_build_left_out_beyond_the_failure_allowance_are_refused_bef
   config.data.max_failure_fraction = 0.2  # 0.8 allowed
   with pytest.raises(ValueError, match=r"its build left out 1 of the 4 videos of split 'train' .* more than the 0\.8"):
     datasets.resolve(config, epath.Path(tmp_path / "workdir"))
+
+
+def test_a_class_short_of_shots_is_named_with_the_training_list(config, tmp_path):
+  config.data.shots = 2  # 'jump' and 'swim' have one video each in train.txt
+  with pytest.raises(
+    ValueError,
+    match=re.escape(f"{config.data.train_file}: class 1 ('jump') has 1 video in the list, fewer than 2 shots"),
+  ):
+    datasets.resolve(config, epath.Path(tmp_path / "workdir"))
