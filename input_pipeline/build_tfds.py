@@ -237,6 +237,8 @@ class SplitWriter:
       with tf.io.gfile.GFile(path) as f:
         found = json.load(f)
       changed = {k: (found.get(k), v) for k, v in wanted.items() if found.get(k) != v}
+      if found.get("label_names") == list(label_names):
+        changed.pop("labels_sha256", None)  # the same classes, saved otherwise (line ends, quoting)
       if changed:
         raise ValueError(
           f"{path}: this split was started with other settings "

@@ -243,6 +243,18 @@ def test_a_split_may_read_the_same_classes_from_a_file_of_other_line_ends(videos
   assert builder.info.splits["validation"].num_examples == len(LENGTHS)
 
 
+def test_a_split_may_be_resumed_with_the_same_classes_from_a_file_of_other_line_ends(videos, tmp_path):
+  _build(videos, tmp_path / "out")
+  (tmp_path / "labels.csv").write_bytes(b"id,name\r\n0,even\r\n1,odd\r\n")
+  builder = build_tfds.build_split(
+    annotations_path=str(videos / "good.txt"),
+    root=str(videos),
+    labels_path=str(tmp_path / "labels.csv"),
+    output_dir=str(tmp_path / "out"),
+  )
+  assert builder.info.splits["train"].num_examples == len(LENGTHS)
+
+
 def test_a_split_of_other_classes_is_refused_naming_the_first_that_differs(videos, tmp_path):
   _build(videos, tmp_path / "out")
   (tmp_path / "labels.csv").write_text("id,name\n0,even\n1,uneven\n")
