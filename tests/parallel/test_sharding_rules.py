@@ -3,6 +3,7 @@ names in full."""
 
 import logging
 import re
+import types
 
 import jax
 from jax.sharding import AbstractMesh
@@ -95,3 +96,32 @@ def test_a_mesh_that_cannot_be_built_is_refused_naming_the_axis(axes, error):
   eight_devices = jax.devices()[:1] * 8  # only their number counts before the mesh is built
   with pytest.raises(ValueError, match=re.escape(error)):
     sharding.make_mesh(axes, eight_devices)
+
+
+def _mesh_of_processes(sizes: dict, devices_per_process: int):
+  """A stand-in for a mesh over devices of processes 0, 1, ... (`devices_per_process` each), in jax.devices()'s
+  order, as make_mesh lays them out."""
+  count = int(np.prod(list(sizes.values())))
+  devices = [types.SimpleNamespace(process_index=i // devices_per_process) for i in range(count)]
+  shape = [sizes[axis] for axis in sharding.MESH_AXES]
+  return types.SimpleNamespace(devices=np.array(devices).reshape(shape), axis_names=sharding.MESH_AXES, shape=sizes)
+
+
+@pytest.mark.parametrize(
+  "sizes, devices_per_process, refused",
+  [
+    ({"data": 2, "fsdp": 1, "time": 2}, 2, False),
+    ({"data": 1, "fsdp": 2, "time": 2}, 2, False),
+    ({"data": 1, "fsdp": 1, "time": 4}, 2, True),
+    ({"data": 2, "fsdp": 1, "time": 2}, 1, True),  # one process per GPU, as launch/slurm_gpu.sh runs
+  ],
+)
+def test_a_time_axis_over_the_devices_of_several_processes_is_refused(sizes, devices_per_process, refused):
+  """Each process reads whole clips, so the devices sharing one clip's frames must be its own."""
+  mesh = _mesh_of_processes(sizes, devices_per_process)
+  if not refused:
+    sharding.check_time_within_processes(mesh)
+    return
+  message = f"mesh.time={sizes['time']} splits a clip's frames over the devices of several processes"
+  with pytest.raises(ValueError, match=re.escape(message) + f".* the {devices_per_process} devices of each process"):
+    sharding.check_time_within_processes(mesh)

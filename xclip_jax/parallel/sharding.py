@@ -21,6 +21,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
 
+from xclip_jax import console
 from xclip_jax import param_rules
 
 MESH_AXES = ("data", "fsdp", "time")
@@ -68,6 +69,20 @@ def check_frames_divisible(num_frames: int, mesh: jax.sharding.Mesh):
     raise ValueError(
       f"{num_frames} frames cannot be split over the mesh's time axis of size {mesh.shape[FRAMES_AXIS]}: set "
       f"mesh.time to a divisor of num_frames"
+    )
+
+
+def check_time_within_processes(mesh: jax.sharding.Mesh):
+  """Refuses a `time` axis whose groups span processes: each process reads whole clips (all frames of its rows), so
+  the devices that share a clip's frames must be one process's."""
+  groups = np.moveaxis(mesh.devices, mesh.axis_names.index(FRAMES_AXIS), -1).reshape(-1, mesh.shape[FRAMES_AXIS])
+  if any(len({device.process_index for device in group}) > 1 for group in groups):
+    per_process = sum(device.process_index == 0 for device in mesh.devices.flat)
+    raise ValueError(
+      f"mesh.time={mesh.shape[FRAMES_AXIS]} splits a clip's frames over the devices of several processes, and each "
+      f"process reads whole clips: set mesh.time to a divisor of the {console.count(per_process, 'device')} of each "
+      "process (on GPUs, "
+      "one process per node for more)"
     )
 
 

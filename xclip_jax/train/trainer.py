@@ -182,6 +182,7 @@ def _check_config(config: ml_collections.ConfigDict):
 
 def _check_mesh_fits(config, mesh):
   sharding.check_frames_divisible(config.num_frames, mesh)
+  sharding.check_time_within_processes(mesh)
   shards = sharding.num_batch_shards(mesh)
   for field in ("batch_size", "eval_batch_size"):
     if config[field] % shards:
