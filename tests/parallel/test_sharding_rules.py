@@ -108,20 +108,20 @@ def _mesh_of_processes(sizes: dict, devices_per_process: int):
 
 
 @pytest.mark.parametrize(
-  "sizes, devices_per_process, refused",
+  "sizes, devices_per_process, refusal",
   [
-    ({"data": 2, "fsdp": 1, "time": 2}, 2, False),
-    ({"data": 1, "fsdp": 2, "time": 2}, 2, False),
-    ({"data": 1, "fsdp": 1, "time": 4}, 2, True),
-    ({"data": 2, "fsdp": 1, "time": 2}, 1, True),  # one process per GPU, as launch/slurm_gpu.sh runs
+    ({"data": 2, "fsdp": 1, "time": 2}, 2, None),
+    ({"data": 1, "fsdp": 2, "time": 2}, 2, None),
+    ({"data": 1, "fsdp": 1, "time": 4}, 2, "mesh.time=4 .* a divisor of the 2 devices of each process"),
+    # One process per GPU, as launch/slurm_gpu.sh runs.
+    ({"data": 2, "fsdp": 1, "time": 2}, 1, "mesh.time=2 .* a divisor of the 1 device of each process"),
   ],
 )
-def test_a_time_axis_over_the_devices_of_several_processes_is_refused(sizes, devices_per_process, refused):
+def test_a_time_axis_over_the_devices_of_several_processes_is_refused(sizes, devices_per_process, refusal):
   """Each process reads whole clips, so the devices sharing one clip's frames must be its own."""
   mesh = _mesh_of_processes(sizes, devices_per_process)
-  if not refused:
+  if refusal is None:
     sharding.check_time_within_processes(mesh)
     return
-  message = f"mesh.time={sizes['time']} splits a clip's frames over the devices of several processes"
-  with pytest.raises(ValueError, match=re.escape(message) + f".* the {devices_per_process} devices of each process"):
+  with pytest.raises(ValueError, match=refusal):
     sharding.check_time_within_processes(mesh)
