@@ -357,6 +357,15 @@ def test_a_process_that_dies_stops_the_other_with_a_clear_message(dataset, tmp_p
   assert 0 < found < 2 * DEATH_HEARTBEAT_TIMEOUT
 
 
+def test_processes_given_different_configs_stop_before_training(dataset, tmp_path):
+  """Another seed on one host: it would read videos of the other's share and skip some of its own."""
+  run = Run(dataset, tmp_path, 2, process_overrides={1: {"seed": 7}})
+  codes = run.wait(timeout=HANG_SECONDS)
+  for i in (0, 1):
+    assert codes[i] == 1 and "the processes were given different configs (process 1's differs" in run.log(i)
+  assert not (tmp_path / "checkpoints").exists()
+
+
 def _logged_time(log: str, text: str) -> float:
   """When the first line of `log` that holds `text` was logged: absl's and XLA's `LMMDD HH:MM:SS.micros` prefix, in
   the machine's local time, as seconds since the epoch (the year is this one's)."""

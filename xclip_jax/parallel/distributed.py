@@ -1,8 +1,13 @@
 """Multi-process start-up: joining the processes of a run (TPU pod hosts, GPU cluster nodes)."""
 
+import hashlib
+
 from absl import app
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
+import ml_collections
+import numpy as np
 
 
 def initialize(
@@ -30,3 +35,19 @@ def initialize(
     logging.info("No cluster found (Cloud TPU, SLURM, Open MPI): running as a single process.")
     return False
   return True
+
+
+def check_same_config(config: ml_collections.ConfigDict):
+  """Refuses a run whose processes were given different configs (another seed or list on one host would read other
+  videos than its share, another lr drift its replicas apart), before any of them trains."""
+  if jax.process_count() == 1:
+    return
+  text = config.to_json_best_effort(sort_keys=True)
+  digest = np.frombuffer(hashlib.sha256(text.encode()).digest(), np.uint8)
+  digests = np.asarray(multihost_utils.process_allgather(digest))
+  differing = [i for i in range(len(digests)) if not np.array_equal(digests[i], digests[0])]
+  if differing:
+    raise ValueError(
+      f"the processes were given different configs (process {differing[0]}'s differs from process 0's): give every "
+      "process the same --config flags"
+    )

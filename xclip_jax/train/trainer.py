@@ -43,6 +43,7 @@ from xclip_jax.evaluation import report
 from xclip_jax.evaluation import zero_shot
 from xclip_jax.model import config as model_config
 from xclip_jax.model import tokenizer
+from xclip_jax.parallel import distributed
 from xclip_jax.parallel import sharding
 from xclip_jax.train import checkpoints
 from xclip_jax.train import optimizer
@@ -380,6 +381,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   # Read and checked before training too, as the other lists are.
   zero_shot_tasks = zero_shot.tasks(config, workdir) if "zero_shot" in config else []
   model = load_model(config)
+  distributed.check_same_config(config)
   text_encoder = evaluate.make_text_encoder(model.module)
   param_shardings = sharding.tree_shardings(model.params, mesh)
   eval_step = evaluate.make_eval_step(model.module, mesh, param_shardings)
