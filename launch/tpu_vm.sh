@@ -121,8 +121,9 @@ python3 -m uv pip install --python ~/xclip-venv/bin/python -r ~/xclip-jax/requir
       on_all_workers "rm -rf ~/xclip-jax && mkdir ~/xclip-jax && tar -xzf ~/xclip-jax.tar.gz -C ~/xclip-jax"
       ;;
     run)
-      on_all_workers "cd ~/xclip-jax && nohup ~/xclip-venv/bin/python -m xclip_jax.main $(quote_all "${main_flags[@]}") \
-> ~/xclip-jax-run.log 2>&1 < /dev/null & echo \$! > ~/xclip-jax-run.pid"
+      # Braces: `a && b &` would put the whole list in a subshell, and $! (what `stop` signals) would be that shell's.
+      on_all_workers "cd ~/xclip-jax && { nohup ~/xclip-venv/bin/python -m xclip_jax.main $(quote_all "${main_flags[@]}") \
+> ~/xclip-jax-run.log 2>&1 < /dev/null & echo \$! > ~/xclip-jax-run.pid; }"
       ;;
     logs)
       on_all_workers "tail -n $lines ~/xclip-jax-run.log"

@@ -3,6 +3,7 @@
 import pathlib
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -63,14 +64,47 @@ def test_tpu_vm_dry_run_creates_copies_installs_runs_and_deletes(tmp_path):
     "python3 -m uv venv --allow-existing --python 3.11 ~/xclip-venv; "
     "python3 -m uv pip install --python ~/xclip-venv/bin/python -r ~/xclip-jax/requirements.txt "
     f'"jax[tpu]=={JAX_VERSION}"\'',
-    f"{ssh} --command='cd ~/xclip-jax && nohup ~/xclip-venv/bin/python -m xclip_jax.main "
+    f"{ssh} --command='cd ~/xclip-jax && {{ nohup ~/xclip-venv/bin/python -m xclip_jax.main "
     "--config=configs/k400.py:arch=ViT-B/16 --workdir=gs://bucket/run "
     "--config.data.root='\\''gs://b/my videos'\\'' > ~/xclip-jax-run.log 2>&1 < /dev/null & "
-    "echo $! > ~/xclip-jax-run.pid'",
+    "echo $! > ~/xclip-jax-run.pid; }'",
     f"{ssh} --command='tail -n 20 ~/xclip-jax-run.log'",
     f"{ssh} --command='kill -TERM $(cat ~/xclip-jax-run.pid)'",
     f"gcloud compute tpus tpu-vm delete xclip-jax {zone} --project=proj --quiet",
   ]
+
+
+def test_tpu_vm_stop_signals_the_training_process_that_run_started(tmp_path):
+  """Run as the TPU VMs would (gcloud's ssh runs --command with bash there): the pid `run` saves is the training
+  process's own, which `stop` then signals (SIGTERM: it saves a checkpoint and exits)."""
+  bin_dir, home = tmp_path / "bin", tmp_path / "home"
+  (home / "xclip-jax").mkdir(parents=True)
+  (home / "xclip-venv" / "bin").mkdir(parents=True)
+  fake_python = home / "xclip-venv" / "bin" / "python"
+  fake_python.write_text("#!/usr/bin/env bash\nexec sleep 30\n")
+  bin_dir.mkdir()
+  (bin_dir / "gcloud").write_text(
+    '#!/usr/bin/env bash\nfor arg; do case $arg in --command=*) exec bash -c "${arg#--command=}" ;; esac; done\n'
+  )
+  for script in (fake_python, bin_dir / "gcloud"):
+    script.chmod(0o755)
+  env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(home)}
+  assert _run("tpu_vm.sh", "--zone=z", "run", "--", *MAIN_FLAGS, env=env).returncode == 0
+  pid = int((home / "xclip-jax-run.pid").read_text())
+  for _ in range(100):  # nohup, then the interpreter, exec into the program, keeping the pid
+    program = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+    if program == b"sleep":
+      break
+    time.sleep(0.05)
+  assert program == b"sleep"
+  assert _run("tpu_vm.sh", "--zone=z", "stop", env=env).returncode == 0
+  for _ in range(100):  # the signalled process ends (a zombie until its parent, the gone shell's, reaps it)
+    status = pathlib.Path(f"/proc/{pid}/status")
+    if not status.exists() or "zombie" in status.read_text():
+      break
+    time.sleep(0.05)
+  else:
+    pytest.fail(f"process {pid} still runs after stop")
 
 
 def test_tpu_vm_dry_run_with_a_queued_spot_resource(tmp_path):
