@@ -10,7 +10,8 @@ Usage: launch/gpu_single_host.sh [options] -- MAIN_FLAGS...
 
 Runs python -m xclip_jax.main MAIN_FLAGS as one process on the GPUs of this machine. One process drives all its
 GPUs (config.mesh splits every batch over them), so no coordinator is needed; the terminal shows the progress and
-results, WORKDIR/logs/process_0.log the full log.
+results, WORKDIR/logs/process_0.log the full log. It may be run from any folder: MAIN_FLAGS' relative paths (the
+config file too) are relative to the current one.
 
 Options (--flag=value):
   --gpus=LIST       the GPUs to use, as CUDA_VISIBLE_DEVICES (default: all)
@@ -53,6 +54,7 @@ if ((install)); then
   jax_version=$(sed -n 's/^jax==//p' "$repo/requirements.txt")
   run "$python" -m pip install -r "$repo/requirements.txt" "jax[cuda12]==$jax_version"
 fi
-environment=()
-[[ -z $gpus ]] || environment=(env CUDA_VISIBLE_DEVICES="$gpus")
+# From any folder: the package from this checkout; MAIN_FLAGS' relative paths stay relative to the current folder.
+environment=(env PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}")
+[[ -z $gpus ]] || environment+=(CUDA_VISIBLE_DEVICES="$gpus")
 run "${environment[@]}" "$python" -m xclip_jax.main "${main_flags[@]}"

@@ -3,6 +3,7 @@
 import pathlib
 import shutil
 import subprocess
+import sys
 import time
 
 import pytest
@@ -160,10 +161,25 @@ def test_single_host_gpu_dry_run_installs_and_runs_on_the_chosen_gpus():
   lines = _dry_run("gpu_single_host.sh", "--gpus=0,1", "--install", "--python=/opt/venv/bin/python", "--", *MAIN_FLAGS)
   assert lines == [
     f"/opt/venv/bin/python -m pip install -r {REPO}/requirements.txt 'jax[cuda12]=={JAX_VERSION}'",
-    "env CUDA_VISIBLE_DEVICES=0,1 /opt/venv/bin/python -m xclip_jax.main --config=configs/k400.py:arch=ViT-B/16 "
-    "--workdir=gs://bucket/run --config.data.root='gs://b/my videos'",
+    f"env PYTHONPATH={REPO} CUDA_VISIBLE_DEVICES=0,1 /opt/venv/bin/python -m xclip_jax.main "
+    "--config=configs/k400.py:arch=ViT-B/16 --workdir=gs://bucket/run --config.data.root='gs://b/my videos'",
   ]
-  assert _dry_run("gpu_single_host.sh", "--", "--workdir=w") == ["python3 -m xclip_jax.main --workdir=w"]
+  assert _dry_run("gpu_single_host.sh", "--", "--workdir=w") == [
+    f"env PYTHONPATH={REPO} python3 -m xclip_jax.main --workdir=w"
+  ]
+
+
+def test_single_host_gpu_runs_the_checkouts_package_from_any_folder(tmp_path):
+  """Started elsewhere, python -m xclip_jax.main still finds the package (its --help, here)."""
+  result = subprocess.run(
+    ["bash", str(LAUNCH / "gpu_single_host.sh"), "--python=" + sys.executable, "--", "--helpshort"],
+    cwd=tmp_path,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env={"PATH": "/usr/bin:/bin"},
+  )
+  assert "--workdir" in result.stdout, result.stderr[-2000:]  # the usage, printed by the module found
 
 
 def test_printed_commands_are_shell_words_that_read_back_as_given():
