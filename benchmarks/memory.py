@@ -47,7 +47,11 @@ def _compile_step(arch: str, frames: int, classes: int, dtype: str, time_size: i
   return compiled, mesh, params, architecture
 
 
-def time_axis_memory(arch: str, frames: int, classes: int, dtype: str, time_sizes=(1, 2, 4, 8)) -> dict:
+# The sizes of the mesh's time axis measured.
+TIME_SIZES = (1, 2, 4, 8)
+
+
+def time_axis_memory(arch: str, frames: int, classes: int, dtype: str, time_sizes=TIME_SIZES) -> dict:
   if jax.device_count() < max(time_sizes):
     raise SystemExit(f"--mode=memory needs {max(time_sizes)} devices, {jax.device_count()} are present")
   results = {

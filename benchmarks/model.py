@@ -187,6 +187,12 @@ def main(argv):
   del argv
   if FLAGS.mode == "memory":
     jax.config.update("jax_num_cpu_devices", 8)  # before anything starts JAX's CPU backend
+  # Mistakes found before minutes of compiling: one line each.
+  for flag in ("labels", "official_code"):
+    if FLAGS[flag].value and not os.path.exists(FLAGS[flag].value):
+      console.fail(f"--{flag}={FLAGS[flag].value}: no such file or folder")
+  if FLAGS.mode == "memory" and FLAGS.frames % memory_benchmark.TIME_SIZES[-1]:
+    console.fail(f"--frames={FLAGS.frames}: --mode=memory splits them over time = {memory_benchmark.TIME_SIZES}")
   compilation_cache.enable(FLAGS.compilation_cache_dir)
   print(json.dumps(MODES[FLAGS.mode]()))
 

@@ -1,6 +1,6 @@
 r"""Classifies videos by text with an X-CLIP checkpoint.
 
-  python -m xclip_jax.classify --checkpoint=k400_32_8.pth --labels=labels/kinetics_400_labels.csv a.mp4 b.mp4
+  python -m xclip_jax.classify --checkpoint=k400_32_8.pth --labels=kinetics_400_labels.csv a.mp4 b.mp4
   python -m xclip_jax.classify --checkpoint=CKPT --classes="dancing,cooking,playing guitar" --views=12 video.mp4
   python -m xclip_jax.classify --checkpoint=runs/demo --labels=L.csv --json --embed=embeddings.npz *.mp4
 

@@ -1,6 +1,6 @@
 r"""Exports an X-CLIP checkpoint as a video classifier for serving: SavedModel, StableHLO (jax.export) or ONNX.
 
-  python -m xclip_jax.export k400_32_8.pth out/k400 --labels=labels/kinetics_400_labels.csv --format=saved_model
+  python -m xclip_jax.export k400_32_8.pth out/k400 --labels=kinetics_400_labels.csv --format=saved_model
   python -m xclip_jax.export CKPT out/hlo --classes="dancing,cooking,playing guitar" --format=stablehlo
   python -m xclip_jax.export CKPT out/onnx --labels=L.csv --format=onnx --num_frames=8
 

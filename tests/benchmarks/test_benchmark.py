@@ -3,7 +3,9 @@ themselves: test_throughput.py)."""
 
 import inspect
 import os
+import pathlib
 import re
+import subprocess
 import sys
 
 import pytest
@@ -14,11 +16,28 @@ from benchmarks import train_step
 from configs import common
 from tests import test_layout
 
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
 
 def test_official_code_option_refuses_a_folder_that_is_not_the_official_x_clip(tmp_path):
   pytest.importorskip("torch")
   with pytest.raises(SystemExit, match="not the X-CLIP folder"):
     official_code.import_build_model(tmp_path)
+
+
+@pytest.mark.parametrize(
+  "args, message",
+  [
+    (["--mode=classify", "--labels=absent.csv"], "--labels=absent.csv: no such file or folder"),
+    (["--official_code=absent"], "--official_code=absent: no such file or folder"),
+    (["--mode=memory", "--frames=6"], "--frames=6: --mode=memory splits them over time = (1, 2, 4, 8)"),
+  ],
+)
+def test_a_mistake_in_the_benchmarks_flags_is_one_line_before_anything_compiles(args, message):
+  result = subprocess.run(
+    [sys.executable, "-m", "benchmarks.model", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+  )
+  assert result.returncode == 2 and result.stderr.splitlines()[-1] == f"error: {message}", result.stderr[-2000:]
 
 
 def test_fresh_process_timing_reports_its_own_peak_memory_and_failures():
