@@ -386,3 +386,9 @@ def _wait_for_line(run: Run, process: int, text: str, timeout: float = 300):
 def test_distributed_flags_come_all_together():
   with pytest.raises(app.UsageError, match="all of --coordinator_address, --num_processes and --process_id"):
     distributed.initialize("127.0.0.1:1234", 2, None, DEATH_HEARTBEAT_TIMEOUT)
+
+
+@pytest.mark.parametrize("num_processes, process_id", [(2, 5), (2, -1), (0, 0)])
+def test_a_process_id_outside_the_processes_is_a_usage_error(num_processes, process_id):
+  with pytest.raises(app.UsageError, match=re.escape(f"--process_id={process_id} must be in [0, --num_processes=")):
+    distributed.initialize("127.0.0.1:1234", num_processes, process_id, DEATH_HEARTBEAT_TIMEOUT)

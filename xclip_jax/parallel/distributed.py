@@ -21,6 +21,8 @@ def initialize(
   explicit = (coordinator_address, num_processes, process_id)
   if any(value is not None for value in explicit) and None in explicit:
     raise app.UsageError("give all of --coordinator_address, --num_processes and --process_id, or none of them")
+  if num_processes is not None and not 0 <= process_id < num_processes:
+    raise app.UsageError(f"--process_id={process_id} must be in [0, --num_processes={num_processes})")
   # Processes on CPU exchange arrays over TCP (the default of this JAX, needed by older ones).
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   try:
