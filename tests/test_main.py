@@ -494,18 +494,19 @@ def test_best_holds_the_model_of_the_best_validation(dataset, tmp_path, monkeypa
     np.testing.assert_array_equal(best[name], value, err_msg=name)
 
 
-def test_zero_shot_data_is_checked_before_training(dataset, tmp_path):
-  root, _ = dataset
-  config = in_process_config(dataset)
+def _with_one_zero_shot_task(config, name: str, videos, val_file, root):
+  """`config` with the zero-shot task `name`: the list val_file of videos, the classes of root/labels.csv, 1 view."""
   with config.unlocked():
     config.zero_shot_clips, config.zero_shot_crops = 1, 1
     config.zero_shot = {
-      "ucf101": {
-        "root": str(tmp_path / "nope"),
-        "val_files": (str(root / "val.txt"),),
-        "label_list": str(root / "labels.csv"),
-      }
+      name: {"root": str(videos), "val_files": (str(val_file),), "label_list": str(root / "labels.csv")}
     }
+  return config
+
+
+def test_zero_shot_data_is_checked_before_training(dataset, tmp_path):
+  root, _ = dataset
+  config = _with_one_zero_shot_task(in_process_config(dataset), "ucf101", tmp_path / "nope", root / "val.txt", root)
   with pytest.raises(
     FileNotFoundError, match=re.escape(f"config.zero_shot.ucf101.root: {tmp_path / 'nope'} does not exist")
   ):
@@ -574,15 +575,7 @@ def test_results_done_before_a_zero_shot_set_fails_are_kept(dataset, tmp_path):
   (root / "garbage" / "0.mp4").write_bytes(b"not a video")
   (root / "garbage.txt").write_text("0.mp4 0\n")
   config = in_process_config(dataset, mode="eval", eval_batch_size=2, final_eval_clips=1, final_eval_crops=1)
-  with config.unlocked():
-    config.zero_shot_clips, config.zero_shot_crops = 1, 1
-    config.zero_shot = {
-      "unreadable": {
-        "root": str(root / "garbage"),
-        "val_files": (str(root / "garbage.txt"),),
-        "label_list": str(root / "labels.csv"),
-      }
-    }
+  config = _with_one_zero_shot_task(config, "unreadable", root / "garbage", root / "garbage.txt", root)
   with pytest.raises(video_dataset.TooManyFailuresError, match="1 video failed to decode"):
     trainer.train_and_evaluate(config, tmp_path)
   kept = json.loads((tmp_path / trainer.RESULTS_FILE).read_text())

@@ -49,6 +49,17 @@ def _build(videos, output_dir, annotations="good.txt", **kwargs):
   )
 
 
+def _build_with_labels_in(tmp_path, videos, split: str):
+  """The split `split` of videos/good.txt into tmp_path/out, with the label list tmp_path/labels.csv."""
+  return build_tfds.build_split(
+    annotations_path=str(videos / "good.txt"),
+    root=str(videos),
+    labels_path=str(tmp_path / "labels.csv"),
+    output_dir=str(tmp_path / "out"),
+    split=split,
+  )
+
+
 def _examples(builder, split="train"):
   dataset = builder.as_dataset(split=split, decoders={"frames": tfds.decode.SkipDecoding()})
   return list(dataset.as_numpy_iterator())
@@ -233,25 +244,14 @@ def test_splits_share_the_folder_and_its_label_list(videos, tmp_path):
 def test_a_split_may_read_the_same_classes_from_a_file_of_other_line_ends(videos, tmp_path):
   _build(videos, tmp_path / "out")
   (tmp_path / "labels.csv").write_bytes(b"id,name\r\n0,even\r\n1,odd\r\n")  # labels.csv as a Windows editor saves it
-  builder = build_tfds.build_split(
-    annotations_path=str(videos / "good.txt"),
-    root=str(videos),
-    labels_path=str(tmp_path / "labels.csv"),
-    output_dir=str(tmp_path / "out"),
-    split="validation",
-  )
+  builder = _build_with_labels_in(tmp_path, videos, "validation")
   assert builder.info.splits["validation"].num_examples == len(LENGTHS)
 
 
 def test_a_split_may_be_resumed_with_the_same_classes_from_a_file_of_other_line_ends(videos, tmp_path):
   _build(videos, tmp_path / "out")
   (tmp_path / "labels.csv").write_bytes(b"id,name\r\n0,even\r\n1,odd\r\n")
-  builder = build_tfds.build_split(
-    annotations_path=str(videos / "good.txt"),
-    root=str(videos),
-    labels_path=str(tmp_path / "labels.csv"),
-    output_dir=str(tmp_path / "out"),
-  )
+  builder = _build_with_labels_in(tmp_path, videos, "train")
   assert builder.info.splits["train"].num_examples == len(LENGTHS)
 
 
@@ -259,13 +259,7 @@ def test_a_split_of_other_classes_is_refused_naming_the_first_that_differs(video
   _build(videos, tmp_path / "out")
   (tmp_path / "labels.csv").write_text("id,name\n0,even\n1,uneven\n")
   with pytest.raises(ValueError, match=re.escape("class 1 is 'odd' there, 'uneven' here")):
-    build_tfds.build_split(
-      annotations_path=str(videos / "good.txt"),
-      root=str(videos),
-      labels_path=str(tmp_path / "labels.csv"),
-      output_dir=str(tmp_path / "out"),
-      split="validation",
-    )
+    _build_with_labels_in(tmp_path, videos, "validation")
 
 
 def test_a_split_converted_before_its_config_held_the_class_names_is_compared_by_its_file(videos, tmp_path):
@@ -276,13 +270,7 @@ def test_a_split_converted_before_its_config_held_the_class_names_is_compared_by
   config_path.write_text(json.dumps(config))
   (tmp_path / "labels.csv").write_text("id,name\n0,even\n1,uneven\n")
   with pytest.raises(ValueError, match="split 'train' was converted with"):
-    build_tfds.build_split(
-      annotations_path=str(videos / "good.txt"),
-      root=str(videos),
-      labels_path=str(tmp_path / "labels.csv"),
-      output_dir=str(tmp_path / "out"),
-      split="validation",
-    )
+    _build_with_labels_in(tmp_path, videos, "validation")
 
 
 def test_command_line_converts_in_a_worker_process(videos, tmp_path):
