@@ -295,6 +295,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   """
   start = time.time()
   _check_config(config)
+  distributed.check_same_config(config)  # before anything that depends on it makes the processes meet
   workdir = paths.absolute(workdir)
   with run_lock.held(workdir):
     if "demo" in config:
@@ -381,7 +382,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   # Read and checked before training too, as the other lists are.
   zero_shot_tasks = zero_shot.tasks(config, workdir) if "zero_shot" in config else []
   model = load_model(config)
-  distributed.check_same_config(config)
   text_encoder = evaluate.make_text_encoder(model.module)
   param_shardings = sharding.tree_shardings(model.params, mesh)
   eval_step = evaluate.make_eval_step(model.module, mesh, param_shardings)
