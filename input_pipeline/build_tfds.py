@@ -30,10 +30,11 @@ of them, or all, stop the build with an error before the metadata is written.
 A bad flag or input file stops the command with one line, `error: ...`, and
 exit status 2 (the traceback goes to OUTPUT_DIR/_build/logs/); the shards
 already done stay for the next run. Ctrl-C or a SIGTERM stops it with one line
-too, and the shells' status for that signal, 130 or 143: rerunning the same
+too, ending by that signal (a shell's status 130 or 143): rerunning the same
 command goes on from the shards written.
 """
 
+import collections
 from collections.abc import Iterator, Sequence
 from concurrent import futures
 import dataclasses
@@ -282,11 +283,13 @@ class SplitWriter:
     return tf.io.gfile.exists(os.path.join(self.build_dir, "published"))
 
 
-def _results_in_order(submitted: Sequence[futures.Future]) -> Iterator[tuple[bytes | None, str | None]]:
-  """The workers' results in the order of their tasks, waited for in short steps: a signal that the kernel hands to
-  another thread of this process runs its handler when the main thread next runs Python code, which a wait without
-  a timeout would put off until the next result (forever, for a read that hangs)."""
-  for future in submitted:
+def _results_in_order(submitted: collections.deque) -> Iterator[tuple[bytes | None, str | None]]:
+  """The workers' results in the order of their tasks, each future let go once read (a split's videos would otherwise
+  all stay in memory), waited for in short steps: a signal that the kernel hands to another thread of this process
+  runs its handler when the main thread next runs Python code, which a wait without a timeout would put off until the
+  next result (forever, for a read that hangs)."""
+  while submitted:
+    future = submitted.popleft()
     while True:
       try:
         yield future.result(timeout=_SIGNAL_CHECK_SECONDS)
@@ -476,7 +479,7 @@ def build_split(
           pool = futures.ProcessPoolExecutor(
             num_workers, multiprocessing.get_context("spawn"), _init_worker, (root, config, label_names)
           )
-          submitted = [pool.submit(_encode_in_worker, task) for task in tasks]
+          submitted = collections.deque(pool.submit(_encode_in_worker, task) for task in tasks)
         finally:
           signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         results = _results_in_order(submitted)
@@ -545,7 +548,6 @@ _MAX_BAD_FRACTION = flags.DEFINE_float(
 
 # What bad input raises: a file missing or unreadable, a malformed one, settings that differ from the split's start.
 _INPUT_ERRORS = (OSError, ValueError, TooManyBadVideosError, tf.errors.OpError)
-EXIT_SIGNALLED = 128  # plus the signal's number: the shells' status for a process a signal stopped
 
 
 def _stop(signum, frame):
@@ -585,7 +587,10 @@ def main(argv):
     logging.info("Stopped by %s.", stop)
     print("stopped: rerun the same command to go on from the shards written", file=sys.stderr, flush=True)
     console.flush()
-    sys.exit(EXIT_SIGNALLED + stop.signum)
+    # Ended by the signal itself, not by an exit status: a shell then stops the loop or script that ran the command
+    # (given 130 or 143 as an exit status, bash goes on to the next command).
+    signal.signal(stop.signum, signal.SIG_DFL)
+    os.kill(os.getpid(), stop.signum)
   console.info(f"Wrote {_OUTPUT_DIR.value}: {builder.info.splits}")
 
 

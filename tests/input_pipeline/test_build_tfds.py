@@ -1,5 +1,7 @@
 """build_tfds: records of JPEG frames in a TFDS folder, resumable conversion."""
 
+import collections
+from concurrent import futures
 import json
 import os
 import pathlib
@@ -359,12 +361,13 @@ def test_too_many_bad_videos_are_one_error_line_and_the_shards_stay(videos, tmp_
   assert len(list((tmp_path / "_build" / "train").glob("*.done.json"))) == 3
 
 
-@pytest.mark.parametrize("stop_signal,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_a_stop_signal_is_one_line_and_the_shells_status_and_the_shards_done_stay(
-  videos, tmp_path, stop_signal, status
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_is_one_line_and_ends_the_command_by_that_signal_and_the_shards_done_stay(
+  videos, tmp_path, stop_signal
 ):
   """Sent to every process of the command, as Ctrl-C on a terminal does, while a worker waits on a read that hangs;
-  to the workers first, whose tracebacks would otherwise race with the stop that ends them."""
+  to the workers first, whose tracebacks would otherwise race with the stop that ends them. Ended by the signal (a
+  shell's status 130 or 143), so that a shell stops the loop or script that ran it."""
   fifo = tmp_path / "hangs.mp4"
   os.mkfifo(fifo)  # opening it for reading waits for a writer, which never comes: the build cannot end first
   (tmp_path / "list.txt").write_text(f"{videos / 'class0/0.mp4'} 0\n{videos / 'class1/1.mp4'} 1\n{fifo} 0\n")
@@ -402,5 +405,15 @@ def test_a_stop_signal_is_one_line_and_the_shells_status_and_the_shards_done_sta
       os.killpg(command.pid, signal.SIGKILL)
   assert stderr == "stopped: rerun the same command to go on from the shards written\n"
   assert stdout == "videos/train: 2/3 videos (shard 1/2)\n"
-  assert command.returncode == status
+  assert command.returncode == -stop_signal
   assert [p.name for p in (output / "_build/train").glob("*.done.json")] == [first_marker.name]
+
+
+def test_the_workers_results_are_let_go_once_written():
+  """A split's converted videos would otherwise all stay in the main process's memory until it ends."""
+  submitted = collections.deque(futures.Future() for _ in range(3))
+  for future in submitted:
+    future.set_result((b"video", None))
+  results = build_tfds._results_in_order(submitted)
+  assert [next(results), next(results)] == [(b"video", None)] * 2
+  assert len(submitted) == 1
