@@ -152,11 +152,11 @@ def make_train_dataset(
   order = video_dataset.TrainOrder(index.num_videos, seed, batch_size)
   positions = order.positions(start_position, process_index, process_count)
   failures = failures or video_dataset.FailureLog()
+  max_failures = max_failure_fraction * order.slots_per_epoch  # of the whole list, as video_dataset's
 
   @video_dataset.python_calls.call()
   def locate(position):
     epoch, slot, line = order.locate(int(position))
-    max_failures = order.failure_allowance(max_failure_fraction, process_count, start_position, int(position))
     for attempt in itertools.count(1):
       if line not in index.skipped:
         break

@@ -247,14 +247,6 @@ class TrainOrder:
     epoch, slot = divmod(position, self.slots_per_epoch)
     return epoch, slot, int(self._permutation(epoch)[slot])
 
-  def failure_allowance(self, fraction: float, process_count: int, start_position: int, position: int) -> float:
-    """How many distinct videos may have failed on one of `process_count` processes once it reads `position`, having
-    started at `start_position`: `fraction` of the videos it can have met. Each epoch it reads its share of the list
-    in a new order, so it meets more of the list's broken videos every epoch, up to all of them; an allowance of its
-    first epoch's share would stop a long run on a list that has no more broken videos than `fraction` allows."""
-    epochs = position // self.slots_per_epoch - start_position // self.slots_per_epoch + 1
-    return fraction * min(self.slots_per_epoch, epochs * self.slots_per_epoch / process_count)
-
   def stand_in(self, epoch: int, slot: int, attempt: int) -> int:
     """The line read in place of the slot's video once it and attempt - 1 stand-ins failed."""
     if attempt > MAX_STAND_INS:
@@ -309,7 +301,8 @@ def make_train_dataset(
     seed: seeds the epoch order, the frame sampling and the augmentation.
     process_index: this process, in [0, process_count).
     process_count: number of processes reading in parallel.
-    max_failure_fraction: share of this process's videos allowed to fail.
+    max_failure_fraction: share of the list's videos allowed to fail (on each
+      process, which meets up to all of them over its epochs).
     start_position: where to start, from a batch's `resume_position`.
     failures: where skipped videos are counted (a fresh log if None).
 
@@ -321,11 +314,13 @@ def make_train_dataset(
   order = TrainOrder(len(records), seed, batch_size)
   positions = order.positions(start_position, process_index, process_count)
   config = _Config(records, source, failures or FailureLog())
+  # Of the whole list's videos, on each process: over its epochs a process meets up to all of the list's broken
+  # videos, so a share of its own slots would stop a long run on a list that has no more than the fraction allows.
+  max_failures = max_failure_fraction * order.slots_per_epoch
 
   @python_calls.call()
   def load(position):
     epoch, slot, record_index = order.locate(int(position))
-    max_failures = order.failure_allowance(max_failure_fraction, process_count, start_position, int(position))
     for attempt in itertools.count(1):
       sampling_rng, augment_seed = clip_seeds(seed, epoch, slot)
       choose = functools.partial(sampling.train_frame_indices, num_segments=num_frames, rng=sampling_rng)
