@@ -73,6 +73,7 @@ from benchmarks import train_step as train_benchmark
 from input_pipeline import annotations
 from xclip_jax import compilation_cache
 from xclip_jax import console
+from xclip_jax import paths
 from xclip_jax import pretrained
 from xclip_jax.model import tokenizer
 
@@ -189,7 +190,7 @@ def main(argv):
     jax.config.update("jax_num_cpu_devices", 8)  # before anything starts JAX's CPU backend
   # Mistakes found before minutes of compiling: one line each.
   for flag in ("labels", "official_code"):
-    if FLAGS[flag].value and not os.path.exists(FLAGS[flag].value):
+    if FLAGS[flag].value and not paths.is_remote(FLAGS[flag].value) and not os.path.exists(FLAGS[flag].value):
       console.fail(f"--{flag}={FLAGS[flag].value}: no such file or folder")
   if FLAGS.mode == "memory" and FLAGS.frames % memory_benchmark.TIME_SIZES[-1]:
     console.fail(f"--frames={FLAGS.frames}: --mode=memory splits them over time = {memory_benchmark.TIME_SIZES}")

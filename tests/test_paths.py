@@ -78,16 +78,11 @@ def test_into_an_existing_directory_the_output_is_staged_inside_it(tmp_path):
   assert [p.name for p in tmp_path.iterdir()] == ["mounted"]
 
 
-def test_what_a_killed_write_left_inside_a_directory_neither_blocks_nor_stays(tmp_path):
-  """A kill during a write into an existing folder leaves its staging folder there: a rerun writes all the same."""
-  left = tmp_path / "out" / f"{paths.STAGING_PREFIX}killed" / "out"
-  left.mkdir(parents=True)
-  (left / "half.onnx").write_text("x")
-  assert paths.is_new_or_empty_directory(tmp_path / "out")
-  with paths.written_beside(tmp_path / "out") as staging:
-    staging.mkdir()
-    (staging / "model.onnx").write_text("x")
-  assert [p.name for p in (tmp_path / "out").iterdir()] == ["model.onnx"]
+def test_a_write_that_fails_before_making_every_folder_removes_those_it_made(tmp_path):
+  """A name too long for the file system: the first new folder is made, the next cannot be."""
+  with pytest.raises(OSError), paths.written_beside(tmp_path / "new" / ("x" * 300) / "out"):
+    pytest.fail("a folder named 300 characters was made")
+  assert list(tmp_path.iterdir()) == []
 
 
 def _writable_except(monkeypatch, unwritable: pathlib.Path):

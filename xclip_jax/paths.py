@@ -44,13 +44,9 @@ def copy_to_local(source: str | os.PathLike[str], destination: pathlib.Path) -> 
 
 
 def is_new_or_empty_directory(path: pathlib.Path) -> bool:
-  """Whether `path` is free for a command's output folder: absent, or an empty directory (but for what a killed
-  write left there, which `written_beside` removes)."""
-  return not path.exists() or (path.is_dir() and not any(_entries_not_left_by_a_killed_write(path)))
-
-
-def _entries_not_left_by_a_killed_write(directory: pathlib.Path) -> list[pathlib.Path]:
-  return [entry for entry in directory.iterdir() if not entry.name.startswith(STAGING_PREFIX)]
+  """Whether `path` is free for a command's output folder: absent, or an empty directory (a killed write's staging
+  folder left inside counts: it may be another write going on)."""
+  return not path.exists() or (path.is_dir() and not any(path.iterdir()))
 
 
 def why_not_creatable(path: pathlib.Path) -> str | None:
@@ -92,8 +88,6 @@ def written_beside(dst: pathlib.Path) -> Iterator[pathlib.Path]:
   scratch, written = None, False
   try:
     if into_directory:
-      for left in set(dst.iterdir()) - set(_entries_not_left_by_a_killed_write(dst)):
-        shutil.rmtree(left, ignore_errors=True)
       scratch = pathlib.Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=dst))
     else:
       dst.parent.mkdir(parents=True, exist_ok=True)
@@ -112,6 +106,8 @@ def written_beside(dst: pathlib.Path) -> Iterator[pathlib.Path]:
       shutil.rmtree(scratch, ignore_errors=True)
     if not written:
       for folder in created:
+        if not os.path.lexists(folder):  # not made: the write failed before
+          continue
         try:
           folder.rmdir()
         except OSError:  # not empty: someone else wrote there meanwhile
