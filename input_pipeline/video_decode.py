@@ -43,6 +43,7 @@ the file's display matrix rotates by quarter turns (phone videos filmed
 upright) or mirrors.
 """
 
+import collections
 from collections.abc import Callable, Sequence
 import io
 import os
@@ -76,7 +77,7 @@ class VideoSource:
 
   def __init__(self, root: str | os.PathLike[str]):
     self.root = epath.Path(root)
-    # Member paths -> (offset, size), and unambiguous base names -> member paths.
+    # Member paths -> (offset, size), and base names -> the member paths of that name.
     self._tar_members, self._tar_base_names = (None, None) if check_root(root) == "folder" else _index_tar(self.root)
 
   def read_bytes(self, relative_path: str) -> bytes:
@@ -95,9 +96,9 @@ class VideoSource:
     if location is None:
       # As officially, by base name, where the two paths differ only in folders one of them lacks at its start:
       # `a/x.mp4` is `x.mp4` in a flat tar and `videos/a/x.mp4` in one of a top folder, never `b/x.mp4`.
-      member = self._tar_base_names.get(os.path.basename(key))
-      if member is not None and _one_ends_the_other(member, key):
-        location = self._tar_members[member]
+      agreeing = [m for m in self._tar_base_names.get(os.path.basename(key), ()) if _one_ends_the_other(m, key)]
+      if len(agreeing) == 1:  # two would leave it unknown which is meant
+        location = self._tar_members[agreeing[0]]
     if location is None:
       raise VideoDecodeError(f"not found in {self.root}")
     offset, size = location
@@ -127,8 +128,8 @@ def _one_ends_the_other(path: str, other: str) -> bool:
   return parts[-shorter:] == other_parts[-shorter:]
 
 
-def _index_tar(tar_path: epath.Path) -> tuple[dict[str, tuple[int, int]], dict[str, str]]:
-  """Maps member paths to (offset, size), a link's to its file's; and unambiguous base names to member paths."""
+def _index_tar(tar_path: epath.Path) -> tuple[dict[str, tuple[int, int]], dict[str, list[str]]]:
+  """Maps member paths to (offset, size), a link's to its file's; and base names to the member paths of that name."""
   try:
     with tar_path.open("rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
       members = tar.getmembers()
@@ -150,16 +151,10 @@ def _index_tar(tar_path: epath.Path) -> tuple[dict[str, tuple[int, int]], dict[s
       target = link_targets[target]
     if target in by_path:
       by_path[name] = by_path[target]
-  by_base_name = {}
-  ambiguous = set()
+  by_base_name = collections.defaultdict(list)
   for path in by_path:
-    name = os.path.basename(path)
-    if name in by_base_name:
-      ambiguous.add(name)
-    by_base_name[name] = path
-  for name in ambiguous:
-    del by_base_name[name]
-  return by_path, by_base_name
+    by_base_name[os.path.basename(path)].append(path)
+  return by_path, dict(by_base_name)
 
 
 # Decoders that turn each packet into exactly one frame stamped with the

@@ -482,3 +482,15 @@ print('one batch')
   result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
   assert result.returncode == 0, result.stderr[-2000:]
   assert "one batch" in result.stdout
+
+
+def test_in_a_tar_of_a_top_folder_a_name_of_two_splits_is_found_by_its_folder(tmp_path):
+  """videos/train/clip.mp4 and videos/val/clip.mp4: the listed train/clip.mp4 is the first, a bare clip.mp4 neither."""
+  for split in ("train", "val"):
+    (tmp_path / "videos" / split).mkdir(parents=True)
+    (tmp_path / "videos" / split / "clip.mp4").write_bytes(split.encode())
+  tar = video_fixtures.write_tar(tmp_path / "v.tar", tmp_path, ["videos/train/clip.mp4", "videos/val/clip.mp4"])
+  source = video_decode.VideoSource(tar)
+  assert (source.read_bytes("train/clip.mp4"), source.read_bytes("val/clip.mp4")) == (b"train", b"val")
+  with pytest.raises(video_decode.VideoDecodeError, match="^not found in "):
+    source.read_bytes("clip.mp4")
