@@ -436,3 +436,11 @@ def test_views_of_no_pixels_or_clips_are_refused(cli_inputs, arguments, message)
   _, _, good, _ = cli_inputs
   with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
     classify.load_views(good[0], **{"num_frames": 2, "input_size": 32, **arguments})
+
+
+def test_a_model_of_a_smaller_vocabulary_than_clips_is_refused_before_any_video_is_read(cli_inputs):
+  """A Hugging Face X-CLIP may set any vocab_size; CLIP's tokenizer gives ids up to 49407 (its end of text)."""
+  _, _, good, _ = cli_inputs
+  small = tiny.model(vocab_size=1000)
+  with pytest.raises(classify.UserError, match="^the class names' CLIP token ids reach 49407, but the model's vocab"):
+    next(classify.classify(small, good, CLASSES.split(",")))

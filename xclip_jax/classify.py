@@ -234,9 +234,10 @@ def classify(
     num_clips=num_clips,
     num_crops=num_crops,
   )
+  ids = text_ids(model, class_names)
   with futures.ThreadPoolExecutor(min(batch_size, os.cpu_count() or 1)) as pool:
     clips = _map_ahead(pool, load, videos, 2 * batch_size)
-    text_features = model.encode_text(tokenizer.tokenize(list(class_names)))  # while the first videos decode
+    text_features = model.encode_text(ids)  # while the first videos decode
     batch = []
     for video, future in zip(videos, clips):
       try:
@@ -249,9 +250,22 @@ def classify(
     yield from _score(model, batch, text_features, class_names, top_k, embed)
 
 
+def text_ids(model: pretrained.XCLIPModel, class_names: Sequence[str]) -> np.ndarray:
+  """The class names' CLIP token ids; UserError where the model's vocabulary is smaller than CLIP's (a Hugging Face
+  X-CLIP may set any vocab_size) and lacks some of them."""
+  ids = tokenizer.tokenize(list(class_names))
+  vocab = model.config.vocab_size
+  if ids.max() >= vocab:
+    raise UserError(
+      f"the class names' CLIP token ids reach {ids.max()}, but the model's vocabulary has {vocab} tokens "
+      "(vocab_size): it cannot read the CLIP tokenizer's texts"
+    )
+  return ids
+
+
 def text_embeddings(model: pretrained.XCLIPModel, class_names: Sequence[str]) -> np.ndarray:
   """(K, D) L2-normalised plain text features of the class names (no video conditioning)."""
-  return _normalize(np.asarray(model.encode_text(tokenizer.tokenize(list(class_names)))))
+  return _normalize(np.asarray(model.encode_text(text_ids(model, class_names))))
 
 
 class UserError(ValueError):

@@ -54,7 +54,6 @@ from xclip_jax import classify
 from xclip_jax import console
 from xclip_jax import paths
 from xclip_jax import pretrained
-from xclip_jax.model import tokenizer
 from xclip_jax.model import xclip
 
 FLAGS = flags.FLAGS
@@ -260,19 +259,6 @@ def check_destination(out, fmt: str, checkpoint=None) -> pathlib.Path:
   return out
 
 
-def check_tokens(model: pretrained.XCLIPModel, class_names: Sequence[str]) -> np.ndarray:
-  """The class names' CLIP token ids; UserError where the model's vocabulary is smaller than CLIP's (a Hugging Face
-  X-CLIP may set any vocab_size) and lacks some of them."""
-  text_ids = tokenizer.tokenize(class_names)
-  vocab = model.config.vocab_size
-  if text_ids.max() >= vocab:
-    raise classify.UserError(
-      f"the class names' CLIP token ids reach {text_ids.max()}, but the model's vocabulary has {vocab} tokens "
-      "(vocab_size): it cannot read the CLIP tokenizer's texts"
-    )
-  return text_ids
-
-
 def export(model: pretrained.XCLIPModel, class_names: Sequence[str], out, fmt: str = "saved_model") -> pathlib.Path:
   """Writes `model` as a classifier of `class_names` in `fmt` (see the module doc) to `out`, a new or empty directory.
 
@@ -284,7 +270,7 @@ def export(model: pretrained.XCLIPModel, class_names: Sequence[str], out, fmt: s
   # The hand-written attention core, plain XLA operations, whatever the model was loaded with: it lowers for every
   # platform, which cuDNN's kernel (what `auto` runs on a GPU) does not.
   model = pretrained.XCLIPModel(model.config.replace(attention="hand"), model.params)
-  text_features = np.asarray(model.encode_text(check_tokens(model, class_names)), np.float32)
+  text_features = np.asarray(model.encode_text(classify.text_ids(model, class_names)), np.float32)
   with paths.written_beside(out) as staging:
     staging.mkdir()  # with the user's permissions (mkdtemp's are private)
     write_and_check(model, text_features, staging, fmt)
