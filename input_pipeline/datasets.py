@@ -151,9 +151,9 @@ def resolve(config: ml_collections.ConfigDict, workdir: epath.Path) -> Experimen
     if config.data.shots:
       raise ValueError("data.shots (few-shot lists) needs annotation files, not data.tfds_dir records")
     index = _record_index(config, config.data.train_split, class_names)
-    # Over its epochs, each process meets every video the build left out: all count against the run's allowance.
+    # Over its epochs, each process meets every video the build left out: all count against its allowance.
     order = video_dataset.TrainOrder(index.num_videos, config.seed, config.batch_size)
-    allowed = config.data.max_failure_fraction * order.slots_per_epoch
+    allowed = order.failure_allowance(config.data.max_failure_fraction)
     if len(index.skipped) > allowed:
       raise ValueError(
         f"data.tfds_dir {config.data.tfds_dir}: its build left out {len(index.skipped)} of the {index.num_videos} "

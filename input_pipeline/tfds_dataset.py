@@ -152,7 +152,7 @@ def make_train_dataset(
   order = video_dataset.TrainOrder(index.num_videos, seed, batch_size)
   positions = order.positions(start_position, process_index, process_count)
   failures = failures or video_dataset.FailureLog()
-  max_failures = max_failure_fraction * order.slots_per_epoch  # of the whole list, as video_dataset's
+  max_failures = order.failure_allowance(max_failure_fraction)
 
   @video_dataset.python_calls.call()
   def locate(position):

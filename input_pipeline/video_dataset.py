@@ -247,6 +247,12 @@ class TrainOrder:
     epoch, slot = divmod(position, self.slots_per_epoch)
     return epoch, slot, int(self._permutation(epoch)[slot])
 
+  def failure_allowance(self, fraction: float) -> float:
+    """How many distinct videos may fail on each process, `fraction` of the whole list's: over its epochs a process
+    meets up to all of the list's broken videos, so a share of its own slots would stop a long run on a list that
+    has no more than `fraction` broken."""
+    return fraction * self.slots_per_epoch
+
   def stand_in(self, epoch: int, slot: int, attempt: int) -> int:
     """The line read in place of the slot's video once it and attempt - 1 stand-ins failed."""
     if attempt > MAX_STAND_INS:
@@ -314,9 +320,7 @@ def make_train_dataset(
   order = TrainOrder(len(records), seed, batch_size)
   positions = order.positions(start_position, process_index, process_count)
   config = _Config(records, source, failures or FailureLog())
-  # Of the whole list's videos, on each process: over its epochs a process meets up to all of the list's broken
-  # videos, so a share of its own slots would stop a long run on a list that has no more than the fraction allows.
-  max_failures = max_failure_fraction * order.slots_per_epoch
+  max_failures = order.failure_allowance(max_failure_fraction)
 
   @python_calls.call()
   def load(position):
