@@ -8,6 +8,7 @@ Problems are refused when the files are read, naming file and line. Both may
 be on cloud storage (gs://...): they are read through etils.epath.
 """
 
+from collections.abc import Sequence
 import csv
 import dataclasses
 import io
@@ -76,6 +77,15 @@ def read_label_list(csv_path: str | os.PathLike[str]) -> list[str]:
   if not names:
     raise ValueError(f"{csv_path}: the label list has no classes")
   return names
+
+
+def first_difference(there: Sequence[str], here: Sequence[str]) -> str:
+  """The first class of two label lists that differs, e.g. `class 3 is 'run' there, 'jump' here`; a list shorter
+  than the other lacks it."""
+  i = next((i for i, (a, b) in enumerate(zip(there, here)) if a != b), min(len(there), len(here)))
+  name_there = repr(there[i]) if i < len(there) else f"missing ({len(there)} classes)"
+  name_here = repr(here[i]) if i < len(here) else f"missing ({len(here)} classes)"
+  return f"class {i} is {name_there} there, {name_here} here"
 
 
 def read_annotations(path: str | os.PathLike[str], num_classes: int) -> list[VideoRecord]:

@@ -355,20 +355,12 @@ def _check_labels_match_other_splits(output_dir: str, config: BuildConfig, label
         raise ValueError(f"{where}; one dataset folder holds one label list.")
     elif other_names != list(label_names):
       raise ValueError(
-        f"{where}: {_first_difference(other_names, label_names)}; one dataset folder holds one label list."
+        f"{where}: {annotations.first_difference(other_names, label_names)}; one dataset folder holds one label list."
       )
     if other["name"] != config.name:
       raise ValueError(
         f"--name={config.name} differs from the name '{other['name']}' of split '{other['split']}' ({path})."
       )
-
-
-def _first_difference(there: Sequence[str], here: Sequence[str]) -> str:
-  """The first class of two label lists that differs, e.g. `class 3 is 'run' there, 'jump' here`."""
-  i = next((i for i, (a, b) in enumerate(zip(there, here)) if a != b), min(len(there), len(here)))
-  name_there = repr(there[i]) if i < len(there) else f"missing ({len(there)} classes)"
-  name_here = repr(here[i]) if i < len(here) else f"missing ({len(here)} classes)"
-  return f"class {i} is {name_there} there, {name_here} here"
 
 
 def _check_settings(*, name, split, short_side, fps, max_frames, jpeg_quality, videos_per_shard, max_bad_fraction):

@@ -122,10 +122,9 @@ def _check_same_classes(stored: tuple[str, ...], class_names: tuple[str, ...], c
   where = f"data.tfds_dir {config.data.tfds_dir} was built with"
   if len(stored) != len(class_names):
     raise ValueError(f"{where} {len(stored)} classes, data.label_list {config.data.label_list} has {len(class_names)}")
-  i = next(i for i, (a, b) in enumerate(zip(stored, class_names)) if a != b)
   raise ValueError(
-    f"{where} another label list than data.label_list {config.data.label_list}: class {i} is {stored[i]!r} there, "
-    f"{class_names[i]!r} here"
+    f"{where} another label list than data.label_list {config.data.label_list}: "
+    f"{annotations.first_difference(stored, class_names)}"
   )
 
 
