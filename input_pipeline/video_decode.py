@@ -218,8 +218,11 @@ class _Video:
       raise VideoDecodeError(f"truncated: {len(self._packets)} of the {listed} frames its index lists are in the file")
     # FFmpeg's Matroska/WebM muxer writes each stream's DURATION at the file's start (yt-dlp's merges, ffmpeg's
     # cuts): frames ending well before it are a truncated file, not a shorter video.
-    frames_end, listed_end = self._end_seconds(), _matroska_duration_seconds(self._stream)
-    if self._container.format.name.startswith("matroska") and frames_end is not None and listed_end is not None:
+    listed_end = (
+      _matroska_duration_seconds(self._stream) if self._container.format.name.startswith("matroska") else None
+    )
+    frames_end = self._end_seconds() if listed_end is not None else None
+    if frames_end is not None:
       frame_time = frames_end / max(len(self._packets), 1)
       if frames_end < listed_end - max(_TRUNCATION_MARGIN_S, 2 * frame_time):
         self._container.close()

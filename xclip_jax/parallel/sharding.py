@@ -81,8 +81,7 @@ def check_time_within_processes(mesh: jax.sharding.Mesh):
     raise ValueError(
       f"mesh.time={mesh.shape[FRAMES_AXIS]} splits a clip's frames over the devices of several processes, and each "
       f"process reads whole clips: set mesh.time to a divisor of the {console.count(per_process, 'device')} of each "
-      "process (on GPUs, "
-      "one process per node for more)"
+      "process (on GPUs, one process per node for more)"
     )
 
 
