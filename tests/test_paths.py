@@ -120,3 +120,29 @@ def test_a_symbolic_link_to_nothing_cannot_be_written(tmp_path, output):
   (tmp_path / "link").symlink_to(tmp_path / "gone")
   expected = f"{tmp_path / 'link'} is a symbolic link to {tmp_path / 'gone'}, which does not exist"
   assert paths.why_not_creatable(tmp_path / output) == expected
+
+
+def test_the_staging_folder_of_a_killed_write_into_a_directory_is_removed_by_the_next(tmp_path):
+  """A killed export into an existing empty folder (a mounted one) leaves its hidden staging folder: the rerun
+  writes there, and the folder holds its output alone."""
+  left = tmp_path / "out" / f"{paths.STAGING_PREFIX}killed" / "out"
+  left.mkdir(parents=True)
+  (left / "model.onnx").write_text("half")
+  assert paths.is_new_or_empty_directory(tmp_path / "out")
+  with paths.written_beside(tmp_path / "out") as staging:
+    staging.mkdir()
+    (staging / "model.onnx").write_text("whole")
+  assert [p.name for p in (tmp_path / "out").iterdir()] == ["model.onnx"]
+  assert (tmp_path / "out" / "model.onnx").read_text() == "whole"
+
+
+def test_a_second_write_into_a_directory_being_written_is_refused_and_leaves_the_first_alone(tmp_path):
+  (tmp_path / "out").mkdir()
+  with paths.written_beside(tmp_path / "out") as first:
+    first.mkdir()
+    (first / "model.onnx").write_text("first")
+    refused = pytest.raises(OSError, match=re.escape(f"another command is writing into {tmp_path / 'out'}"))
+    with refused, paths.written_beside(tmp_path / "out"):
+      pytest.fail("two writes into one folder at once")
+    assert (first / "model.onnx").read_text() == "first"
+  assert (tmp_path / "out" / "model.onnx").read_text() == "first"

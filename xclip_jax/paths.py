@@ -2,6 +2,7 @@
 
 from collections.abc import Iterator
 import contextlib
+import fcntl
 import json
 import os
 import pathlib
@@ -43,10 +44,16 @@ def copy_to_local(source: str | os.PathLike[str], destination: pathlib.Path) -> 
   return destination
 
 
+# The prefix of the staging folder `written_beside` makes inside an existing destination folder.
+STAGING_PREFIX = ".xclip-jax-staging."
+
+
 def is_new_or_empty_directory(path: pathlib.Path) -> bool:
-  """Whether `path` is free for a command's output folder: absent, or an empty directory (a killed write's staging
-  folder left inside counts: it may be another write going on)."""
-  return not path.exists() or (path.is_dir() and not any(path.iterdir()))
+  """Whether `path` is free for a command's output folder: absent, or a directory empty but for the staging folders
+  of writes into it (a killed one's is removed as the write starts; a running one's stops the new write then)."""
+  if not path.exists():
+    return True
+  return path.is_dir() and all(entry.name.startswith(STAGING_PREFIX) for entry in path.iterdir())
 
 
 def why_not_creatable(path: pathlib.Path) -> str | None:
@@ -67,10 +74,6 @@ def why_not_creatable(path: pathlib.Path) -> str | None:
   return None
 
 
-# The prefix of the staging folder `written_beside` makes inside an existing destination folder.
-STAGING_PREFIX = ".xclip-jax-staging."
-
-
 @contextlib.contextmanager
 def written_beside(dst: pathlib.Path) -> Iterator[pathlib.Path]:
   """A local path to write `dst`'s file or folder to, in a private temporary folder beside it: renamed to `dst` when
@@ -79,15 +82,19 @@ def written_beside(dst: pathlib.Path) -> Iterator[pathlib.Path]:
 
   Where `dst` is an existing (empty) directory, the temporary folder is inside it and its entries move into it: the
   directory stays (it may be the user's working directory), and a rename within it stays on its file system (a
-  mounted folder's parent is on another, where a rename fails).
+  mounted folder's parent is on another, where a rename fails). One write at a time holds the directory's lock
+  (OSError for a second); the staging folders it finds there were left by killed writes and are removed.
   """
   dst = pathlib.Path(os.path.abspath(dst))  # "." has no name to write beside
   into_directory = dst.is_dir()
   # The folders this creates for `dst`, deepest first: a failed write removes them too.
   created = [] if into_directory else [folder for folder in dst.parents if not os.path.lexists(folder)]
-  scratch, written = None, False
+  scratch, written, lock = None, False, None
   try:
     if into_directory:
+      lock = _lock_for_writing(dst)
+      for left in dst.glob(f"{STAGING_PREFIX}*"):  # by a write that was killed: no other holds the lock
+        shutil.rmtree(left)
       scratch = pathlib.Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=dst))
     else:
       dst.parent.mkdir(parents=True, exist_ok=True)
@@ -104,6 +111,8 @@ def written_beside(dst: pathlib.Path) -> Iterator[pathlib.Path]:
   finally:
     if scratch is not None:
       shutil.rmtree(scratch, ignore_errors=True)
+    if lock is not None:
+      os.close(lock)
     if not written:
       for folder in created:
         if not os.path.lexists(folder):  # not made: the write failed before
@@ -112,3 +121,15 @@ def written_beside(dst: pathlib.Path) -> Iterator[pathlib.Path]:
           folder.rmdir()
         except OSError:  # not empty: someone else wrote there meanwhile
           break
+
+
+def _lock_for_writing(directory: pathlib.Path) -> int:
+  """An open descriptor of `directory` holding its exclusive flock, for one write into it at a time; OSError naming
+  it where another holds it."""
+  descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+  try:
+    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    os.close(descriptor)
+    raise OSError(f"another command is writing into {directory}") from None
+  return descriptor
