@@ -237,7 +237,7 @@ def make_eval_dataset(
   index = RecordIndex.load(data_dir, split)
   lines = video_dataset.eval_lines(index.num_videos, batch_size, process_index, process_count)
   failures = failures or video_dataset.FailureLog()
-  max_failures = max_failure_fraction * np.sum(lines >= 0)
+  max_failures = video_dataset.eval_failure_allowance(max_failure_fraction, index.num_videos)
 
   @video_dataset.python_calls.call()
   def locate(line):

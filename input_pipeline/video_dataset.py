@@ -36,7 +36,8 @@ is logged with its path and counted in a FailureLog; in training a stand-in
 takes its place (a video drawn at random from the list, seeded by the slot,
 so that the batch does not depend on who reads it), evaluation masks it
 out; each is one warning, the first time it fails. When more distinct
-videos than max_failure_fraction of a process's share have failed, the
+videos than max_failure_fraction of the whole list have failed on a
+process (the videos of its share it met, over epochs in training), the
 FailureLog holds a TooManyFailuresError (count, allowed share, last path and
 reason) and Batches, the pipeline's iterator, raises it, in Python, with the
 next batch. Not tf.data: an exception inside a tf.data function reaches the
@@ -378,6 +379,12 @@ def finish(dataset: tf.data.Dataset, failures: FailureLog, num_videos: int | Non
   return Batches(dataset.prefetch(tf.data.AUTOTUNE).with_options(options), failures, num_videos)
 
 
+def eval_failure_allowance(fraction: float, num_videos: int) -> float:
+  """How many videos may fail on each process of an evaluation of `num_videos` (over all processes): `fraction` of
+  the whole list's, as one process may hold them all; the evaluation then checks the sum over processes."""
+  return fraction * num_videos
+
+
 def eval_lines(num_videos: int, batch_size: int, process_index: int, process_count: int) -> np.ndarray:
   """This process's annotation lines, batch after batch: its rows of every global batch (-1: padding)."""
   rows = process_batch_size(batch_size, process_index, process_count)
@@ -432,7 +439,7 @@ def make_eval_dataset(
   records, source = _load_inputs(annotation_file, video_root, label_list)
   lines = eval_lines(len(records), batch_size, process_index, process_count)
   config = _Config(records, source, failures or FailureLog())
-  max_failures = max_failure_fraction * np.sum(lines >= 0)
+  max_failures = eval_failure_allowance(max_failure_fraction, len(records))
 
   def choose(num_video_frames):
     return sampling.eval_clips_frame_indices(num_video_frames, num_frames, num_clips)

@@ -342,6 +342,24 @@ def test_eval_mode_counts_skipped_videos_by_line_as_it_counts_the_others(dataset
   assert (results["num_videos"], results["skipped_videos"]) == (NUM_VAL, 2)
 
 
+def test_an_evaluation_stops_where_its_processes_together_skipped_more_than_the_list_allows(
+  dataset, tmp_path, monkeypatch
+):
+  """Each process allows the whole list's share (one may hold all its broken videos), so the sum over processes is
+  checked: 2 of 9 lines skipped here, as many on a second process stood in for by the count exchange, 3.15 allowed."""
+  val_file = _val_list_with_a_broken_video(dataset, tmp_path, NUM_VAL)
+  config = in_process_config(dataset, mode="eval", **{"data.val_file": val_file, "data.max_failure_fraction": 0.35})
+  exchange = types.SimpleNamespace(
+    process_allgather=lambda value, tiled=False: value if tiled else np.stack([value] * 2)
+  )
+  monkeypatch.setattr(evaluate, "multihost_utils", exchange)
+  message = (
+    r"^4 videos of val's 9 failed to decode over all processes, more than data.max_failure_fraction allows \(3.15\)$"
+  )
+  with pytest.raises(video_dataset.TooManyFailuresError, match=message):
+    trainer.train_and_evaluate(config, tmp_path / "run")
+
+
 def test_an_evaluation_of_no_readable_video_is_an_error_not_zero_percent(dataset, tmp_path):
   val_file = _val_list_with_a_broken_video(dataset, tmp_path, 0)
   config = in_process_config(dataset, mode="eval", **{"data.val_file": val_file, "data.max_failure_fraction": 1.0})

@@ -351,6 +351,19 @@ def test_a_list_within_the_allowed_share_stops_no_process_however_many_epochs_it
       assert len(failures.paths) == epoch + 1  # the premise: one more broken video met in each epoch
 
 
+def test_an_evaluation_over_several_processes_allows_each_the_share_of_the_whole_list(data):
+  """1 of 9 videos broken, 12% allowed (1.08 videos): within what the list may hold, so the process whose half holds
+  it evaluates to the end, as a single process would (not stopped as over its own 5 lines' 0.6)."""
+  lines = _good_lines(data) + ["broken/garbage.mp4 0"]
+  annotation = _annotations(data, "one_broken.txt", lines)
+  failed = 0
+  for process_index in (0, 1):
+    settings = dict(batch_size=2, max_failure_fraction=0.12, process_index=process_index, process_count=2)
+    batches = _take(_eval(data, annotation, **settings), 10)
+    failed += sum(int(np.sum(batch["index"] >= 0) - np.sum(batch["mask"])) for batch in batches)
+  assert failed == 1  # the premise: one process met the broken video
+
+
 def test_a_slot_whose_stand_ins_all_fail_stops_the_iterator_with_a_python_error(data):
   """Every video broken, every failure allowed: the 20 stand-ins of the first slots run out (not a TensorFlow error
   whose message holds the traceback of the callback)."""

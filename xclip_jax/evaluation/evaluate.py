@@ -120,6 +120,12 @@ def run_eval_set(
   results = evaluate(eval_step, params, text_features, dataset, mesh, eval_set.class_names, views, eval_set.name)
   # Each process reads its own slice of the list. Lines, not paths: a video listed twice counts twice in num_videos.
   results["skipped_videos"] = int(np.sum(multihost_utils.process_allgather(np.int64(failures.count))))
+  allowed = video_dataset.eval_failure_allowance(config.data.max_failure_fraction, dataset.num_videos)
+  if results["skipped_videos"] > allowed:  # each process allowed the whole list's share: together they may pass it
+    raise video_dataset.TooManyFailuresError(
+      f"{console.count(results['skipped_videos'], 'video')} of {eval_set.name}'s {dataset.num_videos} failed to "
+      f"decode over all processes, more than data.max_failure_fraction allows ({allowed:g})"
+    )
   logging.info(
     "%s: top-1 %.2f%%, top-5 %.2f%% over %d videos, %d views (%d skipped)",
     eval_set.name,
