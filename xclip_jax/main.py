@@ -17,8 +17,8 @@ every library goes to WORKDIR/logs/process_I.log, and --verbosity=0 (or 1, with 
 
 A mistake on the command line (a flag, the config file or its arguments, an argument too many) is one line on stderr,
 `error: ...`, and exit status 2, before anything runs. An error in the run is one line too, naming the log file that
-holds its traceback, and exit status 1. A run that a SIGTERM or Ctrl-C stopped saves a checkpoint and exits with
-the shells' status for that signal, 143 or 130: rerun the same command to resume.
+holds its traceback, and exit status 1. A run that a SIGTERM or Ctrl-C stopped saves a checkpoint and ends by that
+signal (the shells' status 143 or 130, and a shell script or loop running it stops): rerun the same command to resume.
 """
 
 import os
@@ -62,8 +62,6 @@ _HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
 flags.mark_flags_as_required(["config", "workdir"])
 
 EXIT_FAILED = 1  # the run stopped on an error (a command-line mistake: console.EXIT_ERROR, before anything runs)
-EXIT_SIGNALLED = 128  # plus the signal's number: the shells' status for a process a signal stopped
-EXIT_INTERRUPTED = EXIT_SIGNALLED + signal.SIGINT  # stopped by Ctrl-C
 
 
 def main(argv):
@@ -98,18 +96,20 @@ def main(argv):
       "Stopped by SIGTERM outside the training steps; rerun the same command to resume from the newest checkpoint, "
       "if there is one."
     )
-    sys.exit(EXIT_SIGNALLED + signal.SIGTERM)
+    _end_by(signal.SIGTERM)
   except KeyboardInterrupt:  # a second Ctrl-C, or one before training (the first during training saves and stops)
     logging.error("Interrupted; rerun the same command to resume from the newest checkpoint, if there is one.")
     # At once, as asked: an orderly exit would wait for a checkpoint being written, and orbax's threads, stopped by
     # the interpreter's shutdown, would print hundreds of tracebacks. The rerun removes what the save left.
-    _exit_at_once(EXIT_INTERRUPTED)
+    _end_by(signal.SIGINT)
   except Exception as error:
     _stop(error, log)
   if "stopped_by" in results:
-    # Saved and stopped before the end: not a finished run to a shell's `&&`, or to a scheduler that restarts
-    # what did not finish (the shells' status for a process ended by that signal).
-    sys.exit(EXIT_SIGNALLED + signal.Signals[results["stopped_by"]])
+    # Saved and stopped before the end: not a finished run to a shell's `&&`, or to a scheduler that restarts what
+    # did not finish. The others stop with this process: they leave jax.distributed together first.
+    if jax.process_count() > 1:
+      jax.distributed.shutdown()
+    _end_by(signal.Signals[results["stopped_by"]])
 
 
 class Terminated(BaseException):
@@ -140,10 +140,24 @@ def _stop(error: Exception, log) -> NoReturn:
 
 def _exit_at_once(status: int) -> NoReturn:
   """Exits without Python's shutdown (no waiting for threads or barriers), once the log and the terminal have it all."""
+  _flush()
+  os._exit(status)
+
+
+def _end_by(signum: signal.Signals) -> NoReturn:
+  """Ends the process by `signum` itself (at once, as _exit_at_once), as a process that does not handle it ends: a
+  shell then stops the script or loop that ran the command (given 130 or 143 as an exit status, bash goes on to the
+  next command), and reports the signal's status."""
+  _flush()
+  signal.signal(signum, signal.SIG_DFL)
+  os.kill(os.getpid(), signum)
+  os._exit(128 + signum)  # the signal was blocked: the status it would give
+
+
+def _flush():
   console.flush()
   sys.stdout.flush()
   sys.stderr.flush()
-  os._exit(status)
 
 
 def _describe(error: Exception) -> str:
