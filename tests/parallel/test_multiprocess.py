@@ -389,7 +389,29 @@ def test_distributed_flags_come_all_together():
     distributed.initialize("127.0.0.1:1234", 2, None, DEATH_HEARTBEAT_TIMEOUT)
 
 
-@pytest.mark.parametrize("num_processes, process_id", [(2, 5), (2, -1), (0, 0)])
+@pytest.mark.parametrize("num_processes, process_id", [(2, 5), (2, -1)])
 def test_a_process_id_outside_the_processes_is_a_usage_error(num_processes, process_id):
   with pytest.raises(app.UsageError, match=re.escape(f"--process_id={process_id} must be in [0, --num_processes=")):
     distributed.initialize("127.0.0.1:1234", num_processes, process_id, DEATH_HEARTBEAT_TIMEOUT)
+
+
+@pytest.mark.parametrize(
+  "address, num_processes, heartbeat, message",
+  [
+    # jax.distributed crashed the process (a segmentation fault) on a port that is not a number, failed with an
+    # IndexError without one, and waited for ever on one out of range.
+    ("localhost:abc", 1, 100, "--coordinator_address=localhost:abc is not HOST:PORT (a port from 1 to 65535)"),
+    ("localhost", 1, 100, "--coordinator_address=localhost is not HOST:PORT"),
+    ("localhost:70000", 2, 100, "--coordinator_address=localhost:70000 is not HOST:PORT"),
+    (":1234", 2, 100, "--coordinator_address=:1234 is not HOST:PORT"),
+    ("localhost:1234", 0, 100, "--num_processes=0 must be at least 1"),
+    ("localhost:1234", 2, 0, "--heartbeat_timeout_seconds=0 must be at least 1"),
+  ],
+)
+def test_malformed_distributed_flags_are_usage_errors(address, num_processes, heartbeat, message):
+  with pytest.raises(app.UsageError, match=re.escape(message)):
+    distributed.initialize(address, num_processes, 0, heartbeat)
+
+
+def test_an_ipv6_coordinator_address_is_accepted_as_host_and_port():
+  assert distributed._is_host_and_port("[::1]:1234") and distributed._is_host_and_port("10.0.0.2:8476")

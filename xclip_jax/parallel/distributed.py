@@ -21,8 +21,15 @@ def initialize(
   explicit = (coordinator_address, num_processes, process_id)
   if any(value is not None for value in explicit) and None in explicit:
     raise app.UsageError("give all of --coordinator_address, --num_processes and --process_id, or none of them")
+  if num_processes is not None and num_processes < 1:
+    raise app.UsageError(f"--num_processes={num_processes} must be at least 1")
   if num_processes is not None and not 0 <= process_id < num_processes:
     raise app.UsageError(f"--process_id={process_id} must be in [0, --num_processes={num_processes})")
+  if coordinator_address is not None and not _is_host_and_port(coordinator_address):
+    # jax.distributed would crash the process (a port that is not a number) or wait for ever (one out of range).
+    raise app.UsageError(f"--coordinator_address={coordinator_address} is not HOST:PORT (a port from 1 to 65535)")
+  if heartbeat_timeout_seconds < 1:
+    raise app.UsageError(f"--heartbeat_timeout_seconds={heartbeat_timeout_seconds} must be at least 1")
   # Processes on CPU exchange arrays over TCP (the default of this JAX, needed by older ones).
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   try:
@@ -37,6 +44,11 @@ def initialize(
     logging.info("No cluster found (Cloud TPU, SLURM, Open MPI): running as a single process.")
     return False
   return True
+
+
+def _is_host_and_port(address: str) -> bool:
+  host, _, port = address.rpartition(":")
+  return bool(host) and port.isdigit() and 1 <= int(port) <= 65535
 
 
 def check_same_config(config: ml_collections.ConfigDict):
