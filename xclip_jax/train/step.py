@@ -181,7 +181,8 @@ def _mix(recipe: Recipe, rng, video, labels, num_groups: int):
   The official code blends each GPU's batch on its own; slicing the batch the way it is sharded keeps the pairing
   on one device as well (no video crosses devices), with one draw per slice.
   """
-  if recipe.mixup_alpha <= 0 and recipe.cutmix_alpha <= 0:
+  # As the official main.py: Mixup's alpha turns blending on; without it, label smoothing alone (CutMix too off).
+  if recipe.mixup_alpha <= 0:
     return video, mixup.smooth_labels(labels, recipe.num_classes, recipe.label_smoothing)
   if video.shape[0] % num_groups:
     num_groups = 1
