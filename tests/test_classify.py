@@ -301,14 +301,15 @@ def test_no_embeddings_file_is_written_when_no_video_could_be_read(cli_inputs, t
   """A file of an earlier run at --embed is kept, not replaced by one without videos."""
   _, checkpoint, _, bad = cli_inputs
   out = tmp_path / "embeddings.npz"
-  out.write_bytes(b"an earlier run's embeddings")
+  np.savez(out, videos=np.array(["an earlier run's video"]))
+  earlier = out.read_bytes()
   result = run_classify(f"--checkpoint={checkpoint}", f"--classes={CLASSES}", f"--embed={out}", bad[1])
   assert result.returncode == 2
   assert (
     result.stderr.splitlines()[-1]
     == f"error: 1 of 1 videos could not be classified: {bad[1]}; --embed={out} not written"
   )
-  assert out.read_bytes() == b"an earlier run's embeddings"
+  assert out.read_bytes() == earlier
 
 
 @pytest.mark.parametrize(
@@ -327,6 +328,34 @@ def test_an_embed_file_that_cannot_be_written_is_refused_before_any_video_is_cla
   assert result.returncode == 2 and result.stdout == ""  # no video classified
   assert result.stderr == message.replace("DIR", str(tmp_path)) + "\n", result.stderr
   assert [path.name for path in tmp_path.iterdir()] == ["folder"] and not any((tmp_path / "folder").iterdir())
+
+
+def test_an_embed_flag_before_the_videos_does_not_overwrite_the_first_video(cli_inputs, tmp_path):
+  """`--embed a.mp4 b.mp4`: absl takes a.mp4 as --embed's value; the video would have been replaced by embeddings."""
+  _, checkpoint, good, _ = cli_inputs
+  videos = [tmp_path / video.name for video in good]
+  for video, copy in zip(good, videos):
+    copy.write_bytes(video.read_bytes())
+  result = run_classify(f"--checkpoint={checkpoint}", f"--classes={CLASSES}", "--embed", *videos)
+  assert result.returncode == 2 and result.stdout == ""
+  assert result.stderr == (
+    f"error: --embed={videos[0]} is a file that is not an .npz archive; only one is replaced: name the .npz file to "
+    "write\n"
+  )
+  assert videos[0].read_bytes() == good[0].read_bytes()
+
+
+def test_an_embed_path_that_is_one_of_the_videos_is_refused(tmp_path):
+  video = tmp_path / "v.npz"
+  np.savez(video, x=np.zeros(1))  # even an archive: the user asked to classify it
+  message = f"--embed={tmp_path}/../{tmp_path.name}/v.npz is one of the videos to classify; name the .npz file to write"
+  with pytest.raises(classify.UserError, match=f"^{re.escape(message)}$"):
+    classify.check_embed_path(f"{tmp_path}/../{tmp_path.name}/v.npz", [str(video)])
+
+
+def test_an_existing_npz_archive_may_be_replaced_by_embeddings(tmp_path):
+  np.savez(tmp_path / "embeddings", x=np.zeros(1))
+  assert classify.check_embed_path(tmp_path / "embeddings.npz", ["a.mp4"]) == tmp_path / "embeddings.npz"
 
 
 def test_an_empty_embed_flag_is_refused():

@@ -28,7 +28,8 @@ The class texts are encoded once per run; videos are decoded in threads ahead of
 unreadable, truncated, no frames; the other videos are still classified and reported), an empty label list or one that
 names a class twice, a checkpoint that is missing or not an X-CLIP/CLIP checkpoint; and, before any video is read, a
 flag out of range, no video, not exactly one of --labels and --classes, an --embed that is a directory or whose folder
-is missing or not writable. Compiled programs are kept in JAX's persistent compilation cache
+is missing or not writable, that is one of the videos, or that is an existing file but not an .npz archive (a zip
+file; only such a file is replaced). Compiled programs are kept in JAX's persistent compilation cache
 (`xclip_jax.compilation_cache`), so that a second run does not compile again.
 """
 
@@ -43,6 +44,7 @@ import logging
 import os
 import pathlib
 import sys
+import zipfile
 
 from absl import app
 from absl import flags
@@ -316,17 +318,25 @@ def read_class_names(labels: str | None, classes: Sequence[str] | None) -> list[
   return check_class_names(names, f"--labels={labels}")
 
 
-def check_embed_path(path: str) -> pathlib.Path:
+def check_embed_path(path: str, videos: Sequence[str] = ()) -> pathlib.Path:
   """--embed's file, or UserError where it cannot be written: checked before any video is classified.
 
   The file is written under exactly this name (numpy's `savez` would add `.npz` to a name without it): a user who
-  names a file expects that file, and `np.load` reads an .npz archive whatever its name.
+  names a file expects that file, and `np.load` reads an .npz archive whatever its name. An existing file is replaced
+  only if it is an .npz archive (a zip file, as `savez` writes): `--embed a.mp4 b.mp4` (absl takes a.mp4 as the
+  flag's value) must not turn the user's video into embeddings.
   """
   if not os.fspath(path):
     raise UserError("--embed= names no file; name the .npz file to write")
   path = pathlib.Path(path)
   if path.is_dir():
     raise UserError(f"--embed={path} is a directory; name the .npz file to write")
+  if path.resolve() in {pathlib.Path(video).resolve() for video in videos}:
+    raise UserError(f"--embed={path} is one of the videos to classify; name the .npz file to write")
+  if path.exists() and not zipfile.is_zipfile(path):
+    raise UserError(
+      f"--embed={path} is a file that is not an .npz archive; only one is replaced: name the .npz file to write"
+    )
   if not path.parent.is_dir():
     raise UserError(f"--embed={path}: no directory {path.parent}")
   if not os.access(path.parent, os.W_OK):
@@ -377,7 +387,7 @@ def _run(videos: list[str]) -> int:
   if not videos:
     raise UserError("name at least one video file")
   class_names = read_class_names(FLAGS.labels, FLAGS.classes)
-  embed_path = check_embed_path(FLAGS.embed) if FLAGS.embed is not None else None
+  embed_path = check_embed_path(FLAGS.embed, videos) if FLAGS.embed is not None else None
   model = _load_model()
   views = int(FLAGS.views)
   results = []
@@ -438,7 +448,12 @@ def define_flags():
     "views", "1", [str(v) for v in VIEWS], "Views per video: 1 (1 clip x 1 crop), 3 (1 x 3), 12 (4 x 3)."
   )
   flags.DEFINE_boolean("json", False, "Print one JSON document of all results on stdout.")
-  flags.DEFINE_string("embed", None, "Also write text and video embeddings for retrieval to this .npz file.")
+  flags.DEFINE_string(
+    "embed",
+    None,
+    "Also write text and video embeddings for retrieval to this .npz file (an existing file is replaced only if it "
+    "is an .npz archive).",
+  )
   flags.DEFINE_integer(
     "batch_size", None, "Videos scored per call of the model (default: 1 on CPU, else 8).", lower_bound=1
   )
