@@ -114,6 +114,24 @@ def test_batches_give_the_results_of_single_videos_and_unreadable_ones_are_repor
     assert (one.error is None) == (many.error is None) == bool(many.top)
 
 
+def test_a_video_too_large_for_memory_is_reported_and_the_others_are_classified(scored, tmp_path, monkeypatch):
+  model, results = scored
+  huge = tmp_path / "huge.mp4"
+  huge.write_bytes(b"\0" * 3_000_000)
+  read_bytes = classify.pathlib.Path.read_bytes
+
+  def out_of_memory_on_huge(path):
+    if path.name == "huge.mp4":
+      raise MemoryError()
+    return read_bytes(path)
+
+  monkeypatch.setattr(classify.pathlib.Path, "read_bytes", out_of_memory_on_huge)
+  videos = [results[0].video, huge, results[1].video]
+  first, too_large, last = classify.classify(model, videos, CLASSES.split(","))
+  assert str(too_large.error) == "not enough memory to read it (3 MB)" and too_large.top == []
+  assert first.top == results[0].top and last.top == results[1].top
+
+
 def test_probabilities_of_logits_beyond_float32_exp_are_finite():
   # logit_scale 100 x a cosine of 0.95: exp(95) overflows float32.
   probabilities = classify._softmax(np.array([[95.0, 85.0, 0.0]], np.float32))

@@ -25,12 +25,12 @@ compare (there every class text is first conditioned on the video).
 
 The class texts are encoded once per run; videos are decoded in threads ahead of the model and scored in batches of
 `--batch_size` videos. Errors are one line on stderr and exit status 2: a video that cannot be read (missing,
-unreadable, truncated, no frames; the other videos are still classified and reported), an empty label list or one that
-names a class twice, a checkpoint that is missing or not an X-CLIP/CLIP checkpoint; and, before any video is read, a
-flag out of range, no video, not exactly one of --labels and --classes, an --embed that is a directory or whose folder
-is missing or not writable, that is one of the videos, or that is an existing file but not an .npz archive (a zip
-file; only such a file is replaced). Compiled programs are kept in JAX's persistent compilation cache
-(`xclip_jax.compilation_cache`), so that a second run does not compile again.
+unreadable, truncated, no frames, too large for memory; the other videos are still classified and reported), an
+empty label list or one that names a class twice, a checkpoint that is missing or not an X-CLIP/CLIP checkpoint; and,
+before any video is read, a flag out of range, no video, not exactly one of --labels and --classes, an --embed that
+is a directory, whose folder is missing or not writable, that is one of the videos, or that is an existing file but
+not an .npz archive (a zip file; only such a file is replaced). Compiled programs are kept in JAX's persistent
+compilation cache (`xclip_jax.compilation_cache`), so that a second run does not compile again.
 """
 
 import collections
@@ -70,8 +70,14 @@ MEAN_RGB = np.array(normalization.MEAN_RGB, np.float32)
 STD_RGB = np.array(normalization.STD_RGB, np.float32)
 # --views: (clips, crops) per video, as the evaluation takes them.
 VIEWS = {1: (1, 1), 3: (1, 3), 12: (4, 3)}
+
+
+class VideoTooLargeError(MemoryError):
+  """A video whose file or frames do not fit in memory."""
+
+
 # Errors of one video's file or stream: reported, and the other videos are still classified.
-VIDEO_ERRORS = (OSError, video_decode.VideoDecodeError)
+VIDEO_ERRORS = (OSError, video_decode.VideoDecodeError, VideoTooLargeError)
 # A progress bar on stderr from this many clips (videos x views) on.
 PROGRESS_FROM_CLIPS = 10
 
@@ -136,10 +142,14 @@ def load_views(path, num_frames: int, input_size: int, num_clips: int = 1, num_c
   for name, value in (("num_frames", num_frames), ("input_size", input_size), ("num_clips", num_clips)):
     if value < 1:
       raise ValueError(f"{name} must be at least 1, got {value}")
-  data = pathlib.Path(path).read_bytes()
-  frames, _ = video_decode.decode_sampled_frames(
-    data, lambda total: sampling.eval_clips_frame_indices(total, num_frames, num_clips)
-  )
+  try:
+    data = pathlib.Path(path).read_bytes()
+    frames, _ = video_decode.decode_sampled_frames(
+      data, lambda total: sampling.eval_clips_frame_indices(total, num_frames, num_clips)
+    )
+  except MemoryError:
+    # One huge video is that video's error, as an unreadable one is: the other videos' results are not lost.
+    raise VideoTooLargeError(f"not enough memory to read it ({os.path.getsize(path) / 1e6:.0f} MB)") from None
   crops = eval_crops(frames, input_size, num_crops)  # (crop, clip * T, ...)
   crops = crops.reshape(num_crops, num_clips, num_frames, *crops.shape[2:])
   return crops.swapaxes(0, 1).reshape(num_clips * num_crops, num_frames, *crops.shape[3:])
