@@ -315,6 +315,30 @@ def test_usage_mistakes_are_one_line_errors(cli_inputs, tmp_path, arguments, mes
   assert result.stderr == f"error: {message}\n", result.stderr
 
 
+def test_a_closed_stdout_ends_the_command_quietly_with_the_status_of_sigpipe():
+  """`classify ... | head -2`: no BrokenPipeError traceback once the reader has gone."""
+  # The command's printing, without a model: many lines, flushed one by one, as each video's are.
+  script = (
+    "import sys\n"
+    "from xclip_jax import classify\n"
+    "def _run(videos):\n"
+    "  for i in range(100_000):\n"
+    "    print(f'video {i}', flush=True)\n"
+    "  return 0\n"
+    "classify._run = _run\n"
+    "sys.argv = ['classify', '--checkpoint=unused', '--compilation_cache_dir=none']\n"
+    "classify.run()\n"
+  )
+  process = subprocess.Popen(
+    [sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+  )
+  assert process.stdout.readline() == "video 0\n"
+  process.stdout.close()
+  stderr = process.stderr.read()
+  assert process.wait(timeout=60) == classify.EXIT_BROKEN_PIPE == 141
+  assert stderr == ""
+
+
 def test_no_embeddings_file_is_written_when_no_video_could_be_read(cli_inputs, tmp_path):
   """A file of an earlier run at --embed is kept, not replaced by one without videos."""
   _, checkpoint, _, bad = cli_inputs

@@ -29,7 +29,8 @@ unreadable, truncated, no frames, too large for memory; the other videos are sti
 empty label list or one that names a class twice, a checkpoint that is missing or not an X-CLIP/CLIP checkpoint; and,
 before any video is read, a flag out of range, no video, not exactly one of --labels and --classes, an --embed that
 is a directory, whose folder is missing or not writable, that is one of the videos, or that is an existing file but
-not an .npz archive (a zip file; only such a file is replaced). Compiled programs are kept in JAX's persistent
+not an .npz archive (a zip file; only such a file is replaced). Where stdout is closed early (`| head`), the command
+ends quietly with exit status 141, as a program that SIGPIPE ends. Compiled programs are kept in JAX's persistent
 compilation cache (`xclip_jax.compilation_cache`), so that a second run does not compile again.
 """
 
@@ -80,6 +81,8 @@ class VideoTooLargeError(MemoryError):
 VIDEO_ERRORS = (OSError, video_decode.VideoDecodeError, VideoTooLargeError)
 # A progress bar on stderr from this many clips (videos x views) on.
 PROGRESS_FROM_CLIPS = 10
+# The exit status where stdout's reader went away (`| head`): a shell's for a program that SIGPIPE ends, 128 + 13.
+EXIT_BROKEN_PIPE = 141
 
 
 def _bilinear_taps(in_size: int, out_size: int, start: int, count: int):
@@ -443,6 +446,11 @@ def main(argv):
     return _run(argv[1:])
   except UserError as e:
     return console.error(str(e))
+  except BrokenPipeError:
+    # The reader of stdout is gone (`| head`): end quietly, as a program that SIGPIPE ends. Python's own flush of
+    # stdout at exit would fail again, so stdout goes to os.devnull.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return EXIT_BROKEN_PIPE
 
 
 def define_flags():
