@@ -1,7 +1,8 @@
 """Annotation files and label lists in the official X-CLIP layout.
 
 Label list: a CSV with the header `id,name` and one `id,name` row per class,
-ids 0..N-1 in order, each name once (names may contain commas when quoted).
+ids 0..N-1 in order, each name once (names may contain commas when quoted; two names
+the model reads as one text, as `Dancing` and `dancing`, count as one).
 Annotation file: one `relative/path.mp4 label` line per video; a video listed
 with two labels is refused, a line repeated is read as it is, with a warning.
 Problems are refused when the files are read, naming file and line. Both may
@@ -50,7 +51,7 @@ def read_label_list(csv_path: str | os.PathLike[str]) -> list[str]:
   if not rows or [cell.strip() for cell in rows[0]] != ["id", "name"]:
     raise ValueError(f'{csv_path}:1: expected the header "id,name"')
   names = []
-  first_seen = {}  # name -> (id, line)
+  lines = []  # each name's line
   for line_number, row in enumerate(rows[1:], start=2):
     if not row:
       continue
@@ -63,20 +64,34 @@ def read_label_list(csv_path: str | os.PathLike[str]) -> list[str]:
       )
     if not name:
       raise ValueError(f"{csv_path}:{line_number}: empty class name")
-    # Two ids of one text: the model reads the same prompt for both (the tokenizer lower-cases and collapses
-    # whitespace), so the later id is never predicted; results keyed by class name merge them.
-    text = tokenizer.clean_text(name)
-    if text in first_seen:
-      first_id, first_line = first_seen[text]
-      raise ValueError(
-        f"{csv_path}:{line_number}: class {name!r} (id {class_id}) reads as class {names[first_id]!r} (id {first_id}, "
-        f"line {first_line}): the model sees the same text for both"
-      )
-    first_seen[text] = (len(names), line_number)
     names.append(name)
+    lines.append(line_number)
   if not names:
     raise ValueError(f"{csv_path}: the label list has no classes")
+  same = first_same_reading(names)
+  if same:
+    first, second = same
+    raise ValueError(
+      f"{csv_path}:{lines[second]}: class {names[second]!r} (id {second}) reads as class {names[first]!r} (id "
+      f"{first}, line {lines[first]}): the model sees the same text for both"
+    )
   return names
+
+
+def first_same_reading(names: Sequence[str]) -> tuple[int, int] | None:
+  """The first pair of indices (i, j), i < j, of class names that the model reads as one text; None where there is
+  none.
+
+  Compared by their token ids as `tokenize` gives them, cut to the context length as the text tower reads them: the
+  tokenizer lower-cases, collapses whitespace and splits off punctuation (`Rock-climbing` reads as `rock - climbing`).
+  Two such classes get the same prompt, so the later one is never predicted, and results keyed by name merge them.
+  """
+  first_of_ids = {}
+  for j, ids in enumerate(tokenizer.tokenize(names, truncate=True)):
+    i = first_of_ids.setdefault(ids.tobytes(), j)
+    if i != j:
+      return i, j
+  return None
 
 
 def first_difference(there: Sequence[str], here: Sequence[str]) -> str:

@@ -473,6 +473,10 @@ def test_an_interrupted_embeddings_write_leaves_the_previous_file_and_no_partial
     (dict(class_names=["a", 3]), "class_names: class names are strings, not 3"),
     (dict(class_names=[]), "class_names lists no classes"),
     (
+      dict(class_names=["rock-climbing", "rock - climbing", "surfing"]),
+      "class_names lists 'rock-climbing' and 'rock - climbing', which the model reads as the same text",
+    ),
+    (
       dict(class_names=["run", "walking " * 80]),
       "class_names: class 1 ('walking walking walking walking walking walking walking w...') is 82 tokens long, more "
       "than the 77 the text tower reads; shorten its name",
@@ -481,7 +485,7 @@ def test_an_interrupted_embeddings_write_leaves_the_previous_file_and_no_partial
     (dict(batch_size=-1), "batch_size must be at least 1, got -1"),
     (dict(videos="VIDEO"), "videos: a list of paths, not the one path 'VIDEO'"),
   ],
-  ids=["one-string", "not-a-string", "no-class", "too-long", "top_k", "batch_size", "one-path"],
+  ids=["one-string", "not-a-string", "no-class", "read-alike", "too-long", "top_k", "batch_size", "one-path"],
 )
 def test_mistaken_arguments_from_python_are_value_errors_naming_them(cli_inputs, arguments, message):
   """Not a silent wrong result (a string's letters taken as classes, the least likely class dropped), nor an error

@@ -26,8 +26,9 @@ compare (there every class text is first conditioned on the video).
 The class texts are encoded once per run; videos are decoded in threads ahead of the model and scored in batches of
 `--batch_size` videos. Errors are one line on stderr and exit status 2: a video that cannot be read (missing,
 unreadable, truncated, no frames, too large for memory; the other videos are still classified and reported), an
-empty label list or one that names a class twice, a checkpoint that is missing or not an X-CLIP/CLIP checkpoint; and,
-before any video is read, a flag out of range, no video, not exactly one of --labels and --classes, an --embed that
+empty label list or one that names a class twice (or two classes the model reads as one text, the same token ids:
+`rock-climbing` and `rock - climbing`), a checkpoint that is missing or not an X-CLIP/CLIP checkpoint; and, before any
+video is read, a flag out of range, no video, not exactly one of --labels and --classes, an --embed that
 is a directory, whose folder is missing or not writable, that is one of the videos, or that is an existing file but
 not an .npz archive (a zip file; only such a file is replaced). Where stdout is closed early (`| head`), the command
 ends quietly with exit status 141, as a program that SIGPIPE ends. Compiled programs are kept in JAX's persistent
@@ -301,16 +302,13 @@ def check_class_names(names: Sequence[str], source: str) -> list[str]:
     raise UserError(f"{source} lists no classes")
   if not all(names):
     raise UserError(f"{source} has an empty class name")
-  # Names the tokenizer reads as one text (it lower-cases and collapses whitespace) would score the same.
-  spellings = collections.defaultdict(list)
-  for name in names:
-    spellings[tokenizer.clean_text(name)].append(name)
-  for same_text in spellings.values():
-    if len(same_text) > 1:
-      distinct = list(dict.fromkeys(same_text))
-      if len(distinct) == 1:
-        raise UserError(f"{source} lists {distinct[0]!r} more than once")
-      raise UserError(f"{source} lists {' and '.join(map(repr, distinct))}, which the model reads as the same text")
+  # Names the model reads as one text would score the same.
+  same = annotations.first_same_reading(names)
+  if same:
+    first, second = (names[i] for i in same)
+    if first == second:
+      raise UserError(f"{source} lists {first!r} more than once")
+    raise UserError(f"{source} lists {first!r} and {second!r}, which the model reads as the same text")
   try:
     tokenizer.tokenize(names)
   except tokenizer.TextTooLongError as error:

@@ -19,6 +19,9 @@ def test_reads_the_official_label_lists(labels_dir):
   assert len(names) == 400
   assert names[0] == "abseiling"
   assert len(annotations.read_label_list(labels_dir / "hmdb_51_labels.csv")) == 51
+  # None names two classes the model reads as one text.
+  assert len(annotations.read_label_list(labels_dir / "kinetics_600_labels.csv")) == 600
+  assert len(annotations.read_label_list(labels_dir / "ucf_101_labels.csv")) == 101
 
 
 def test_label_list_ids_must_run_in_order(tmp_path):
@@ -123,10 +126,19 @@ def test_a_class_named_twice_is_refused_naming_both_ids_and_lines(tmp_path):
     annotations.read_label_list(path)
 
 
-@pytest.mark.parametrize("second", ["Dancing", "dancing  ballet", "DANCING\tBALLET"])
-def test_classes_that_differ_only_in_case_or_spacing_are_refused(tmp_path, second):
-  # The tokenizer lower-cases and collapses whitespace: the model would read one prompt for both classes.
-  first = "dancing" if second == "Dancing" else "dancing ballet"
+@pytest.mark.parametrize(
+  "first, second",
+  [
+    ("dancing", "Dancing"),
+    ("dancing ballet", "dancing  ballet"),
+    ("dancing ballet", "DANCING\tBALLET"),
+    ("rock-climbing", "Rock - climbing"),
+    ("tai chi" + " chi" * 80, "tai chi" + " chi" * 90),  # alike in the 77 tokens the text tower reads
+  ],
+)
+def test_classes_the_model_reads_as_one_text_are_refused(tmp_path, first, second):
+  # The tokenizer lower-cases, collapses whitespace and splits off punctuation: the model would read one prompt for
+  # both classes.
   path = _write(tmp_path, "labels.csv", f"id,name\n0,{first}\n1,{second}\n")
   expected = f"labels.csv:3: class {second!r} (id 1) reads as class {first!r} (id 0, line 2)"
   with pytest.raises(ValueError, match=re.escape(expected)):
