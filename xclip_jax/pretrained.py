@@ -113,6 +113,13 @@ class XCLIPModel:
       raise ValueError(f"text_ids of shape {text_ids.shape}: expected (K, {context}) with K >= 1, from tokenize")
     if not np.issubdtype(text_ids.dtype, np.integer) or not ((text_ids >= 0) & (text_ids < vocab)).all():
       raise ValueError(f"text_ids must be integer token ids in [0, {vocab}), from tokenize")
+    # Each text is pooled at its largest id, the end-of-text token (the vocabulary's last id): without one (a row of
+    # zeros, another tokenizer's ids) the features would silently be those of some other position.
+    ended = (text_ids == vocab - 1).any(axis=1)
+    if not ended.all():
+      raise ValueError(
+        f"text_ids row {np.argmin(ended)} has no end-of-text token ({vocab - 1}): pass token ids from tokenize"
+      )
     text_ids = text_ids.astype(np.int32)
     lengths = xclip.text_lengths(text_ids)
     groups = [np.flatnonzero(lengths == length) for length in np.unique(lengths)]

@@ -68,8 +68,22 @@ def test_text_features_not_shaped_as_encode_texts_output_are_refused(model, inpu
     (lambda ids: np.where(ids == ids.max(), 49408, ids), r"text_ids must be integer token ids in \[0, 49408\)"),
     (lambda ids: ids - 5, r"text_ids must be integer token ids in \[0, 49408\)"),
     (lambda ids: ids.astype(np.float32), r"text_ids must be integer token ids in \[0, 49408\)"),
+    (np.zeros_like, r"text_ids row 0 has no end-of-text token \(49407\): pass token ids from tokenize$"),
+    (lambda ids: np.where(ids == 49407, 0, ids), r"text_ids row 0 has no end-of-text token \(49407\)"),
+    (lambda ids: np.concatenate([ids[:2], ids[2:] % 49407]), r"text_ids row 2 has no end-of-text token \(49407\)"),
   ],
-  ids=["one-text", "extra-axis", "no-text", "beyond-vocabulary", "the-vocabulary-size", "negative", "float"],
+  ids=[
+    "one-text",
+    "extra-axis",
+    "no-text",
+    "beyond-vocabulary",
+    "the-vocabulary-size",
+    "negative",
+    "float",
+    "zeros",
+    "no-end",
+    "third-without-end",
+  ],
 )
 def test_text_ids_that_tokenize_does_not_give_are_refused(model, inputs, change, message):
   _, text_ids, _ = inputs
