@@ -481,11 +481,28 @@ def test_an_interrupted_embeddings_write_leaves_the_previous_file_and_no_partial
       "class_names: class 1 ('walking walking walking walking walking walking walking w...') is 82 tokens long, more "
       "than the 77 the text tower reads; shorten its name",
     ),
-    (dict(top_k=-1), "top_k must be at least 0 (0: all classes), got -1"),
-    (dict(batch_size=-1), "batch_size must be at least 1, got -1"),
+    (dict(top_k=-1), "top_k must be an integer of at least 0 (0: all classes), got -1"),
+    (dict(top_k=1.5), "top_k must be an integer of at least 0 (0: all classes), got 1.5"),
+    (dict(batch_size=-1), "batch_size must be an integer of at least 1, got -1"),
+    (dict(batch_size=2.5), "batch_size must be an integer of at least 1, got 2.5"),
+    (dict(views="3"), "views must be one of [1, 3, 12], got '3'"),
+    (dict(views=2), "views must be one of [1, 3, 12], got 2"),
     (dict(videos="VIDEO"), "videos: a list of paths, not the one path 'VIDEO'"),
   ],
-  ids=["one-string", "not-a-string", "no-class", "read-alike", "too-long", "top_k", "batch_size", "one-path"],
+  ids=[
+    "one-string",
+    "not-a-string",
+    "no-class",
+    "read-alike",
+    "too-long",
+    "top_k",
+    "top_k-float",
+    "batch_size",
+    "batch_size-float",
+    "views-string",
+    "views",
+    "one-path",
+  ],
 )
 def test_mistaken_arguments_from_python_are_value_errors_naming_them(cli_inputs, arguments, message):
   """Not a silent wrong result (a string's letters taken as classes, the least likely class dropped), nor an error

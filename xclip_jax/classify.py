@@ -43,6 +43,7 @@ import functools
 import itertools
 import json
 import logging
+import numbers
 import os
 import pathlib
 import sys
@@ -231,12 +232,13 @@ def classify(
   defaults to 8 on accelerators and to 1 on CPU, where batching gains nothing measurable (the matmuls of one clip
   already keep the cores busy) and every new batch size would cost a compilation.
   """
-  if views not in VIEWS:
-    raise ValueError(f"views must be one of {sorted(VIEWS)}, got {views}")
-  if top_k < 0:
-    raise ValueError(f"top_k must be at least 0 (0: all classes), got {top_k}")
-  if batch_size is not None and batch_size < 1:
-    raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+  # Integers only: a float or a string would fail later with an unrelated TypeError, or be taken as another value.
+  if not _is_int(views) or views not in VIEWS:
+    raise ValueError(f"views must be one of {sorted(VIEWS)}, got {views!r}")
+  if not _is_int(top_k) or top_k < 0:
+    raise ValueError(f"top_k must be an integer of at least 0 (0: all classes), got {top_k!r}")
+  if batch_size is not None and (not _is_int(batch_size) or batch_size < 1):
+    raise ValueError(f"batch_size must be an integer of at least 1, got {batch_size!r}")
   if isinstance(videos, (str, os.PathLike)):
     raise ValueError(f"videos: a list of paths, not the one path {os.fspath(videos)!r}")
   class_names = check_class_names(class_names, "class_names")
@@ -264,6 +266,11 @@ def classify(
         yield from _score(model, batch, text_features, class_names, top_k, embed)
         batch = []
     yield from _score(model, batch, text_features, class_names, top_k, embed)
+
+
+def _is_int(value) -> bool:
+  """An int or numpy integer; not a bool."""
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def text_ids(model: pretrained.XCLIPModel, class_names: Sequence[str]) -> np.ndarray:
