@@ -19,6 +19,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import common
+from configs import demo
 from configs import k400
 from input_pipeline import video_dataset
 from tests.fixtures import tiny
@@ -373,17 +374,13 @@ def test_an_evaluation_of_no_readable_video_is_an_error_not_zero_percent(dataset
   [
     ("data.train_file", "/nonexistent/train.txt", "config.data.train_file: /nonexistent/train.txt does not exist"),
     ("num_classes", 5, "config.num_classes is 5 but"),
+    # arch "": only the init checkpoint tells the model's input size.
     ("input_size", 64, "config.input_size is 64 but the model takes 32px"),
-    ("init.checkpoint", "/nonexistent/model.pth", "config.init.checkpoint: /nonexistent/model.pth does not exist"),
-    ("batch_size", 3, "not divisible by accumulation_steps"),
   ],
 )
 def test_bad_setups_are_refused_naming_the_problem(dataset, tmp_path, field, value, error):
-  extra = {field: value}
-  if field == "batch_size":
-    extra["accumulation_steps"] = 2
   with pytest.raises((ValueError, FileNotFoundError), match=error):
-    trainer.train_and_evaluate(in_process_config(dataset, **extra), tmp_path)
+    trainer.train_and_evaluate(in_process_config(dataset, **{field: value}), tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -727,6 +724,38 @@ def test_a_config_number_out_of_range_is_refused_naming_the_field_before_anythin
   assert not workdir.exists()
 
 
+@pytest.mark.parametrize(
+  "fields, error",
+  [
+    ({"dtype": "float16"}, "config.dtype must be 'float32' or 'bfloat16', got 'float16'"),
+    ({"attention": "flash"}, "config.attention must be one of ('auto', 'hand', 'xla', 'cudnn'), got 'flash'"),
+    ({"droppath": 1.0}, "config.droppath must be a number in [0, 1), got 1.0"),
+    ({"accumulation_steps": 3}, "config.batch_size=4 is not divisible by config.accumulation_steps=3"),
+    ({"mode": "eval", "init.checkpoint": None}, "mode=eval needs a model: set --config.init.checkpoint=PATH"),
+    ({"init.clip": "/nonexistent/clip.pt"}, "set one of config.init.checkpoint and config.init.clip, not both"),
+    ({"init.checkpoint": "/nonexistent/model.pth"}, "config.init.checkpoint: /nonexistent/model.pth does not exist"),
+    (
+      {"init.checkpoint": None, "arch": "ViT-B/32", "input_size": 64},
+      "config.input_size is 64 but the model takes 224px frames",
+    ),
+    ({"init.checkpoint": None, "arch": "ViT-X/99"}, "config.arch: unknown architecture 'ViT-X/99'"),
+  ],
+)
+def test_a_config_value_that_cannot_make_a_run_is_refused_before_anything_is_written(dataset, tmp_path, fields, error):
+  workdir = tmp_path / "run"
+  with pytest.raises((ValueError, FileNotFoundError), match=re.escape(error)):
+    trainer.train_and_evaluate(in_process_config(dataset, **fields), workdir)
+  assert not workdir.exists()
+
+
+def test_the_demo_refuses_a_config_value_before_writing_its_videos(tmp_path):
+  config = demo.get_config("small=True")
+  config.dtype = "float16"
+  with pytest.raises(ValueError, match="config.dtype must be"):
+    trainer.train_and_evaluate(config, tmp_path / "run")
+  assert not (tmp_path / "run").exists()
+
+
 def test_an_error_mid_run_leaves_the_checkpoint_being_written_complete(dataset, tmp_path, monkeypatch):
   """An error just after a checkpoint has started to be written (in the background): the run finishes it first."""
   save = checkpoints.save
@@ -856,7 +885,7 @@ def _files(directory: pathlib.Path) -> dict[str, bytes]:
 @pytest.mark.parametrize(
   "fields, error",
   [
-    ({"accumulation_steps": 3}, "batch_size 4 is not divisible by accumulation_steps 3"),
+    ({"accumulation_steps": 3}, "config.batch_size=4 is not divisible by config.accumulation_steps=3"),
     ({"batch_size": 8}, "was written with batch_size=4, this run has config.batch_size=8"),
   ],
 )

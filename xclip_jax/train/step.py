@@ -75,13 +75,18 @@ def merge_params(trainable, frozen):
   return flax.traverse_util.unflatten_dict({**sharding.flat_names(frozen), **sharding.flat_names(trainable)}, sep="/")
 
 
+def check_accumulation(batch_size: int, accumulation_steps: int):
+  """Each optimiser step's batch splits into `accumulation_steps` micro-batches of the same size."""
+  if batch_size % accumulation_steps:
+    raise ValueError(
+      f"config.batch_size={batch_size} is not divisible by config.accumulation_steps={accumulation_steps}"
+    )
+
+
 def _recipe(
   config, model: pretrained.XCLIPModel, trainable: tuple[str, ...], tx, schedule: optimizer.Schedule
 ) -> Recipe:
-  if config.batch_size % config.accumulation_steps:
-    raise ValueError(
-      f"batch_size {config.batch_size} is not divisible by accumulation_steps {config.accumulation_steps}"
-    )
+  check_accumulation(config.batch_size, config.accumulation_steps)
   return Recipe(
     apply_fn=model.module.apply,
     tx=tx,

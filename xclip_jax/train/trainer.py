@@ -87,15 +87,13 @@ _SEEDS = 2**32
 
 def load_model(config: ml_collections.ConfigDict) -> pretrained.XCLIPModel:
   """The model to start from: `init.checkpoint` (X-CLIP), `init.clip` (CLIP), or `arch` (or the architecture `model`
-  gives, as configs/demo.py does) initialised at random."""
-  # Set from the config fields of the same names, and compared as config fields on resuming (a run may resume in
-  # another dtype, or with remat to save memory).
-  options = {name: config[name] for name in model_config.RUN_OPTIONS}
-  if config.init.checkpoint and config.init.clip:
-    raise ValueError("set one of config.init.checkpoint and config.init.clip, not both")
+  gives, as configs/demo.py does) initialised at random. `_check_config` has checked what the config alone decides."""
   path = config.init.checkpoint or config.init.clip
   if path:
     field = "init.checkpoint" if config.init.checkpoint else "init.clip"
+    # Set from the config fields of the same names, and compared as config fields on resuming (a run may resume in
+    # another dtype, or with remat to save memory).
+    options = {name: config[name] for name in model_config.RUN_OPTIONS}
     model = pretrained.load_pretrained(datasets.check_exists(path, field), num_frames=config.num_frames, **options)
     if config.mode == "eval" and not model.xclip_modules_trained:
       raise ValueError(
@@ -105,23 +103,34 @@ def load_model(config: ml_collections.ConfigDict) -> pretrained.XCLIPModel:
     arch = _arch_of(model.config)
     if config.arch and arch != config.arch:
       raise ValueError(f"config.arch is {config.arch} but {field} {path} holds a {arch or 'different'} model")
-  elif config.mode == "eval":
-    raise ValueError("mode=eval needs a model: set --config.init.checkpoint=PATH")
   else:
-    if "model" in config:
-      architecture = model_config.XCLIPConfig(**config.model.to_dict(), num_frames=config.num_frames, **options)
-    else:
-      architecture = model_config.preset(config.arch, num_frames=config.num_frames, **options)
+    architecture = _architecture(config)
     if "model" in config:  # a config made to be trained from scratch (configs/demo.py) needs no warning
       logging.info("Training %s from a random initialisation.", architecture)
     else:
       logging.warning("No init.clip or init.checkpoint: training %s from a random initialisation.", architecture)
     model = pretrained.from_config(architecture, seed=config.seed)
-  if model.config.image_resolution != config.input_size:
-    raise ValueError(
-      f"config.input_size is {config.input_size} but the model takes {model.config.image_resolution}px frames"
-    )
+  _check_input_size(config, model.config)
   return model
+
+
+def _architecture(config: ml_collections.ConfigDict) -> model_config.XCLIPConfig | None:
+  """The model's architecture as far as the config alone gives it: with an init checkpoint, the backbone `arch` names
+  (the checkpoint must hold it), or None for arch "" (whatever it holds); without, the random model's (`model`, as
+  configs/demo.py gives, or the backbone `arch` names)."""
+  options = {name: config[name] for name in model_config.RUN_OPTIONS}
+  if (config.init.checkpoint or config.init.clip) and not config.arch:
+    return None
+  if "model" in config and not (config.init.checkpoint or config.init.clip):
+    return model_config.XCLIPConfig(**config.model.to_dict(), num_frames=config.num_frames, **options)
+  return model_config.preset(config.arch, num_frames=config.num_frames, **options)
+
+
+def _check_input_size(config: ml_collections.ConfigDict, architecture: model_config.XCLIPConfig):
+  if architecture.image_resolution != config.input_size:
+    raise ValueError(
+      f"config.input_size is {config.input_size} but the model takes {architecture.image_resolution}px frames"
+    )
 
 
 def _arch_of(architecture: model_config.XCLIPConfig) -> str | None:
@@ -179,6 +188,34 @@ def _check_config(config: ml_collections.ConfigDict):
       raise ValueError(f"config.zero_shot_crops={crops!r} must be 1 or 3")
   if config.steps_per_epoch is not None and config.steps_per_epoch < 1:
     raise ValueError(f"config.steps_per_epoch={config.steps_per_epoch!r} must be at least 1 (or None: from the data)")
+  step_lib.check_accumulation(config.batch_size, config.accumulation_steps)
+  _check_model_config(config)
+
+
+def _check_model_config(config: ml_collections.ConfigDict):
+  """What the config alone decides of the model: which one to start from, its run options, and its architecture and
+  input size where the config gives them (`_architecture`)."""
+  if config.init.checkpoint and config.init.clip:
+    raise ValueError("set one of config.init.checkpoint and config.init.clip, not both")
+  if config.mode == "eval" and not (config.init.checkpoint or config.init.clip):
+    raise ValueError("mode=eval needs a model: set --config.init.checkpoint=PATH")
+  for field in ("init.checkpoint", "init.clip"):
+    path = config.init[field.split(".")[1]]
+    if path and not paths.is_remote(path):  # a remote one is looked for as it is loaded, not twice
+      datasets.check_exists(path, field)
+  options = {name: config[name] for name in model_config.RUN_OPTIONS}
+  try:
+    # XCLIPConfig's own checks of the run options (dtype, droppath, remat, attention), on any backbone.
+    model_config.preset(next(iter(model_config.PRESETS)), **options)
+  except ValueError as error:  # its messages start with the field's name
+    raise ValueError(f"config.{error}") from None
+  try:
+    architecture = _architecture(config)
+  except (ValueError, TypeError) as error:  # TypeError: a field of `model` that XCLIPConfig does not have
+    field = "model" if "model" in config and not (config.init.checkpoint or config.init.clip) else "arch"
+    raise ValueError(f"config.{field}: {error}") from None
+  if architecture is not None:
+    _check_input_size(config, architecture)
 
 
 def _check_mesh_fits(config, mesh):
