@@ -727,6 +727,8 @@ def test_a_config_number_out_of_range_is_refused_naming_the_field_before_anythin
 @pytest.mark.parametrize(
   "fields, error",
   [
+    # The learning rate would never reach config.lr.
+    ({"warmup_epochs": 5}, "config.warmup_epochs=5 is more than config.epochs=2: the learning rate would never reach"),
     ({"dtype": "float16"}, "config.dtype must be 'float32' or 'bfloat16', got 'float16'"),
     ({"attention": "flash"}, "config.attention must be one of ('auto', 'hand', 'xla', 'cudnn'), got 'flash'"),
     ({"droppath": 1.0}, "config.droppath must be a number in [0, 1), got 1.0"),

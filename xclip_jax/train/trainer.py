@@ -165,6 +165,11 @@ def _check_config(config: ml_collections.ConfigDict):
       raise ValueError(f"config.{field}={config[field]!r} must be a finite number of at least {least}")
   if not 0 < config.epochs < math.inf:
     raise ValueError(f"config.epochs={config.epochs!r} must be a finite number more than 0")
+  if config.warmup_epochs > config.epochs:  # the learning rate would never reach config.lr
+    raise ValueError(
+      f"config.warmup_epochs={config.warmup_epochs!r} is more than config.epochs={config.epochs!r}: the learning rate "
+      "would never reach config.lr"
+    )
   # Shares and probabilities.
   for field, value in (
     ("label_smoothing", config.label_smoothing),
