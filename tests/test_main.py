@@ -638,6 +638,12 @@ def run_command(*args: str) -> subprocess.CompletedProcess:
     ),
     # An unset $WORKDIR: the run would write into the current folder.
     (["--config=configs/demo.py", "--workdir="], "--workdir is empty: give the folder (or gs:// path) the run writes"),
+    (["--config=configs/demo.py", "--workdir=TMP/config.py"], "--workdir=TMP/config.py is a file, not a folder"),
+    # Found by the run's early config check, before the demo's videos are written: only the log is.
+    (
+      ["--config=configs/demo.py", "--config.dtype=float16"],
+      "config.dtype must be 'float32' or 'bfloat16', got 'float16'",
+    ),
   ],
   ids=[
     "config-argument",
@@ -649,6 +655,8 @@ def run_command(*args: str) -> subprocess.CompletedProcess:
     "raise",
     "model-config",
     "empty-workdir",
+    "workdir-file",
+    "config-value",
   ],
 )
 def test_a_command_line_mistake_is_one_line_with_exit_status_2_and_runs_nothing(tmp_path, args, message, request):
@@ -661,21 +669,24 @@ def test_a_command_line_mistake_is_one_line_with_exit_status_2_and_runs_nothing(
   workdir = tmp_path / "run"
   result = run_command(f"--workdir={workdir}", *[arg.replace("TMP", str(tmp_path)) for arg in args])
   assert result.returncode == 2
-  assert result.stderr.splitlines() == [f"error: {message}"]
-  assert not workdir.exists()
+  assert result.stderr.splitlines() == [f"error: {message.replace('TMP', str(tmp_path))}"]
+  written = [p.name for p in workdir.iterdir()] if workdir.exists() else []
+  assert written == (["logs"] if request.node.callspec.id == "config-value" else [])
 
 
 def test_an_error_in_the_run_is_one_line_naming_the_log_that_holds_its_traceback(tmp_path):
   workdir = tmp_path / "run"
-  result = run_command("--config=configs/demo.py:small=True", f"--workdir={workdir}", "--config.mode=bogus")
+  labels = "/nonexistent/labels.csv"
+  result = run_command(
+    "--config=configs/k400.py:small=True", f"--workdir={workdir}", f"--config.data.label_list={labels}"
+  )
   log = workdir / "logs" / "process_0.log"
   assert result.returncode == 1
-  assert result.stderr.splitlines() == [
-    f"error: config.mode must be 'train' or 'eval', got 'bogus' (traceback in {log})"
-  ]
+  error = f"config.data.label_list: {labels} does not exist (set --config.data.label_list=PATH)"
+  assert result.stderr.splitlines() == [f"error: {error} (traceback in {log})"]
   text = log.read_text()
   assert "Traceback (most recent call last)" in text
-  assert "ValueError: config.mode must be 'train' or 'eval', got 'bogus'" in text
+  assert f"FileNotFoundError: {error}" in text
 
 
 def test_an_error_of_bad_input_shows_its_message_and_any_other_its_type_too():
@@ -719,7 +730,7 @@ def test_a_config_number_out_of_range_is_refused_naming_the_field_before_anythin
   dataset, tmp_path, field, value, error
 ):
   workdir = tmp_path / "run"
-  with pytest.raises(ValueError, match=re.escape(error)):
+  with pytest.raises(trainer.ConfigError, match=re.escape(error)):
     trainer.train_and_evaluate(in_process_config(dataset, **{field: value}), workdir)
   assert not workdir.exists()
 
@@ -745,7 +756,7 @@ def test_a_config_number_out_of_range_is_refused_naming_the_field_before_anythin
 )
 def test_a_config_value_that_cannot_make_a_run_is_refused_before_anything_is_written(dataset, tmp_path, fields, error):
   workdir = tmp_path / "run"
-  with pytest.raises((ValueError, FileNotFoundError), match=re.escape(error)):
+  with pytest.raises(trainer.ConfigError, match=re.escape(error)):
     trainer.train_and_evaluate(in_process_config(dataset, **fields), workdir)
   assert not workdir.exists()
 

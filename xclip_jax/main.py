@@ -15,10 +15,11 @@ the command runs as a single process.
 The terminal shows what the run is, its progress, validation results, warnings and the final summary; the full log of
 every library goes to WORKDIR/logs/process_I.log, and --verbosity=0 (or 1, with DEBUG) shows it on the terminal too.
 
-A mistake on the command line (a flag, the config file or its arguments, an argument too many) is one line on stderr,
-`error: ...`, and exit status 2, before anything runs. An error in the run is one line too, naming the log file that
-holds its traceback, and exit status 1. A run that a SIGTERM or Ctrl-C stopped saves a checkpoint and ends by that
-signal (the shells' status 143 or 130, and a shell script or loop running it stops): rerun the same command to resume.
+A mistake on the command line (a flag, the config file or its arguments, an argument too many, a config value that
+cannot make a run) is one line on stderr, `error: ...`, and exit status 2, before anything but the log is written. An
+error in the run is one line too, naming the log file that holds its traceback, and exit status 1. A run that a
+SIGTERM or Ctrl-C stopped saves a checkpoint and ends by that signal (the shells' status 143 or 130, and a shell script
+or loop running it stops): rerun the same command to resume.
 """
 
 import os
@@ -40,6 +41,7 @@ from ml_collections.config_flags import config_path
 
 from xclip_jax import compilation_cache
 from xclip_jax import console
+from xclip_jax import paths
 from xclip_jax.parallel import distributed
 
 with console.native_start_up():  # TensorFlow's C++ start-up lines go to the log, not the terminal
@@ -69,6 +71,8 @@ def main(argv):
     console.fail(f"unexpected arguments: {' '.join(argv[1:])}")
   if not _WORKDIR.value.strip():
     console.fail("--workdir is empty: give the folder (or gs:// path) the run writes")
+  if not paths.is_remote(_WORKDIR.value) and os.path.exists(_WORKDIR.value) and not os.path.isdir(_WORKDIR.value):
+    console.fail(f"--workdir={_WORKDIR.value} is a file, not a folder")
   console.setup()
   log = None
   try:
@@ -91,6 +95,12 @@ def main(argv):
     results = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except app.UsageError as error:  # distributed.initialize's: the --coordinator_address flags given in part
     console.fail(str(error))
+  except trainer.ConfigError as error:  # found before anything but the log was written: a command-line mistake
+    logging.info("The config was refused: %s", error)  # the log says why it ends, too
+    if jax.process_count() == 1:
+      console.fail(str(error))
+    console.error(str(error))
+    _exit_at_once(console.EXIT_ERROR)  # not waiting at jax.distributed's shutdown barrier, as _stop
   except Terminated:
     logging.error(
       "Stopped by SIGTERM outside the training steps; rerun the same command to resume from the newest checkpoint, "

@@ -155,9 +155,21 @@ def _resolved(config: ml_collections.ConfigDict, experiment: datasets.Experiment
   return config
 
 
+class ConfigError(ValueError):
+  """A config value that cannot make a run, found by `_check_config` before anything is written: a mistake on the
+  command line, which xclip_jax.main tells as one (one `error:` line, exit status 2), not an error in the run."""
+
+
 def _check_config(config: ml_collections.ConfigDict):
   """Refuses a config value that cannot make a run, naming the field, before anything is written: left to the run it
   would fail far from its cause (a division by zero), or train wrongly (a negative learning rate)."""
+  try:
+    _check_config_values(config)
+  except (ValueError, OSError) as error:  # OSError: a local init file that does not exist
+    raise ConfigError(str(error)) from error
+
+
+def _check_config_values(config: ml_collections.ConfigDict):
   if config.mode not in ("train", "eval"):
     raise ValueError(f"config.mode must be 'train' or 'eval', got {config.mode!r}")
   for field, least in _AT_LEAST.items():
