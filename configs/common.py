@@ -8,15 +8,20 @@ from xclip_jax.model import config as model_config
 def parse_arg(arg: str | None, **defaults):
   """Parses a config argument `key=value,key=value` over typed defaults (as in `configs/model.py:arch=ViT-B/16`).
 
-  Values take the type of their default; a key without a default, or a value of the wrong type, is an error.
+  Values take the type of their default; a key without a default, a key given twice, or a value of the wrong type, is
+  an error.
   """
   values = dict(defaults)
+  given = set()
   for item in filter(None, (arg or "").split(",")):
     key, sep, value = item.partition("=")
     if not sep:
       raise ValueError(f"config argument {item!r} is not key=value (in {arg!r})")
     if key not in defaults:
       raise ValueError(f"unknown config argument {key!r} (in {arg!r}); known: {sorted(defaults)}")
+    if key in given:  # `frames=8,frames=16` took the last, silently
+      raise ValueError(f"config argument {key!r} is given twice (in {arg!r})")
+    given.add(key)
     kind = type(defaults[key])
     if kind is bool:
       if value.lower() not in ("true", "false", "1", "0"):
