@@ -632,6 +632,14 @@ def run_command(*args: str) -> subprocess.CompletedProcess:
     (["--config=TMP/config.py"], "--config: the file defines no get_config()"),
     (["--config=TMP/config.py"], "--config: RuntimeError: no data set named k999"),
     (
+      ["--config=TMP/config.py"],
+      "--config: get_config() of TMP/config.py returned None: it must return an ml_collections ConfigDict",
+    ),
+    (
+      ["--config=TMP/config.py"],
+      "--config: get_config() of TMP/config.py returned a dict: it must return an ml_collections ConfigDict",
+    ),
+    (
       ["--config=configs/model.py"],
       "--config: not an experiment config (it has no field 'mode'): use configs/k400.py, k600.py, hmdb51.py, "
       "ucf101.py, zero_shot.py or demo.py, or one made like them",
@@ -653,6 +661,8 @@ def run_command(*args: str) -> subprocess.CompletedProcess:
     "syntax",
     "no-get-config",
     "raise",
+    "returns-none",
+    "returns-dict",
     "model-config",
     "empty-workdir",
     "workdir-file",
@@ -664,6 +674,9 @@ def test_a_command_line_mistake_is_one_line_with_exit_status_2_and_runs_nothing(
     "syntax": "def get_config(:\n",
     "no-get-config": "CONFIG = {}\n",
     "raise": "def get_config():\n  raise RuntimeError('no data set named k999')\n",
+    # ml_collections' warning of it, with absl's "Logging before flag parsing" line, is left out.
+    "returns-none": "def get_config():\n  return None\n",
+    "returns-dict": "def get_config():\n  return {'mode': 'train'}\n",
   }
   (tmp_path / "config.py").write_text(config_files.get(request.node.callspec.id, ""))
   workdir = tmp_path / "run"

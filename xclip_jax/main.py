@@ -22,6 +22,7 @@ SIGTERM or Ctrl-C stopped saves a checkpoint and ends by that signal (the shells
 or loop running it stops): rerun the same command to resume.
 """
 
+import contextlib
 import os
 import signal
 import sys
@@ -36,6 +37,7 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
+import ml_collections
 from ml_collections import config_flags
 from ml_collections.config_flags import config_path
 
@@ -185,8 +187,12 @@ def _parse_flags(argv: list[str]) -> list[str]:
   """absl's parsing of the command line, with a mistake in a flag, the config file or its arguments as one line
   (`error: --FLAG: PROBLEM`, exit status 2) instead of absl's help text and ml_collections' tracebacks."""
   try:
-    remaining = flags.FLAGS(argv)
-    _CONFIG.value.lock()  # ml_collections raises a config file's OSError (missing, a folder) when it is first used
+    with _without_ml_collections_none_warning():
+      remaining = flags.FLAGS(argv)
+    # ml_collections raises a config file's OSError (missing, a folder) when it is first used.
+    if not isinstance(_CONFIG.value, ml_collections.ConfigDict) and getattr(_CONFIG.value, "lock", None) is None:
+      console.fail(_not_a_config_dict(flags.FLAGS["config"].config_filename, _CONFIG.value))
+    _CONFIG.value.lock()
     if "mode" not in _CONFIG.value:  # configs/model.py, say, which gives a model's architecture
       console.fail(
         "--config: not an experiment config (it has no field 'mode'): use configs/k400.py, k600.py, hmdb51.py, "
@@ -194,6 +200,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
       )
     return remaining
   except flags.Error as error:
+    if flags.FLAGS["config"].present and _CONFIG.value is None:  # absl's check of a required flag's value comes first
+      console.fail(_not_a_config_dict(flags.FLAGS["config"].config_filename, None))
     console.fail(_flag_error(error))
   except OSError as error:  # the config file cannot be read; the error it was raised from says why, last
     console.fail(f"--config: {str(error.__cause__ or error).splitlines()[-1].strip()}")
@@ -204,6 +212,25 @@ def _parse_flags(argv: list[str]) -> list[str]:
     if isinstance(error, AttributeError) and error.name == "get_config":
       console.fail("--config: the file defines no get_config()")
     console.fail(f"--config: {_describe(error)}")  # a syntax error, an error raised by get_config
+
+
+def _not_a_config_dict(config_arg: str, returned) -> str:
+  config_file = config_arg.split(":", 1)[0]
+  returned = "None" if returned is None else f"a {type(returned).__name__}"
+  return f"--config: get_config() of {config_file} returned {returned}: it must return an ml_collections ConfigDict"
+
+
+@contextlib.contextmanager
+def _without_ml_collections_none_warning():
+  """Leaves out ml_collections' warning of a get_config() that returned None (with absl's "Logging before flag
+  parsing" line before it): the error that follows says so."""
+  absl_logger = logging.get_absl_logger()
+  drop = lambda record: "get_config() returned None" not in record.getMessage()
+  absl_logger.addFilter(drop)
+  try:
+    yield
+  finally:
+    absl_logger.removeFilter(drop)
 
 
 def _flag_error(error: flags.Error) -> str:
@@ -223,10 +250,14 @@ def _override_of_no_field(argv: list[str]) -> str | None:
   for i, arg in enumerate(args):
     name, equals, value = arg.lstrip("-").partition("=")
     if name == "config":
+      config_arg = value if equals else args[i + 1]
       try:
-        config = flags.FLAGS["config"].parser.parse(value if equals else args[i + 1])
+        with _without_ml_collections_none_warning():
+          config = flags.FLAGS["config"].parser.parse(config_arg)
       except Exception:  # the config file itself is at fault
         return None
+      if not isinstance(config, ml_collections.ConfigDict):  # the overrides failed on it, not on a field
+        console.fail(_not_a_config_dict(config_arg, config))
     elif name.startswith(("config.", "noconfig.")):
       fields.append(name.split(".", 1)[1])
   for field in fields:
