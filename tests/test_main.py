@@ -647,9 +647,15 @@ def run_command(*args: str) -> subprocess.CompletedProcess:
     # An unset $WORKDIR: the run would write into the current folder.
     (["--config=configs/demo.py", "--workdir="], "--workdir is empty: give the folder (or gs:// path) the run writes"),
     (["--config=configs/demo.py", "--workdir=TMP/config.py"], "--workdir=TMP/config.py is a file, not a folder"),
-    # Found by the run's early config check, before the demo's videos are written: only the log is.
+    # Found by the run's early config check, before the demo's videos are written: only the log is. `=None` sets
+    # None (init.clip 'None' would be refused as a missing file first).
     (
-      ["--config=configs/demo.py", "--config.dtype=float16"],
+      [
+        "--config=configs/demo.py",
+        "--config.steps_per_epoch=None",
+        "--config.init.clip=None",
+        "--config.dtype=float16",
+      ],
       "config.dtype must be 'float32' or 'bfloat16', got 'float16'",
     ),
   ],
@@ -685,6 +691,21 @@ def test_a_command_line_mistake_is_one_line_with_exit_status_2_and_runs_nothing(
   assert result.stderr.splitlines() == [f"error: {message.replace('TMP', str(tmp_path))}"]
   written = [p.name for p in workdir.iterdir()] if workdir.exists() else []
   assert written == (["logs"] if request.node.callspec.id == "config-value" else [])
+
+
+def test_none_overrides_are_taken_out_of_the_command_line_for_main_to_set():
+  argv = ["main", "--config=configs/k400.py", "--config.init.clip=x", "--config.init.clip=None"]
+  argv += ["--config.steps_per_epoch=None", "--config.steps_per_epoch=3", "--workdir=w"]
+  kept = ["main", "--config=configs/k400.py", "--config.init.clip=x", "--config.steps_per_epoch=3", "--workdir=w"]
+  assert main._split_none_overrides(argv) == (kept, ["init.clip"])
+
+
+def test_none_is_set_only_where_a_config_field_may_be_none():
+  config = k400.get_config("small=True")
+  config.init.clip = "clip.pt"
+  assert main._set_none(config, "steps_per_epoch") and config.steps_per_epoch is None  # 4 with small=True
+  assert main._set_none(config, "init.clip") and config.init.clip is None
+  assert not main._set_none(config, "lr") and config.lr == 8e-6
 
 
 def test_an_error_in_the_run_is_one_line_naming_the_log_that_holds_its_traceback(tmp_path):

@@ -24,6 +24,7 @@ or loop running it stops): rerun the same command to resume.
 
 import contextlib
 import os
+import re
 import signal
 import sys
 from typing import NoReturn
@@ -187,12 +188,16 @@ def _parse_flags(argv: list[str]) -> list[str]:
   """absl's parsing of the command line, with a mistake in a flag, the config file or its arguments as one line
   (`error: --FLAG: PROBLEM`, exit status 2) instead of absl's help text and ml_collections' tracebacks."""
   try:
+    parsed_argv, none_fields = _split_none_overrides(argv)
     with _without_ml_collections_none_warning():
-      remaining = flags.FLAGS(argv)
+      remaining = flags.FLAGS(parsed_argv)
     # ml_collections raises a config file's OSError (missing, a folder) when it is first used.
     if not isinstance(_CONFIG.value, ml_collections.ConfigDict) and getattr(_CONFIG.value, "lock", None) is None:
       console.fail(_not_a_config_dict(flags.FLAGS["config"].config_filename, _CONFIG.value))
     _CONFIG.value.lock()
+    for field in none_fields:
+      if not _set_none(_CONFIG.value, field):
+        flags.FLAGS[f"config.{field}"].parse("None")  # what ml_collections makes of it: an error, or the string
     if "mode" not in _CONFIG.value:  # configs/model.py, say, which gives a model's architecture
       console.fail(
         "--config: not an experiment config (it has no field 'mode'): use configs/k400.py, k600.py, hmdb51.py, "
@@ -212,6 +217,34 @@ def _parse_flags(argv: list[str]) -> list[str]:
     if isinstance(error, AttributeError) and error.name == "get_config":
       console.fail("--config: the file defines no get_config()")
     console.fail(f"--config: {_describe(error)}")  # a syntax error, an error raised by get_config
+
+
+def _split_none_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+  """(argv less its `--config.FIELD=None` overrides, the fields whose last override that is): ml_collections parses a
+  None by the field's type (an error for an int, the string 'None' for a str), so main sets them itself."""
+  args = flags.FLAGS.read_flags_from_files(argv[1:], force_gnu=False)
+  last_value = {}
+  for arg in args:
+    name, equals, value = arg.lstrip("-").partition("=")
+    if arg.startswith("-") and name.startswith("config."):
+      last_value[name] = value if equals else ""  # `--config.FIELD VALUE`: not a None to set here
+  kept = [arg for arg in args if not (arg.startswith("-") and re.fullmatch(r"config\.[^=]+=None", arg.lstrip("-")))]
+  nones = sorted(name.removeprefix("config.") for name, value in last_value.items() if value == "None")
+  return [argv[0], *kept], nones
+
+
+def _set_none(config: ml_collections.ConfigDict, field: str) -> bool:
+  """Sets `field` (a dotted path) to None where its default may be None (a FieldReference of a type, as
+  configs/common.py makes init.clip, init.checkpoint and steps_per_epoch); False, changing nothing, elsewhere."""
+  parent_path, _, name = field.rpartition(".")
+  parent = config_path.get_value(parent_path, config) if parent_path else config
+  # ConfigDict keeps a FieldReference as it was given; no public call tells one from a plain value.
+  if not isinstance(parent, ml_collections.ConfigDict) or not isinstance(
+    parent._fields.get(name), ml_collections.FieldReference
+  ):
+    return False
+  parent[name] = None
+  return True
 
 
 def _not_a_config_dict(config_arg: str, returned) -> str:
