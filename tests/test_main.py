@@ -869,8 +869,13 @@ trainer._final_evaluation = terminated_first
 """
 
 
-def test_a_sigterm_outside_the_training_steps_ends_the_run_with_one_line_and_frees_the_workdir(dataset, tmp_path):
-  workdir = tmp_path / "run"
+def test_a_sigterm_outside_the_training_steps_ends_the_run_with_one_line_and_frees_the_workdir(
+  dataset, uninterrupted, tmp_path
+):
+  # A finished run's rerun goes straight to the final evaluation (the training steps' own handler of SIGTERM, which
+  # saves after the step, is given back after them: tests/train/test_checkpoints.py).
+  workdir = tmp_path / "finished"
+  shutil.copytree(uninterrupted[0] / "checkpoints" / str(TOTAL_STEPS), workdir / "checkpoints" / str(TOTAL_STEPS))
   result = _run_main_after(_SIGTERM_IN_THE_FINAL_EVALUATION, dataset, workdir)
   assert result.returncode == -signal.SIGTERM, result.stderr[-3000:]
   assert result.stderr.splitlines() == [

@@ -158,6 +158,7 @@ async def _another_coroutine():
 
 
 def test_ctrl_c_asks_the_loop_to_save_and_stop_and_a_second_one_stops_at_once():
+  sigterm_handler = signal.getsignal(signal.SIGTERM)  # xclip_jax.main's, outside the training steps
   preemption = checkpoints.Preemption(first_step=0)
   try:
     assert not preemption.requested(1)
@@ -168,3 +169,4 @@ def test_ctrl_c_asks_the_loop_to_save_and_stop_and_a_second_one_stops_at_once():
   finally:
     preemption.restore_handler()
   assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  assert signal.getsignal(signal.SIGTERM) is sigterm_handler
