@@ -13,6 +13,7 @@ import sys
 import time
 import types
 
+from absl import flags
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -1058,3 +1059,8 @@ def test_resuming_with_other_config_values_warns_naming_them_and_goes_on(dataset
     "goes on with this run's."
   ]
   assert json.loads((workdir / trainer.CONFIG_FILE).read_text())["config"]["lr"] == 2e-3
+
+
+def test_help_lists_the_compilation_cache_flag_that_the_readme_tells_users_to_give():
+  # absl's --help lists the main module's key flags; the others only under --helpfull.
+  assert "compilation_cache_dir" in [flag.name for flag in flags.FLAGS.get_key_flags_for_module(main)]

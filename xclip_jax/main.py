@@ -53,6 +53,7 @@ with console.native_start_up():  # TensorFlow's C++ start-up lines go to the log
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. configs/k400.py:arch=ViT-B/16.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and eval_results.json go (may be gs://).")
 _CACHE_DIR = compilation_cache.define_flag()
+flags.adopt_module_key_flags(compilation_cache)  # listed by --help, with this module's own
 _COORDINATOR = flags.DEFINE_string(
   "coordinator_address", None, "HOST:PORT of process 0, for a multi-process run that is not detected by itself."
 )
