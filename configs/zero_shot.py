@@ -10,7 +10,9 @@ Evaluations, each reported per split and as mean +- std over the splits, as the 
     Kinetics-400 lacks (Chen and Huang, ICCV 2021, as X-CLIP evaluates; input_pipeline/kinetics600_zero_shot.json
     says where they come from), labels renumbered per split. With --config.zero_shot.k600_novel.class_splits=""
     it draws random subsets of the classes not in known_label_list instead.
-Arguments: arch (default ViT-B/16), frames (default 32), small. Data paths default to /data/...
+Arguments: arch (default ViT-B/16), frames (default 32), small, sets (the evaluations, joined by '+'; default
+hmdb51+ucf101+k600_novel: configs/zero_shot.py:sets=ucf101 where only UCF-101 is at hand). Data paths default to
+/data/...
 """
 
 import ml_collections
@@ -18,9 +20,14 @@ import ml_collections
 from configs import common
 from input_pipeline import subsets
 
+SETS = ("hmdb51", "ucf101", "k600_novel")
+
 
 def get_config(arg: str | None = None):
-  options = common.parse_arg(arg, arch="ViT-B/16", frames=32, small=False)
+  options = common.parse_arg(arg, arch="ViT-B/16", frames=32, small=False, sets="+".join(SETS))
+  sets = options["sets"].split("+")
+  if unknown := [name for name in sets if name not in SETS]:
+    raise ValueError(f"config argument sets={options['sets']!r}: unknown {unknown[0]!r}; known: {'+'.join(SETS)}")
   config = common.experiment_config(small=options["small"])
   common.set_arch(config, options["arch"], options["frames"])
   config.num_classes = 400
@@ -56,4 +63,7 @@ def get_config(arg: str | None = None):
       "seed": 0,
     }
   )
+  for name in SETS:  # every list is checked before training: a set not at hand is left out, not left empty
+    if name not in sets:
+      del config.zero_shot[name]
   return config.lock()

@@ -22,6 +22,7 @@ import pytest
 from configs import common
 from configs import demo
 from configs import k400
+from configs import zero_shot as zero_shot_config
 from input_pipeline import video_dataset
 from tests.fixtures import tiny
 from tests.fixtures import video_fixtures
@@ -794,6 +795,14 @@ def test_a_config_value_that_cannot_make_a_run_is_refused_before_anything_is_wri
   with pytest.raises(trainer.ConfigError, match=re.escape(error)):
     trainer.train_and_evaluate(in_process_config(dataset, **fields), workdir)
   assert not workdir.exists()
+
+
+def test_a_zero_shot_config_left_without_data_sets_is_refused():
+  config = zero_shot_config.get_config()
+  with config.unlocked():
+    config.zero_shot = {}  # as --config.zero_shot={} gives it
+  with pytest.raises(trainer.ConfigError, match=re.escape("config.zero_shot names no data set to evaluate")):
+    trainer._check_config(config)
 
 
 def test_the_demo_refuses_a_config_value_before_writing_its_videos(tmp_path):

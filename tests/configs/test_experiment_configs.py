@@ -77,6 +77,12 @@ def test_zero_shot_evaluates_three_splits_of_each_dataset():
   assert config.zero_shot.k600_novel.class_splits == str(subsets.KINETICS600_ZERO_SHOT_SPLITS)
 
 
+def test_zero_shot_evaluates_the_sets_its_argument_names():
+  assert set(load("zero_shot", "sets=ucf101+k600_novel").zero_shot) == {"ucf101", "k600_novel"}
+  with pytest.raises(ValueError, match=re.escape("config argument sets='ucf101+kinetics': unknown 'kinetics'; known")):
+    load("zero_shot", "sets=ucf101+kinetics")
+
+
 def test_small_switch_makes_a_cpu_sized_run():
   config = load("k400", "small=True")
   assert config.batch_size <= 4 and config.steps_per_epoch and config.epochs == 1

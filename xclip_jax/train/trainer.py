@@ -203,6 +203,8 @@ def _check_config_values(config: ml_collections.ConfigDict):
       raise ValueError(f"config.zero_shot_clips={clips!r} must be at least 1")
     if crops not in (1, 3):
       raise ValueError(f"config.zero_shot_crops={crops!r} must be 1 or 3")
+  if "zero_shot" in config and not config.zero_shot:  # a run that would evaluate nothing of what it is for
+    raise ValueError("config.zero_shot names no data set to evaluate (configs/zero_shot.py:sets=... chooses them)")
   if config.steps_per_epoch is not None and config.steps_per_epoch < 1:
     raise ValueError(f"config.steps_per_epoch={config.steps_per_epoch!r} must be at least 1 (or None: from the data)")
   step_lib.check_accumulation(config.batch_size, config.accumulation_steps)
