@@ -805,10 +805,17 @@ def test_a_zero_shot_config_left_without_data_sets_is_refused():
     trainer._check_config(config)
 
 
-def test_the_demo_refuses_a_config_value_before_writing_its_videos(tmp_path):
+@pytest.mark.parametrize(
+  "field, value, error",
+  [
+    ("dtype", "float16", "config.dtype must be"),
+    ("arch", "ViT-B/16", "config.arch='ViT-B/16' would be ignored: this config's `model` gives the architecture"),
+  ],
+)
+def test_the_demo_refuses_a_config_value_before_writing_its_videos(tmp_path, field, value, error):
   config = demo.get_config("small=True")
-  config.dtype = "float16"
-  with pytest.raises(ValueError, match="config.dtype must be"):
+  config[field] = value
+  with pytest.raises(ValueError, match=re.escape(error)):
     trainer.train_and_evaluate(config, tmp_path / "run")
   assert not (tmp_path / "run").exists()
 

@@ -216,6 +216,8 @@ def _check_model_config(config: ml_collections.ConfigDict):
   input size where the config gives them (`_architecture`)."""
   if config.init.checkpoint and config.init.clip:
     raise ValueError("set one of config.init.checkpoint and config.init.clip, not both")
+  if "model" in config and config.arch and not (config.init.checkpoint or config.init.clip):
+    raise ValueError(f"config.arch={config.arch!r} would be ignored: this config's `model` gives the architecture")
   if config.mode == "eval" and not (config.init.checkpoint or config.init.clip):
     raise ValueError("mode=eval needs a model: set --config.init.checkpoint=PATH")
   for field in ("init.checkpoint", "init.clip"):
