@@ -88,13 +88,12 @@ _SEEDS = 2**32
 def load_model(config: ml_collections.ConfigDict) -> pretrained.XCLIPModel:
   """The model to start from: `init.checkpoint` (X-CLIP), `init.clip` (CLIP), or `arch` (or the architecture `model`
   gives, as configs/demo.py does) initialised at random. `_check_config` has checked what the config alone decides."""
-  path = config.init.checkpoint or config.init.clip
+  path = _init_path(config)
   if path:
     field = "init.checkpoint" if config.init.checkpoint else "init.clip"
-    # Set from the config fields of the same names, and compared as config fields on resuming (a run may resume in
-    # another dtype, or with remat to save memory).
-    options = {name: config[name] for name in model_config.RUN_OPTIONS}
-    model = pretrained.load_pretrained(datasets.check_exists(path, field), num_frames=config.num_frames, **options)
+    model = pretrained.load_pretrained(
+      datasets.check_exists(path, field), num_frames=config.num_frames, **_run_options(config)
+    )
     if config.mode == "eval" and not model.xclip_modules_trained:
       raise ValueError(
         f"mode=eval evaluates a trained X-CLIP, but {field} {path} is a CLIP model, whose message tokens, MIT and "
@@ -118,12 +117,22 @@ def _architecture(config: ml_collections.ConfigDict) -> model_config.XCLIPConfig
   """The model's architecture as far as the config alone gives it: with an init checkpoint, the backbone `arch` names
   (the checkpoint must hold it), or None for arch "" (whatever it holds); without, the random model's (`model`, as
   configs/demo.py gives, or the backbone `arch` names)."""
-  options = {name: config[name] for name in model_config.RUN_OPTIONS}
-  if (config.init.checkpoint or config.init.clip) and not config.arch:
+  if _init_path(config) and not config.arch:
     return None
-  if "model" in config and not (config.init.checkpoint or config.init.clip):
-    return model_config.XCLIPConfig(**config.model.to_dict(), num_frames=config.num_frames, **options)
-  return model_config.preset(config.arch, num_frames=config.num_frames, **options)
+  if "model" in config and not _init_path(config):
+    return model_config.XCLIPConfig(**config.model.to_dict(), num_frames=config.num_frames, **_run_options(config))
+  return model_config.preset(config.arch, num_frames=config.num_frames, **_run_options(config))
+
+
+def _init_path(config: ml_collections.ConfigDict) -> str | None:
+  """The checkpoint the model starts from (init.checkpoint or init.clip), None for a random initialisation."""
+  return config.init.checkpoint or config.init.clip
+
+
+def _run_options(config: ml_collections.ConfigDict) -> dict:
+  """The model's run options, from the config fields of the same names: compared as config fields on resuming (a run
+  may resume in another dtype, or with remat to save memory)."""
+  return {name: config[name] for name in model_config.RUN_OPTIONS}
 
 
 def _check_input_size(config: ml_collections.ConfigDict, architecture: model_config.XCLIPConfig):
@@ -216,24 +225,23 @@ def _check_model_config(config: ml_collections.ConfigDict):
   input size where the config gives them (`_architecture`)."""
   if config.init.checkpoint and config.init.clip:
     raise ValueError("set one of config.init.checkpoint and config.init.clip, not both")
-  if "model" in config and config.arch and not (config.init.checkpoint or config.init.clip):
+  if "model" in config and config.arch and not _init_path(config):
     raise ValueError(f"config.arch={config.arch!r} would be ignored: this config's `model` gives the architecture")
-  if config.mode == "eval" and not (config.init.checkpoint or config.init.clip):
+  if config.mode == "eval" and not _init_path(config):
     raise ValueError("mode=eval needs a model: set --config.init.checkpoint=PATH")
-  for field in ("init.checkpoint", "init.clip"):
-    path = config.init[field.split(".")[1]]
+  for name in ("checkpoint", "clip"):
+    path = config.init[name]
     if path and not paths.is_remote(path):  # a remote one is looked for as it is loaded, not twice
-      datasets.check_exists(path, field)
-  options = {name: config[name] for name in model_config.RUN_OPTIONS}
+      datasets.check_exists(path, f"init.{name}")
   try:
     # XCLIPConfig's own checks of the run options (dtype, droppath, remat, attention), on any backbone.
-    model_config.preset(next(iter(model_config.PRESETS)), **options)
+    model_config.preset(next(iter(model_config.PRESETS)), **_run_options(config))
   except ValueError as error:  # its messages start with the field's name
     raise ValueError(f"config.{error}") from None
   try:
     architecture = _architecture(config)
   except (ValueError, TypeError) as error:  # TypeError: a field of `model` that XCLIPConfig does not have
-    field = "model" if "model" in config and not (config.init.checkpoint or config.init.clip) else "arch"
+    field = "model" if "model" in config and not _init_path(config) else "arch"
     raise ValueError(f"config.{field}: {error}") from None
   if architecture is not None:
     _check_input_size(config, architecture)
