@@ -192,7 +192,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
     parsed_argv, none_fields = _split_none_overrides(argv)
     with _without_ml_collections_none_warning():
       remaining = flags.FLAGS(parsed_argv)
-    # ml_collections raises a config file's OSError (missing, a folder) when it is first used.
+    # ml_collections raises a config file's OSError (missing, a folder) when it is first used: getattr does, on the
+    # stand-in it returns for such a file (no ConfigDict).
     if not isinstance(_CONFIG.value, ml_collections.ConfigDict) and getattr(_CONFIG.value, "lock", None) is None:
       console.fail(_not_a_config_dict(flags.FLAGS["config"].config_filename, _CONFIG.value))
     _CONFIG.value.lock()
