@@ -159,6 +159,7 @@ async def _another_coroutine():
 
 def test_ctrl_c_asks_the_loop_to_save_and_stop_and_a_second_one_stops_at_once():
   sigterm_handler = signal.getsignal(signal.SIGTERM)  # xclip_jax.main's, outside the training steps
+  sigint_handler = signal.getsignal(signal.SIGINT)  # SIG_IGN where a shell started pytest in the background
   preemption = checkpoints.Preemption(first_step=0)
   try:
     assert not preemption.requested(1)
@@ -168,5 +169,5 @@ def test_ctrl_c_asks_the_loop_to_save_and_stop_and_a_second_one_stops_at_once():
       os.kill(os.getpid(), signal.SIGINT)
   finally:
     preemption.restore_handler()
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  assert signal.getsignal(signal.SIGINT) is sigint_handler
   assert signal.getsignal(signal.SIGTERM) is sigterm_handler
