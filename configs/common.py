@@ -118,7 +118,10 @@ def experiment_config(*, small: bool = False) -> ml_collections.ConfigDict:
     config.final_eval_crops = 1
     config.log_every_steps = 1
     config.checkpoint_every_steps = 2
-  return config
+  # Locked, so that a config file setting a field no part of the run reads (a misspelt `config.learning_rate`) fails
+  # there, naming it, rather than train with the default; a config that adds a field (configs/demo.py's `model`) does
+  # so in `with config.unlocked():`.
+  return config.lock()
 
 
 def set_arch(config: ml_collections.ConfigDict, arch: str, frames: int):

@@ -25,26 +25,27 @@ def get_config(arg: str | None = None):
   options = common.parse_arg(arg, small=False)
   config = common.experiment_config()
   config.arch = ""  # no CLIP backbone: `model` gives the architecture
-  config.model = ml_collections.ConfigDict(
-    dict(
-      embed_dim=192,
-      image_resolution=32,
-      vision_layers=3,
-      vision_width=96,
-      vision_patch_size=8,
-      transformer_width=64,
-      transformer_heads=1,
-      transformer_layers=2,
-      mit_layers=2,
-      prompts_layers=1,
+  with config.unlocked():  # the fields only this config has
+    config.model = ml_collections.ConfigDict(
+      dict(
+        embed_dim=192,
+        image_resolution=32,
+        vision_layers=3,
+        vision_width=96,
+        vision_patch_size=8,
+        transformer_width=64,
+        transformer_heads=1,
+        transformer_layers=2,
+        mit_layers=2,
+        prompts_layers=1,
+      )
     )
-  )
+    # The generated data (see input_pipeline.demo_data); `prepare` fills in data.* and the control list.
+    config.demo = ml_collections.ConfigDict(dict(num_train=1200, num_val=120, num_test=300, seed=0))
+    config.data.single_frame_file = ""
   config.input_size = config.model.image_resolution
   config.num_frames = 4
   config.num_classes = len(demo_data.CLASS_NAMES)
-  # The generated data (see input_pipeline.demo_data); `prepare` fills in data.* and the control list.
-  config.demo = ml_collections.ConfigDict(dict(num_train=1200, num_val=120, num_test=300, seed=0))
-  config.data.single_frame_file = ""
 
   config.freeze_text = False
   # Mixup and CutMix blend two videos and their labels; a blend of two kinds of motion is neither.
@@ -65,7 +66,7 @@ def get_config(arg: str | None = None):
     config.model.vision_layers = 1
     config.model.transformer_layers = 1
     config.num_frames = 4
-    config.demo = ml_collections.ConfigDict(dict(num_train=12, num_val=6, num_test=6, seed=0))
+    config.demo.update(num_train=12, num_val=6, num_test=6)
     config.batch_size = 4
     config.epochs = 2
     config.warmup_epochs = 1

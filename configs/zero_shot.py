@@ -35,35 +35,36 @@ def get_config(arg: str | None = None):
   config.data.train_file = "/data/kinetics400/train.txt"
   config.data.val_file = "/data/kinetics400/val.txt"
   config.data.label_list = "/data/kinetics400/kinetics_400_labels.csv"
-  # Views of the zero-shot evaluations (the paper evaluates them with a single view).
-  config.zero_shot_clips = 1
-  config.zero_shot_crops = 1
-  config.zero_shot = ml_collections.ConfigDict()
-  for name, num_files, labels in (("hmdb51", 3, "hmdb_51_labels.csv"), ("ucf101", 3, "ucf_101_labels.csv")):
-    config.zero_shot[name] = ml_collections.ConfigDict(
+  with config.unlocked():  # the fields only this config has
+    # Views of the zero-shot evaluations (the paper evaluates them with a single view).
+    config.zero_shot_clips = 1
+    config.zero_shot_crops = 1
+    config.zero_shot = ml_collections.ConfigDict()
+    for name, num_files, labels in (("hmdb51", 3, "hmdb_51_labels.csv"), ("ucf101", 3, "ucf_101_labels.csv")):
+      config.zero_shot[name] = ml_collections.ConfigDict(
+        {
+          "root": f"/data/{name}/videos",
+          "val_files": tuple(f"/data/{name}/test_split{i}.txt" for i in range(1, num_files + 1)),
+          "label_list": f"/data/{name}/{labels}",
+          "known_label_list": "",
+        }
+      )
+    config.zero_shot.k600_novel = ml_collections.ConfigDict(
       {
-        "root": f"/data/{name}/videos",
-        "val_files": tuple(f"/data/{name}/test_split{i}.txt" for i in range(1, num_files + 1)),
-        "label_list": f"/data/{name}/{labels}",
-        "known_label_list": "",
+        "root": "/data/kinetics600/videos",
+        "val_files": ("/data/kinetics600/val.txt",),
+        "label_list": "/data/kinetics600/kinetics_600_labels.csv",
+        # The published splits, as class names; they take precedence over the random subsets below.
+        "class_splits": str(subsets.KINETICS600_ZERO_SHOT_SPLITS),
+        # Without class_splits: classes of this list (or renamed in Kinetics-600) are known, the others novel, split
+        # into random subsets.
+        "known_label_list": "/data/kinetics400/kinetics_400_labels.csv",
+        "num_subsets": 3,
+        "subset_size": 160,
+        "seed": 0,
       }
     )
-  config.zero_shot.k600_novel = ml_collections.ConfigDict(
-    {
-      "root": "/data/kinetics600/videos",
-      "val_files": ("/data/kinetics600/val.txt",),
-      "label_list": "/data/kinetics600/kinetics_600_labels.csv",
-      # The published splits, as class names; they take precedence over the random subsets below.
-      "class_splits": str(subsets.KINETICS600_ZERO_SHOT_SPLITS),
-      # Without class_splits: classes of this list (or renamed in Kinetics-600) are known, the others novel, split
-      # into random subsets.
-      "known_label_list": "/data/kinetics400/kinetics_400_labels.csv",
-      "num_subsets": 3,
-      "subset_size": 160,
-      "seed": 0,
-    }
-  )
-  for name in SETS:  # every list is checked before training: a set not at hand is left out, not left empty
-    if name not in sets:
-      del config.zero_shot[name]
+    for name in SETS:  # every list is checked before training: a set not at hand is left out, not left empty
+      if name not in sets:
+        del config.zero_shot[name]
   return config.lock()

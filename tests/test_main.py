@@ -641,6 +641,12 @@ def run_command(*args: str) -> subprocess.CompletedProcess:
       ["--config=TMP/config.py"],
       "--config: get_config() of TMP/config.py returned a dict: it must return an ml_collections ConfigDict",
     ),
+    # configs/common.py locks the experiment config: a misspelt field fails where it is set, not silently ignored.
+    (
+      ["--config=TMP/config.py"],
+      "--config: TMP/config.py:4 sets 'roots', which the experiment config has no field for (did you mean 'root'?); "
+      "a config that adds a field does so in `with config.unlocked():`",
+    ),
     (
       ["--config=configs/model.py"],
       "--config: not an experiment config (it has no field 'mode'): use configs/k400.py, k600.py, hmdb51.py, "
@@ -671,6 +677,7 @@ def run_command(*args: str) -> subprocess.CompletedProcess:
     "raise",
     "returns-none",
     "returns-dict",
+    "misspelt-field",
     "model-config",
     "empty-workdir",
     "workdir-file",
@@ -685,6 +692,10 @@ def test_a_command_line_mistake_is_one_line_with_exit_status_2_and_runs_nothing(
     # ml_collections' warning of it, with absl's "Logging before flag parsing" line, is left out.
     "returns-none": "def get_config():\n  return None\n",
     "returns-dict": "def get_config():\n  return {'mode': 'train'}\n",
+    "misspelt-field": (
+      "from configs import common\ndef get_config():\n  config = common.experiment_config()\n  config.data.roots = '/v'\n"
+      "  return config\n"
+    ),
   }
   (tmp_path / "config.py").write_text(config_files.get(request.node.callspec.id, ""))
   workdir = tmp_path / "run"

@@ -27,6 +27,7 @@ import os
 import re
 import signal
 import sys
+import traceback
 from typing import NoReturn
 
 from xclip_jax import host_memory
@@ -46,9 +47,6 @@ from xclip_jax import compilation_cache
 from xclip_jax import console
 from xclip_jax import paths
 from xclip_jax.parallel import distributed
-
-with console.native_start_up():  # TensorFlow's C++ start-up lines go to the log, not the terminal
-  from xclip_jax.train import trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. configs/k400.py:arch=ViT-B/16.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and eval_results.json go (may be gs://).")
@@ -77,6 +75,10 @@ def main(argv):
     console.fail("--workdir is empty: give the folder (or gs:// path) the run writes")
   if not paths.is_remote(_WORKDIR.value) and os.path.exists(_WORKDIR.value) and not os.path.isdir(_WORKDIR.value):
     console.fail(f"--workdir={_WORKDIR.value} is a file, not a folder")
+  # Imported once the command line is read: it brings in TensorFlow, seconds that a mistake on the command line need
+  # not wait for. Its C++ start-up lines go to the log, not the terminal.
+  with console.native_start_up():
+    from xclip_jax.train import trainer
   console.setup()
   log = None
   try:
@@ -218,7 +220,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
       console.fail(f"--config.{field}: no such field")
     if isinstance(error, AttributeError) and error.name == "get_config":
       console.fail("--config: the file defines no get_config()")
-    console.fail(f"--config: {_describe(error)}")  # a syntax error, an error raised by get_config
+    console.fail(_config_file_error(error))  # a syntax error, an error raised by get_config
 
 
 def _split_none_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -273,8 +275,33 @@ def _flag_error(error: flags.Error) -> str:
   whose message is the traceback), that error's own message."""
   wrapper = error.__context__
   if wrapper is not None and wrapper.__context__ is not None and str(wrapper).startswith("Error whilst parsing config"):
-    return f"--config: {_describe(wrapper.__context__)}"
+    return _config_file_error(wrapper.__context__)
   return console.flag_error(error)
+
+
+_LOCKED_OUT = re.compile(r'Key "([^"]+)" does not exist and cannot be added since the config is locked')
+
+
+def _config_file_error(error: Exception) -> str:
+  """An error raised by the config file, in one line; for a field set that the experiment config lacks (a misspelling:
+  configs/common.py locks it), where, which, and ml_collections' guess, not its listing of every field."""
+  new_field = _LOCKED_OUT.search(str(error)) if isinstance(error, (AttributeError, KeyError)) else None
+  if new_field is None:
+    return f"--config: {_describe(error)}"
+  config_file_frames = [
+    frame for frame, _ in traceback.walk_tb(error.__traceback__) if "ml_collections" not in frame.f_code.co_filename
+  ]
+  frame = config_file_frames[-1]  # the line that set the field
+  config_file = os.path.relpath(frame.f_code.co_filename)
+  if config_file.startswith(".."):
+    config_file = frame.f_code.co_filename
+  where = f"{config_file}:{frame.f_lineno}"
+  guess = re.search(r'Did you mean "([^"]+)"', str(error))
+  guess = f" (did you mean {guess[1]!r}?)" if guess else ""
+  return (
+    f"--config: {where} sets {new_field[1]!r}, which the experiment config has no field for{guess}; a config that "
+    "adds a field does so in `with config.unlocked():`"
+  )
 
 
 def _override_of_no_field(argv: list[str]) -> str | None:
