@@ -63,6 +63,9 @@ def experiment_config(*, small: bool = False) -> ml_collections.ConfigDict:
   config.data.train_file = ""
   config.data.val_file = ""
   config.data.test_file = ""  # a held-out list the final evaluation reads instead of val_file
+  # The final evaluation's videos with one frame repeated: a control, at chance where only motion tells the classes
+  # apart (configs/demo.py makes one).
+  config.data.single_frame_file = ""
   config.data.label_list = ""
   config.data.tfds_dir = ""
   config.data.train_split = "train"

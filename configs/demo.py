@@ -42,7 +42,6 @@ def get_config(arg: str | None = None):
     )
     # The generated data (see input_pipeline.demo_data); `prepare` fills in data.* and the control list.
     config.demo = ml_collections.ConfigDict(dict(num_train=1200, num_val=120, num_test=300, seed=0))
-    config.data.single_frame_file = ""
   config.input_size = config.model.image_resolution
   config.num_frames = 4
   config.num_classes = len(demo_data.CLASS_NAMES)
