@@ -210,6 +210,12 @@ class _Video:
     except av.FFmpegError as e:
       self._container.close()
       raise VideoDecodeError(f"demuxing failed ({_reason(e)})") from e
+    # FFmpeg reads a picture (a .jpg or .png renamed .mp4) as a one-frame video of a `*_pipe` format (a stream of
+    # pictures): it would be classified, and counted as a video, as the same frame repeated.
+    image_format = self._container.format.name.removesuffix("_pipe")
+    if image_format != self._container.format.name and len(self._packets) == 1:
+      self._container.close()
+      raise VideoDecodeError(f"a still picture ({image_format}), not a video")
     # An mp4 or mov lists every frame in its index, which a download cut short still holds in full (at its start):
     # fewer frames in the file than listed is a truncated file, not a shorter video.
     listed = self._stream.frames

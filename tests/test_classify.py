@@ -530,6 +530,12 @@ def test_views_of_no_pixels_or_clips_are_refused(cli_inputs, arguments, message)
     classify.load_views(good[0], **{"num_frames": 2, "input_size": 32, **arguments})
 
 
+def test_a_folder_given_as_a_video_is_refused_naming_the_videos_meant(tmp_path):
+  message = f"a folder, not a video file (its videos: {tmp_path}/*.mp4)"
+  with pytest.raises(IsADirectoryError, match=f"^{re.escape(message)}$"):
+    classify.load_views(tmp_path, num_frames=2, input_size=32)
+
+
 def test_a_model_of_a_smaller_vocabulary_than_clips_is_refused_before_any_video_is_read(cli_inputs):
   """A Hugging Face X-CLIP may set any vocab_size; CLIP's tokenizer gives ids up to 49407 (its end of text)."""
   _, _, good, _ = cli_inputs

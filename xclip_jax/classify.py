@@ -147,6 +147,8 @@ def load_views(path, num_frames: int, input_size: int, num_clips: int = 1, num_c
   for name, value in (("num_frames", num_frames), ("input_size", input_size), ("num_clips", num_clips)):
     if value < 1:
       raise ValueError(f"{name} must be at least 1, got {value}")
+  if os.path.isdir(path):  # `videos/` where `videos/*.mp4` was meant
+    raise IsADirectoryError(f"a folder, not a video file (its videos: {os.path.join(path, '*.mp4')})")
   try:
     data = pathlib.Path(path).read_bytes()
     frames, _ = video_decode.decode_sampled_frames(

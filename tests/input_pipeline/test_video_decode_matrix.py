@@ -325,6 +325,22 @@ def test_an_album_cover_is_not_a_video(tmp_path):
     video_decode.count_frames(path.read_bytes())
 
 
+def _picture(image_format: str) -> bytes:
+  picture = io.BytesIO()
+  PIL.Image.fromarray(np.full((HEIGHT, WIDTH, 3), 90, np.uint8)).save(picture, format=image_format)
+  return picture.getvalue()
+
+
+@pytest.mark.parametrize("image_format, name", [("PNG", "png"), ("JPEG", "jpeg")])
+def test_a_picture_renamed_mp4_is_not_a_video(image_format, name):
+  with pytest.raises(video_decode.VideoDecodeError, match=rf"^a still picture \({name}\), not a video$"):
+    video_decode.count_frames(_picture(image_format))
+
+
+def test_pictures_one_after_another_are_a_video():  # motion JPEG without a container
+  assert video_decode.count_frames(_picture("JPEG") * 3) == 3
+
+
 def test_an_mp4_cut_short_after_its_index_is_truncated_not_shorter(tmp_path):
   # A download cut short: the index at the front lists all 30 frames, the file holds the first ones only.
   source = video_fixtures.write_video(tmp_path / "video.mp4", 30, WIDTH, HEIGHT)
