@@ -4,7 +4,8 @@ Label list: a CSV with the header `id,name` and one `id,name` row per class,
 ids 0..N-1 in order, each name once (names may contain commas when quoted; two names
 the model reads as one text, as `Dancing` and `dancing`, count as one).
 Annotation file: one `relative/path.mp4 label` line per video; a video listed
-with two labels is refused, a line repeated is read as it is, with a warning.
+with two labels is refused, a line repeated is read as it is, with a warning
+(paths compare normalised: `./a.mp4` and `a.mp4` are one video).
 Problems are refused when the files are read, naming file and line. Both may
 be on cloud storage (gs://...): they are read through etils.epath.
 """
@@ -15,6 +16,7 @@ import dataclasses
 import io
 import logging
 import os
+import posixpath
 import re
 
 from etils import epath
@@ -26,6 +28,11 @@ from xclip_jax.model import tokenizer
 class VideoRecord:
   path: str
   label: int
+
+
+def same_video(path: str) -> str:
+  """The key under which two spellings of one listed path (`a.mp4`, `./a.mp4`, `c//a.mp4`) compare equal."""
+  return posixpath.normpath(path)
 
 
 def _read_text(path: str | os.PathLike[str]) -> str:
@@ -108,7 +115,7 @@ def read_annotations(path: str | os.PathLike[str], num_classes: int) -> list[Vid
   lines = _read_text(path).split("\n")
   path = os.fspath(path)
   records = []
-  first_seen = {}  # video path -> (label, line)
+  first_seen = {}  # same_video(path) -> (path as first listed, label, line)
   repeats = []  # (line, the line it repeats)
   for line_number, line in enumerate(lines, start=1):
     fields = line.split()
@@ -123,11 +130,16 @@ def read_annotations(path: str | os.PathLike[str], num_classes: int) -> list[Vid
     label = int(label_text)
     if not 0 <= label < num_classes:
       raise ValueError(f"{path}:{line_number}: label {label} is outside the label list of {num_classes} classes")
-    first_label, first_line = first_seen.setdefault(video_path, (label, line_number))
+    # Compared as normalised paths (`./a.mp4` is `a.mp4`); each record keeps the path as its line spells it.
+    first_path, first_label, first_line = first_seen.setdefault(
+      same_video(video_path), (video_path, label, line_number)
+    )
     if first_label != label:
       # Training would read two targets for one video, and an evaluation count it under both classes.
+      as_first = f" (as {first_path})" if first_path != video_path else ""
       raise ValueError(
         f"{path}:{line_number}: {video_path} has label {label} here and label {first_label} on line {first_line}"
+        f"{as_first}"
       )
     if first_line != line_number:
       repeats.append((line_number, first_line))

@@ -103,6 +103,23 @@ def test_a_video_listed_with_two_labels_is_refused_naming_both_lines(tmp_path):
     annotations.read_annotations(path, num_classes=3)
 
 
+@pytest.mark.parametrize("first, second", [("a.mp4", "./a.mp4"), ("c/a.mp4", "c//a.mp4"), ("c/a.mp4", "c/./a.mp4")])
+def test_two_spellings_of_one_path_are_one_video(tmp_path, caplog, first, second):
+  path = _write(tmp_path, "train.txt", f"{first} 1\nb.mp4 0\n{second} 2\n")
+  expected = f"train.txt:3: {second} has label 2 here and label 1 on line 1 (as {first})"
+  with pytest.raises(ValueError, match=re.escape(expected)):
+    annotations.read_annotations(path, num_classes=3)
+  # The same label: a repeat, warned of; each record keeps its line's spelling.
+  path = _write(tmp_path, "val.txt", f"{first} 1\nb.mp4 0\n{second} 1\n")
+  with caplog.at_level(logging.WARNING):
+    records = annotations.read_annotations(path, num_classes=3)
+  assert [r.path for r in records] == [first, "b.mp4", second]
+  assert [r.getMessage() for r in caplog.records] == [
+    f"{path}: 1 lines repeat an earlier line (the first, line 3, repeats line 1); read as listed, so their videos "
+    "count more than once"
+  ]
+
+
 def test_repeated_lines_are_read_as_listed_with_one_warning(tmp_path, caplog):
   path = _write(tmp_path, "val.txt", "a.mp4 1\nb.mp4 0\nb.mp4 0\na.mp4  1\n")
   with caplog.at_level(logging.WARNING):
