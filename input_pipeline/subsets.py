@@ -1,6 +1,6 @@
 """Few-shot training lists and class subsets for zero-shot evaluation.
 
-Few-shot: K videos per class drawn from a training list with a seed.
+Few-shot: K distinct videos per class drawn from a training list with a seed.
 Zero-shot: evaluation on a subset of classes, with labels renumbered to the
 subset's order (so the text side only gets the subset's class names):
 * Kinetics-600: the paper's protocol (X-CLIP follows Chen and Huang,
@@ -36,7 +36,11 @@ def k_shot_subset(
   list_path: str | None = None,
   class_names: Sequence[str] | None = None,
 ) -> list[annotations.VideoRecord]:
-  """K videos of every class, chosen with the seed, in the list's order.
+  """K distinct videos of every class, chosen with the seed, in the list's order.
+
+  A video listed on several lines (or spelt two ways, `a.mp4` and `./a.mp4`) counts once: it is drawn at most once,
+  as its first line, and a class needs K distinct videos. For a list without repeats the draw is the one of earlier
+  versions (the same seed gives the same subset).
 
   Args:
     records: the videos of the training list.
@@ -47,22 +51,28 @@ def k_shot_subset(
     class_names: the label list's names, for the error to name the class.
 
   Raises:
-    ValueError: a class of the label list has fewer than `shots` videos.
+    ValueError: a class of the label list has fewer than `shots` distinct videos.
   """
   if shots < 1:
     raise ValueError(f"shots must be positive, got {shots}")
-  positions_by_class = collections.defaultdict(list)
+  first_positions = collections.defaultdict(dict)  # label -> {same_video(path): the position of its first line}
+  lines_by_class = collections.Counter()
   for position, record in enumerate(records):
-    positions_by_class[record.label].append(position)
+    first_positions[record.label].setdefault(annotations.same_video(record.path), position)
+    lines_by_class[record.label] += 1
   rng = np.random.default_rng(seed)
   chosen = []
   for label in range(num_classes):
-    positions = positions_by_class[label]
+    # In the list's order: without repeats, the positions (and so the draw) are those of every line of the class.
+    positions = list(first_positions[label].values())
     if len(positions) < shots:
       name = f" ({class_names[label]!r})" if class_names is not None else ""
       where = f"{list_path}: " if list_path is not None else ""
+      lines = lines_by_class[label]
+      on_lines = f" (listed on {console.count(lines, 'line')})" if lines != len(positions) else ""
       raise ValueError(
-        f"{where}class {label}{name} has {console.count(len(positions), 'video')} in the list, fewer than {shots} shots"
+        f"{where}class {label}{name} has {console.count(len(positions), 'video')}{on_lines} in the list, fewer than "
+        f"{shots} shots"
       )
     chosen.extend(rng.choice(positions, shots, replace=False).tolist())
   return [records[position] for position in sorted(chosen)]
