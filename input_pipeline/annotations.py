@@ -3,7 +3,8 @@
 Label list: a CSV with the header `id,name` and one `id,name` row per class,
 ids 0..N-1 in order, each name once (names may contain commas when quoted; two names
 the model reads as one text, as `Dancing` and `dancing`, count as one).
-Annotation file: one `relative/path.mp4 label` line per video; a video listed
+Annotation file: one `relative/path.mp4 label` line per video (the label is the
+last field: the path may hold spaces, not end in ` <number>`); a video listed
 with two labels is refused, a line repeated is read as it is, with a warning
 (paths compare normalised: `./a.mp4` and `a.mp4` are one video).
 Problems are refused when the files are read, naming file and line. Both may
@@ -118,12 +119,18 @@ def read_annotations(path: str | os.PathLike[str], num_classes: int) -> list[Vid
   first_seen = {}  # same_video(path) -> (path as first listed, label, line)
   repeats = []  # (line, the line it repeats)
   for line_number, line in enumerate(lines, start=1):
-    fields = line.split()
+    # The label is the last field, the path all before it: a path may hold spaces (`air drumming/x.mp4 1`).
+    fields = line.rsplit(maxsplit=1)
     if not fields:
       continue
     if len(fields) != 2:
       raise ValueError(f'{path}:{line_number}: expected "relative/path label", got {line.rstrip()!r}')
-    video_path, label_text = fields
+    video_path, label_text = fields[0].strip(), fields[1]
+    if re.fullmatch(r"-?[0-9]+", video_path.rsplit(maxsplit=1)[-1]):
+      # `x.mp4 300 1`, as in lists of `path frames label`, or two labels: not a path ending in a number.
+      raise ValueError(
+        f'{path}:{line_number}: expected "relative/path label", got {line.rstrip()!r} (two numbers after the path)'
+      )
     # Plain digits only: int() also takes "1_0" (10), "+1" and digits of other scripts.
     if not re.fullmatch(r"-?[0-9]+", label_text):
       raise ValueError(f"{path}:{line_number}: label {label_text!r} is not an integer")

@@ -78,6 +78,16 @@ def test_reads_annotation_lines(tmp_path):
   ]
 
 
+def test_paths_with_spaces_are_read_the_label_being_the_last_field(tmp_path):
+  # Kinetics' layout: a folder per class, named as the class.
+  text = "air drumming/x1.mp4 1\n  air  drumming/x 2.mp4\t0  \nb.mp4 1\n"
+  assert annotations.read_annotations(_write(tmp_path, "train.txt", text), num_classes=3) == [
+    annotations.VideoRecord("air drumming/x1.mp4", 1),
+    annotations.VideoRecord("air  drumming/x 2.mp4", 0),
+    annotations.VideoRecord("b.mp4", 1),
+  ]
+
+
 @pytest.mark.parametrize(
   "bad_line,message",
   [
@@ -85,6 +95,7 @@ def test_reads_annotation_lines(tmp_path):
     ("c.mp4 -1", r"train\.txt:3: label -1 is outside"),
     ("c.mp4", r'train\.txt:3: expected "relative/path label"'),
     ("c.mp4 1 2", r'train\.txt:3: expected "relative/path label"'),
+    ("c d.mp4 300 1", r"train\.txt:3: expected \"relative/path label\", got 'c d\.mp4 300 1' \(two numbers after"),
     ("c.mp4 one", r"train\.txt:3: label 'one' is not an integer"),
     ("c.mp4 1_0", r"train\.txt:3: label '1_0' is not an integer"),
     ("c.mp4 +1", r"train\.txt:3: label '\+1' is not an integer"),
