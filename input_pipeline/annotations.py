@@ -55,7 +55,8 @@ def read_label_list(csv_path: str | os.PathLike[str]) -> list[str]:
   """Returns the class names of an `id,name` CSV, indexed by id."""
   text = _read_text(csv_path)
   csv_path = os.fspath(csv_path)
-  rows = list(csv.reader(io.StringIO(text, newline="")))
+  # skipinitialspace: `0, "air drumming"` (a space after the comma) reads the name without its quote marks.
+  rows = list(csv.reader(io.StringIO(text, newline=""), skipinitialspace=True))
   if not rows or [cell.strip() for cell in rows[0]] != ["id", "name"]:
     raise ValueError(f'{csv_path}:1: expected the header "id,name"')
   names = []

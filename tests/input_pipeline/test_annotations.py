@@ -42,6 +42,11 @@ def test_label_names_may_hold_quoted_commas(tmp_path):
   assert annotations.read_label_list(path) == ["cooking, outdoors"]
 
 
+def test_a_quoted_name_after_a_space_is_read_without_its_quotes(tmp_path):
+  path = _write(tmp_path, "labels.csv", 'id, name\n0, "air drumming"\n1,  "cooking, outdoors"\n2, "a ""b"""\n')
+  assert annotations.read_label_list(path) == ["air drumming", "cooking, outdoors", 'a "b"']
+
+
 def test_a_written_label_list_quotes_what_csv_needs_and_reads_back(tmp_path):
   names = ["archery", "cooking, outdoors", 'diving "high"', "skiéing"]
   annotations.write_label_list(tmp_path / "labels.csv", names)
