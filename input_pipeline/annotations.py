@@ -62,7 +62,7 @@ def read_label_list(csv_path: str | os.PathLike[str]) -> list[str]:
   names = []
   lines = []  # each name's line
   for line_number, row in enumerate(rows[1:], start=2):
-    if not row:
+    if not row or (len(row) == 1 and not row[0].strip()):  # a blank line, or one of spaces only
       continue
     if len(row) != 2:
       raise ValueError(f'{csv_path}:{line_number}: expected "id,name", got {row!r}')

@@ -59,6 +59,8 @@ def test_a_written_label_list_quotes_what_csv_needs_and_reads_back(tmp_path):
 def test_blank_rows_of_a_label_list_are_skipped(tmp_path):
   path = _write(tmp_path, "labels.csv", "id,name\n0,a\n\n1,b\n\n")
   assert annotations.read_label_list(path) == ["a", "b"]
+  path = _write(tmp_path, "spaces.csv", "id,name\n0,a\n   \n1,b\n\t\n  \n")  # lines of spaces only, too
+  assert annotations.read_label_list(path) == ["a", "b"]
 
 
 def test_lists_saved_by_a_spreadsheet_with_a_byte_order_mark_are_read(tmp_path):
