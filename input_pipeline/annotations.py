@@ -114,7 +114,8 @@ def first_difference(there: Sequence[str], here: Sequence[str]) -> str:
 
 def read_annotations(path: str | os.PathLike[str], num_classes: int) -> list[VideoRecord]:
   """Reads `relative/path label` lines; labels must be in [0, num_classes), one per video."""
-  lines = _read_text(path).split("\n")
+  # Any line end, as the label list's CSV reader takes them: \n, \r\n, and \r alone (old Mac editors).
+  lines = _read_text(path).replace("\r\n", "\n").replace("\r", "\n").split("\n")
   path = os.fspath(path)
   records = []
   first_seen = {}  # same_video(path) -> (path as first listed, label, line)
@@ -127,6 +128,12 @@ def read_annotations(path: str | os.PathLike[str], num_classes: int) -> list[Vid
     if len(fields) != 2:
       raise ValueError(f'{path}:{line_number}: expected "relative/path label", got {line.rstrip()!r}')
     video_path, label_text = fields[0].strip(), fields[1]
+    odd_space = next((c for c in video_path if c.isspace() and c != " "), None)
+    if odd_space is not None:
+      # A tab, form feed, vertical tab, \x85...: more likely two lines glued than a file's name.
+      raise ValueError(
+        f'{path}:{line_number}: expected "relative/path label", got {line.rstrip()!r} (the path holds {odd_space!r})'
+      )
     if re.fullmatch(r"-?[0-9]+", video_path.rsplit(maxsplit=1)[-1]):
       # `x.mp4 300 1`, as in lists of `path frames label`, or two labels: not a path ending in a number.
       raise ValueError(

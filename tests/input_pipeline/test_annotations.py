@@ -71,6 +71,17 @@ def test_lists_saved_by_a_spreadsheet_with_a_byte_order_mark_are_read(tmp_path):
   assert [r.path for r in annotations.read_annotations(tmp_path / "train.txt", 1)] == ["a/x.mp4"]
 
 
+def test_lists_with_old_mac_line_ends_are_read_with_their_line_numbers(tmp_path):
+  (tmp_path / "labels.csv").write_bytes(b"id,name\r0,run\r1,jump\r")
+  (tmp_path / "train.txt").write_bytes(b"a.mp4 0\rb.mp4 1\r\rc.mp4 1\n\r\nd.mp4 0\r")
+  assert annotations.read_label_list(tmp_path / "labels.csv") == ["run", "jump"]
+  records = annotations.read_annotations(tmp_path / "train.txt", 2)
+  assert [r.path for r in records] == ["a.mp4", "b.mp4", "c.mp4", "d.mp4"]
+  (tmp_path / "bad.txt").write_bytes(b"a.mp4 0\rb.mp4 1\r\rc.mp4 7\r")
+  with pytest.raises(ValueError, match=r"bad\.txt:4: label 7 is outside"):
+    annotations.read_annotations(tmp_path / "bad.txt", 2)
+
+
 def test_a_list_that_is_not_utf8_is_refused_naming_the_file(tmp_path):
   (tmp_path / "labels.csv").write_bytes("id,name\n0,run\n".encode("utf-16"))
   with pytest.raises(ValueError, match=r"labels\.csv: not UTF-8 text \(invalid start byte at byte 0\)$"):
@@ -102,6 +113,11 @@ def test_paths_with_spaces_are_read_the_label_being_the_last_field(tmp_path):
     ("c.mp4 -1", r"train\.txt:3: label -1 is outside"),
     ("c.mp4", r'train\.txt:3: expected "relative/path label"'),
     ("c.mp4 1 2", r'train\.txt:3: expected "relative/path label"'),
+    (
+      "c.mp4 0\vd.mp4 1",
+      r"train\.txt:3: expected \"relative/path label\", got 'c\.mp4 0\\x0bd\.mp4 1' \(the path holds '\\x0b'\)",
+    ),
+    ("c\td.mp4 1", r"train\.txt:3: expected \"relative/path label\", got 'c\\td\.mp4 1' \(the path holds '\\t'\)"),
     ("c d.mp4 300 1", r"train\.txt:3: expected \"relative/path label\", got 'c d\.mp4 300 1' \(two numbers after"),
     ("c.mp4 one", r"train\.txt:3: label 'one' is not an integer"),
     ("c.mp4 1_0", r"train\.txt:3: label '1_0' is not an integer"),
