@@ -135,13 +135,27 @@ def _record_index(config: ml_collections.ConfigDict, split: str, class_names) ->
   return index
 
 
+def _check_evaluation_left_out(config: ml_collections.ConfigDict, index: tfds_dataset.RecordIndex):
+  """Refuses the validation split's records before training when their build left out more videos than an evaluation
+  allows to fail: found at the first validation, the run would stop there, after its first epoch."""
+  allowed = video_dataset.eval_failure_allowance(config.data.max_failure_fraction, index.num_videos)
+  if len(index.skipped) > allowed:
+    raise ValueError(
+      f"data.tfds_dir {config.data.tfds_dir}: its build left out {len(index.skipped)} of the {index.num_videos} "
+      f"videos of split {config.data.val_split!r} (config.data.val_split; metadata.json lists them), a share of "
+      f"{len(index.skipped) / index.num_videos:.2g}, more than data.max_failure_fraction="
+      f"{config.data.max_failure_fraction:g} allows (an evaluation stops past {allowed:g} of them): raise it, or "
+      "rebuild the split with those videos repaired"
+    )
+
+
 def resolve(config: ml_collections.ConfigDict, workdir: epath.Path) -> Experiment:
   """Checks the data the config names and prepares the training list (writing the few-shot subset to workdir)."""
   class_names = _class_names(config)
   for field in _evaluation_lists(config):
     check_videos_present(config, _read_list(config, field), config.data[field])
   if config.data.tfds_dir and (config.mode == "train" or not config.data.test_file):  # validation_set's records
-    _record_index(config, config.data.val_split, class_names)
+    _check_evaluation_left_out(config, _record_index(config, config.data.val_split, class_names))
   if config.mode == "eval":
     if not (config.data.val_file or config.data.test_file or config.data.tfds_dir or "zero_shot" in config):
       raise ValueError("config.mode=eval has nothing to evaluate: set config.data.test_file or config.data.val_file")

@@ -74,7 +74,10 @@ class RecordIndex:
       shard, offset = tfds_format.record_locations(split_metadata, split_info.shard_lengths)
     except ValueError as error:
       raise ValueError(f"{data_dir}: split {split!r}: {error}") from None
-    skipped = {v["annotation_index"]: (v["path"], v["reason"]) for v in split_metadata.skipped}
+    # Counted and warned about as the videos that fail to decode when read from mp4s, saying where they went.
+    skipped = {
+      v["annotation_index"]: (v["path"], f"left out by build_tfds: {v['reason']}") for v in split_metadata.skipped
+    }
     return cls(
       filepaths=[os.fspath(p) for p in split_info.filepaths],
       features=builder.info.features,

@@ -123,8 +123,25 @@ class FailureLog:
     self._lock = threading.Lock()
     self.count = 0
     self.paths: set[str] = set()
-    # Set once more than the allowed videos failed; Batches raises it.
-    self.error: TooManyFailuresError | None = None
+    self._last: tuple[str, str] | None = None  # path and reason of the latest failure
+    self._allowed: float | None = None  # set once more videos failed than this allowance
+    self._stopped: TooManyFailuresError | None = None
+
+  @property
+  def error(self) -> TooManyFailuresError | None:
+    """Set once more than the allowed videos failed (or stop() was called); Batches raises it. Its count is of all
+    the videos that failed by the time it is read, not only the one that passed the allowance: the pipeline, reading
+    ahead, goes on meeting (and warning about) others."""
+    with self._lock:
+      if self._stopped is not None:
+        return self._stopped
+      if self._allowed is None:
+        return None
+      path, reason = self._last
+      return TooManyFailuresError(
+        f"{console.count(len(self.paths), 'video')} failed to decode, more than "
+        f"data.max_failure_fraction allows ({self._allowed:g} here); the last was {path}: {reason}"
+      )
 
   def add(self, path: str, reason: str, max_failures: float):
     """Records a failure; once more than max_failures videos failed, sets `error` (the pipeline goes on)."""
@@ -132,12 +149,9 @@ class FailureLog:
       self.count += 1
       first_failure = path not in self.paths
       self.paths.add(path)
-      num_failed = len(self.paths)
-      if num_failed > max_failures and self.error is None:
-        self.error = TooManyFailuresError(
-          f"{console.count(num_failed, 'video')} failed to decode, more than "
-          f"data.max_failure_fraction allows ({max_failures:g} here); the last was {path}: {reason}"
-        )
+      self._last = (path, reason)
+      if len(self.paths) > max_failures and self._allowed is None:
+        self._allowed = max_failures
     with _warned_lock:
       first_warning = first_failure and path not in _warned_paths
       _warned_paths.add(path)
@@ -147,8 +161,8 @@ class FailureLog:
   def stop(self, error: "TooManyFailuresError"):
     """Sets `error` (unless one is set already): Batches raises it, outside tf.data, whose errors carry tracebacks."""
     with self._lock:
-      if self.error is None:
-        self.error = error
+      if self._stopped is None and self._allowed is None:
+        self._stopped = error
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,8 +177,9 @@ class Batches:
   def as_numpy_iterator(self) -> Iterator[dict[str, np.ndarray]]:
     for batch in self.dataset.as_numpy_iterator():
       # Checked as each batch comes out: the failure that set it may be in a batch still being prefetched.
-      if self.failures.error is not None:
-        raise self.failures.error
+      error = self.failures.error
+      if error is not None:
+        raise error
       yield batch
 
 
