@@ -314,7 +314,8 @@ def _published_splits(output_dir: str) -> tuple[list[tfds.core.SplitInfo], dict[
 
   The metadata of a split (metadata.json) lets a reader find the record of an
   annotation line: `annotation_count` lines, `videos_per_shard` lines per
-  shard, and the `skipped` ones (with path and reason) that have no record.
+  shard, and the `skipped` ones (with path and reason) that have no record;
+  `fps` and `max_frames` are the caps on the frames stored (None: none).
   """
   split_infos, metadata = [], {}
   for path in sorted(tf.io.gfile.glob(os.path.join(output_dir, "_build", "*", "published"))):
@@ -331,11 +332,14 @@ def _published_splits(output_dir: str) -> tuple[list[tfds.core.SplitInfo], dict[
         name=split, shard_lengths=[s["num_examples"] for s in shards], num_bytes=sum(s["num_bytes"] for s in shards)
       )
     )
-    metadata[split] = tfds_format.SplitMetadata(
+    split_metadata = tfds_format.SplitMetadata(
       annotation_count=sum(s["num_examples"] + len(s["skipped"]) for s in shards),
       videos_per_shard=config["videos_per_shard"],
       skipped=tuple(v for s in shards for v in s["skipped"]),
-    ).to_json()
+    )
+    # The caps on the frames stored, for a reader to compare with the frames its model takes (a folder copied
+    # without _build/ keeps them).
+    metadata[split] = {**split_metadata.to_json(), "fps": config["fps"], "max_frames": config["max_frames"]}
   return split_infos, metadata
 
 

@@ -4,6 +4,7 @@ Every path may be on cloud storage (gs://...). Batch sizes are global: each proc
 """
 
 import dataclasses
+import logging
 import os
 
 from etils import epath
@@ -14,6 +15,7 @@ from input_pipeline import annotations
 from input_pipeline import subsets
 from input_pipeline import tfds_dataset
 from input_pipeline import video_dataset
+from xclip_jax import console
 from xclip_jax.model import tokenizer
 
 
@@ -129,9 +131,22 @@ def _check_same_classes(stored: tuple[str, ...], class_names: tuple[str, ...], c
 
 
 def _record_index(config: ml_collections.ConfigDict, split: str, class_names) -> tfds_dataset.RecordIndex:
-  """The index of data.tfds_dir's records of `split`, checked to be there and of data.label_list's classes."""
+  """The index of data.tfds_dir's records of `split`, checked to be there and of data.label_list's classes; a warning
+  where they hold fewer frames than a clip takes."""
   index = tfds_dataset.RecordIndex.load(check_exists(config.data.tfds_dir, "data.tfds_dir", "folder"), split)
   _check_same_classes(tuple(index.features["label"].names), class_names, config)
+  if index.max_frames is not None and index.max_frames < config.num_frames:
+    logging.warning(
+      "data.tfds_dir %s: split %r stores at most %s per video (build_tfds --max_frames=%d), fewer than the %d "
+      "of config.num_frames: every clip repeats frames, and the cross-frame parts of the model see fewer distinct "
+      "frames than they take; rebuild the split with --max_frames of at least %d",
+      config.data.tfds_dir,
+      split,
+      console.count(index.max_frames, "frame"),
+      index.max_frames,
+      config.num_frames,
+      config.num_frames,
+    )
   return index
 
 

@@ -25,6 +25,7 @@ The folder may be on cloud storage (gs://...), which TFDS and tf.data read.
 from collections.abc import Sequence
 import dataclasses
 import itertools
+import json
 import os
 
 import numpy as np
@@ -46,6 +47,7 @@ class RecordIndex:
 
   shard[i], offset[i]: file and position of line i's record (-1 if skipped);
   skipped: annotation line -> (path, reason) of the videos without a record.
+  max_frames: build_tfds --max_frames, the most frames a record holds (None: no cap, or a build that did not say).
   """
 
   filepaths: Sequence[str]
@@ -53,6 +55,7 @@ class RecordIndex:
   shard: np.ndarray
   offset: np.ndarray
   skipped: dict[int, tuple[str, str]]
+  max_frames: int | None = None
 
   @property
   def num_videos(self) -> int:
@@ -84,7 +87,21 @@ class RecordIndex:
       shard=shard,
       offset=offset,
       skipped=skipped,
+      max_frames=_max_frames(data_dir, split, metadata[split]),
     )
+
+
+def _max_frames(data_dir: str, split: str, split_metadata) -> int | None:
+  """The split's build_tfds --max_frames: from metadata.json, or, for a folder built before it said so there, from
+  the build's _build/<split>/config.json (None where neither is left)."""
+  if "max_frames" in split_metadata:
+    return split_metadata["max_frames"]
+  build_config = os.path.join(data_dir, "_build", split, "config.json")
+  try:
+    with tf.io.gfile.GFile(build_config) as f:
+      return json.load(f).get("max_frames")
+  except (tf.errors.OpError, OSError, ValueError, AttributeError):  # not there, unreadable, not a JSON object
+    return None
 
 
 def _read_records(elements: tf.data.Dataset, index: RecordIndex) -> tf.data.Dataset:

@@ -124,6 +124,8 @@ def test_frame_rate_cap_and_short_side_shape_the_stored_frames(videos, tmp_path)
   assert example["num_frames"] == 7  # 20 frames at 30 fps, kept at 10 fps.
   assert _source_frames_of(example["frames"], videos / "class0/0.mp4") == list(range(0, 20, 3))
   assert tf.io.decode_jpeg(example["frames"][0]).shape == (24, 32, 3)
+  # The caps, for a reader to compare with the frames its model takes.
+  assert builder.info.metadata["train"]["fps"] == 10.0 and builder.info.metadata["train"]["max_frames"] is None
 
 
 def test_bad_videos_are_left_out_and_listed_in_the_metadata(videos, tmp_path):

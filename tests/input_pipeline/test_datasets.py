@@ -1,5 +1,6 @@
 """datasets.resolve: every list a run will read is checked before training starts."""
 
+import json
 import re
 
 from etils import epath
@@ -135,8 +136,9 @@ def test_a_few_shot_run_checks_only_the_videos_of_its_subset(config, tmp_path):
   assert not (tmp_path / "workdir2").exists()  # refused before the subset's list is written
 
 
-def _records(config, tmp_path, splits=(("train", 2), ("train_all", 3), ("val", 1))):
-  """Records of 2 videos in the split "train", 3 in "train_all" and 1 in "val", built with the config's label list."""
+def _records(config, tmp_path, splits=(("train", 2), ("train_all", 3), ("val", 1)), **build_options):
+  """Records of 2 videos in the split "train", 3 in "train_all" and 1 in "val", built with the config's label list
+  (and build_tfds.build_split's `build_options`)."""
   for i in range(3):
     video_fixtures.write_indexed_video(tmp_path / "clips" / f"{i}.mp4", 8)
   (tmp_path / "clips" / "labels.csv").write_text("id,name\n0,run\n1,jump\n2,swim\n")
@@ -148,6 +150,7 @@ def _records(config, tmp_path, splits=(("train", 2), ("train_all", 3), ("val", 1
       labels_path=str(tmp_path / "clips" / "labels.csv"),
       output_dir=str(tmp_path / "records"),
       split=split,
+      **build_options,
     )
   config.data.tfds_dir = str(tmp_path / "records")
 
@@ -234,6 +237,36 @@ def test_validation_records_the_build_left_out_beyond_the_failure_allowance_are_
     datasets.resolve(config, epath.Path(tmp_path / "workdir"))
   config.data.max_failure_fraction = 0.25  # 1 allowed
   assert datasets.resolve(config, epath.Path(tmp_path / "workdir")).num_train_videos == 2
+
+
+def test_records_of_fewer_frames_than_a_clip_takes_are_a_warning_naming_the_split_and_both_counts(
+  config, tmp_path, caplog
+):
+  """A 2-frame model on records of 1 frame trains on one frame repeated: nothing for its cross-frame parts to learn."""
+  _records(config, tmp_path, splits=(("train", 2), ("val", 1)), max_frames=1)
+  config.num_frames = 2
+
+  def warnings():
+    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "--max_frames" in r.getMessage()]
+
+  datasets.resolve(config, epath.Path(tmp_path / "workdir"))
+  message = (
+    "split {!r} stores at most 1 frame per video (build_tfds --max_frames=1), fewer than the 2 of config.num_frames"
+  )
+  assert [message.format(split) in w for w, split in zip(warnings(), ("val", "train"))] == [True, True]
+  # A folder built before metadata.json held the cap: read from the build's _build/<split>/config.json.
+  metadata_path = tmp_path / "records" / "metadata.json"
+  metadata = json.loads(metadata_path.read_text())
+  for split in metadata.values():
+    del split["max_frames"]
+  metadata_path.write_text(json.dumps(metadata))
+  caplog.clear()
+  datasets.resolve(config, epath.Path(tmp_path / "workdir"))
+  assert len(warnings()) == 2
+  caplog.clear()
+  config.num_frames = 1  # what the records hold: no warning
+  datasets.resolve(config, epath.Path(tmp_path / "workdir"))
+  assert warnings() == []
 
 
 def test_a_class_short_of_shots_is_named_with_the_training_list(config, tmp_path):
