@@ -130,10 +130,13 @@ def _check_same_classes(stored: tuple[str, ...], class_names: tuple[str, ...], c
   )
 
 
-def _record_index(config: ml_collections.ConfigDict, split: str, class_names) -> tfds_dataset.RecordIndex:
-  """The index of data.tfds_dir's records of `split`, checked to be there and of data.label_list's classes; a warning
-  where they hold fewer frames than a clip takes."""
-  index = tfds_dataset.RecordIndex.load(check_exists(config.data.tfds_dir, "data.tfds_dir", "folder"), split)
+def _record_index(config: ml_collections.ConfigDict, field: str, class_names) -> tfds_dataset.RecordIndex:
+  """The index of data.tfds_dir's records of the split config.data.<field>, checked to be there and of
+  data.label_list's classes; a warning where they hold fewer frames than a clip takes."""
+  split = config.data[field]
+  index = tfds_dataset.RecordIndex.load(
+    check_exists(config.data.tfds_dir, "data.tfds_dir", "folder"), split, f"config.data.{field}"
+  )
   _check_same_classes(tuple(index.features["label"].names), class_names, config)
   if index.max_frames is not None and index.max_frames < config.num_frames:
     logging.warning(
@@ -170,7 +173,7 @@ def resolve(config: ml_collections.ConfigDict, workdir: epath.Path) -> Experimen
   for field in _evaluation_lists(config):
     check_videos_present(config, _read_list(config, field), config.data[field])
   if config.data.tfds_dir and (config.mode == "train" or not config.data.test_file):  # validation_set's records
-    _check_evaluation_left_out(config, _record_index(config, config.data.val_split, class_names))
+    _check_evaluation_left_out(config, _record_index(config, "val_split", class_names))
   if config.mode == "eval":
     if not (config.data.val_file or config.data.test_file or config.data.tfds_dir or "zero_shot" in config):
       raise ValueError("config.mode=eval has nothing to evaluate: set config.data.test_file or config.data.val_file")
@@ -178,7 +181,7 @@ def resolve(config: ml_collections.ConfigDict, workdir: epath.Path) -> Experimen
   if config.data.tfds_dir:
     if config.data.shots:
       raise ValueError("data.shots (few-shot lists) needs annotation files, not data.tfds_dir records")
-    index = _record_index(config, config.data.train_split, class_names)
+    index = _record_index(config, "train_split", class_names)
     # Over its epochs, each process meets every video the build left out: all count against its allowance.
     order = video_dataset.TrainOrder(index.num_videos, config.seed, config.batch_size)
     allowed = order.failure_allowance(config.data.max_failure_fraction)

@@ -62,14 +62,18 @@ class RecordIndex:
     return len(self.shard)
 
   @classmethod
-  def load(cls, data_dir: str, split: str) -> "RecordIndex":
+  def load(cls, data_dir: str, split: str, field: str | None = None) -> "RecordIndex":
+    """The index of `split`; `field`, the config field that named the split, if any, for the error where it is not
+    there."""
     builder = tfds.builder_from_directory(data_dir)
     metadata = builder.info.metadata
     if metadata is None or split not in metadata:
+      built = ", ".join(repr(name) for name in sorted(metadata or ())) or "none"
+      named = f" ({field})" if field else ""
+      choose = f", or set --{field} to a split built ({built})" if field else f" (splits built: {built})"
       raise ValueError(
-        f"{data_dir}: no build_tfds metadata for split "
-        f"{split!r} in metadata.json; convert the videos with "
-        "python -m input_pipeline.build_tfds"
+        f"{data_dir}: no build_tfds metadata for split {split!r}{named} in metadata.json; convert the videos with "
+        f"python -m input_pipeline.build_tfds --split={split}{choose}"
       )
     split_info = builder.info.splits[split]
     split_metadata = tfds_format.SplitMetadata.from_json(metadata[split])

@@ -185,9 +185,25 @@ def test_records_built_with_another_label_list_are_refused(config, tmp_path, lab
 
 
 def test_records_without_the_validation_split_are_refused_before_training(config, tmp_path):
-  """Found at the first validation, after an epoch, it would stop the run there."""
+  """Found at the first validation, after an epoch, it would stop the run there. The error names the config field
+  that chose the split, and the splits there are."""
   _records(config, tmp_path, splits=(("train", 2),))
-  with pytest.raises(ValueError, match=re.escape(f"{config.data.tfds_dir}: no build_tfds metadata for split 'val'")):
+  message = (
+    f"{config.data.tfds_dir}: no build_tfds metadata for split 'val' (config.data.val_split) in metadata.json; "
+    "convert the videos with python -m input_pipeline.build_tfds --split=val, or set --config.data.val_split to a "
+    "split built ('train')"
+  )
+  with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+    datasets.resolve(config, epath.Path(tmp_path / "workdir"))
+
+
+def test_records_without_the_training_split_are_refused_naming_its_config_field(config, tmp_path):
+  _records(config, tmp_path, splits=(("val", 1),))
+  config.data.train_split = "train_all"
+  message = "no build_tfds metadata for split 'train_all' (config.data.train_split) in metadata.json"
+  with pytest.raises(
+    ValueError, match=re.escape(message) + r".*set --config\.data\.train_split to a split built \('val'\)$"
+  ):
     datasets.resolve(config, epath.Path(tmp_path / "workdir"))
 
 
