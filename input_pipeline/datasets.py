@@ -167,6 +167,17 @@ def _check_evaluation_left_out(config: ml_collections.ConfigDict, index: tfds_da
     )
 
 
+def _check_fills_a_batch(config: ml_collections.ConfigDict, num_videos: int, what: str):
+  """Refuses a training list of fewer videos than one global batch before anything runs (the training stream would
+  refuse it once the run has started)."""
+  if num_videos < config.batch_size:
+    raise ValueError(
+      f"config.batch_size={config.batch_size} is more than the {console.count(num_videos, 'video')} of {what}: every "
+      f"training step takes a global batch of config.batch_size videos; set --config.batch_size to at most "
+      f"{num_videos}"
+    )
+
+
 def resolve(config: ml_collections.ConfigDict, workdir: epath.Path) -> Experiment:
   """Checks the data the config names and prepares the training list (writing the few-shot subset to workdir)."""
   class_names = _class_names(config)
@@ -182,6 +193,11 @@ def resolve(config: ml_collections.ConfigDict, workdir: epath.Path) -> Experimen
     if config.data.shots:
       raise ValueError("data.shots (few-shot lists) needs annotation files, not data.tfds_dir records")
     index = _record_index(config, "train_split", class_names)
+    _check_fills_a_batch(
+      config,
+      index.num_videos,
+      f"split {config.data.train_split!r} (config.data.train_split) of data.tfds_dir {config.data.tfds_dir}",
+    )
     # Over its epochs, each process meets every video the build left out: all count against its allowance.
     order = video_dataset.TrainOrder(index.num_videos, config.seed, config.batch_size)
     allowed = order.failure_allowance(config.data.max_failure_fraction)
@@ -195,6 +211,7 @@ def resolve(config: ml_collections.ConfigDict, workdir: epath.Path) -> Experimen
     return Experiment(class_names, index.num_videos, "")
   records = _read_list(config, "train_file")
   if not config.data.shots:
+    _check_fills_a_batch(config, len(records), f"data.train_file {config.data.train_file}")
     check_videos_present(config, records, config.data.train_file)
     return Experiment(class_names, len(records), config.data.train_file)
   records = subsets.k_shot_subset(
@@ -206,7 +223,9 @@ def resolve(config: ml_collections.ConfigDict, workdir: epath.Path) -> Experimen
     class_names=class_names,
   )
   # The videos the run reads: the few-shot subset's, not the whole list's.
-  check_videos_present(config, records, f"the {config.data.shots}-shot subset of {config.data.train_file}")
+  subset = f"the {config.data.shots}-shot subset of {config.data.train_file}"
+  _check_fills_a_batch(config, len(records), f"{subset} (config.data.shots)")
+  check_videos_present(config, records, subset)
   train_file = str(workdir / f"train_{config.data.shots}shot.txt")
   if jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)

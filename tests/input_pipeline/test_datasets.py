@@ -285,6 +285,34 @@ def test_records_of_fewer_frames_than_a_clip_takes_are_a_warning_naming_the_spli
   assert warnings() == []
 
 
+def test_a_training_list_smaller_than_one_batch_is_refused_before_training_naming_batch_size_and_the_list(
+  config, tmp_path
+):
+  """A config mistake, found with the other checks, not by the training stream once the run has started."""
+  config.batch_size = 16
+  message = (
+    f"config.batch_size=16 is more than the 4 videos of data.train_file {config.data.train_file}: every training step "
+    "takes a global batch of config.batch_size videos; set --config.batch_size to at most 4"
+  )
+  with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+    datasets.resolve(config, epath.Path(tmp_path / "workdir"))
+  config.batch_size = 4
+  assert datasets.resolve(config, epath.Path(tmp_path / "workdir")).num_train_videos == 4
+
+
+def test_a_training_split_of_records_smaller_than_one_batch_is_refused_naming_batch_size_and_the_split(
+  config, tmp_path
+):
+  _records(config, tmp_path, splits=(("train", 2), ("val", 1)))
+  config.batch_size = 3
+  message = (
+    f"config.batch_size=3 is more than the 2 videos of split 'train' (config.data.train_split) of data.tfds_dir "
+    f"{config.data.tfds_dir}"
+  )
+  with pytest.raises(ValueError, match=f"^{re.escape(message)}"):
+    datasets.resolve(config, epath.Path(tmp_path / "workdir"))
+
+
 def test_a_class_short_of_shots_is_named_with_the_training_list(config, tmp_path):
   config.data.shots = 2  # 'jump' and 'swim' have one video each in train.txt
   with pytest.raises(
