@@ -242,9 +242,9 @@ class SplitWriter:
         changed.pop("labels_sha256", None)  # the same classes, saved otherwise (line ends, quoting)
       if changed:
         raise ValueError(
-          f"{path}: this split was started with other settings "
-          f"(setting: (then, now)) {changed}; rerun with the earlier flags "
-          "or use another --output_dir."
+          f"{path}: this split was started with other settings (setting: (then, now)) {changed}; rerun with the "
+          f"earlier flags, or remove {self.build_dir} to convert split {self.config.split!r} again with these (the "
+          "other splits of the folder stay as they are), or use another --output_dir."
         )
       return
     tf.io.gfile.makedirs(self.build_dir)
@@ -272,10 +272,17 @@ class SplitWriter:
       json.dump(marker, f, indent=2)
 
   def publish(self):
-    """Moves the finished shards next to the other splits."""
+    """Moves the finished shards next to the other splits, and removes the split's shards of an earlier build (one
+    whose _build/<split> was removed to convert it again) that these do not replace: of another number of shards,
+    they would only take space."""
     for shard in range(self.num_shards):
       if tf.io.gfile.exists(self.staged_path(shard)):
         tf.io.gfile.rename(self.staged_path(shard), self.final_path(shard), overwrite=True)
+    ours = {self.final_path(shard) for shard in range(self.num_shards)}
+    pattern = os.path.join(self.output_dir, f"{self.config.name}-{self.config.split}.tfrecord-*-of-*")
+    for path in tf.io.gfile.glob(pattern):
+      if path not in ours:
+        tf.io.gfile.remove(path)
     with tf.io.gfile.GFile(os.path.join(self.build_dir, "published"), "w") as f:
       f.write("The shards of this split are in the dataset folder.\n")
 

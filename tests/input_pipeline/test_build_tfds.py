@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -209,6 +210,26 @@ def test_resuming_with_other_settings_is_refused(videos, tmp_path):
     r"80\)",
   ):
     _build(videos, tmp_path, jpeg_quality=80)
+
+
+def test_a_split_whose_build_folder_is_removed_is_converted_again_alone(videos, tmp_path):
+  """What the refusal of a rerun with a fixed list says to do: remove OUTPUT_DIR/_build/<split>. The split is
+  converted again from the new list, its shards of the earlier build go, the other splits stay as they were."""
+  _build(videos, tmp_path, videos_per_shard=2)  # 5 videos, 3 shards
+  _build(videos, tmp_path, split="validation", videos_per_shard=2)
+  validation = {p.name: p.read_bytes() for p in tmp_path.glob("videos-validation.tfrecord-*")}
+  (tmp_path / "fixed.txt").write_text("".join(f"class{i % 2}/{i}.mp4 {i % 2}\n" for i in range(3)))
+  build_dir = tmp_path / "_build" / "train"
+  message = f"rerun with the earlier flags, or remove {build_dir} to convert split 'train' again with these (the other"
+  with pytest.raises(ValueError, match=re.escape(message)):
+    _build(videos, tmp_path, annotations=tmp_path / "fixed.txt", videos_per_shard=2)
+  shutil.rmtree(build_dir)
+  builder = _build(videos, tmp_path, annotations=tmp_path / "fixed.txt", videos_per_shard=2)
+  assert [e["annotation_index"] for e in _examples(builder)] == [0, 1, 2]
+  assert sorted(p.name for p in tmp_path.glob("videos-train.tfrecord-*")) == builder.info.splits["train"].filenames
+  assert builder.info.splits["train"].num_shards == 2
+  assert {p.name: p.read_bytes() for p in tmp_path.glob("videos-validation.tfrecord-*")} == validation
+  assert builder.info.splits["validation"].num_examples == len(LENGTHS)
 
 
 def test_bad_settings_are_refused_before_converting(videos, tmp_path):
