@@ -116,7 +116,7 @@ def check_root(root: str | os.PathLike[str]) -> str:
   path = epath.Path(root)
   if path.is_dir():
     return "folder"
-  if path.name.endswith(".tar") and path.exists():
+  if path.name.lower().endswith(".tar") and path.exists():  # VIDEOS.TAR too
     return "tar"
   raise ValueError(f"video root {os.fspath(path)!r} is neither a folder nor a .tar file")
 

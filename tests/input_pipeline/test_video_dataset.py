@@ -138,6 +138,14 @@ def test_tar_members_are_found_by_base_name_as_officially(data, tmp_path):
   assert source.read_bytes("class_2/video_2.mp4") == (data["folder"] / "class_2/video_2.mp4").read_bytes()
 
 
+def test_a_tar_named_in_capitals_is_a_tar(data, tmp_path):
+  upper = video_fixtures.write_tar(tmp_path / "FLAT.TAR", data["folder"] / "class_2", ["video_2.mp4"])
+  assert video_decode.check_root(upper) == "tar"
+  assert (
+    video_decode.VideoSource(upper).read_bytes("video_2.mp4") == (data["folder"] / "class_2/video_2.mp4").read_bytes()
+  )
+
+
 def test_a_tar_member_is_found_by_base_name_only_where_its_folders_agree(tmp_path):
   """A folder one path lacks at its start (a tar of a top folder, a list of bare names) is not a different folder."""
   (tmp_path / "videos/val").mkdir(parents=True)
