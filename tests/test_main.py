@@ -1013,14 +1013,65 @@ def test_a_second_run_on_a_workdir_in_use_is_refused_and_changes_nothing(dataset
   assert _files(workdir) == written
 
 
-def test_an_evaluation_in_a_training_workdir_warns_that_it_replaces_its_results(
+def test_an_evaluation_in_a_training_workdir_keeps_the_training_runs_results_aside(
   dataset, uninterrupted, tmp_path, caplog
 ):
   workdir = tmp_path / "trained"
   shutil.copytree(uninterrupted[0], workdir)
+  trained = {name: (workdir / name).read_bytes() for name in (trainer.RESULTS_FILE, report.CONFUSION_FILE)}
   with caplog.at_level(logging.WARNING):
     trainer.train_and_evaluate(in_process_config(dataset, mode="eval", eval_batch_size=4), workdir)
-  assert f"This evaluation replaces eval_results.json, the results of the training run in {workdir}." in caplog.messages
+  assert (workdir / "eval_results.1.json").read_bytes() == trained[trainer.RESULTS_FILE]
+  assert (workdir / "confusion_matrix.1.png").read_bytes() == trained[report.CONFUSION_FILE]
+  assert json.loads((workdir / trainer.RESULTS_FILE).read_text())["step"] == 0  # this evaluation's
+  assert (workdir / report.CONFUSION_FILE).exists()
+  assert (
+    f"This evaluation would replace the results of an earlier one in {workdir}: they are kept as eval_results.1.json, "
+    "confusion_matrix.1.png."
+  ) in caplog.messages
+
+
+def _earlier_results(workdir: pathlib.Path) -> dict[str, bytes]:
+  """What an earlier evaluation left in `workdir`, and a confusion matrix an evaluation before it was kept as."""
+  earlier = {
+    trainer.RESULTS_FILE: b'{"step": 0, "top1": 0.25}\n',
+    report.CONFUSION_FILE: b"earlier picture",
+    "confusion_matrix.1.png": b"a picture kept before",
+  }
+  workdir.mkdir(parents=True, exist_ok=True)
+  for name, content in earlier.items():
+    (workdir / name).write_bytes(content)
+  return earlier
+
+
+def test_an_evaluation_keeps_an_earlier_ones_files_under_a_number_none_of_them_has_yet(dataset, tmp_path, caplog):
+  earlier = _earlier_results(tmp_path)
+  with caplog.at_level(logging.WARNING):
+    results = trainer.train_and_evaluate(in_process_config(dataset, mode="eval", eval_batch_size=4), tmp_path)
+  # 2, not 1: one earlier evaluation's files keep one number, and confusion_matrix.1.png is taken.
+  assert (tmp_path / "eval_results.2.json").read_bytes() == earlier[trainer.RESULTS_FILE]
+  assert (tmp_path / "confusion_matrix.2.png").read_bytes() == earlier[report.CONFUSION_FILE]
+  assert (tmp_path / "confusion_matrix.1.png").read_bytes() == earlier["confusion_matrix.1.png"]
+  assert not (tmp_path / "eval_results.1.json").exists()
+  assert json.loads((tmp_path / trainer.RESULTS_FILE).read_text())["top1"] == results["top1"]
+  assert (tmp_path / report.CONFUSION_FILE).read_bytes().startswith(b"\x89PNG")
+  kept = [message for message in caplog.messages if "results of an earlier one" in message]
+  assert kept == [
+    f"This evaluation would replace the results of an earlier one in {tmp_path}: they are kept as eval_results.2.json, "
+    "confusion_matrix.2.png."
+  ]
+
+
+def test_an_evaluation_that_fails_leaves_an_earlier_ones_files_as_they_were(dataset, tmp_path, monkeypatch):
+  earlier = _earlier_results(tmp_path)
+
+  def failing(*args, **kwargs):
+    raise RuntimeError("the evaluation failed midway")
+
+  monkeypatch.setattr(evaluate, "run_eval_set", failing)
+  with pytest.raises(RuntimeError, match="the evaluation failed midway"):
+    trainer.train_and_evaluate(in_process_config(dataset, mode="eval"), tmp_path)
+  assert _files(tmp_path) == earlier
 
 
 def test_a_workdir_record_that_is_not_json_is_an_error_naming_it(dataset, uninterrupted, tmp_path):

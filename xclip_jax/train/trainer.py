@@ -311,9 +311,60 @@ def _save_best(model: pretrained.XCLIPModel, params, workdir: epath.Path, step: 
   _write_json(workdir / "best.json", {"step": step, "top1": results["top1"], "top5": results["top5"]})
 
 
+# What an evaluation writes in its workdir. Those of an earlier evaluation there are moved aside, never replaced.
+_EVALUATION_FILES = (RESULTS_FILE, report.CONFUSION_FILE)
+
+
+def _numbered(name: str, number: int) -> str:
+  """eval_results.json -> eval_results.NUMBER.json"""
+  stem, suffix = os.path.splitext(name)
+  return f"{stem}.{number}{suffix}"
+
+
+def _keep_earlier_results(workdir: epath.Path):
+  """Moves the files of an earlier evaluation in `workdir` (_EVALUATION_FILES: of a training run's final evaluation,
+  or of a mode=eval run) aside before this one writes its own: under one number above any kept before
+  (eval_results.N.json, confusion_matrix.N.png), the same for all of them, with one warning naming them. On process
+  0, which writes them."""
+  if jax.process_index() != 0:
+    return
+  earlier = [name for name in _EVALUATION_FILES if (workdir / name).exists()]
+  if not earlier:
+    return
+  number = max((_kept_number(path.name) for path in workdir.iterdir()), default=0) + 1
+  for name in earlier:
+    (workdir / name).rename(workdir / _numbered(name, number))
+  logging.warning(
+    "This evaluation would replace the results of an earlier one in %s: they are kept as %s.",
+    workdir,
+    ", ".join(_numbered(name, number) for name in earlier),
+  )
+
+
+def _kept_number(name: str) -> int:
+  """N of a file that _keep_earlier_results kept (eval_results.N.json, confusion_matrix.N.png); 0 for any other."""
+  for kept in _EVALUATION_FILES:
+    stem, suffix = os.path.splitext(kept)
+    match = re.fullmatch(rf"{re.escape(stem)}\.(\d+){re.escape(suffix)}", name)
+    if match:
+      return int(match.group(1))
+  return 0
+
+
 def _final_evaluation(
   config, workdir, experiment, zero_shot_tasks, model, params, mesh, eval_step, text_encoder, step: int
 ) -> dict:
+  earlier_kept = False
+
+  def write(results: dict):
+    # The earlier evaluation's files are moved aside once this one has results to write, and only then: one that
+    # fails before leaves them where they were.
+    nonlocal earlier_kept
+    if not earlier_kept:
+      _keep_earlier_results(workdir)
+      earlier_kept = True
+    _write_json(workdir / RESULTS_FILE, results)
+
   results = {"step": step}
   views = (config.final_eval_clips, config.final_eval_crops)
   if config.data.test_file:
@@ -340,7 +391,7 @@ def _final_evaluation(
   if zero_shot_tasks:
     results["zero_shot"] = {}
     for task in zero_shot_tasks:
-      _write_json(workdir / RESULTS_FILE, results)  # what is done so far, kept should a later set fail
+      write(results)  # what is done so far, kept should a later set fail
       split_results = []
       for eval_set in task.splits:
         split_result = evaluate.run_eval_set(
@@ -350,7 +401,7 @@ def _final_evaluation(
       summary = zero_shot.summary(split_results)
       console.info(f"zero-shot {task.name}: top-1 {zero_shot.top1_text(summary)}")
       results["zero_shot"][task.name] = summary
-  _write_json(workdir / RESULTS_FILE, results)
+  write(results)
   return results
 
 
@@ -454,8 +505,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   if config.mode == "eval":
     total = sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree.leaves(model.params))
     _start_block(config, workdir, model, mesh, experiment, f"{total:,}", resumed_step=None)
-    if (workdir / native.WORKDIR_CHECKPOINTS).is_dir() and (workdir / RESULTS_FILE).exists():
-      logging.warning("This evaluation replaces %s, the results of the training run in %s.", RESULTS_FILE, workdir)
     params = jax.device_put(model.params, param_shardings)
     return _final_evaluation(
       config, workdir, experiment, zero_shot_tasks, model, params, mesh, eval_step, text_encoder, step=0
