@@ -127,6 +127,15 @@ def test_trains_end_to_end_with_checkpoints_metrics_and_results(uninterrupted, t
   for watched in ("loss", "lr", "grad_norm", "clips_per_second", "eta_seconds", "skipped_videos", "eval/top1"):
     assert f"{watched} =" in log or f"{watched}=" in log, watched
   assert "trainable" in log  # the parameter overview
+  # What was evaluated: the final step's model, which load_pretrained(workdir) reads.
+  assert results["evaluated"] == {
+    "checkpoint": str(workdir),
+    "checkpoint_step": TOTAL_STEPS,
+    "frames_interpolated_from": None,
+    "num_frames": tiny.ARCH["num_frames"],
+    "clips": 2,
+    "crops": 3,
+  }
   # The best checkpoint converts like any other (not to the official format: the tiny model's 2 text heads are not
   # the official rule's 1).
   converted = xclip_jax.load_pretrained(convert.convert(workdir / "best", tmp_path / "best"))
@@ -325,6 +334,34 @@ def test_eval_mode_counts_every_video_once(dataset, tmp_path):
   assert results["num_videos"] == NUM_VAL and results["views"] == 6
   assert np.sum(results["confusion_matrix"]) == NUM_VAL
   assert json.loads((tmp_path / trainer.RESULTS_FILE).read_text())["num_videos"] == NUM_VAL
+
+
+def test_eval_mode_results_say_what_was_evaluated(dataset, tmp_path):
+  """The checkpoint, its frames (here interpolated from the tiny model's 2), and the views: the terminal's warning
+  of an interpolation is in the file too."""
+  frames = tiny.ARCH["num_frames"] + 1
+  config = in_process_config(dataset, mode="eval", eval_batch_size=4, num_frames=frames, final_eval_crops=1)
+  trainer.train_and_evaluate(config, tmp_path)
+  assert json.loads((tmp_path / trainer.RESULTS_FILE).read_text())["evaluated"] == {
+    "checkpoint": str(dataset[1]),
+    "checkpoint_step": None,  # not a training workdir
+    "frames_interpolated_from": tiny.ARCH["num_frames"],
+    "num_frames": frames,
+    "clips": 2,
+    "crops": 1,
+  }
+
+
+def test_eval_mode_of_a_training_workdir_records_the_step_it_read_past_a_damaged_one(dataset, uninterrupted, tmp_path):
+  workdir = tmp_path / "trained"
+  shutil.copytree(uninterrupted[0], workdir)
+  _damage(workdir / "checkpoints" / str(TOTAL_STEPS))
+  config = in_process_config(dataset, mode="eval", eval_batch_size=4, **{"init.checkpoint": str(workdir)})
+  results = trainer.train_and_evaluate(config, tmp_path / "eval")
+  evaluated = json.loads((tmp_path / "eval" / trainer.RESULTS_FILE).read_text())["evaluated"]
+  assert evaluated == results["evaluated"]
+  assert evaluated["checkpoint"] == str(workdir) and evaluated["checkpoint_step"] == TOTAL_STEPS - 2
+  assert evaluated["frames_interpolated_from"] is None and results["step"] == 0  # "step" stays as documented
 
 
 def _val_list_with_a_broken_video(dataset, tmp_path, good_lines: int) -> str:

@@ -88,17 +88,35 @@ _SEEDS = 2**32
 def load_model(config: ml_collections.ConfigDict) -> pretrained.XCLIPModel:
   """The model to start from: `init.checkpoint` (X-CLIP), `init.clip` (CLIP), or `arch` (or the architecture `model`
   gives, as configs/demo.py does) initialised at random. `_check_config` has checked what the config alone decides."""
+  return _load_model(config)[0]
+
+
+def _load_model(config: ml_collections.ConfigDict) -> tuple[pretrained.XCLIPModel, dict]:
+  """`load_model`'s model, and where mode=eval's came from, for the results' `evaluated` record: the checkpoint,
+  the step it read of a training workdir (None for other checkpoints, or where it could not be told), and the frames
+  its MIT temporal position embedding was interpolated from (None: not interpolated)."""
   path = _init_path(config)
+  source = {"checkpoint": None, "checkpoint_step": None, "frames_interpolated_from": None}
   if path:
     field = "init.checkpoint" if config.init.checkpoint else "init.clip"
-    model = pretrained.load_pretrained(
-      datasets.check_exists(path, field), num_frames=config.num_frames, **_run_options(config)
-    )
+    datasets.check_exists(path, field)
+    source["checkpoint"] = str(paths.absolute(path))
+    workdir = native.is_workdir(epath.Path(path)) and not native.is_checkpoint(epath.Path(path))  # as it is read
+    with _steps_read_instead() as steps:
+      # mode=eval reads the model at its own frames first, to tell whether they are interpolated.
+      num_frames = None if config.mode == "eval" else config.num_frames
+      model = pretrained.load_pretrained(path, num_frames=num_frames, **_run_options(config))
+    if workdir:
+      source["checkpoint_step"] = _step_read(epath.Path(path), steps)
     if config.mode == "eval" and not model.xclip_modules_trained:
       raise ValueError(
         f"mode=eval evaluates a trained X-CLIP, but {field} {path} is a CLIP model, whose message tokens, MIT and "
         "prompt generator are untrained: set --config.init.checkpoint to an X-CLIP checkpoint, or train"
       )
+    if model.config.num_frames != config.num_frames:  # mode=eval: as load_pretrained(path, config.num_frames) does
+      source["frames_interpolated_from"] = model.config.num_frames
+      architecture, params = pretrained._resize_frames(model.config, model.params, config.num_frames)
+      model = pretrained.XCLIPModel(architecture, params)
     arch = _arch_of(model.config)
     if config.arch and arch != config.arch:
       raise ValueError(f"config.arch is {config.arch} but {field} {path} holds a {arch or 'different'} model")
@@ -110,7 +128,40 @@ def load_model(config: ml_collections.ConfigDict) -> pretrained.XCLIPModel:
       logging.warning("No init.clip or init.checkpoint: training %s from a random initialisation.", architecture)
     model = pretrained.from_config(architecture, seed=config.seed)
   _check_input_size(config, model.config)
-  return model
+  return model, source
+
+
+# The start of native.read_workdir's warning that a training workdir's newest checkpoints are damaged, which names
+# the step it reads instead, its last argument: read_workdir returns the parameters only.
+_READ_INSTEAD = "The checkpoint at step %d cannot be read"
+
+
+@contextlib.contextmanager
+def _steps_read_instead():
+  """The steps that native.read_workdir, within the block, tells it read instead of a damaged newer checkpoint."""
+  steps = []
+
+  class Handler(logging.Handler):
+    def emit(self, record):
+      if isinstance(record.msg, str) and record.msg.startswith(_READ_INSTEAD) and record.args:
+        steps.append(int(record.args[-1]))
+
+  handler = Handler(logging.WARNING)
+  logging.getLogger().addHandler(handler)
+  try:
+    yield steps
+  finally:
+    logging.getLogger().removeHandler(handler)
+
+
+def _step_read(workdir: epath.Path, steps_read_instead: list[int]) -> int | None:
+  """The step of the checkpoint that load_pretrained read of a training workdir: its newest, or the one it told it
+  read instead of a damaged newer one; None where warnings are off (absl's --verbosity=-2), which would not tell."""
+  if steps_read_instead:
+    return steps_read_instead[-1]
+  if not logging.getLogger().isEnabledFor(logging.WARNING):
+    return None
+  return max(int(p.name) for p in (workdir / native.WORKDIR_CHECKPOINTS).iterdir() if p.name.isdigit())
 
 
 def _architecture(config: ml_collections.ConfigDict) -> model_config.XCLIPConfig | None:
@@ -351,8 +402,19 @@ def _kept_number(name: str) -> int:
   return 0
 
 
+def _evaluated(config, source: dict, main_set: bool, zero_shot_tasks) -> dict:
+  """The results' record of what was evaluated: `source` (`_load_model`'s), the frames, and the views of the main
+  list (and its single-frame control) and of the zero-shot sets, of those that are evaluated."""
+  record = {**source, "num_frames": config.num_frames}
+  if main_set or config.data.get("single_frame_file"):
+    record.update(clips=config.final_eval_clips, crops=config.final_eval_crops)
+  if zero_shot_tasks:
+    record.update(zero_shot_clips=config.zero_shot_clips, zero_shot_crops=config.zero_shot_crops)
+  return record
+
+
 def _final_evaluation(
-  config, workdir, experiment, zero_shot_tasks, model, params, mesh, eval_step, text_encoder, step: int
+  config, workdir, experiment, zero_shot_tasks, model, params, mesh, eval_step, text_encoder, step: int, source: dict
 ) -> dict:
   earlier_kept = False
 
@@ -365,7 +427,8 @@ def _final_evaluation(
       earlier_kept = True
     _write_json(workdir / RESULTS_FILE, results)
 
-  results = {"step": step}
+  main_set = bool(config.data.test_file or config.mode == "train" or config.data.val_file or config.data.tfds_dir)
+  results = {"step": step, "evaluated": _evaluated(config, source, main_set, zero_shot_tasks)}
   views = (config.final_eval_clips, config.final_eval_crops)
   if config.data.test_file:
     results.update(
@@ -379,7 +442,7 @@ def _final_evaluation(
         *views,
       )
     )
-  elif config.mode == "train" or config.data.val_file or config.data.tfds_dir:
+  elif main_set:
     eval_set = datasets.validation_set(config, experiment)
     results.update(evaluate.run_eval_set(config, eval_set, eval_step, text_encoder, params, mesh, *views))
   if config.data.get("single_frame_file"):
@@ -498,7 +561,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   experiment = datasets.resolve(config, workdir)
   # Read and checked before training too, as the other lists are.
   zero_shot_tasks = zero_shot.tasks(config, workdir) if "zero_shot" in config else []
-  model = load_model(config)
+  model, source = _load_model(config)
   text_encoder = evaluate.make_text_encoder(model.module)
   param_shardings = sharding.tree_shardings(model.params, mesh)
   eval_step = evaluate.make_eval_step(model.module, mesh, param_shardings)
@@ -507,7 +570,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     _start_block(config, workdir, model, mesh, experiment, f"{total:,}", resumed_step=None)
     params = jax.device_put(model.params, param_shardings)
     return _final_evaluation(
-      config, workdir, experiment, zero_shot_tasks, model, params, mesh, eval_step, text_encoder, step=0
+      config, workdir, experiment, zero_shot_tasks, model, params, mesh, eval_step, text_encoder, 0, source
     )
 
   # Train state: created sharded, then restored from the newest checkpoint if there is one.
@@ -626,8 +689,20 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   # Final evaluation: the official code evaluates the final model (not the best) with all views.
   views = f"{console.count(config.final_eval_clips, 'clip')} x {console.count(config.final_eval_crops, 'crop')}"
   console.info(f"Evaluating the model of step {total_steps} ({views})")
+  # The model of the final step, which load_pretrained(workdir) reads.
+  source = {"checkpoint": str(workdir), "checkpoint_step": total_steps, "frames_interpolated_from": None}
   results = _final_evaluation(
-    config, workdir, experiment, zero_shot_tasks, model, state.params, mesh, eval_step, text_encoder, total_steps
+    config,
+    workdir,
+    experiment,
+    zero_shot_tasks,
+    model,
+    state.params,
+    mesh,
+    eval_step,
+    text_encoder,
+    total_steps,
+    source,
   )
   writer.write_scalars(total_steps, {"final/top1": results.get("top1", 0.0), "final/top5": results.get("top5", 0.0)})
   writer.flush()
