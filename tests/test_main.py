@@ -357,8 +357,8 @@ def test_eval_mode_of_a_training_workdir_records_the_step_it_read_past_a_damaged
   shutil.copytree(uninterrupted[0], workdir)
   _damage(workdir / "checkpoints" / str(TOTAL_STEPS))
   config = in_process_config(dataset, mode="eval", eval_batch_size=4, **{"init.checkpoint": str(workdir)})
-  results = trainer.train_and_evaluate(config, tmp_path / "eval")
-  evaluated = json.loads((tmp_path / "eval" / trainer.RESULTS_FILE).read_text())["evaluated"]
+  results = trainer.train_and_evaluate(config, workdir)  # a training workdir may be evaluated into itself
+  evaluated = json.loads((workdir / trainer.RESULTS_FILE).read_text())["evaluated"]
   assert evaluated == results["evaluated"]
   assert evaluated["checkpoint"] == str(workdir) and evaluated["checkpoint_step"] == TOTAL_STEPS - 2
   assert evaluated["frames_interpolated_from"] is None and results["step"] == 0  # "step" stays as documented
@@ -843,6 +843,52 @@ def test_a_config_value_that_cannot_make_a_run_is_refused_before_anything_is_wri
   with pytest.raises(trainer.ConfigError, match=re.escape(error)):
     trainer.train_and_evaluate(in_process_config(dataset, **fields), workdir)
   assert not workdir.exists()
+
+
+@pytest.mark.parametrize(
+  "workdir, where",
+  [
+    ("model", ""),
+    ("model/eval", "inside "),
+    ("link", ""),  # a symbolic link to the checkpoint's folder
+  ],
+)
+def test_a_workdir_in_the_checkpoint_it_evaluates_is_refused_before_anything_is_written(
+  dataset, tmp_path, workdir, where
+):
+  """Its results and logs among the checkpoint's files: an xclip-jax checkpoint could no longer be saved over."""
+  model = shutil.copytree(dataset[1], tmp_path / "model")
+  (tmp_path / "link").symlink_to(model)
+  written = _files(model)
+  config = in_process_config(dataset, mode="eval", **{"init.checkpoint": str(model)})
+  refusal = f"the workdir {tmp_path / workdir} is {where}the checkpoint config.init.checkpoint={model}: the run would"
+  with pytest.raises(trainer.ConfigError, match=re.escape(refusal)):
+    trainer.train_and_evaluate(config, tmp_path / workdir)
+  assert _files(model) == written and sorted(p.name for p in tmp_path.iterdir()) == ["link", "model"]
+
+
+def _training_workdir(dataset, folder: pathlib.Path) -> pathlib.Path:
+  """What load_pretrained takes for a training workdir (a best model and checkpoints/), with no checkpoint in it."""
+  shutil.copytree(dataset[1], folder / "best")
+  (folder / "checkpoints").mkdir()
+  return folder
+
+
+@pytest.mark.parametrize("inside", ["best", "checkpoints", "best/eval"])
+def test_a_workdir_in_the_best_model_or_checkpoints_of_the_training_workdir_it_evaluates_is_refused(
+  dataset, tmp_path, inside
+):
+  trained = _training_workdir(dataset, tmp_path / "trained")
+  written = _files(trained)
+  config = in_process_config(dataset, mode="eval", **{"init.checkpoint": str(trained)})
+  folder = "best model" if inside.startswith("best") else "checkpoints"
+  refusal = (
+    f"the workdir {trained / inside} is {'inside ' if '/' in inside else ''}{trained / inside.split('/')[0]}, the "
+    f"{folder} of the training workdir config.init.checkpoint={trained}: the run would write"
+  )
+  with pytest.raises(trainer.ConfigError, match=re.escape(refusal)):
+    trainer.train_and_evaluate(config, trained / inside)
+  assert _files(trained) == written
 
 
 def test_a_zero_shot_config_left_without_data_sets_is_refused():

@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import pathlib
 import re
 import time
 
@@ -220,13 +221,54 @@ class ConfigError(ValueError):
   command line, which xclip_jax.main tells as one (one `error:` line, exit status 2), not an error in the run."""
 
 
-def _check_config(config: ml_collections.ConfigDict):
+def _check_config(config: ml_collections.ConfigDict, workdir=None):
   """Refuses a config value that cannot make a run, naming the field, before anything is written: left to the run it
-  would fail far from its cause (a division by zero), or train wrongly (a negative learning rate)."""
+  would fail far from its cause (a division by zero), or train wrongly (a negative learning rate). With `workdir`,
+  also one that would write into the checkpoint the model is read from."""
   try:
     _check_config_values(config)
+    if workdir is not None:
+      _check_workdir_outside_the_model(config, workdir)
   except (ValueError, OSError) as error:  # OSError: a local init file that does not exist
     raise ConfigError(str(error)) from error
+
+
+def _check_workdir_outside_the_model(config: ml_collections.ConfigDict, workdir):
+  """Refuses a workdir that is the checkpoint folder the model is read from (init.checkpoint, init.clip), or inside
+  it: the run's results and logs would be written among its files, where a checkpoint folder holds none (an xclip-jax
+  one could no longer be saved over). A training workdir is the exception: it holds results beside its checkpoints/
+  and best/, so it may be its own init.checkpoint (mode=eval of its final model); only those two are refused."""
+  for field in ("checkpoint", "clip"):
+    model = config.init[field]
+    if not model or _within(workdir, model) is None:
+      continue
+    model_path = epath.Path(model)
+    if native.is_workdir(model_path) and not native.is_checkpoint(model_path):  # as load_pretrained reads it
+      for name, what in ((native.WORKDIR_BEST, "best model"), (native.WORKDIR_CHECKPOINTS, "checkpoints")):
+        where = _within(workdir, model_path / name)
+        if where is not None:
+          raise ValueError(
+            f"the workdir {workdir} is {where}{model_path / name}, the {what} of the "
+            f"training workdir config.init.{field}={model}: the run would write its results and logs among them; "
+            f"give another --workdir ({model} itself may be one)"
+          )
+    else:
+      raise ValueError(
+        f"the workdir {workdir} is {_within(workdir, model)}the checkpoint config.init.{field}={model}: the run would "
+        "write its results and logs among the checkpoint's files; give another --workdir"
+      )
+
+
+def _within(path, folder) -> str | None:
+  """An empty string where `path` is `folder`, "inside " where it is inside it, None elsewhere; symbolic links
+  followed (paths on cloud storage compared as written)."""
+  if paths.is_remote(path) or paths.is_remote(folder):
+    path, folder = str(path).rstrip("/"), str(folder).rstrip("/")
+    inside = path.startswith(folder + "/")
+  else:
+    path, folder = pathlib.Path(os.path.realpath(path)), pathlib.Path(os.path.realpath(folder))
+    inside = folder in path.parents
+  return "" if path == folder else "inside " if inside else None
 
 
 def _check_config_values(config: ml_collections.ConfigDict):
@@ -474,7 +516,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   A finished run draws its pictures in workdir and prints a summary table (on process 0).
   """
   start = time.time()
-  _check_config(config)
+  _check_config(config, workdir)
   distributed.check_same_config(config)  # before anything that depends on it makes the processes meet
   workdir = paths.absolute(workdir)
   with run_lock.held(workdir):
