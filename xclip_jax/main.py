@@ -16,7 +16,7 @@ The terminal shows what the run is, its progress, validation results, warnings a
 every library goes to WORKDIR/logs/process_I.log, and --verbosity=0 (or 1, with DEBUG) shows it on the terminal too.
 
 A mistake on the command line (a flag, the config file or its arguments, an argument too many, a config value that
-cannot make a run) is one line on stderr, `error: ...`, and exit status 2, before anything but the log is written. An
+cannot make a run) is one line on stderr, `error: ...`, and exit status 2, before anything is written. An
 error in the run is one line too, naming the log file that holds its traceback, and exit status 1. A run that a
 SIGTERM or Ctrl-C stopped saves a checkpoint and ends by that signal (the shells' status 143 or 130, and a shell script
 or loop running it stops): rerun the same command to resume.
@@ -84,6 +84,8 @@ def main(argv):
   try:
     compilation_cache.enable(_CACHE_DIR.value)
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _HEARTBEAT_TIMEOUT.value)
+    # Before the log is opened: a config mistake writes nothing (a workdir inside the checkpoint would take logs/).
+    trainer.check_config(_CONFIG.value, _WORKDIR.value)
     log = console.open_log(_WORKDIR.value, jax.process_index(), jax.process_count())
     if jax.process_count() == 1:  # several processes: jax.distributed's own handler syncs their stop
       signal.signal(signal.SIGTERM, _terminate)
@@ -101,8 +103,7 @@ def main(argv):
     results = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except app.UsageError as error:  # distributed.initialize's: the --coordinator_address flags given in part
     console.fail(str(error))
-  except trainer.ConfigError as error:  # found before anything but the log was written: a command-line mistake
-    logging.info("The config was refused: %s", error)  # the log says why it ends, too
+  except trainer.ConfigError as error:  # found before anything was written: a command-line mistake
     if jax.process_count() == 1:
       console.fail(str(error))
     console.error(str(error))

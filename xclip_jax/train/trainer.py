@@ -88,27 +88,22 @@ _SEEDS = 2**32
 
 def load_model(config: ml_collections.ConfigDict) -> pretrained.XCLIPModel:
   """The model to start from: `init.checkpoint` (X-CLIP), `init.clip` (CLIP), or `arch` (or the architecture `model`
-  gives, as configs/demo.py does) initialised at random. `_check_config` has checked what the config alone decides."""
+  gives, as configs/demo.py does) initialised at random. `check_config` has checked what the config alone decides."""
   return _load_model(config)[0]
 
 
 def _load_model(config: ml_collections.ConfigDict) -> tuple[pretrained.XCLIPModel, dict]:
-  """`load_model`'s model, and where mode=eval's came from, for the results' `evaluated` record: the checkpoint,
-  the step it read of a training workdir (None for other checkpoints, or where it could not be told), and the frames
-  its MIT temporal position embedding was interpolated from (None: not interpolated)."""
+  """`load_model`'s model, and where mode=eval's came from, for the results' `evaluated` record: the checkpoint, and
+  the frames its MIT temporal position embedding was interpolated from (None: not interpolated)."""
   path = _init_path(config)
-  source = {"checkpoint": None, "checkpoint_step": None, "frames_interpolated_from": None}
+  source = {"checkpoint": None, "frames_interpolated_from": None}
   if path:
     field = "init.checkpoint" if config.init.checkpoint else "init.clip"
     datasets.check_exists(path, field)
     source["checkpoint"] = str(paths.absolute(path))
-    workdir = native.is_workdir(epath.Path(path)) and not native.is_checkpoint(epath.Path(path))  # as it is read
-    with _steps_read_instead() as steps:
-      # mode=eval reads the model at its own frames first, to tell whether they are interpolated.
-      num_frames = None if config.mode == "eval" else config.num_frames
-      model = pretrained.load_pretrained(path, num_frames=num_frames, **_run_options(config))
-    if workdir:
-      source["checkpoint_step"] = _step_read(epath.Path(path), steps)
+    # mode=eval reads the model at its own frames first, to tell whether they are interpolated.
+    num_frames = None if config.mode == "eval" else config.num_frames
+    model = pretrained.load_pretrained(path, num_frames=num_frames, **_run_options(config))
     if config.mode == "eval" and not model.xclip_modules_trained:
       raise ValueError(
         f"mode=eval evaluates a trained X-CLIP, but {field} {path} is a CLIP model, whose message tokens, MIT and "
@@ -130,39 +125,6 @@ def _load_model(config: ml_collections.ConfigDict) -> tuple[pretrained.XCLIPMode
     model = pretrained.from_config(architecture, seed=config.seed)
   _check_input_size(config, model.config)
   return model, source
-
-
-# The start of native.read_workdir's warning that a training workdir's newest checkpoints are damaged, which names
-# the step it reads instead, its last argument: read_workdir returns the parameters only.
-_READ_INSTEAD = "The checkpoint at step %d cannot be read"
-
-
-@contextlib.contextmanager
-def _steps_read_instead():
-  """The steps that native.read_workdir, within the block, tells it read instead of a damaged newer checkpoint."""
-  steps = []
-
-  class Handler(logging.Handler):
-    def emit(self, record):
-      if isinstance(record.msg, str) and record.msg.startswith(_READ_INSTEAD) and record.args:
-        steps.append(int(record.args[-1]))
-
-  handler = Handler(logging.WARNING)
-  logging.getLogger().addHandler(handler)
-  try:
-    yield steps
-  finally:
-    logging.getLogger().removeHandler(handler)
-
-
-def _step_read(workdir: epath.Path, steps_read_instead: list[int]) -> int | None:
-  """The step of the checkpoint that load_pretrained read of a training workdir: its newest, or the one it told it
-  read instead of a damaged newer one; None where warnings are off (absl's --verbosity=-2), which would not tell."""
-  if steps_read_instead:
-    return steps_read_instead[-1]
-  if not logging.getLogger().isEnabledFor(logging.WARNING):
-    return None
-  return max(int(p.name) for p in (workdir / native.WORKDIR_CHECKPOINTS).iterdir() if p.name.isdigit())
 
 
 def _architecture(config: ml_collections.ConfigDict) -> model_config.XCLIPConfig | None:
@@ -217,11 +179,11 @@ def _resolved(config: ml_collections.ConfigDict, experiment: datasets.Experiment
 
 
 class ConfigError(ValueError):
-  """A config value that cannot make a run, found by `_check_config` before anything is written: a mistake on the
+  """A config value that cannot make a run, found by `check_config` before anything is written: a mistake on the
   command line, which xclip_jax.main tells as one (one `error:` line, exit status 2), not an error in the run."""
 
 
-def _check_config(config: ml_collections.ConfigDict, workdir=None):
+def check_config(config: ml_collections.ConfigDict, workdir=None):
   """Refuses a config value that cannot make a run, naming the field, before anything is written: left to the run it
   would fail far from its cause (a division by zero), or train wrongly (a negative learning rate). With `workdir`,
   also one that would write into the checkpoint the model is read from."""
@@ -516,7 +478,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   A finished run draws its pictures in workdir and prints a summary table (on process 0).
   """
   start = time.time()
-  _check_config(config, workdir)
+  check_config(config, workdir)
   distributed.check_same_config(config)  # before anything that depends on it makes the processes meet
   workdir = paths.absolute(workdir)
   with run_lock.held(workdir):
@@ -732,7 +694,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   views = f"{console.count(config.final_eval_clips, 'clip')} x {console.count(config.final_eval_crops, 'crop')}"
   console.info(f"Evaluating the model of step {total_steps} ({views})")
   # The model of the final step, which load_pretrained(workdir) reads.
-  source = {"checkpoint": str(workdir), "checkpoint_step": total_steps, "frames_interpolated_from": None}
+  source = {"checkpoint": str(workdir), "frames_interpolated_from": None}
   results = _final_evaluation(
     config,
     workdir,
