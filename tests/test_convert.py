@@ -1,11 +1,13 @@
 """Checkpoint conversion: official X-CLIP and OpenAI CLIP files in, xclip-jax and official files out."""
 
 import json
+import logging
 import os
 import pathlib
 import shutil
 import subprocess
 import sys
+import threading
 
 import jax
 import numpy as np
@@ -14,7 +16,9 @@ import pytest
 from tests.fixtures import tiny
 import xclip_jax
 from xclip_jax import classify
+from xclip_jax import console
 from xclip_jax import convert
+from xclip_jax.weights import native
 from xclip_jax.weights import official
 from xclip_jax.weights import torch_checkpoint
 from xclip_jax.weights import torch_pickle
@@ -388,6 +392,67 @@ def test_a_write_that_fails_leaves_nothing_behind(checkpoint, tmp_path, capsys, 
   _one_line_error(capsys, f"error: cannot write {dst}: [Errno 28] No space left on device")
   # The folders it made for DST are gone too; the one that was there stays.
   assert [path.name for path in tmp_path.iterdir()] == ["there"] and not any((tmp_path / "there").iterdir())
+
+
+@pytest.fixture
+def terminal(monkeypatch):
+  """The terminal as the commands set it up (`console.setup`: errors and warnings, one line each), undone after."""
+  root, absl_logger = logging.getLogger(), logging.getLogger("absl")
+  handlers, level, absl_level = list(root.handlers), root.level, absl_logger.level
+  for name in ("_handler", "_process_index", "_process_count", "_native_start_up"):
+    monkeypatch.setattr(console, name, getattr(console, name))
+  console.setup(verbose=False)
+  yield
+  for handler in root.handlers[:]:
+    if handler not in handlers:
+      root.removeHandler(handler)
+      handler.close()
+  for handler in handlers:
+    if handler not in root.handlers:
+      root.addHandler(handler)
+  root.setLevel(level)
+  absl_logger.setLevel(absl_level)
+  logging.captureWarnings(False)
+
+
+def test_a_full_disk_under_orbax_is_a_one_line_error_and_leaves_nothing(
+  checkpoint, tmp_path, capsys, monkeypatch, terminal
+):
+  """A full disk as orbax 0.12 meets it (seen on a 64 KB tmpfs), simulated after a real save: its background thread
+  logs the failure with a traceback through absl's logger, `wait_until_finished` raises it as a ValueError of
+  TensorStore's status, and one of TensorStore's writes, still running, makes its folder again 20 ms later. The
+  command told it in a 335-line traceback, exit status 1; the folder could stay behind."""
+  checkpointer = native.ocp.StandardCheckpointer
+  save, wait, saved, stray = checkpointer.save, checkpointer.wait_until_finished, [], []
+
+  def saves(self, directory, *args, **kwargs):
+    save(self, directory, *args, **kwargs)
+    saved.append(pathlib.Path(directory))
+
+  def full_disk(self):
+    wait(self)  # the save's writes, done
+    if not saved:  # the save's own wait, for earlier saves
+      return
+    written = saved[0].with_name(f"{saved[0].name}.orbax-checkpoint-tmp")
+    error = ValueError(
+      f'RESOURCE_EXHAUSTED: Error writing local file "{written}/_sharding": Failed writing: "{written}/_sharding.'
+      "__lock\": Failed to write 12765 bytes to file 4: No space left on device [os_error_code='28']"
+    )
+    absl = logging.getLogger("absl")
+    orbax_file = sys.modules[native.ocp.AsyncCheckpointer.__module__].__file__
+    message = "[process=0] Failed to run 2 Handler Commit operations or the Commit callback in background save thread"
+    absl.handle(absl.makeRecord("absl", logging.ERROR, orbax_file, 264, message, (), (ValueError, error, None)))
+    stray.append(threading.Timer(0.02, (written / "ocdbt.process_0" / "d").mkdir, kwargs=dict(parents=True)))
+    stray[0].start()
+    raise error
+
+  monkeypatch.setattr(checkpointer, "save", saves)
+  monkeypatch.setattr(checkpointer, "wait_until_finished", full_disk)
+  dst = tmp_path / "dst"
+  assert convert.command(str(checkpoint), str(dst)) == 2
+  stray[0].join()
+  _one_line_error(capsys, f"error: cannot write {dst}: [Errno 28] No space left on device")
+  assert not any(tmp_path.iterdir())  # neither DST nor the staging folder beside it
 
 
 @pytest.mark.parametrize(

@@ -10,11 +10,14 @@ read: a checkpoint of another architecture is a CheckpointMismatchError naming t
 """
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import pathlib
 import re
 import sys
+import time
 import traceback
 
 from etils import epath
@@ -54,7 +57,8 @@ def write_checkpoint(
   sharded over all of them); process 0 writes the config, after the params: the config makes the directory a
   checkpoint (`is_checkpoint`), so a first write that fails leaves none that describes params it lacks (a rewrite,
   as of a workdir's `best/`, deletes the old params first and keeps the old config until the new one replaces it).
-  `directory` must be new, empty, or such a checkpoint (which is replaced): anything else there is refused.
+  `directory` must be new, empty, or such a checkpoint (which is replaced): anything else there is refused. A write
+  that fails (a full disk) is an OSError of one line (`_save_params`).
   """
   directory = paths.absolute(directory)
   if directory.exists() and not _new_or_checkpoint(directory):
@@ -67,9 +71,7 @@ def write_checkpoint(
   if jax.process_count() > 1:  # every process has looked before any writes
     multihost_utils.sync_global_devices("checkpoint directory checked")
   directory.mkdir(parents=True, exist_ok=True)
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(directory / PARAMS_DIR, params, force=True)
-  checkpointer.wait_until_finished()
+  _save_params(directory, params)
   meta = {
     "format": FORMAT_NAME,
     "version": FORMAT_VERSION,
@@ -79,6 +81,92 @@ def write_checkpoint(
   if jax.process_index() == 0:
     (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
   return directory
+
+
+# How TensorStore's errors begin, as orbax raises them (a ValueError): an absl status code ("RESOURCE_EXHAUSTED: Error
+# writing local file ..."); and the errno it found, where the system gave one ("... [os_error_code='28']").
+_TENSORSTORE_ERROR = re.compile(r"[A-Z_]+: ")
+_OS_ERROR_CODE = re.compile(r"\[os_error_code='(\d+)'\]")
+
+
+def _save_params(directory: epath.Path, params):
+  """orbax's write of `params` to `directory`/params; OSError where it cannot write them, one line: the system's error
+  ("[Errno 28] No space left on device", as Python writes it) where TensorStore names one, else TensorStore's.
+
+  orbax meets the failure in its background threads, which log it with a traceback (several times, some 300 lines in
+  all), and raises it as a ValueError: the raised error reaches the user, so those records go to the log as INFO.
+  """
+  checkpointer = ocp.StandardCheckpointer()
+  try:
+    with _errors_logged_as_info():
+      try:
+        checkpointer.save(directory / PARAMS_DIR, params, force=True)
+        checkpointer.wait_until_finished()
+      except Exception:
+        _wait_until_still(directory)
+        raise
+  except ValueError as error:
+    message = one_line(error)
+    if not _TENSORSTORE_ERROR.match(message):
+      raise  # not a write that failed: a mistake, with its traceback
+    if code := _OS_ERROR_CODE.search(str(error)):  # at the end of a message that one_line may cut
+      raise OSError(int(code[1]), os.strerror(int(code[1]))) from error
+    raise OSError(message) from error
+
+
+@contextlib.contextmanager
+def _errors_logged_as_info():
+  """Meanwhile (in any thread: orbax logs from its own, through absl's logger), orbax's records of errors are logged
+  as INFO: the log file keeps them with their tracebacks, the terminal shows the one line of the error raised."""
+
+  def as_info(record: logging.LogRecord) -> bool:
+    if record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname:
+      record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
+    return True
+
+  logger = logging.getLogger("absl")
+  logger.addFilter(as_info)
+  try:
+    yield
+  finally:
+    logger.removeFilter(as_info)
+
+
+# How long the files of a failed save must stay as they are before it is told (`_wait_until_still`), and at most.
+_STILL_SECONDS, _STILL_TIMEOUT_SECONDS = 0.25, 10.0
+
+
+def _wait_until_still(directory: epath.Path):
+  """Returns once the local `directory` has stayed the same for `_STILL_SECONDS` (or after `_STILL_TIMEOUT_SECONDS`).
+
+  orbax raises the first error of a save while TensorStore still runs the save's other writes (in
+  params.orbax-checkpoint-tmp), which create their folders again where the caller has already removed them (a full
+  disk left empty folders so, 30 ms later): told once they are done, the caller removes the save for good.
+  """
+  if paths.is_remote(directory):
+    return
+
+  def state():
+    return sorted(
+      (root, name, entry.st_size, entry.st_mtime_ns)
+      for root, folders, files in os.walk(directory)
+      for name in folders + files
+      if (entry := _lstat(os.path.join(root, name))) is not None
+    )
+
+  deadline = time.monotonic() + _STILL_TIMEOUT_SECONDS
+  seen, since = state(), time.monotonic()
+  while time.monotonic() - since < _STILL_SECONDS and time.monotonic() < deadline:
+    time.sleep(0.02)
+    if (now := state()) != seen:
+      seen, since = now, time.monotonic()
+
+
+def _lstat(path: str) -> os.stat_result | None:
+  try:
+    return os.lstat(path)
+  except OSError:  # removed meanwhile
+    return None
 
 
 # The start of the name of the params orbax was still writing when a write stopped (a kill, a full disk).
