@@ -394,6 +394,34 @@ def test_a_write_that_fails_leaves_nothing_behind(checkpoint, tmp_path, capsys, 
   assert [path.name for path in tmp_path.iterdir()] == ["there"] and not any((tmp_path / "there").iterdir())
 
 
+@pytest.mark.parametrize("to", ["jax", "official"])
+def test_a_destination_written_meanwhile_is_kept_and_the_conversion_is_a_one_line_error(
+  checkpoint, tmp_path, capsys, monkeypatch, to
+):
+  """DST is checked before the checkpoint is read: a second conversion to it may finish first. Its output stays
+  (a file was replaced, despite 'convert never overwrites')."""
+  dst = tmp_path / "dst"
+  theirs = dst / "xclip_config.json" if to == "jax" else dst
+
+  def other_conversion_first(writer):
+    def writes(value, path):
+      writer(value, path)
+      theirs.parent.mkdir(exist_ok=True)
+      theirs.write_text("the other conversion's\n")
+
+    return writes
+
+  if to == "jax":
+    monkeypatch.setattr(xclip_jax.XCLIPModel, "save", other_conversion_first(xclip_jax.XCLIPModel.save))
+  else:
+    monkeypatch.setattr(
+      torch_writer, "save_torch_checkpoint", other_conversion_first(torch_writer.save_torch_checkpoint)
+    )
+  assert convert.command(str(checkpoint), str(dst), to=to) == 2
+  _one_line_error(capsys, f"error: {dst} appeared while this conversion ran: it is kept, and nothing was written")
+  assert _contents(tmp_path) == {str(theirs.relative_to(tmp_path)): b"the other conversion's\n"}
+
+
 @pytest.fixture
 def terminal(monkeypatch):
   """The terminal as the commands set it up (`console.setup`: errors and warnings, one line each), undone after."""

@@ -146,3 +146,35 @@ def test_a_second_write_into_a_directory_being_written_is_refused_and_leaves_the
       pytest.fail("two writes into one folder at once")
     assert (first / "model.onnx").read_text() == "first"
   assert (tmp_path / "out" / "model.onnx").read_text() == "first"
+
+
+def test_a_file_written_without_replacing_keeps_a_file_that_appeared_meanwhile(tmp_path):
+  """`replace=False` (convert's): a second command's file at DST, written while the first wrote beside it, stays;
+  the first fails naming DST, and leaves nothing."""
+  dst = tmp_path / "out.pth"
+  with pytest.raises(FileExistsError) as raised, paths.written_beside(dst, replace=False) as staging:
+    staging.write_text("mine")
+    dst.write_text("theirs")
+  assert raised.value.filename == str(dst) and str(dst) in str(raised.value)
+  assert [path.name for path in tmp_path.iterdir()] == ["out.pth"] and dst.read_text() == "theirs"
+  with paths.written_beside(tmp_path / "new.pth", replace=False) as staging:  # where nothing is, it is written
+    staging.write_text("mine")
+  assert sorted(path.name for path in tmp_path.iterdir()) == ["new.pth", "out.pth"]
+  assert (tmp_path / "new.pth").read_text() == "mine"
+
+
+def test_a_file_written_replacing_replaces_and_a_folder_never_replaces_one_that_is_not_empty(tmp_path):
+  """The default (classify's --embed file, which replaces an earlier .npz); a folder written meanwhile stays."""
+  dst = tmp_path / "embeddings.npz"
+  dst.write_text("earlier")
+  with paths.written_beside(dst) as staging:
+    staging.write_text("new")
+  assert dst.read_text() == "new" and [path.name for path in tmp_path.iterdir()] == ["embeddings.npz"]
+  folder = tmp_path / "out"
+  with pytest.raises(FileExistsError) as raised, paths.written_beside(folder, replace=False) as staging:
+    staging.mkdir()
+    (staging / "model.onnx").write_text("mine")
+    folder.mkdir()
+    (folder / "model.onnx").write_text("theirs")
+  assert raised.value.filename == str(folder) and (folder / "model.onnx").read_text() == "theirs"
+  assert sorted(path.name for path in tmp_path.iterdir()) == ["embeddings.npz", "out"]

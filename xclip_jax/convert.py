@@ -7,10 +7,10 @@ r"""Converts an X-CLIP or CLIP checkpoint for xclip-jax, or exports one back to 
 SRC is anything `xclip_jax.load_pretrained` reads; the conversion never executes code from it and needs no PyTorch.
 DST is a new or empty directory (--to=jax) or a new file (--to=official): nothing is overwritten, the source least of
 all. Errors are one line on stderr and exit status 2, with nothing written: a checkpoint that is missing or not an
-X-CLIP/CLIP checkpoint, an unknown --to, a --num_frames below 1, a DST that exists, is inside SRC or cannot be
-written, a DST ending in / with --to=official, a model the official format cannot describe (head counts other than
-width // 64, as Hugging Face configs may set; X-CLIP modules untrained, as in a model started from CLIP, which only
-an xclip-jax checkpoint records).
+X-CLIP/CLIP checkpoint, an unknown --to, a --num_frames below 1, a DST that exists (or appears while converting, as
+a second conversion's does), is inside SRC or cannot be written, a DST ending in / with --to=official, a model the
+official format cannot describe (head counts other than width // 64, as Hugging Face configs may set; X-CLIP modules
+untrained, as in a model started from CLIP, which only an xclip-jax checkpoint records).
 """
 
 import os
@@ -69,15 +69,20 @@ def write(model: pretrained.XCLIPModel, dst, to: str = "jax", source="the model"
   record that the model's X-CLIP modules are untrained (`check_recordable`, naming `source`).
 
   The output is written beside `dst` and moved there at the end (`paths.written_beside`): a failed conversion leaves
-  nothing behind.
+  nothing behind, and a `dst` that appears meanwhile (a second conversion to it) is kept, a UserError.
   """
   dst = check_arguments(dst, to, None)
   check_recordable(model, to, source)
-  with paths.written_beside(dst) as staging:
-    if to == "jax":
-      model.save(staging)  # a folder with the user's permissions, in mkdtemp's private one
-    else:
-      torch_writer.save_torch_checkpoint({"model": official_state_dict(model)}, staging)
+  try:
+    with paths.written_beside(dst, replace=False) as staging:
+      if to == "jax":
+        model.save(staging)  # a folder with the user's permissions, in mkdtemp's private one
+      else:
+        torch_writer.save_torch_checkpoint({"model": official_state_dict(model)}, staging)
+  except FileExistsError as error:
+    if error.filename != os.path.abspath(dst):
+      raise
+    raise classify.UserError(f"{dst} appeared while this conversion ran: it is kept, and nothing was written") from None
   return dst
 
 

@@ -2,6 +2,7 @@
 
 from collections.abc import Iterator
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -75,10 +76,15 @@ def why_not_creatable(path: pathlib.Path) -> str | None:
 
 
 @contextlib.contextmanager
-def written_beside(dst: pathlib.Path) -> Iterator[pathlib.Path]:
+def written_beside(dst: pathlib.Path, *, replace: bool = True) -> Iterator[pathlib.Path]:
   """A local path to write `dst`'s file or folder to, in a private temporary folder beside it: renamed to `dst` when
   the block ends, removed with everything else written otherwise (the folders made for `dst` too), so that a failed
   write leaves nothing behind.
+
+  A file replaces a `dst` that is there by then, unless `replace` is False: then a `dst` that appeared meanwhile (a
+  second command writing it) stays and the write fails, with a FileExistsError naming it (the file is hard-linked to
+  `dst`, which never replaces, then unlinked from the staging folder). A folder fails so where a folder that is not
+  empty, or a file, is there (a rename onto an empty one replaces it).
 
   Where `dst` is an existing (empty) directory, the temporary folder is inside it and its entries move into it: the
   directory stays (it may be the user's working directory), and a rename within it stays on its file system (a
@@ -106,7 +112,7 @@ def written_beside(dst: pathlib.Path) -> Iterator[pathlib.Path]:
       for entry in sorted(staging.iterdir(), key=lambda entry: not entry.is_dir()):
         entry.rename(dst / entry.name)
     else:
-      staging.rename(dst)
+      _move(staging, dst, replace)
     written = True
   finally:
     if scratch is not None:
@@ -121,6 +127,29 @@ def written_beside(dst: pathlib.Path) -> Iterator[pathlib.Path]:
           folder.rmdir()
         except OSError:  # not empty: someone else wrote there meanwhile
           break
+
+
+def _move(staging: pathlib.Path, dst: pathlib.Path, replace: bool):
+  """Renames the file or folder `staging` to `dst` (see `written_beside`); FileExistsError naming `dst` where a `dst`
+  that appeared meanwhile stays."""
+  if not replace and not staging.is_dir():
+    try:
+      os.link(staging, dst)  # never replaces
+    except FileExistsError:
+      raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), os.fspath(dst)) from None
+    except OSError as error:
+      # A file system without hard links: the rename, after a last look.
+      if error.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS) or os.path.lexists(dst):
+        raise
+    else:
+      staging.unlink()
+      return
+  try:
+    staging.rename(dst)
+  except OSError as error:  # a folder onto a folder that is not empty, or onto a file
+    if error.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR) and os.path.lexists(dst):
+      raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), os.fspath(dst)) from None
+    raise
 
 
 def _lock_for_writing(directory: pathlib.Path) -> int:
