@@ -25,11 +25,22 @@ from xclip_jax.model import config as model_config
     ("droppath", -0.5, "droppath must be a number in [0, 1), got -0.5"),
     ("droppath", "x", "droppath must be a number in [0, 1), got 'x'"),
     ("remat", "no", "remat must be True or False, got 'no'"),
+    # A TypeError in a comparison, or a model of NaN prompts, before.
+    ("prompts_alpha", None, "prompts_alpha must be a finite number, got None"),
+    ("prompts_alpha", "0.1", "prompts_alpha must be a finite number, got '0.1'"),
+    ("prompts_alpha", float("nan"), "prompts_alpha must be a finite number, got nan"),
+    ("prompts_alpha", float("inf"), "prompts_alpha must be a finite number, got inf"),
+    ("prompts_alpha", True, "prompts_alpha must be a finite number, got True"),
   ],
 )
 def test_invalid_sizes_are_refused_naming_the_field(field, value, message):
   with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
     model_config.XCLIPConfig.from_dict({**tiny.ARCH, field: value})
+
+
+@pytest.mark.parametrize("alpha", [0.1, 0, -1e-4, 2])
+def test_any_finite_prompts_alpha_is_accepted(alpha):
+  assert model_config.XCLIPConfig.from_dict({**tiny.ARCH, "prompts_alpha": alpha}).prompts_alpha == alpha
 
 
 def test_no_mit_or_prompt_layers_and_official_head_counts_are_accepted():

@@ -85,6 +85,10 @@ def test_a_config_that_is_not_json_is_one_error_naming_it(checkpoint, tmp_path):
     ([1, 2], "is not an xclip-jax checkpoint config"),
     ({"format": "xclip-jax", "version": 2, "config": {"embed_dim": 64}}, "X-CLIP config lacks the fields ["),
     ({"format": "xclip-jax", "version": 2, "config": {**tiny.ARCH, "vision_heads": 5}}, "vision_heads=5 does not"),
+    (
+      {"format": "xclip-jax", "version": 2, "config": {**tiny.ARCH, "prompts_alpha": None}},
+      ": prompts_alpha must be a finite number, got None",
+    ),
   ],
 )
 def test_a_config_without_a_usable_architecture_is_one_error_naming_it(checkpoint, tmp_path, record, message):

@@ -1,6 +1,7 @@
 """The architecture of an X-CLIP model (`XCLIPConfig`) and the CLIP backbones it starts from (`PRESETS`)."""
 
 import dataclasses
+import math
 import numbers
 from typing import Any
 
@@ -86,6 +87,10 @@ class XCLIPConfig:
       )
     if not (isinstance(self.droppath, numbers.Real) and 0 <= self.droppath < 1):  # NaN too
       raise ValueError(f"droppath must be a number in [0, 1), got {self.droppath!r}")
+    # The prompt generator's initial scale (a parameter, any sign); JSON's true would pass for 1.
+    alpha = self.prompts_alpha
+    if not (isinstance(alpha, numbers.Real) and not isinstance(alpha, bool) and math.isfinite(alpha)):
+      raise ValueError(f"prompts_alpha must be a finite number, got {alpha!r}")
     if not isinstance(self.remat, bool):
       raise ValueError(f"remat must be True or False, got {self.remat!r}")
     if self.dtype not in ("float32", "bfloat16"):
