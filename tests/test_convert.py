@@ -1,5 +1,6 @@
 """Checkpoint conversion: official X-CLIP and OpenAI CLIP files in, xclip-jax and official files out."""
 
+import functools
 import json
 import logging
 import os
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import threading
 
+from absl import flags
 import jax
 import numpy as np
 import pytest
@@ -521,6 +523,15 @@ def test_an_unknown_format_is_a_one_line_error(checkpoint, tmp_path, capsys):
   assert convert.command(str(checkpoint), str(tmp_path / "out"), to="onnx") == 2
   _one_line_error(capsys, "error: --to=onnx: unknown format; use one of jax, official")
   assert not any(tmp_path.iterdir())
+
+
+def test_help_lists_the_compilation_cache_flag(monkeypatch):
+  """The README says convert takes --compilation_cache_dir; --help lists only the program's key flags."""
+  defined = flags.FlagValues()  # the command's flags, defined apart from this process's
+  for name in ("DEFINE_string", "DEFINE_integer", "adopt_module_key_flags"):
+    monkeypatch.setattr(flags, name, functools.partial(getattr(flags, name), flag_values=defined))
+  convert.define_flags()
+  assert "--compilation_cache_dir: Folder of JAX's persistent compilation cache" in defined.module_help(convert)
 
 
 def test_a_missing_destination_argument_is_a_one_line_usage_error(checkpoint):

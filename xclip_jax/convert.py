@@ -144,6 +144,7 @@ def define_flags():
   )
   flags.DEFINE_integer("num_frames", None, "Frames per video (default: the checkpoint's).")
   compilation_cache.define_flag()
+  flags.adopt_module_key_flags(compilation_cache)  # listed by --help, with this module's own
 
 
 def run():
