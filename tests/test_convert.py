@@ -488,12 +488,12 @@ def test_a_full_disk_under_orbax_is_a_one_line_error_and_leaves_nothing(
 @pytest.mark.parametrize(
   "source, message",
   [
-    ("missing.pth", "error: checkpoint SRC: no checkpoint at SRC"),
-    ("text.pth", "error: checkpoint SRC: SRC: neither a torch zip archive nor a legacy torch.save file"),
-    ("arrays.npz", "error: checkpoint SRC: SRC: expected exactly one '<archive>/data.pkl' record, found none"),
+    ("missing.pth", "error: no checkpoint at SRC\n"),
+    ("text.pth", "error: SRC: neither a torch zip archive nor a legacy torch.save file"),
+    ("arrays.npz", "error: SRC: expected exactly one '<archive>/data.pkl' record, found none"),
     ("foreign.pth", "error: checkpoint SRC: not a ViT X-CLIP/CLIP state dict"),
-    ("directory", "error: checkpoint SRC: SRC is a directory but neither an xclip-jax checkpoint"),
-    ("hf_model", "error: checkpoint SRC: SRC/config.json: invalid JSON (Expecting ',' delimiter: line 1 column 24"),
+    ("directory", "error: SRC is a directory but neither an xclip-jax checkpoint"),
+    ("hf_model", "error: SRC/config.json: invalid JSON (Expecting ',' delimiter: line 1 column 24"),
   ],
 )
 def test_a_source_that_is_not_a_checkpoint_is_a_one_line_error_and_nothing_is_written(
@@ -517,6 +517,20 @@ def test_a_source_that_is_not_a_checkpoint_is_a_one_line_error_and_nothing_is_wr
   assert convert.command(str(path), str(tmp_path / "out")) == 2
   _one_line_error(capsys, message.replace("SRC", str(path)))
   assert _contents(tmp_path) == before and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+  "path, message, expected",
+  [
+    ("runs/best/", "runs/best/params cannot be read: OUT_OF_RANGE", "runs/best/params cannot be read: OUT_OF_RANGE"),
+    ("k400.pth", f"{os.path.abspath('k400.pth')}: neither", f"{os.path.abspath('k400.pth')}: neither"),
+    ("gone", "no checkpoint at gone", "no checkpoint at gone"),
+    ("a", "not a ViT X-CLIP/CLIP state dict", "checkpoint a: not a ViT X-CLIP/CLIP state dict"),
+    ("model", "model_type 'bert' is not X-CLIP", "checkpoint model: model_type 'bert' is not X-CLIP"),
+  ],
+)
+def test_a_load_error_names_the_checkpoint_once(path, message, expected):
+  assert xclip_jax.pretrained.load_error(path, ValueError(message)) == expected
 
 
 def test_an_unknown_format_is_a_one_line_error(checkpoint, tmp_path, capsys):

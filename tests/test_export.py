@@ -183,8 +183,8 @@ def test_frames_of_another_size_are_refused(served):
 @pytest.mark.parametrize(
   "case, message",
   [
-    ("missing", "error: checkpoint MISSING: no checkpoint at MISSING"),
-    ("not_a_checkpoint", "error: checkpoint OTHER: OTHER: neither a torch zip archive nor a legacy torch.save file"),
+    ("missing", "error: no checkpoint at MISSING\n"),
+    ("not_a_checkpoint", "error: OTHER: neither a torch zip archive nor a legacy torch.save file"),
   ],
 )
 def test_a_missing_or_foreign_checkpoint_is_a_one_line_error_and_nothing_is_written(tmp_path, case, message):
@@ -196,6 +196,16 @@ def test_a_missing_or_foreign_checkpoint_is_a_one_line_error_and_nothing_is_writ
   expected = message.replace("MISSING", str(checkpoint)).replace("OTHER", str(checkpoint))
   assert result.stderr.count("\n") == 1 and expected in result.stderr, result.stderr
   assert not (tmp_path / "out").exists()
+
+
+def test_a_file_that_is_not_a_checkpoint_is_named_once_in_its_error(tmp_path, capsys):
+  """Not 'error: checkpoint PATH: PATH: neither ...': the reader's message names the file already."""
+  (tmp_path / "text.pth").write_text("a text file, not a checkpoint\n")
+  assert export.command(tmp_path / "text.pth", tmp_path / "out", classes=CLASSES, fmt="stablehlo") == 2
+  captured = capsys.readouterr()
+  assert captured.out == "" and captured.err.count("\n") == 1, captured.err
+  assert captured.err.startswith(f"error: {tmp_path / 'text.pth'}: neither a torch zip archive nor a legacy torch.save")
+  assert [path.name for path in tmp_path.iterdir()] == ["text.pth"]
 
 
 @pytest.mark.parametrize(

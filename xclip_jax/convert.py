@@ -117,7 +117,7 @@ def command(src: str, dst: str, *, to: str = "jax", num_frames: int | None = Non
     try:
       model = pretrained.load_pretrained(src, num_frames=num_frames)
     except (OSError, ValueError) as e:
-      raise classify.UserError(f"checkpoint {src}: {e}") from None
+      raise classify.UserError(pretrained.load_error(src, e)) from None
     try:
       dst = write(model, dst, to, src)
     except OSError as e:

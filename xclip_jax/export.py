@@ -298,7 +298,7 @@ def command(
     try:
       model = pretrained.load_pretrained(checkpoint, num_frames=num_frames)
     except (OSError, ValueError) as e:
-      raise classify.UserError(f"checkpoint {checkpoint}: {e}") from None
+      raise classify.UserError(pretrained.load_error(checkpoint, e)) from None
     classify.warn_if_untrained(model, checkpoint)
     try:
       out = export(model, class_names, out, fmt)

@@ -3,6 +3,7 @@
 import functools
 import logging
 import numbers
+import os
 import pathlib
 import tempfile
 
@@ -271,6 +272,18 @@ def load_pretrained(
       params = official.params_from_official(state_dict, config, base_params=official.init_params(config, seed))
   config, params = _resize_frames(config, params, num_frames)
   return XCLIPModel(config, jax.tree.map(jnp.asarray, params), mesh, xclip_modules_trained=not from_clip)
+
+
+def load_error(path, error: BaseException) -> str:
+  """What `load_pretrained(path)`'s `error` says, naming the checkpoint once: as it is where it begins or ends with
+  the path, as most do ("PATH: neither a torch zip archive ...", "PATH/config.json: invalid JSON ...", "no checkpoint
+  at PATH"), else after "checkpoint PATH: " ("checkpoint PATH: not a ViT X-CLIP/CLIP state dict ...")."""
+  message = str(error)
+  for name in {os.fspath(path), str(pathlib.Path(path)), os.path.abspath(path)}:
+    begins = message.startswith(name) and message[len(name) : len(name) + 1] in (":", "/", " ")
+    if begins or message.endswith(f" {name}"):
+      return message
+  return f"checkpoint {path}: {message}"
 
 
 def from_config(config: model_config.XCLIPConfig, seed: int = 0) -> XCLIPModel:
