@@ -2,14 +2,17 @@
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
 import pytest
+import safetensors.numpy
 import torch
 
+import xclip_jax
 from xclip_jax.weights import torch_checkpoint
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -81,3 +84,13 @@ def test_loads_without_torch_or_yacs_installed(tmp_path, golden_dir, scripted_ar
 
   assert result.returncode == 0, result.stderr
   assert result.stdout.split() == [str(len(golden_state_dict)), str(len(module.state_dict()))]
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "weights.bin"])
+def test_a_safetensors_file_is_refused_asking_for_the_folder_of_the_model(tmp_path, name):
+  """A Hugging Face model's weights given without their folder: its config.json says what the model is. It was 'neither
+  a torch zip archive nor a legacy torch.save file (UnpicklingError: invalid load key ...)'."""
+  safetensors.numpy.save_file({"text_projection": np.zeros((4, 4), np.float32)}, tmp_path / name)
+  message = f"{tmp_path / name}: a safetensors file, as a Hugging Face model keeps its weights: pass the folder that "
+  with pytest.raises(ValueError, match=f"^{re.escape(message)}holds it and the model's config.json$"):
+    xclip_jax.load_pretrained(tmp_path / name)

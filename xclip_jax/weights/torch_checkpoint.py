@@ -4,6 +4,7 @@ Training checkpoints keep the model under an entry next to the optimiser's state
 training prefixes every name with `module.`; OpenAI ships TorchScript archives. `read_state_dict` undoes all three.
 """
 
+import os
 import pathlib
 
 import numpy as np
@@ -38,6 +39,11 @@ def read_state_dict(path) -> tuple[dict[str, np.ndarray], dict]:
     ValueError: the file holds no state dict, or an entry is not a tensor.
   """
   path = pathlib.Path(path)
+  if _is_safetensors(path):
+    raise ValueError(
+      f"{path}: a safetensors file, as a Hugging Face model keeps its weights: pass the folder that holds it and the "
+      "model's config.json"
+    )
   if torchscript.is_torchscript_archive(path):
     return torchscript.load_torchscript_state_dict(path), {}
   loaded = torch_pickle.load_torch_file(path)
@@ -60,3 +66,14 @@ def read_state_dict(path) -> tuple[dict[str, np.ndarray], dict]:
       raise ValueError(f"{path}: state dict entries '{bare}' and 'module.{bare}' name the same parameter")
     arrays[bare] = value
   return arrays, extras
+
+
+def _is_safetensors(path: pathlib.Path) -> bool:
+  """Whether the file is in the safetensors format: the length of a JSON header (8 bytes, little-endian), then it."""
+  try:
+    with open(path, "rb") as file:
+      head = file.read(9)
+      size = os.fstat(file.fileno()).st_size
+  except OSError:
+    return False  # told by the reader
+  return len(head) == 9 and head[8:] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size
