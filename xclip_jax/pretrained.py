@@ -163,18 +163,26 @@ class XCLIPModel:
     )
 
 
-def _resize_frames(config, params, num_frames):
+def _resize_frames(config, params, num_frames, trained: bool):
+  """The MIT temporal position embedding interpolated to `num_frames`; `trained`: whether the X-CLIP modules are."""
   if num_frames is None or num_frames == config.num_frames:
     return config, params
   embedding = np.asarray(params["mit"]["positional_embedding"])
-  # A warning: evaluated or used to classify as it is, the model scores below its published accuracy.
-  logging.warning(
-    "The checkpoint's model takes %d frames; its MIT temporal position embedding is interpolated to %d, which it "
-    "was not trained with (evaluate at %d frames for its published accuracy).",
-    config.num_frames,
-    num_frames,
-    config.num_frames,
-  )
+  if trained:
+    # A warning: evaluated or used to classify as it is, the model scores below its published accuracy.
+    logging.warning(
+      "The checkpoint's model takes %d frames; its MIT temporal position embedding is interpolated to %d, which it "
+      "was not trained with (evaluate at %d frames for its published accuracy).",
+      config.num_frames,
+      num_frames,
+      config.num_frames,
+    )
+  else:  # a start for training (from CLIP): the embedding is its initialisation, no accuracy is lost
+    logging.info(
+      "The MIT temporal position embedding, untrained (a model from CLIP), is interpolated from %d frames to %d.",
+      config.num_frames,
+      num_frames,
+    )
   params = flax.traverse_util.unflatten_dict(
     {
       **flax.traverse_util.flatten_dict(params),
@@ -270,7 +278,7 @@ def load_pretrained(
       logging.info("%s is a CLIP checkpoint: initialising the X-CLIP modules (MIT, prompts, message tokens).", path)
       from_clip = True
       params = official.params_from_official(state_dict, config, base_params=official.init_params(config, seed))
-  config, params = _resize_frames(config, params, num_frames)
+  config, params = _resize_frames(config, params, num_frames, trained=not from_clip)
   return XCLIPModel(config, jax.tree.map(jnp.asarray, params), mesh, xclip_modules_trained=not from_clip)
 
 

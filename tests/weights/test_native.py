@@ -2,6 +2,7 @@
 whose newest checkpoint is damaged."""
 
 import json
+import logging
 import pathlib
 import re
 import shutil
@@ -311,6 +312,24 @@ def test_a_model_whose_xclip_modules_are_untrained_reads_back_untrained(tmp_path
   trained.save(tmp_path / "trained")
   assert not xclip_jax.load_pretrained(tmp_path / "untrained").xclip_modules_trained
   assert xclip_jax.load_pretrained(tmp_path / "trained").xclip_modules_trained
+
+
+def test_frames_of_a_model_from_clip_are_interpolated_without_a_warning_of_published_accuracy(tmp_path, caplog):
+  """A model converted from CLIP has no published accuracy at its frames: its MIT embedding is an initialisation. A
+  trained one still gets the warning."""
+  model = tiny.model()
+  xclip_jax.XCLIPModel(model.config, model.params, xclip_modules_trained=False).save(tmp_path / "from_clip")
+  model.save(tmp_path / "trained")
+  with caplog.at_level(logging.INFO):
+    assert xclip_jax.load_pretrained(tmp_path / "from_clip", num_frames=4).config.num_frames == 4
+  assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
+  assert any(
+    "untrained (a model from CLIP), is interpolated from 2 frames to 4" in r.getMessage() for r in caplog.records
+  )
+  caplog.clear()
+  xclip_jax.load_pretrained(tmp_path / "trained", num_frames=4)
+  (warning,) = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+  assert "(evaluate at 2 frames for its published accuracy)" in warning
 
 
 def test_a_checkpoint_written_before_the_mark_was_recorded_reads_as_trained(checkpoint, tmp_path):
