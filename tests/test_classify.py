@@ -1,5 +1,6 @@
 """`python -m xclip_jax.classify`: a user's videos scored against class names."""
 
+import functools
 import json
 import pathlib
 import re
@@ -7,6 +8,7 @@ import subprocess
 import sys
 import tracemalloc
 
+from absl import flags
 import numpy as np
 import pytest
 
@@ -542,3 +544,15 @@ def test_a_model_of_a_smaller_vocabulary_than_clips_is_refused_before_any_video_
   small = tiny.model(vocab_size=1000)
   with pytest.raises(classify.UserError, match="^the class names' CLIP token ids reach 49407, but the model's vocab"):
     next(classify.classify(small, good, CLASSES.split(",")))
+
+
+def test_help_lists_the_compilation_cache_flag(monkeypatch):
+  """The README says classify takes --compilation_cache_dir; --help lists only the program's key flags."""
+  defined = flags.FlagValues()  # the command's flags, defined apart from this process's
+  for name in ("DEFINE_string", "DEFINE_list", "DEFINE_integer", "DEFINE_enum", "DEFINE_boolean"):
+    monkeypatch.setattr(flags, name, functools.partial(getattr(flags, name), flag_values=defined))
+  monkeypatch.setattr(
+    flags, "adopt_module_key_flags", functools.partial(flags.adopt_module_key_flags, flag_values=defined)
+  )
+  classify.define_flags()
+  assert "--compilation_cache_dir: Folder of JAX's persistent compilation cache" in defined.module_help(classify)

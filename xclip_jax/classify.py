@@ -483,6 +483,7 @@ def define_flags():
     "batch_size", None, "Videos scored per call of the model (default: 1 on CPU, else 8).", lower_bound=1
   )
   compilation_cache.define_flag()
+  flags.adopt_module_key_flags(compilation_cache)  # listed by --help, with this module's own
 
 
 def run():

@@ -51,6 +51,12 @@ class XCLIPModel:
       params = jax.device_put(params, sharding.tree_shardings(params, mesh))
     self.params = params
 
+  def with_frames(self, num_frames: int) -> "XCLIPModel":
+    """This model taking `num_frames` frames per video, as `load_pretrained(path, num_frames)` gives it: its MIT
+    temporal position embedding interpolated (with a warning where that embedding is trained)."""
+    config, params = _resize_frames(self.config, self.params, num_frames, trained=self.xclip_modules_trained)
+    return XCLIPModel(config, params, self.mesh, xclip_modules_trained=self.xclip_modules_trained)
+
   @functools.cached_property
   def _apply(self):
     # One compiled function per method; shapes (batch, classes) recompile as usual. Shardings follow the arguments.

@@ -111,8 +111,7 @@ def _load_model(config: ml_collections.ConfigDict) -> tuple[pretrained.XCLIPMode
       )
     if model.config.num_frames != config.num_frames:  # mode=eval: as load_pretrained(path, config.num_frames) does
       source["frames_interpolated_from"] = model.config.num_frames
-      architecture, params = pretrained._resize_frames(model.config, model.params, config.num_frames)
-      model = pretrained.XCLIPModel(architecture, params)
+      model = model.with_frames(config.num_frames)
     arch = _arch_of(model.config)
     if config.arch and arch != config.arch:
       raise ValueError(f"config.arch is {config.arch} but {field} {path} holds a {arch or 'different'} model")
