@@ -314,6 +314,12 @@ def test_a_destination_inside_the_source_is_refused(checkpoint, tmp_path, capsys
     convert.convert(source, source / "inner")
 
 
+@pytest.mark.parametrize("to", ["jax", "official"])
+def test_a_destination_on_cloud_storage_is_refused_before_loading(checkpoint, capsys, to):
+  assert convert.command(str(checkpoint), "gs://bucket/out", to=to) == 2
+  _one_line_error(capsys, "error: gs://bucket/out: convert writes a local path; copy the result to cloud storage")
+
+
 def test_a_directory_as_the_official_destination_is_refused(checkpoint, tmp_path, capsys):
   assert convert.command(str(checkpoint), f"{tmp_path / 'new'}/", to="official") == 2
   _one_line_error(capsys, f"error: {tmp_path / 'new'}/ names a directory; --to=official writes a file")

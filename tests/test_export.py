@@ -364,6 +364,12 @@ def test_a_model_of_a_smaller_vocabulary_than_clips_is_a_one_line_error_and_noth
   assert [path.name for path in tmp_path.iterdir()] == ["small"]
 
 
+def test_an_out_on_cloud_storage_is_a_one_line_error(checkpoint, capsys):
+  assert export.command(checkpoint, "gs://bucket/out", classes=CLASSES, fmt="stablehlo") == 2
+  expected = "error: gs://bucket/out: export writes a local path; copy the result to cloud storage afterwards\n"
+  assert capsys.readouterr().err == expected
+
+
 def test_an_out_inside_the_checkpoint_is_a_one_line_error_and_the_checkpoint_is_kept(checkpoint, tmp_path, capsys):
   source = pathlib.Path(shutil.copytree(checkpoint, tmp_path / "source"))
   before = sorted(path.relative_to(source) for path in source.rglob("*"))

@@ -42,6 +42,8 @@ def check_arguments(dst, to: str, num_frames: int | None, src=None) -> pathlib.P
     raise classify.UserError(f"--num_frames={num_frames}: a video has at least 1 frame")
   if to == "official" and os.fspath(dst).endswith(("/", os.sep)):  # pathlib would drop the slash
     raise classify.UserError(f"{dst} names a directory; --to=official writes a file: name it, e.g. {dst}model.pth")
+  if paths.is_remote(dst):  # written beside it and renamed there, which cloud storage cannot do
+    raise classify.UserError(f"{dst}: convert writes a local path; copy the result to cloud storage afterwards")
   dst = pathlib.Path(dst)
   if to == "jax" and not paths.is_new_or_empty_directory(dst):
     raise classify.UserError(f"{dst} exists and is not an empty directory")

@@ -247,6 +247,8 @@ def check_destination(out, fmt: str, checkpoint=None) -> pathlib.Path:
     raise classify.UserError(
       f"--format={fmt} needs {' and '.join(missing)}: pip install '.[export]' in the xclip-jax checkout"
     )
+  if paths.is_remote(out):  # written beside it and renamed there, which cloud storage cannot do
+    raise classify.UserError(f"{out}: export writes a local path; copy the result to cloud storage afterwards")
   out = pathlib.Path(out)
   if not paths.is_new_or_empty_directory(out):
     raise classify.UserError(f"{out} exists and is not an empty directory")
