@@ -120,20 +120,27 @@ def read_class_splits(path, names: Sequence[str]) -> list[list[int]]:
   """The class splits of a JSON file ({"splits": [[class name, ...], ...]}) as ids into names.
 
   Raises:
-    ValueError: the file is not such a list, a split repeats a class, or names a class that names lacks.
+    ValueError: the file is not such a list (or lists no split, or an empty one), a split repeats a class, or names a
+      class that names lacks.
   """
+  form = "{'splits': [[name, ...], ...]}"
   try:
     splits = json.loads(pathlib.Path(path).read_text())["splits"]
   except (OSError, ValueError, KeyError, TypeError) as error:
-    raise ValueError(f"{path}: not a class-splits file ({{'splits': [[name, ...], ...]}}): {error}") from None
+    raise ValueError(f"{path}: not a class-splits file ({form}): {error}") from None
+  if not isinstance(splits, list) or not splits:  # no split: the evaluation's mean and std would be NaN
+    raise ValueError(f"{path}: lists no class split ({form})")
   ids = {name: class_id for class_id, name in enumerate(names)}
   result = []
   for i, split in enumerate(splits):
+    if not isinstance(split, list) or not split or not all(isinstance(name, str) for name in split):
+      raise ValueError(f"{path}: split {i + 1} is not a list of class names ({form})")
     missing = [name for name in split if name not in ids]
     if missing:
       raise ValueError(f"{path}: split {i + 1} names {len(missing)} classes not in the label list, e.g. {missing[:3]}")
-    if len(set(split)) != len(split):
-      raise ValueError(f"{path}: split {i + 1} repeats classes")
+    repeated = sorted({name for name in split if split.count(name) > 1})
+    if repeated:
+      raise ValueError(f"{path}: split {i + 1} repeats classes: {repeated[:3]}")
     result.append([ids[name] for name in split])
   return result
 

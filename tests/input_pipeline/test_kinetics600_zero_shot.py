@@ -1,6 +1,7 @@
 """The shipped Kinetics-600 zero-shot splits are the paper's: 3 splits of 160 of the 220 classes new to Kinetics-400."""
 
 import json
+import re
 
 import pytest
 
@@ -71,3 +72,20 @@ def test_a_split_naming_a_class_the_label_list_lacks_is_refused(tmp_path):
   path.write_text("[1, 2]")
   with pytest.raises(ValueError, match="not a class-splits file"):
     subsets.read_class_splits(path, ["abseiling"])
+
+
+@pytest.mark.parametrize(
+  "splits, message",
+  [
+    ([], "lists no class split"),  # the evaluation's mean and std would be NaN
+    ([[]], "split 1 is not a list of class names"),
+    (["abseiling"], "split 1 is not a list of class names"),  # a name, not a list of them
+    ([["abseiling", "air drumming", "abseiling"]], r"split 1 repeats classes: \['abseiling'\]"),
+  ],
+  ids=["no-split", "empty-split", "a-name", "repeat"],
+)
+def test_a_splits_file_without_splits_of_distinct_names_is_refused_naming_the_problem(tmp_path, splits, message):
+  path = tmp_path / "splits.json"
+  path.write_text(json.dumps({"splits": splits}))
+  with pytest.raises(ValueError, match=f"^{re.escape(str(path))}: {message}"):
+    subsets.read_class_splits(path, ["abseiling", "air drumming"])
