@@ -2,7 +2,10 @@ r"""Zero-shot (the paper's Table 5): train on Kinetics-400 at 32 frames, then ev
 
   python -m xclip_jax.main --config=configs/zero_shot.py --workdir=DIR --config.init.clip=ViT-B-16.pt
   python -m xclip_jax.main --config=configs/zero_shot.py --workdir=DIR --config.mode=eval \
-      --config.init.checkpoint=k400_32_32_zero_shot.pth
+      --config.init.checkpoint=k400_32_32_zero_shot.pth --config.data.val_file=
+
+(`--config.data.val_file=` evaluates the zero-shot sets alone; left out, Kinetics-400's validation videos are
+evaluated first, with 4 clips x 3 crops. The Kinetics-400 label list is read either way.)
 
 Evaluations, each reported per split and as mean +- std over the splits, as the paper does:
   hmdb51, ucf101: the three official test splits (annotation files of the full 51 / 101 classes);

@@ -1179,6 +1179,22 @@ def test_resuming_with_other_parameters_trained_is_refused_before_anything_is_wr
   assert _files(workdir) == written
 
 
+def test_resuming_with_another_batch_size_is_refused_before_anything_is_written(dataset, uninterrupted, tmp_path):
+  """The checkpoints' data position counts batches of their size; refused before the train step compiles, not
+  after a warning that training goes on."""
+  workdir = tmp_path / "finished"
+  shutil.copytree(uninterrupted[0], workdir)
+  written = _files(workdir)
+  batch_size = json.loads((workdir / trainer.CONFIG_FILE).read_text())["config"]["batch_size"]
+  refusal = (
+    f"the checkpoints in {workdir} were written with batch_size={batch_size}, this run has "
+    f"config.batch_size={batch_size // 2}: their data position counts other batches"
+  )
+  with pytest.raises(ValueError, match=re.escape(refusal)):
+    trainer.train_and_evaluate(in_process_config(dataset, batch_size=batch_size // 2), workdir)
+  assert _files(workdir) == written
+
+
 def test_resuming_after_the_data_moved_names_the_move_once(dataset, uninterrupted, tmp_path, caplog):
   """Four data paths that moved from one folder to another are one change, not four paths written out twice."""
   root, checkpoint = dataset
@@ -1207,6 +1223,31 @@ def test_resuming_with_other_config_values_warns_naming_them_and_goes_on(dataset
     "goes on with this run's."
   ]
   assert json.loads((workdir / trainer.CONFIG_FILE).read_text())["config"]["lr"] == 2e-3
+
+
+class _StoppedHere(Exception):
+  pass
+
+
+def test_resuming_a_run_made_longer_warns_that_its_schedule_is_recomputed(
+  dataset, uninterrupted, tmp_path, caplog, monkeypatch
+):
+  workdir = tmp_path / "finished"
+  shutil.copytree(uninterrupted[0], workdir)
+  epochs = json.loads((workdir / trainer.CONFIG_FILE).read_text())["config"]["epochs"]
+
+  def stop(*args, **kwargs):  # right after the check of the resumed run: the warning is the claim
+    raise _StoppedHere
+
+  monkeypatch.setattr(trainer.metric_writers, "create_default_writer", stop)
+  with caplog.at_level(logging.WARNING), pytest.raises(_StoppedHere):
+    trainer.train_and_evaluate(in_process_config(dataset, epochs=epochs + 1), workdir)
+  warnings = [record.getMessage() for record in caplog.records if "config differs" in record.getMessage()]
+  assert warnings == [
+    f"This run's config differs from that of the checkpoints it resumes in {workdir} (epochs {epochs} -> "
+    f"{epochs + 1}); training goes on with this run's, its learning-rate schedule recomputed over the new length (the "
+    "rate may rise again)."
+  ]
 
 
 def test_help_lists_the_compilation_cache_flag_that_the_readme_tells_users_to_give():

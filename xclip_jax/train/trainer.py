@@ -781,12 +781,23 @@ def _check_resumes_the_same_run(workdir: epath.Path, record: dict):
       f"the checkpoints in {workdir} train other parameters ({changed}): rerun with their config, or use another "
       "workdir"
     )
+  if stored_config.get("batch_size") != config.get("batch_size"):
+    # Their data position counts batches of their size: checkpoints.restore refuses them too, but only once the train
+    # step is compiled, after a warning that training goes on.
+    raise ValueError(
+      f"the checkpoints in {workdir} were written with batch_size={stored_config.get('batch_size')}, this run has "
+      f"config.batch_size={config.get('batch_size')}: their data position counts other batches (resume with the "
+      "same batch size, or use another workdir)"
+    )
   changed = _differences(stored_config, config)
   if changed and jax.process_index() == 0:  # one warning, not one a process
+    # A longer or shorter run stretches the cosine from the step resumed on: the rate may rise again.
+    schedule = any(stored_config.get(f) != config.get(f) for f in ("epochs", "warmup_epochs", "steps_per_epoch"))
     logging.warning(
-      "This run's config differs from that of the checkpoints it resumes in %s (%s); training goes on with this run's.",
+      "This run's config differs from that of the checkpoints it resumes in %s (%s); training goes on with this run's%s.",
       workdir,
       changed,
+      ", its learning-rate schedule recomputed over the new length (the rate may rise again)" if schedule else "",
     )
 
 
