@@ -578,17 +578,20 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
 
   # Train state: created sharded, then restored from the newest checkpoint if there is one.
   config = _resolved(config, experiment)
-  manager = checkpoints.make_manager(workdir, config.keep_checkpoints)
-  latest = manager.latest_step()
   record = _run_record(config, model)
-  if latest is not None:
+  # Checked before the checkpoint manager starts: its clean-up thread, left running by a run refused at once, would
+  # print a traceback as the interpreter shuts down.
+  saved_steps = native.checkpoint_steps(workdir)
+  if saved_steps:
     _check_resumes_the_same_run(workdir, record)
-    if latest > config.epochs * config.steps_per_epoch:
+    if max(saved_steps) > config.epochs * config.steps_per_epoch:
       raise ValueError(
-        f"the newest checkpoint in {workdir} is of step {latest}, past this run's "
+        f"the newest checkpoint in {workdir} is of step {max(saved_steps)}, past this run's "
         f"{int(config.epochs * config.steps_per_epoch)} steps (config.epochs={config.epochs}): rerun with at least "
         "the epochs that wrote it, or use another workdir"
       )
+  manager = checkpoints.make_manager(workdir, config.keep_checkpoints)
+  latest = manager.latest_step()
   writer = metric_writers.create_default_writer(os.fspath(workdir), just_logging=jax.process_index() > 0)
   writer.write_hparams({k: v for k, v in _flat_config(config).items() if isinstance(v, (int, float, str, bool))})
   abstract_state, create_state = step_lib.plan_train_state(

@@ -276,6 +276,13 @@ def is_workdir(directory: pathlib.Path) -> bool:
   return (directory / WORKDIR_CHECKPOINTS).is_dir() and described
 
 
+def checkpoint_steps(workdir) -> list[int]:
+  """The steps of a training workdir's checkpoints (orbax names each folder by its step; what an unfinished save
+  left, or one set aside as damaged, has a suffix); none where it has no checkpoints folder."""
+  folder = epath.Path(workdir) / WORKDIR_CHECKPOINTS
+  return [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
+
+
 def read_workdir(directory: pathlib.Path, **overrides) -> tuple[model_config.XCLIPConfig, dict]:
   """The final model of a training workdir: the parameters of its newest readable checkpoint, the architecture of
   best/ or, in a run stopped before its first validation, of the run's record.
@@ -284,7 +291,7 @@ def read_workdir(directory: pathlib.Path, **overrides) -> tuple[model_config.XCL
   they are (resuming the run sets them aside); when none can be read, a ValueError names them. One that holds another
   architecture is a CheckpointMismatchError, as the others then most likely do too.
   """
-  steps = [int(p.name) for p in (directory / WORKDIR_CHECKPOINTS).iterdir() if p.name.isdigit()]
+  steps = checkpoint_steps(directory)
   if not steps:
     raise ValueError(f"{directory} is a training workdir without a checkpoint yet")
   if (directory / WORKDIR_BEST / CONFIG_FILE).exists():
