@@ -16,6 +16,7 @@ import time
 from absl import logging as absl_logging
 import pytest
 
+from tests.fixtures import console_state
 from xclip_jax import console
 from xclip_jax import paths
 
@@ -37,25 +38,12 @@ NOISE = (
 @pytest.fixture(autouse=True)
 def isolated_logging(monkeypatch):
   """Each test sets the console up afresh, at absl's level after flag parsing (INFO), and leaves logging as it was."""
-  root, absl_logger = logging.getLogger(), logging.getLogger("absl")
-  handlers, level, absl_level = list(root.handlers), root.level, absl_logger.level
-  root.setLevel(logging.INFO)
-  absl_logger.setLevel(logging.NOTSET)
-  for name in ("_handler", "_process_index", "_process_count"):
-    monkeypatch.setattr(console, name, getattr(console, name))
-  # What an import of another test module held (xclip_jax.main's of TensorFlow) stays out of these tests' logs.
-  monkeypatch.setattr(console, "_native_start_up", [])
-  yield
-  for handler in root.handlers[:]:
-    if handler not in handlers:
-      root.removeHandler(handler)
-      handler.close()
-  for handler in handlers:
-    if handler not in root.handlers:
-      root.addHandler(handler)
-  root.setLevel(level)
-  absl_logger.setLevel(absl_level)
-  logging.captureWarnings(False)
+  with console_state.restored(monkeypatch):
+    logging.getLogger().setLevel(logging.INFO)
+    logging.getLogger("absl").setLevel(logging.NOTSET)
+    # What an import of another test module held (xclip_jax.main's of TensorFlow) stays out of these tests' logs.
+    monkeypatch.setattr(console, "_native_start_up", [])
+    yield
 
 
 def test_plain_progress_is_one_greppable_line_per_update(capsys):

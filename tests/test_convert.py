@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 
+from tests.fixtures import console_state
 from tests.fixtures import tiny
 import xclip_jax
 from xclip_jax import classify
@@ -433,22 +434,9 @@ def test_a_destination_written_meanwhile_is_kept_and_the_conversion_is_a_one_lin
 @pytest.fixture
 def terminal(monkeypatch):
   """The terminal as the commands set it up (`console.setup`: errors and warnings, one line each), undone after."""
-  root, absl_logger = logging.getLogger(), logging.getLogger("absl")
-  handlers, level, absl_level = list(root.handlers), root.level, absl_logger.level
-  for name in ("_handler", "_process_index", "_process_count", "_native_start_up"):
-    monkeypatch.setattr(console, name, getattr(console, name))
-  console.setup(verbose=False)
-  yield
-  for handler in root.handlers[:]:
-    if handler not in handlers:
-      root.removeHandler(handler)
-      handler.close()
-  for handler in handlers:
-    if handler not in root.handlers:
-      root.addHandler(handler)
-  root.setLevel(level)
-  absl_logger.setLevel(absl_level)
-  logging.captureWarnings(False)
+  with console_state.restored(monkeypatch):
+    console.setup(verbose=False)
+    yield
 
 
 def test_a_full_disk_under_orbax_is_a_one_line_error_and_leaves_nothing(

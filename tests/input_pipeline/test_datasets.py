@@ -207,19 +207,24 @@ def test_records_without_the_training_split_are_refused_naming_its_config_field(
     datasets.resolve(config, epath.Path(tmp_path / "workdir"))
 
 
-def test_records_the_build_left_out_beyond_the_failure_allowance_are_refused_before_training(config, tmp_path):
-  """Every process meets them all over its epochs: found at start, not as a stop mid-run."""
-  _records(config, tmp_path, splits=(("val", 1),))
+def _build_with_a_bad_video(config, tmp_path, split: str):
+  """Records of `split` for 4 videos of _records' folder, one of which cannot be read: the build leaves it out."""
   (tmp_path / "clips" / "bad.mp4").write_bytes(b"not a video")
-  (tmp_path / "train.txt").write_text("0.mp4 0\n1.mp4 1\n2.mp4 2\nbad.mp4 0\n")
+  (tmp_path / f"{split}.txt").write_text("0.mp4 0\n1.mp4 1\n2.mp4 2\nbad.mp4 0\n")
   build_tfds.build_split(
-    annotations_path=str(tmp_path / "train.txt"),
+    annotations_path=str(tmp_path / f"{split}.txt"),
     root=str(tmp_path / "clips"),
     labels_path=str(tmp_path / "clips" / "labels.csv"),
     output_dir=config.data.tfds_dir,
-    split="train",
+    split=split,
     max_bad_fraction=0.5,
   )
+
+
+def test_records_the_build_left_out_beyond_the_failure_allowance_are_refused_before_training(config, tmp_path):
+  """Every process meets them all over its epochs: found at start, not as a stop mid-run."""
+  _records(config, tmp_path, splits=(("val", 1),))
+  _build_with_a_bad_video(config, tmp_path, "train")
   config.batch_size = 2  # an epoch of 4 slots
   config.data.max_failure_fraction = 0.25  # 1 allowed
   assert datasets.resolve(config, epath.Path(tmp_path / "workdir")).num_train_videos == 4
@@ -234,16 +239,7 @@ def test_validation_records_the_build_left_out_beyond_the_failure_allowance_are_
   """An evaluation stops past data.max_failure_fraction of its videos: found at the first validation, the run would
   stop there, after an epoch of training."""
   _records(config, tmp_path, splits=(("train", 2),))
-  (tmp_path / "clips" / "bad.mp4").write_bytes(b"not a video")
-  (tmp_path / "val.txt").write_text("0.mp4 0\n1.mp4 1\n2.mp4 2\nbad.mp4 0\n")
-  build_tfds.build_split(
-    annotations_path=str(tmp_path / "val.txt"),
-    root=str(tmp_path / "clips"),
-    labels_path=str(tmp_path / "clips" / "labels.csv"),
-    output_dir=config.data.tfds_dir,
-    split="val",
-    max_bad_fraction=0.5,
-  )
+  _build_with_a_bad_video(config, tmp_path, "val")
   config.batch_size = 2
   message = (
     "its build left out 1 of the 4 videos of split 'val' (config.data.val_split; metadata.json lists them), a "
