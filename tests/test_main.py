@@ -707,7 +707,9 @@ def run_command(*args: str) -> subprocess.CompletedProcess:
     "config-value",
   ],
 )
-def test_a_command_line_mistake_is_one_line_with_exit_status_2_and_runs_nothing(tmp_path, args, message, request):
+def test_a_command_line_mistake_is_one_line_with_exit_status_2_and_runs_nothing(
+  tmp_path, args, message, request, monkeypatch, capfd
+):
   config_files = {
     "syntax": "def get_config(:\n",
     "no-get-config": "CONFIG = {}\n",
@@ -722,10 +724,43 @@ def test_a_command_line_mistake_is_one_line_with_exit_status_2_and_runs_nothing(
   }
   (tmp_path / "config.py").write_text(config_files.get(request.node.callspec.id, ""))
   workdir = tmp_path / "run"
-  result = run_command(f"--workdir={workdir}", *[arg.replace("TMP", str(tmp_path)) for arg in args])
-  assert result.returncode == 2
-  assert result.stderr.splitlines() == [f"error: {message.replace('TMP', str(tmp_path))}"]
+  command = [f"--workdir={workdir}", *[arg.replace("TMP", str(tmp_path)) for arg in args]]
+  if request.node.callspec.id in _MISTAKES_RUN_AS_COMMANDS:
+    result = run_command(*command)
+    status, stderr = result.returncode, result.stderr
+  else:
+    status, stderr = _command_line_checks_in_this_process(command, monkeypatch, capfd)
+  assert status == 2
+  assert stderr.splitlines() == [f"error: {message.replace('TMP', str(tmp_path))}"]
   assert not workdir.exists()
+
+
+# A mistake of each kind that main finds (in parsing the command line, in its own checks, in the run's config check,
+# with ml_collections' warning of a get_config() that returned None left out) is run as the command; the others go
+# through the same parsing and checks in the test's process, seconds sooner each.
+_MISTAKES_RUN_AS_COMMANDS = ("unknown-field", "empty-workdir", "config-value", "returns-none")
+
+
+def _command_line_checks_in_this_process(args, monkeypatch, capfd) -> tuple[int, str]:
+  """(exit status, stderr) of main's parsing of `args` and its checks before the run starts (up to importing the
+  trainer, which a mistake found by then never reaches)."""
+
+  def past_the_checks():
+    raise AssertionError("the command line was taken as correct")
+
+  monkeypatch.chdir(REPO)
+  monkeypatch.setattr(console, "native_start_up", past_the_checks)
+  # ml_collections loads the config file into the module `config_config`, the last one loaded where there is one.
+  monkeypatch.delitem(sys.modules, "config_config", raising=False)
+  capfd.readouterr()
+  flags.FLAGS.unparse_flags()
+  try:
+    with pytest.raises(SystemExit) as exited:
+      main.main(main._parse_flags(["xclip_jax.main", *args]))
+  finally:
+    flags.FLAGS.unparse_flags()
+    sys.modules.pop("config_config", None)
+  return exited.value.code, capfd.readouterr().err
 
 
 def test_none_overrides_are_taken_out_of_the_command_line_for_main_to_set():
