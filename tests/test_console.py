@@ -1,15 +1,13 @@
 """The console of the command-line programs (xclip_jax.console): what reaches the terminal, what only the log file.
 
-Unit tests in process, then `python -m xclip_jax.main` on the small demo as a user's terminal would see it (stdout not
-a terminal, as in CI): twice in one workdir, the second time with --verbosity=1.
+Unit tests in process; what `python -m xclip_jax.main` shows a user's terminal is tested on the small demo, in
+tests/test_demo.py.
 """
 
 import io
 import logging
 import os
-import pathlib
 import re
-import subprocess
 import sys
 import time
 
@@ -20,19 +18,7 @@ from tests.fixtures import console_state
 from xclip_jax import console
 from xclip_jax import paths
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 SCALARS = {"loss": 1.72421, "lr": 1.2e-4, "clips_per_second": 42.14, "eta_seconds": 377.2, "epoch": 3.333}
-# Libraries' start-up and internals: orbax, JAX's backend probing, TensorFlow's C++ start-up, clu's metric writer.
-NOISE = (
-  "CheckpointManager init",
-  "DefaultCheckpointHandlerRegistry",
-  "barrier_sync_fn",
-  "Unable to initialize backend",
-  "oneDNN",
-  "absl::InitializeLog",
-  "[Hyperparameters]",
-  "logging_writer.py",
-)
 
 
 @pytest.fixture(autouse=True)
@@ -270,53 +256,3 @@ def test_native_start_up_shows_what_it_held_when_the_import_fails(capfd, monkeyp
     os.write(2, b"F0000 loader.cc:1] cannot load libtensorflow_framework.so\n")
     raise ImportError("no tensorflow")
   assert capfd.readouterr().err == "F0000 loader.cc:1] cannot load libtensorflow_framework.so\n"
-
-
-# `python -m xclip_jax.main` end to end.
-
-
-def _main(workdir: pathlib.Path, *flags: str) -> subprocess.CompletedProcess:
-  command = [sys.executable, "-m", "xclip_jax.main", "--config=configs/demo.py:small=True", f"--workdir={workdir}"]
-  return subprocess.run([*command, *flags], cwd=REPO, capture_output=True, text=True)
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-  """The small demo, then the same command again with --verbosity=1 (it resumes at the last step)."""
-  workdir = tmp_path_factory.mktemp("console") / "demo"
-  quiet = _main(workdir)
-  assert quiet.returncode == 0, quiet.stderr[-4000:]
-  verbose = _main(workdir, "--verbosity=1")
-  assert verbose.returncode == 0, verbose.stderr[-4000:]
-  return workdir, quiet, verbose
-
-
-def test_library_start_up_stays_off_the_terminal_and_goes_to_the_log(runs):
-  workdir, quiet, verbose = runs
-  log = (workdir / "logs" / "process_0.log").read_text()
-  shown = [marker for marker in NOISE if marker in verbose.stderr]
-  # orbax's always; JAX's and TensorFlow's where this machine's backends and CPU make them say something.
-  assert "CheckpointManager init" in shown and "[Hyperparameters]" in shown
-  for marker in shown:
-    assert marker in log, marker
-    assert marker not in quiet.stdout and marker not in quiet.stderr, marker
-  # No log line at all on the quiet terminal: warnings and errors only, in a few words.
-  assert all(line.startswith(("warning: ", "error: ")) for line in quiet.stderr.splitlines()), quiet.stderr
-  # The second run appends to the log of the first.
-  assert log.count("] Command line: ") == 2
-
-
-def test_the_terminal_shows_the_run_its_progress_results_and_summary(runs):
-  """Needs the trainer wired to the console (start block, progress, validation results)."""
-  workdir, quiet, verbose = runs
-  out = quiet.stdout
-  for row in ("model", "parameters", "data", "devices", "workdir"):
-    assert re.search(rf"^  {row} +\S", out, re.M), row
-  assert f"full log    {workdir / 'logs' / 'process_0.log'}" in out
-  progress = re.findall(
-    r"^step (\d+)/6  epoch \d+\.\d\d  loss \d+\.\d{4}  lr \d\.\d\de[-+]\d\d  \d+\.\d clips/s  ETA \d\d:\d\d$", out, re.M
-  )
-  assert progress == ["1", "2", "3", "4", "5", "6"]  # small demo: a line every step
-  assert re.findall(r"^step (\d): validation top-1 \d+\.\d%", out, re.M) == ["3", "6"]
-  assert "single-frame control top-1" in out and str(workdir / "eval_results.json") in out
-  assert re.search(r"^  resumed +from the checkpoint at step 6$", verbose.stdout, re.M)

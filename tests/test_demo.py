@@ -1,8 +1,10 @@
 """The demo: its data written once per workdir, and `python -m xclip_jax.main --config=configs/demo.py` end to end
-(shortened). What the data shows is tested in tests/input_pipeline/test_demo_data.py."""
+(shortened): what it writes, and what a user's terminal shows of it (xclip_jax.console). What the data shows is
+tested in tests/input_pipeline/test_demo_data.py."""
 
 import json
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -17,6 +19,17 @@ from xclip_jax.evaluation import report
 from xclip_jax.parallel import sharding
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# Libraries' start-up and internals: orbax, JAX's backend probing, TensorFlow's C++ start-up, clu's metric writer.
+NOISE = (
+  "CheckpointManager init",
+  "DefaultCheckpointHandlerRegistry",
+  "barrier_sync_fn",
+  "Unable to initialize backend",
+  "oneDNN",
+  "absl::InitializeLog",
+  "[Hyperparameters]",
+  "logging_writer.py",
+)
 
 
 def test_prepare_writes_once_and_refuses_data_made_with_other_settings(tmp_path):
@@ -43,11 +56,8 @@ def test_the_demo_refuses_data_of_the_user_before_writing_its_own(tmp_path, fiel
   assert not list(tmp_path.iterdir())
 
 
-def test_demo_trains_evaluates_the_control_and_draws_its_pictures(tmp_path):
-  workdir = tmp_path / "demo"
-  command = [sys.executable, "-m", "xclip_jax.main", "--config=configs/demo.py:small=True", f"--workdir={workdir}"]
-  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-  assert result.returncode == 0, result.stderr[-4000:]
+def test_demo_trains_evaluates_the_control_and_draws_its_pictures(runs):
+  workdir, result, _ = runs
   config = demo_config.get_config("small=True")
   results = json.loads((workdir / "eval_results.json").read_text())
   assert results["num_videos"] == config.demo.num_test
@@ -69,3 +79,54 @@ def test_demo_trains_evaluates_the_control_and_draws_its_pictures(tmp_path):
   saved = sharding.flat_names(ocp.PyTreeCheckpointer().restore(final.absolute() / "state")["params"])
   for name, value in sharding.flat_names(model.params).items():
     np.testing.assert_array_equal(value, saved[name], err_msg=name)
+
+
+# `python -m xclip_jax.main` on the small demo as a user's terminal shows it (stdout not a terminal, as in CI).
+
+
+def _main(workdir: pathlib.Path, *flags: str) -> subprocess.CompletedProcess:
+  command = [sys.executable, "-m", "xclip_jax.main", "--config=configs/demo.py:small=True", f"--workdir={workdir}"]
+  return subprocess.run([*command, *flags], cwd=REPO, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """The small demo, then the same command again with --verbosity=1 (it resumes at the last step, and evaluates
+  again)."""
+  workdir = tmp_path_factory.mktemp("runs") / "demo"
+  quiet = _main(workdir)
+  assert quiet.returncode == 0, quiet.stderr[-4000:]
+  verbose = _main(workdir, "--verbosity=1")
+  assert verbose.returncode == 0, verbose.stderr[-4000:]
+  return workdir, quiet, verbose
+
+
+def test_library_start_up_stays_off_the_terminal_and_goes_to_the_log(runs):
+  workdir, quiet, verbose = runs
+  log = (workdir / "logs" / "process_0.log").read_text()
+  shown = [marker for marker in NOISE if marker in verbose.stderr]
+  # orbax's always; JAX's and TensorFlow's where this machine's backends and CPU make them say something.
+  assert "CheckpointManager init" in shown and "[Hyperparameters]" in shown
+  for marker in shown:
+    assert marker in log, marker
+    assert marker not in quiet.stdout and marker not in quiet.stderr, marker
+  # No log line at all on the quiet terminal: warnings and errors only, in a few words.
+  assert all(line.startswith(("warning: ", "error: ")) for line in quiet.stderr.splitlines()), quiet.stderr
+  # The second run appends to the log of the first.
+  assert log.count("] Command line: ") == 2
+
+
+def test_the_terminal_shows_the_run_its_progress_results_and_summary(runs):
+  """Needs the trainer wired to the console (start block, progress, validation results)."""
+  workdir, quiet, verbose = runs
+  out = quiet.stdout
+  for row in ("model", "parameters", "data", "devices", "workdir"):
+    assert re.search(rf"^  {row} +\S", out, re.M), row
+  assert f"full log    {workdir / 'logs' / 'process_0.log'}" in out
+  progress = re.findall(
+    r"^step (\d+)/6  epoch \d+\.\d\d  loss \d+\.\d{4}  lr \d\.\d\de[-+]\d\d  \d+\.\d clips/s  ETA \d\d:\d\d$", out, re.M
+  )
+  assert progress == ["1", "2", "3", "4", "5", "6"]  # small demo: a line every step
+  assert re.findall(r"^step (\d): validation top-1 \d+\.\d%", out, re.M) == ["3", "6"]
+  assert "single-frame control top-1" in out and str(workdir / "eval_results.json") in out
+  assert re.search(r"^  resumed +from the checkpoint at step 6$", verbose.stdout, re.M)
