@@ -256,7 +256,7 @@ def largest_batch(analyse, run, available_bytes: int, max_batch: int | None) -> 
 
   analyse(b): bytes XLA's memory analysis gives for batch b (cheap compile); run(b): one real step at batch b,
   raising if it fails. The first size tried is where a line through the analysis of two sizes (up to 16) meets
-  `available_bytes`; from there the search walks up while sizes pass, or down until one does. A size passes when its
+  `available_bytes`, or the largest size allowed, if that is at most 16 and its analysis fits; from there the search walks up while sizes pass, or down until one does. A size passes when its
   analysis fits and its real step runs.
   """
   max_batch = max_batch or (8 if jax.devices()[0].platform == "cpu" else 1024)
@@ -277,10 +277,13 @@ def largest_batch(analyse, run, available_bytes: int, max_batch: int | None) -> 
   index = 0
   if len(rungs) > 1:
     large = max(i for i, b in enumerate(rungs) if b <= max(rungs[1], 16))  # probes large enough to be linear
-    slope = (analyse(rungs[large]) - analyse(rungs[large - 1])) / (rungs[large] - rungs[large - 1])
-    if slope > 0:
-      predicted = rungs[large] + (available_bytes - analyse(rungs[large])) / slope
-      index = max([i for i, b in enumerate(rungs) if b <= predicted], default=0)
+    if large == len(rungs) - 1 and analyse(rungs[large]) <= available_bytes:
+      index = large  # the largest size allowed fits: no line needed, nor the compile of a second probe
+    else:
+      slope = (analyse(rungs[large]) - analyse(rungs[large - 1])) / (rungs[large] - rungs[large - 1])
+      if slope > 0:
+        predicted = rungs[large] + (available_bytes - analyse(rungs[large])) / slope
+        index = max([i for i, b in enumerate(rungs) if b <= predicted], default=0)
   reason = failure(rungs[index])
   if reason is None:
     next_batch, reason = None, f"--max_batch={max_batch}"

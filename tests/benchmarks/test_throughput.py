@@ -64,6 +64,20 @@ def test_batch_search_starts_where_the_memory_analysis_line_meets_the_available_
   assert search["next_batch"] == 96 and search["next_failure"].startswith("XLA's memory analysis: needs 0.00 GiB")
 
 
+def test_batch_search_analyses_a_largest_size_allowed_of_at_most_16_alone_where_it_fits():
+  """A line through two sizes' analyses could only say that the largest size fits (each analysis is a compile)."""
+  analysed = []
+
+  def need(b):
+    analysed.append(b)
+    return 100 + 10 * b
+
+  batch, search, ran = _search(need, max_batch=4)
+  assert batch == 4 and ran == [4] and analysed == [4]
+  assert search["next_batch"] is None and search["next_failure"] == "--max_batch=4"
+  assert _search(need, available=120, max_batch=4)[0] == 2  # 4 does not fit: the line through 3 and 4 finds 2
+
+
 def test_batch_search_steps_down_past_sizes_whose_real_step_fails():
   batch, search, ran = _search(lambda b: 100 + 10 * b, fails_above=24)
   assert batch == 24 and ran == [64, 48, 32, 24]
