@@ -49,7 +49,7 @@ def check_arguments(dst, to: str, num_frames: int | None, src=None) -> pathlib.P
     raise classify.UserError(f"{dst} exists and is not an empty directory")
   if to == "official" and (dst.exists() or dst.is_symlink()):
     raise classify.UserError(f"{dst} exists")
-  if src is not None and pathlib.Path(src).resolve() in dst.resolve().parents:
+  if src is not None and paths.within(dst, src) is not None:
     raise classify.UserError(f"{dst} is inside the checkpoint {src}: write it elsewhere")
   if reason := paths.why_not_creatable(dst):
     raise classify.UserError(f"cannot write {dst}: {reason}")

@@ -253,8 +253,7 @@ def check_destination(out, fmt: str, checkpoint=None) -> pathlib.Path:
   if not paths.is_new_or_empty_directory(out):
     raise classify.UserError(f"{out} exists and is not an empty directory")
   # Written there, the export would change the checkpoint (as convert refuses too).
-  local_checkpoint = checkpoint is not None and not paths.is_remote(checkpoint)
-  if local_checkpoint and pathlib.Path(checkpoint).resolve() in out.resolve().parents:
+  if checkpoint is not None and paths.within(out, checkpoint) is not None:
     raise classify.UserError(f"{out} is inside the checkpoint {checkpoint}: write it elsewhere")
   if reason := paths.why_not_creatable(out):
     raise classify.UserError(f"cannot write {out}: {reason}")

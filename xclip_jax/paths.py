@@ -23,6 +23,18 @@ def absolute(path: str | os.PathLike[str]) -> epath.Path:
   return epath.Path(path) if is_remote(path) else epath.Path(path).absolute()
 
 
+def within(path: str | os.PathLike[str], folder: str | os.PathLike[str]) -> str | None:
+  """An empty string where `path` is `folder`, "inside " where it is inside it, None elsewhere; symbolic links
+  followed (paths on cloud storage compared as written)."""
+  if is_remote(path) or is_remote(folder):
+    path, folder = str(path).rstrip("/"), str(folder).rstrip("/")
+    inside = path.startswith(folder + "/")
+  else:
+    path, folder = pathlib.Path(os.path.realpath(path)), pathlib.Path(os.path.realpath(folder))
+    inside = folder in path.parents
+  return "" if path == folder else "inside " if inside else None
+
+
 def read_json(path: str | os.PathLike[str]):
   """The JSON value in the file at `path` (local or remote); ValueError naming the file where it is not JSON."""
   path = epath.Path(path)

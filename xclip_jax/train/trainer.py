@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import os
-import pathlib
 import re
 import time
 
@@ -201,35 +200,24 @@ def _check_workdir_outside_the_model(config: ml_collections.ConfigDict, workdir)
   and best/, so it may be its own init.checkpoint (mode=eval of its final model); only those two are refused."""
   for field in ("checkpoint", "clip"):
     model = config.init[field]
-    if not model or _within(workdir, model) is None:
+    where = paths.within(workdir, model) if model else None
+    if where is None:
       continue
     model_path = epath.Path(model)
     if native.is_workdir(model_path) and not native.is_checkpoint(model_path):  # as load_pretrained reads it
       for name, what in ((native.WORKDIR_BEST, "best model"), (native.WORKDIR_CHECKPOINTS, "checkpoints")):
-        where = _within(workdir, model_path / name)
-        if where is not None:
+        inside = paths.within(workdir, model_path / name)
+        if inside is not None:
           raise ValueError(
-            f"the workdir {workdir} is {where}{model_path / name}, the {what} of the "
+            f"the workdir {workdir} is {inside}{model_path / name}, the {what} of the "
             f"training workdir config.init.{field}={model}: the run would write its results and logs among them; "
             f"give another --workdir ({model} itself may be one)"
           )
     else:
       raise ValueError(
-        f"the workdir {workdir} is {_within(workdir, model)}the checkpoint config.init.{field}={model}: the run would "
+        f"the workdir {workdir} is {where}the checkpoint config.init.{field}={model}: the run would "
         "write its results and logs among the checkpoint's files; give another --workdir"
       )
-
-
-def _within(path, folder) -> str | None:
-  """An empty string where `path` is `folder`, "inside " where it is inside it, None elsewhere; symbolic links
-  followed (paths on cloud storage compared as written)."""
-  if paths.is_remote(path) or paths.is_remote(folder):
-    path, folder = str(path).rstrip("/"), str(folder).rstrip("/")
-    inside = path.startswith(folder + "/")
-  else:
-    path, folder = pathlib.Path(os.path.realpath(path)), pathlib.Path(os.path.realpath(folder))
-    inside = folder in path.parents
-  return "" if path == folder else "inside " if inside else None
 
 
 def _check_config_values(config: ml_collections.ConfigDict):
