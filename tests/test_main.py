@@ -1297,3 +1297,14 @@ def test_resuming_a_run_made_longer_warns_that_its_schedule_is_recomputed(
 def test_help_lists_the_compilation_cache_flag_that_the_readme_tells_users_to_give():
   # absl's --help lists the main module's key flags; the others only under --helpfull.
   assert "compilation_cache_dir" in [flag.name for flag in flags.FLAGS.get_key_flags_for_module(main)]
+
+
+def test_help_prints_the_usage_and_ends_with_exit_status_0(capfd):
+  """absl's --help ends with status 1, as a failed command would: a script asking for the usage would stop."""
+  flags.FLAGS.unparse_flags()
+  try:
+    with pytest.raises(SystemExit) as exited:
+      main._parse_flags(["xclip_jax.main", "--help"])
+  finally:
+    flags.FLAGS.unparse_flags()
+  assert exited.value.code == 0 and "--workdir" in capfd.readouterr().out

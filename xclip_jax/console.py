@@ -262,9 +262,24 @@ def parse_flags(argv: list[str]) -> list[str]:
   """absl's parsing of the command line (`app.run(main, flags_parser=console.parse_flags)`), with a bad or missing flag
   a `fail` (absl prints two lines, the second pointing to --help, and exits with status 1)."""
   try:
-    return flags.FLAGS(argv)
+    return parse_with_help(argv)
   except flags.Error as error:
     fail(flag_error(error))
+
+
+_HELP_FLAGS = ("help", "helpshort", "helpfull", "helpxml", "?")
+
+
+def parse_with_help(argv: list[str]) -> list[str]:
+  """flags.FLAGS(argv), where absl's --help (--helpshort, --helpfull, --helpxml, -?) prints what was asked and ends
+  with exit status 0, not absl's 1: a script that asks a command for its usage has not failed."""
+  try:
+    return flags.FLAGS(argv)
+  except SystemExit as exited:
+    asked = any(arg.startswith("-") and arg.lstrip("-").split("=")[0] in _HELP_FLAGS for arg in argv[1:])
+    if exited.code == 1 and asked:
+      sys.exit(0)
+    raise
 
 
 @contextlib.contextmanager

@@ -194,7 +194,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
   try:
     parsed_argv, none_fields = _split_none_overrides(argv)
     with _without_ml_collections_none_warning():
-      remaining = flags.FLAGS(parsed_argv)
+      remaining = console.parse_with_help(parsed_argv)
     # ml_collections raises a config file's OSError (missing, a folder) when it is first used: getattr does, on the
     # stand-in it returns for such a file (no ConfigDict).
     if not isinstance(_CONFIG.value, ml_collections.ConfigDict) and getattr(_CONFIG.value, "lock", None) is None:
