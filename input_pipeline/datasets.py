@@ -178,8 +178,9 @@ def _check_fills_a_batch(config: ml_collections.ConfigDict, num_videos: int, wha
     )
 
 
-def resolve(config: ml_collections.ConfigDict, workdir: epath.Path) -> Experiment:
-  """Checks the data the config names and prepares the training list (writing the few-shot subset to workdir)."""
+def resolve(config: ml_collections.ConfigDict, workdir: epath.Path, resuming: bool = False) -> Experiment:
+  """Checks the data the config names and prepares the training list (writing the few-shot subset to workdir; when
+  `resuming` the checkpoints there, refusing a subset other than the one they were trained on)."""
   class_names = _class_names(config)
   for field in _evaluation_lists(config):
     check_videos_present(config, _read_list(config, field), config.data[field])
@@ -226,12 +227,19 @@ def resolve(config: ml_collections.ConfigDict, workdir: epath.Path) -> Experimen
   subset = f"the {config.data.shots}-shot subset of {config.data.train_file}"
   _check_fills_a_batch(config, len(records), f"{subset} (config.data.shots)")
   check_videos_present(config, records, subset)
-  train_file = str(workdir / f"train_{config.data.shots}shot.txt")
+  train_file = epath.Path(workdir) / f"train_{config.data.shots}shot.txt"
+  listing = "".join(f"{r.path} {r.label}\n" for r in records)
+  if resuming and train_file.exists() and train_file.read_text() != listing:
+    raise ValueError(
+      f"{train_file} holds the {config.data.shots}-shot subset that the checkpoints in {workdir} were trained on, "
+      "and this run draws another (config.seed or data.train_file changed): resume with the config that wrote them, "
+      "or use another workdir"
+    )
   if jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)
-    epath.Path(train_file).write_text("".join(f"{r.path} {r.label}\n" for r in records))
+    train_file.write_text(listing)
   jax.experimental.multihost_utils.sync_global_devices("few-shot list written")
-  return Experiment(class_names, len(records), train_file)
+  return Experiment(class_names, len(records), str(train_file))
 
 
 def train_stream(

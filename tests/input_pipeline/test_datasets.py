@@ -136,6 +136,27 @@ def test_a_few_shot_run_checks_only_the_videos_of_its_subset(config, tmp_path):
   assert not (tmp_path / "workdir2").exists()  # refused before the subset's list is written
 
 
+def test_resuming_a_few_shot_run_with_another_subset_is_refused_keeping_the_one_it_trained_on(config, tmp_path):
+  """Another config.seed draws another subset: rewritten, the list of the videos the checkpoints were trained on would
+  be lost, and the run would go on training on other videos."""
+  config.data.train_file = _list(tmp_path, "train.txt", "v/a.mp4 0\nv/b.mp4 1\nv/c.mp4 2\nv/d.mp4 0\n")
+  config.data.shots = 1
+  workdir = epath.Path(tmp_path / "workdir")
+  draw = lambda seed: subsets.k_shot_subset(annotations.read_annotations(config.data.train_file, 3), 3, 1, seed)
+  first = draw(config.seed)
+  config.seed = next(seed for seed in range(20) if draw(seed) != first)
+  subset = workdir / "train_1shot.txt"
+  workdir.mkdir()
+  trained_on = "".join(f"{r.path} {r.label}\n" for r in first)
+  subset.write_text(trained_on)
+  with pytest.raises(ValueError, match=f"^{subset} holds the 1-shot subset that the checkpoints in {workdir}"):
+    datasets.resolve(config, workdir, resuming=True)
+  assert subset.read_text() == trained_on
+  # A new run in the same workdir (no checkpoint to resume) draws its own.
+  datasets.resolve(config, workdir)
+  assert subset.read_text() != trained_on
+
+
 def _records(config, tmp_path, splits=(("train", 2), ("train_all", 3), ("val", 1)), **build_options):
   """Records of 2 videos in the split "train", 3 in "train_all" and 1 in "val", built with the config's label list
   (and build_tfds.build_split's `build_options`)."""

@@ -549,7 +549,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = sharding.make_mesh(config.mesh)
   _check_mesh_fits(config, mesh)
-  experiment = datasets.resolve(config, workdir)
+  saved_steps = native.checkpoint_steps(workdir) if config.mode == "train" else []
+  experiment = datasets.resolve(config, workdir, resuming=bool(saved_steps))
   # Read and checked before training too, as the other lists are.
   zero_shot_tasks = zero_shot.tasks(config, workdir) if "zero_shot" in config else []
   model, source = _load_model(config)
@@ -569,7 +570,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   record = _run_record(config, model)
   # Checked before the checkpoint manager starts: its clean-up thread, left running by a run refused at once, would
   # print a traceback as the interpreter shuts down.
-  saved_steps = native.checkpoint_steps(workdir)
   if saved_steps:
     _check_resumes_the_same_run(workdir, record)
     if max(saved_steps) > config.epochs * config.steps_per_epoch:
