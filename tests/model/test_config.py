@@ -15,6 +15,7 @@ from xclip_jax.model import config as model_config
     ("num_frames", -3, "num_frames must be an integer of at least 1, got -3"),
     ("num_frames", 2.0, "num_frames must be an integer of at least 1, got 2.0"),
     ("num_frames", "2", "num_frames must be an integer of at least 1, got '2'"),
+    ("num_frames", True, "num_frames must be an integer of at least 1, got True"),  # JSON's true, in xclip_config.json
     ("embed_dim", 0, "embed_dim must be an integer of at least 1, got 0"),
     # Refused by name rather than by the ZeroDivisionError of the resolution's check.
     ("vision_patch_size", 0, "vision_patch_size must be an integer of at least 1, got 0"),

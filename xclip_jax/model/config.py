@@ -69,7 +69,8 @@ class XCLIPConfig:
     # Before the checks below, which divide by some of them.
     for name, minimum in [*((name, 1) for name in SIZES), *((name, 0) for name in COUNTS)]:
       value = getattr(self, name)
-      if not isinstance(value, numbers.Integral) or value < minimum:
+      # JSON's true would pass for 1 (a bool is an Integral).
+      if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"{name} must be an integer of at least {minimum}, got {value!r}")
     for name, width in (
       ("vision_heads", self.vision_width),
