@@ -771,6 +771,10 @@ def test_none_overrides_are_taken_out_of_the_command_line_for_main_to_set():
   argv += ["--config.steps_per_epoch=None", "--config.steps_per_epoch=3", "--workdir=w"]
   kept = ["main", "--config=configs/k400.py", "--config.init.clip=x", "--config.steps_per_epoch=3", "--workdir=w"]
   assert main._split_none_overrides(argv) == (kept, ["init.clip"])
+  # The value as the next argument, as absl reads it.
+  argv = ["main", "--config", "configs/k400.py", "--config.init.clip", "None", "--config.lr", "1", "--workdir=w"]
+  kept = ["main", "--config", "configs/k400.py", "--config.lr", "1", "--workdir=w"]
+  assert main._split_none_overrides(argv) == (kept, ["init.clip"])
 
 
 def test_none_is_set_only_where_a_config_field_may_be_none():

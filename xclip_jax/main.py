@@ -228,12 +228,19 @@ def _split_none_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
   """(argv less its `--config.FIELD=None` overrides, the fields whose last override that is): ml_collections parses a
   None by the field's type (an error for an int, the string 'None' for a str), so main sets them itself."""
   args = flags.FLAGS.read_flags_from_files(argv[1:], force_gnu=False)
-  last_value = {}
-  for arg in args:
+  last_value, kept, i = {}, [], 0
+  while i < len(args):
+    arg, i = args[i], i + 1
     name, equals, value = arg.lstrip("-").partition("=")
-    if arg.startswith("-") and name.startswith("config."):
-      last_value[name] = value if equals else ""  # `--config.FIELD VALUE`: not a None to set here
-  kept = [arg for arg in args if not (arg.startswith("-") and re.fullmatch(r"config\.[^=]+=None", arg.lstrip("-")))]
+    if not (arg.startswith("-") and name.startswith("config.")):
+      kept.append(arg)
+      continue
+    if not equals and i < len(args) and args[i] == "None":  # `--config.FIELD None`
+      equals, value, i = "=", "None", i + 1
+      arg = f"{arg}=None"
+    last_value[name] = value if equals else None
+    if value != "None":
+      kept.append(arg)
   nones = sorted(name.removeprefix("config.") for name, value in last_value.items() if value == "None")
   return [argv[0], *kept], nones
 
