@@ -368,7 +368,9 @@ def _load_model() -> pretrained.XCLIPModel:
   try:
     model = pretrained.load_pretrained(FLAGS.checkpoint, num_frames=FLAGS.num_frames)
   except (OSError, ValueError) as e:
-    raise UserError(f"--checkpoint={FLAGS.checkpoint}: {e}") from None
+    # The loaders' messages mostly start with the path: said once.
+    message = str(e) if str(e).startswith(FLAGS.checkpoint) else f"{FLAGS.checkpoint}: {e}"
+    raise UserError(f"--checkpoint={message}") from None
   warn_if_untrained(model, FLAGS.checkpoint)
   return model
 
