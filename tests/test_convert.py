@@ -45,11 +45,18 @@ def clip_only(state_dict):
   }
 
 
-def test_round_trip_official_to_jax_to_official_is_bit_exact(golden, tmp_path):
-  path, state_dict, _ = golden
-  convert.convert(path / "xclip_official.pth", tmp_path / "jax")
-  convert.convert(tmp_path / "jax", tmp_path / "back.pth", to="official")
-  exported = torch_pickle.load_torch_file(tmp_path / "back.pth")
+@pytest.fixture(scope="module")
+def round_trip(golden, tmp_path_factory):
+  """The official checkpoint converted to xclip-jax, and that converted back to the official format: the paths."""
+  root = tmp_path_factory.mktemp("round_trip")
+  convert.convert(golden[0] / "xclip_official.pth", root / "jax")
+  convert.convert(root / "jax", root / "back.pth", to="official")
+  return root / "jax", root / "back.pth"
+
+
+def test_round_trip_official_to_jax_to_official_is_bit_exact(golden, round_trip):
+  _, state_dict, _ = golden
+  exported = torch_pickle.load_torch_file(round_trip[1])
   assert set(exported) == {"model"}
   assert set(exported["model"]) == set(state_dict)
   for name, value in state_dict.items():
@@ -57,19 +64,17 @@ def test_round_trip_official_to_jax_to_official_is_bit_exact(golden, tmp_path):
     np.testing.assert_array_equal(exported["model"][name], value, err_msg=name)
 
 
-def test_exported_checkpoint_loads_in_torch_with_weights_only(golden, tmp_path):
+def test_exported_checkpoint_loads_in_torch_with_weights_only(golden, round_trip):
   torch = pytest.importorskip("torch")
-  path, state_dict, _ = golden
-  convert.convert(path / "xclip_official.pth", tmp_path / "back.pth", to="official")
-  loaded = torch.load(tmp_path / "back.pth", weights_only=True)["model"]
+  _, state_dict, _ = golden
+  loaded = torch.load(round_trip[1], weights_only=True)["model"]
   for name, value in state_dict.items():
     np.testing.assert_array_equal(loaded[name].numpy(), value, err_msg=name)
 
 
-def test_converted_directory_reproduces_the_official_logits(golden, tmp_path):
-  path, _, io = golden
-  convert.convert(path / "xclip_official.pth", tmp_path / "jax")
-  model = xclip_jax.load_pretrained(tmp_path / "jax")
+def test_converted_directory_reproduces_the_official_logits(golden, round_trip):
+  _, _, io = golden
+  model = xclip_jax.load_pretrained(round_trip[0])
   logits = model.logits(io["video"].transpose(0, 1, 3, 4, 2), io["text"])
   np.testing.assert_allclose(logits, io["logits"], rtol=1e-4, atol=1e-4)
 
@@ -81,7 +86,7 @@ def test_bare_state_dict_with_module_prefix_loads(golden, tmp_path):
   np.testing.assert_allclose(model.encode_text(io["text"]), io["text_features"], rtol=1e-4, atol=1e-4)
 
 
-def test_clip_state_dict_initialises_xclip_with_clip_text_encoder(golden, tmp_path):
+def test_clip_state_dict_initialises_xclip_with_clip_text_encoder(golden, tmp_path, monkeypatch):
   _, state_dict, io = golden
   clip = clip_only(state_dict)
   clip.update(input_resolution=np.array(32), context_length=np.array(77), vocab_size=np.array(49408))
@@ -97,7 +102,14 @@ def test_clip_state_dict_initialises_xclip_with_clip_text_encoder(golden, tmp_pa
   np.testing.assert_array_equal(model.params["visual"]["conv1"]["weight"], state_dict["visual.conv1.weight"])
   video = np.zeros((1, 6, 32, 32, 3), np.float32)
   assert np.isfinite(model.logits(video, io["text"])).all()
-  assert xclip_jax.load_pretrained(tmp_path / "clip.pt").config.num_frames == 8  # CLIP's default, as officially
+  # CLIP's default, as officially. Only the config is looked at: the new modules' values (checked above) are not drawn
+  # again, which would compile the initialisation once more for 8 frames.
+  abstract_init = lambda config, seed=0: jax.tree.map(
+    lambda leaf: np.zeros(leaf.shape, leaf.dtype), official.abstract_params(config)
+  )
+  with monkeypatch.context() as patch:
+    patch.setattr(official, "init_params", abstract_init)
+    assert xclip_jax.load_pretrained(tmp_path / "clip.pt").config.num_frames == 8
   # A start for training, not a classifier; an X-CLIP checkpoint is one.
   assert not model.xclip_modules_trained
   assert xclip_jax.load_pretrained(golden[0] / "xclip_official.pth").xclip_modules_trained
@@ -124,10 +136,11 @@ def test_torchscript_clip_archive_with_fp16_weights_loads(golden, tmp_path):
   root.register_buffer("input_resolution", torch.tensor(32))
   torch.jit.save(torch.jit.script(root.half()), str(tmp_path / "ViT-tiny.pt"))
 
-  model = xclip_jax.load_pretrained(tmp_path / "ViT-tiny.pt", num_frames=4)
+  # 6 frames, as the test above: the new modules' initialisation is the program compiled there (one compile).
+  model = xclip_jax.load_pretrained(tmp_path / "ViT-tiny.pt", num_frames=6)
   rounded = {k: v.astype(np.float16).astype(np.float32) for k, v in clip.items()}
   torch_writer.save_torch_state_dict(rounded, tmp_path / "rounded.pt")
-  reference = xclip_jax.load_pretrained(tmp_path / "rounded.pt", num_frames=4)
+  reference = xclip_jax.load_pretrained(tmp_path / "rounded.pt", num_frames=6)
   # fp16 weights widen exactly to float32: the archive gives the same model as the rounded state dict.
   assert {leaf.dtype for leaf in jax.tree.leaves(model.params)} == {np.dtype(np.float32)}
   np.testing.assert_array_equal(model.encode_text(io["text"]), reference.encode_text(io["text"]))
@@ -220,17 +233,8 @@ def test_missing_path_and_unknown_directory_are_refused(tmp_path):
 
 
 def test_converted_directory_of_another_format_version_is_refused_with_advice(tmp_path):
-  config = xclip_jax.XCLIPConfig(
-    embed_dim=64,
-    image_resolution=64,
-    vision_layers=1,
-    vision_width=64,
-    vision_patch_size=32,
-    transformer_width=64,
-    transformer_heads=1,
-    transformer_layers=1,
-  )
-  directory = xclip_jax.from_config(config).save(tmp_path / "jax")
+  # The tiny model's weights are drawn with numpy: `from_config`'s official initialisation would compile for seconds.
+  directory = tiny.model().save(tmp_path / "jax")
   meta = json.loads((directory / "xclip_config.json").read_text())
   assert xclip_jax.load_pretrained(directory).config.vision_width == 64
   del meta["version"]  # as written before weights kept PyTorch's layout
