@@ -17,6 +17,7 @@ from input_pipeline import demo_data
 from input_pipeline import sampling
 from input_pipeline import video_dataset
 from input_pipeline import video_decode
+from tests.fixtures import forked_commands
 from tests.fixtures import tiny
 from tests.fixtures import video_fixtures
 import xclip_jax
@@ -177,9 +178,19 @@ def cli_inputs(tmp_path_factory):
   return root, checkpoint, good, bad
 
 
-def run_classify(*args, cwd=REPO):
-  command = [sys.executable, "-m", "xclip_jax.classify", "--compilation_cache_dir=none", *map(str, args)]
-  return subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+def run_classify(*args):
+  """The command, in a process of its own: what it shows from its start to its end."""
+  command = [sys.executable, "-m", "xclip_jax.classify", *map(str, args)]
+  return subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def classify_command():
+  """The command run for its mistakes: each run a child forked from one process that imported its dependencies
+  (tests/fixtures/forked_commands.py), seconds of start-up saved a run; run_classify's tests see the start-up."""
+  server = forked_commands.Server(["xclip_jax.classify"], REPO)
+  yield lambda *args: server.run("xclip_jax.classify", *args)
+  server.close()
 
 
 @pytest.fixture(scope="module")
@@ -261,7 +272,9 @@ def test_embeddings_are_the_plain_class_texts_and_the_view_averaged_videos(cli_i
     (f"--classes={CLASSES}", "not_a_checkpoint.txt", "error: --checkpoint=OTHER: "),
   ],
 )
-def test_bad_labels_and_checkpoints_are_one_line_errors(cli_inputs, tmp_path, labels, checkpoint, message):
+def test_bad_labels_and_checkpoints_are_one_line_errors(
+  classify_command, cli_inputs, tmp_path, labels, checkpoint, message
+):
   root, tiny, good, _ = cli_inputs
   if labels.endswith(".csv"):
     (tmp_path / "duplicated.csv").write_text("id,name\n0,a\n1,b\n2,b\n")
@@ -274,7 +287,7 @@ def test_bad_labels_and_checkpoints_are_one_line_errors(cli_inputs, tmp_path, la
     tiny = tmp_path / checkpoint
     tiny.write_text("a text file, not a checkpoint\n")
     message = message.replace("OTHER", str(tiny))
-  result = run_classify(f"--checkpoint={tiny}", labels, good[0])
+  result = classify_command(f"--checkpoint={tiny}", labels, good[0])
   assert result.returncode == 2
   assert result.stdout == ""
   assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
@@ -289,9 +302,9 @@ def test_bad_labels_and_checkpoints_are_one_line_errors(cli_inputs, tmp_path, la
     ("--batch_size=-2", "error: --batch_size=-2: -2 is not a positive integer"),
   ],
 )
-def test_flags_out_of_range_are_one_line_errors(cli_inputs, flag, message):
+def test_flags_out_of_range_are_one_line_errors(classify_command, cli_inputs, flag, message):
   _, checkpoint, good, _ = cli_inputs
-  result = run_classify(f"--checkpoint={checkpoint}", f"--classes={CLASSES}", flag, good[0])
+  result = classify_command(f"--checkpoint={checkpoint}", f"--classes={CLASSES}", flag, good[0])
   assert result.returncode == 2 and result.stdout == ""
   assert result.stderr == message + "\n", result.stderr
 
@@ -305,14 +318,14 @@ def test_flags_out_of_range_are_one_line_errors(cli_inputs, flag, message):
     (("--classes=a,b", "VIDEO"), "--checkpoint=None: Flag --checkpoint must have a value other than None."),
   ],
 )
-def test_usage_mistakes_are_one_line_errors(cli_inputs, tmp_path, arguments, message):
+def test_usage_mistakes_are_one_line_errors(classify_command, cli_inputs, tmp_path, arguments, message):
   _, checkpoint, good, _ = cli_inputs
   labels = tmp_path / "labels.csv"
   labels.write_text("id,name\n0,a\n1,b\n")
   names = {"CKPT": checkpoint, "LABELS": labels, "VIDEO": good[0]}
   for name, path in names.items():
     arguments = [argument.replace(name, str(path)) for argument in arguments]
-  result = run_classify(*arguments)
+  result = classify_command(*arguments)
   assert result.returncode == 2 and result.stdout == ""
   assert result.stderr == f"error: {message}\n", result.stderr
 
@@ -341,13 +354,13 @@ def test_a_closed_stdout_ends_the_command_quietly_with_the_status_of_sigpipe():
   assert stderr == ""
 
 
-def test_no_embeddings_file_is_written_when_no_video_could_be_read(cli_inputs, tmp_path):
+def test_no_embeddings_file_is_written_when_no_video_could_be_read(classify_command, cli_inputs, tmp_path):
   """A file of an earlier run at --embed is kept, not replaced by one without videos."""
   _, checkpoint, _, bad = cli_inputs
   out = tmp_path / "embeddings.npz"
   np.savez(out, videos=np.array(["an earlier run's video"]))
   earlier = out.read_bytes()
-  result = run_classify(f"--checkpoint={checkpoint}", f"--classes={CLASSES}", f"--embed={out}", bad[1])
+  result = classify_command(f"--checkpoint={checkpoint}", f"--classes={CLASSES}", f"--embed={out}", bad[1])
   assert result.returncode == 2
   assert (
     result.stderr.splitlines()[-1]
@@ -364,23 +377,25 @@ def test_no_embeddings_file_is_written_when_no_video_could_be_read(cli_inputs, t
   ],
 )
 def test_an_embed_file_that_cannot_be_written_is_refused_before_any_video_is_classified(
-  cli_inputs, tmp_path, embed, message
+  classify_command, cli_inputs, tmp_path, embed, message
 ):
   _, checkpoint, good, _ = cli_inputs
   (tmp_path / "folder").mkdir()
-  result = run_classify(f"--checkpoint={checkpoint}", f"--classes={CLASSES}", f"--embed={tmp_path / embed}", good[0])
+  result = classify_command(
+    f"--checkpoint={checkpoint}", f"--classes={CLASSES}", f"--embed={tmp_path / embed}", good[0]
+  )
   assert result.returncode == 2 and result.stdout == ""  # no video classified
   assert result.stderr == message.replace("DIR", str(tmp_path)) + "\n", result.stderr
   assert [path.name for path in tmp_path.iterdir()] == ["folder"] and not any((tmp_path / "folder").iterdir())
 
 
-def test_an_embed_flag_before_the_videos_does_not_overwrite_the_first_video(cli_inputs, tmp_path):
+def test_an_embed_flag_before_the_videos_does_not_overwrite_the_first_video(classify_command, cli_inputs, tmp_path):
   """`--embed a.mp4 b.mp4`: absl takes a.mp4 as --embed's value; the video would have been replaced by embeddings."""
   _, checkpoint, good, _ = cli_inputs
   videos = [tmp_path / video.name for video in good]
   for video, copy in zip(good, videos):
     copy.write_bytes(video.read_bytes())
-  result = run_classify(f"--checkpoint={checkpoint}", f"--classes={CLASSES}", "--embed", *videos)
+  result = classify_command(f"--checkpoint={checkpoint}", f"--classes={CLASSES}", "--embed", *videos)
   assert result.returncode == 2 and result.stdout == ""
   assert result.stderr == (
     f"error: --embed={videos[0]} is a file that is not an .npz archive; only one is replaced: name the .npz file to "
