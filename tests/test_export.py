@@ -19,9 +19,11 @@ import tensorflow as tf
 
 from input_pipeline import annotations
 from input_pipeline import normalization
+from tests.fixtures import forked_commands
 from tests.fixtures import tiny
 import xclip_jax
 from xclip_jax import export
+from xclip_jax.weights import official
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CLASSES = ["a shape sliding", "a shape spinning", "a shape standing still"]
@@ -36,9 +38,19 @@ FILES = {
 
 
 def run_export(*args):
+  """The command, in a process of its own: what it shows from its start to its end."""
   return subprocess.run(
     [sys.executable, "-m", "xclip_jax.export", *map(str, args)], cwd=REPO, capture_output=True, text=True
   )
+
+
+@pytest.fixture(scope="module")
+def export_command():
+  """The command run for its mistakes: each run a child forked from one process that imported its dependencies
+  (tests/fixtures/forked_commands.py), seconds of start-up saved a run; run_export's test sees the start-up."""
+  server = forked_commands.Server(["xclip_jax.export"], REPO)
+  yield lambda *args: server.run("xclip_jax.export", *args)
+  server.close()
 
 
 @pytest.fixture(scope="module")
@@ -97,13 +109,15 @@ class ONNX:
 
 @pytest.fixture(scope="module")
 def exports(model, checkpoint, tmp_path_factory):
-  """Each format exported once: StableHLO by the command (from the checkpoint), the others by `export.export`."""
+  """Each format exported once: StableHLO by the command (from the checkpoint), the others by `export.export`; the
+  SavedModel from the model loaded with cuDNN's attention (test_exports_run_attention_that_lowers_for_every_platform),
+  lowered like StableHLO for every platform."""
   root = tmp_path_factory.mktemp("exports")
   with contextlib.redirect_stdout(io.StringIO()) as stdout:
     assert export.command(checkpoint, root / "stablehlo", classes=CLASSES, fmt="stablehlo") == 0
   assert "frames (B, 2, 32, 32, 3) uint8 -> probabilities (B, 3)" in stdout.getvalue()
-  for fmt in ("saved_model", "onnx"):
-    export.export(model, CLASSES, root / fmt, fmt)
+  export.export(xclip_jax.load_pretrained(checkpoint, attention="cudnn"), CLASSES, root / "saved_model", "saved_model")
+  export.export(model, CLASSES, root / "onnx", "onnx")
   return root
 
 
@@ -150,14 +164,14 @@ def test_baked_classes_give_the_models_probabilities(served, model, batch_size):
 
 
 # Both symbolic sizes vary: the batch, and the number of classes (the baked ones as features, then another set).
-def test_exports_run_attention_that_lowers_for_every_platform(model, checkpoint, tmp_path):
+def test_exports_run_attention_that_lowers_for_every_platform(model, exports):
   """Whatever attention the model was loaded with: cuDNN's kernel (what `auto` runs on a GPU) lowers for CUDA only,
-  and does not run on this CPU at all."""
-  cudnn_model = xclip_jax.load_pretrained(checkpoint, attention="cudnn")
-  out = export.export(cudnn_model, CLASSES, tmp_path / "out", "stablehlo")
-  video = frames(2)
+  and does not run on this CPU at all. The SavedModel of `exports`, lowered for every platform as StableHLO is, was
+  exported from the model loaded with attention="cudnn"."""
+  video = frames(3)  # the batch size of test_baked_classes_give_the_models_probabilities, whose programs it reuses
   text_features = model.encode_text(xclip_jax.tokenize(CLASSES))
-  np.testing.assert_allclose(StableHLO(out)(video), expected_probabilities(model, video, text_features), atol=1e-4)
+  served = SavedModel(exports / "saved_model")(video)
+  np.testing.assert_allclose(served, expected_probabilities(model, video, text_features), atol=1e-4)
 
 
 @pytest.mark.parametrize("batch_size, class_names", [(1, None), (3, OTHER_CLASSES)])
@@ -187,11 +201,15 @@ def test_frames_of_another_size_are_refused(served):
     ("not_a_checkpoint", "error: OTHER: neither a torch zip archive nor a legacy torch.save file"),
   ],
 )
-def test_a_missing_or_foreign_checkpoint_is_a_one_line_error_and_nothing_is_written(tmp_path, case, message):
+def test_a_missing_or_foreign_checkpoint_is_a_one_line_error_and_nothing_is_written(
+  export_command, tmp_path, case, message
+):
   checkpoint = tmp_path / case
   if case == "not_a_checkpoint":
     checkpoint.write_text("a text file, not a checkpoint\n")
-  result = run_export(checkpoint, tmp_path / "out", "--classes=a,b", "--format=onnx")
+  # One run of the real command, which shows what it writes from its start (no library's start-up lines).
+  run = run_export if case == "missing" else export_command
+  result = run(checkpoint, tmp_path / "out", "--classes=a,b", "--format=onnx")
   assert result.returncode == 2 and result.stdout == ""
   expected = message.replace("MISSING", str(checkpoint)).replace("OTHER", str(checkpoint))
   assert result.stderr.count("\n") == 1 and expected in result.stderr, result.stderr
@@ -296,9 +314,9 @@ def test_an_export_whose_runtime_gives_other_probabilities_is_refused(checkpoint
     ),
   ],
 )
-def test_command_line_mistakes_are_one_line_errors(checkpoint, tmp_path, arguments, message):
+def test_command_line_mistakes_are_one_line_errors(export_command, checkpoint, tmp_path, arguments, message):
   out = tmp_path / "out"
-  result = run_export(*[{"CKPT": checkpoint, "OUT": out}.get(argument, argument) for argument in arguments])
+  result = export_command(*[{"CKPT": checkpoint, "OUT": out}.get(argument, argument) for argument in arguments])
   assert result.returncode == 2 and result.stdout == ""
   assert result.stderr == f"error: {message}\n", result.stderr
   assert not out.exists()
@@ -316,6 +334,11 @@ def test_frames_below_one_from_python_are_a_one_line_error_naming_num_frames(che
 def test_a_clip_checkpoint_exports_with_a_warning_that_its_xclip_modules_are_untrained(tmp_path, caplog, monkeypatch):
   clip = tiny.save_clip_checkpoint(tmp_path / "clip.pt")
   monkeypatch.setattr(export, "export", lambda model, class_names, out, fmt: out)  # the warning comes before it
+  # The new modules' values say nothing here: zeros, not the official initialisation (a compile of seconds).
+  abstract_init = lambda config, seed=0: jax.tree.map(
+    lambda leaf: np.zeros(leaf.shape, leaf.dtype), official.abstract_params(config)
+  )
+  monkeypatch.setattr(official, "init_params", abstract_init)
   with caplog.at_level(logging.WARNING):
     assert export.command(clip, tmp_path / "out", classes=CLASSES, fmt="stablehlo") == 0
   warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
