@@ -384,6 +384,27 @@ def test_too_many_bad_videos_are_one_error_line_and_the_shards_stay(videos, tmp_
   assert len(list((tmp_path / "_build" / "train").glob("*.done.json"))) == 3
 
 
+def _wait_until_received(pids, signum, timeout=1.0):
+  """Until each process holds `signum` pending (the workers block it), ignores it (multiprocessing's resource
+  tracker) or has ended, for at most `timeout` s: a process that takes it otherwise (a worker that no longer blocks
+  it, printing a traceback) has that second to show it before the command is stopped."""
+  bit = 1 << (signum - 1)
+
+  def received(pid):
+    try:
+      status = pathlib.Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+      return True
+    masks = dict(
+      line.split(":\t", 1) for line in status.splitlines() if line.startswith(("SigPnd", "ShdPnd", "SigIgn"))
+    )
+    return "(zombie)" in status or any(int(mask, 16) & bit for mask in masks.values())
+
+  deadline = time.monotonic() + timeout
+  while not all(map(received, pids)) and time.monotonic() < deadline:
+    time.sleep(0.01)
+
+
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
 def test_a_stop_signal_is_one_line_and_ends_the_command_by_that_signal_and_the_shards_done_stay(
   videos, tmp_path, stop_signal
@@ -418,9 +439,10 @@ def test_a_stop_signal_is_one_line_and_ends_the_command_by_that_signal_and_the_s
     deadline = time.monotonic() + 120
     while not first_marker.exists() and command.poll() is None and time.monotonic() < deadline:
       time.sleep(0.05)
-    for worker in pathlib.Path(f"/proc/{command.pid}/task/{command.pid}/children").read_text().split():
+    workers = pathlib.Path(f"/proc/{command.pid}/task/{command.pid}/children").read_text().split()
+    for worker in workers:
       os.kill(int(worker), stop_signal)
-    time.sleep(1)
+    _wait_until_received(workers, stop_signal)
     os.killpg(command.pid, stop_signal)
     stdout, stderr = command.communicate(timeout=60)
   finally:
