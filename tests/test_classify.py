@@ -269,7 +269,11 @@ def test_embeddings_are_the_plain_class_texts_and_the_view_averaged_videos(cli_i
     ("duplicated.csv", None, "duplicated.csv:4: class 'b' (id 2) reads as class 'b' (id 1, line 3)"),
     ("header_only.csv", None, "the label list has no classes"),
     (f"--classes={CLASSES}", "missing", "error: --checkpoint=MISSING: no checkpoint at MISSING"),
-    (f"--classes={CLASSES}", "not_a_checkpoint.txt", "error: --checkpoint=OTHER: "),
+    (  # the path said once
+      f"--classes={CLASSES}",
+      "not_a_checkpoint.txt",
+      "error: --checkpoint=OTHER: neither a torch zip archive nor a legacy torch.save file",
+    ),
   ],
 )
 def test_bad_labels_and_checkpoints_are_one_line_errors(
