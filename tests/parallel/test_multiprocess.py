@@ -2,14 +2,14 @@
 
 Two processes with 2 CPU devices each against one process with 4, the parameters sharded over all 4 devices
 (`mesh.fsdp=4`). Two processes train 6 steps; one process resumes their step-2 checkpoint and ends with their
-parameters and their evaluation; two processes resume its step-4 checkpoint, a SIGTERM to one of them stops both
-after the same step, with the parameters of the one-process run; two processes set aside a checkpoint that one of
-them cannot read and resume, both, from the one before. Of the files in the workdir they share, process 1
-writes none of those process 0 alone writes (recorded by an audit hook in each process). A killed or failing process
-stops the other, which finds it gone within the heartbeat timeout (by its own log's clock) and says so. Each process
-start costs seconds (imports, tracing, tf.data), so there are few;
-the runs share the test session's compilation cache (conftest), so that each program compiles once per process
-count.
+parameters and their evaluation; two processes, given its step-4 checkpoint and the two processes' step-6 one with a
+file that only one of them reads cut short, set that one aside and resume, both, from step 4, and a SIGTERM to one of
+them stops both after the same step, with the parameters of the one-process run. Of the files in the workdir they
+share, process 1 writes none of those process 0 alone writes (recorded by an audit hook in each process). A killed or
+failing process stops the other, which finds it gone within the heartbeat timeout (by its own log's clock) and says
+so. Each process start costs seconds (imports, tracing, tf.data), so there are few, and tests that check different
+facts of one run share it; the runs share the test session's compilation cache (conftest), so that each program
+compiles once per process count.
 """
 
 import datetime
@@ -32,6 +32,7 @@ import pytest
 
 from tests.fixtures import tiny
 from tests.fixtures import video_fixtures
+from xclip_jax import host_memory
 from xclip_jax.evaluation import report
 from xclip_jax.parallel import distributed
 from xclip_jax.train import checkpoints
@@ -149,11 +150,15 @@ class Run:
   ):
     self.workdir = workdir
     workdir.mkdir(parents=True, exist_ok=True)
-    env = {
-      **os.environ,
-      "XLA_FLAGS": f"--xla_force_host_platform_device_count={4 // num_processes} {FAST_COMPILE}",
-      "PYTHONUNBUFFERED": "1",
-    }
+    # With the huge-page tunable that xclip_jax.main would restart itself with (test_host_memory tests the restart):
+    # not importing jax twice saves each process seconds.
+    env = host_memory.as_training_runs(
+      {
+        **os.environ,
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={4 // num_processes} {FAST_COMPILE}",
+        "PYTHONUNBUFFERED": "1",
+      }
+    )
     distributed = []
     if num_processes > 1:
       distributed = [f"--coordinator_address=127.0.0.1:{_free_port()}", f"--num_processes={num_processes}"]
@@ -289,13 +294,39 @@ def test_one_process_resumes_a_two_process_checkpoint_and_ends_like_them(dataset
   _assert_same_evaluation(_results(two_processes.workdir), _results(one_process.workdir))
 
 
-def test_two_processes_resume_a_one_process_checkpoint_and_a_sigterm_stops_both_after_one_step(
-  dataset, one_process, tmp_path
-):
-  run = Run(dataset, _resume_from(one_process.workdir, 4, tmp_path), 2)
-  _wait_for_line(run, 1, "Resumed from the checkpoint at step 4 (data position 16)")
+@pytest.fixture(scope="module")
+def resumed_and_stopped(dataset, two_processes, one_process, tmp_path_factory):
+  """Two processes, given the one process's step-4 checkpoint and the two processes' step-6 one with a data file of
+  process 1 cut short; once process 1 has resumed, a SIGTERM to it. Its `codes`: the processes' exit statuses.
+
+  Orbax writes the chunks of replicated arrays from every process in turn, so which process reads the damaged part
+  varies from run to run; one that does not learns from the other that the checkpoint cannot be read."""
+  workdir = _resume_from(one_process.workdir, 4, tmp_path_factory.mktemp("resumed"))
+  _resume_from(two_processes.workdir, TOTAL_STEPS, workdir)
+  # The largest data file process 1 wrote: its shards of the sharded arrays, and maybe chunks of replicated ones.
+  files = (workdir / native.WORKDIR_CHECKPOINTS / str(TOTAL_STEPS) / "state" / "ocdbt.process_1" / "d").iterdir()
+  largest = max(files, key=lambda path: path.stat().st_size)
+  with largest.open("r+b") as f:
+    f.truncate(largest.stat().st_size // 2)
+  run = Run(dataset, workdir, 2)
+  try:
+    _wait_for_line(run, 1, "Resumed from the checkpoint at step 4 (data position 16)")
+  except BaseException:
+    for process in run.processes:
+      process.kill()
+    raise
   run.processes[1].send_signal(signal.SIGTERM)
-  run.succeed(status=-signal.SIGTERM)  # both stopped unfinished: ended by the signal
+  run.codes = run.wait()
+  return run
+
+
+def test_two_processes_resume_a_one_process_checkpoint_and_a_sigterm_stops_both_after_one_step(
+  dataset, one_process, resumed_and_stopped
+):
+  run = resumed_and_stopped
+  for i, code in enumerate(run.codes):
+    # Both stopped unfinished: ended by the signal.
+    assert code == -signal.SIGTERM, f"process {i} exited with {code}:\n{run.log(i)[-5000:]}"
   stopped = _checkpoint_steps(run.workdir)[-1]
   assert stopped > 4
   for i in (0, 1):
@@ -303,25 +334,20 @@ def test_two_processes_resume_a_one_process_checkpoint_and_a_sigterm_stops_both_
   _assert_same_training(_params(run.workdir, stopped), _params(one_process.workdir, stopped), dataset[1])
 
 
-def test_two_processes_set_aside_a_checkpoint_that_only_one_of_them_cannot_read(dataset, two_processes, tmp_path):
-  """A data file of process 1 cut short: both set the checkpoint aside and resume from the same one. Orbax writes the
-  chunks of replicated arrays from every process in turn, so which process reads the damaged part varies from run to
-  run; one that does not learns from the other that the checkpoint cannot be read."""
-  _resume_from(two_processes.workdir, 4, tmp_path)
-  _resume_from(two_processes.workdir, TOTAL_STEPS, tmp_path)
-  # The largest data file process 1 wrote: its shards of the sharded arrays, and maybe chunks of replicated ones.
-  files = (tmp_path / native.WORKDIR_CHECKPOINTS / str(TOTAL_STEPS) / "state" / "ocdbt.process_1" / "d").iterdir()
-  largest = max(files, key=lambda path: path.stat().st_size)
-  with largest.open("r+b") as f:
-    f.truncate(largest.stat().st_size // 2)
-  run = Run(dataset, tmp_path, 2)
-  run.succeed()
+def test_two_processes_set_aside_a_checkpoint_that_only_one_of_them_cannot_read(
+  dataset, one_process, resumed_and_stopped
+):
+  """Both set the step-6 checkpoint aside and resume from step 4, the same state: the steps after it are the one
+  process's."""
+  run = resumed_and_stopped
   for i in (0, 1):
     reason = rf"\((OUT_OF_RANGE|unreadable on process {1 - i})"
     assert re.search(rf"The checkpoint at step {TOTAL_STEPS} cannot be read {reason}", run.log(i)), run.log(i)[-3000:]
     assert "Resumed from the checkpoint at step 4 (data position 16)" in run.log(i), run.log(i)[-3000:]
-  assert (tmp_path / native.WORKDIR_CHECKPOINTS / f"{TOTAL_STEPS}{checkpoints.DAMAGED_SUFFIX}").is_dir()
-  _assert_same_training(_params(tmp_path), _params(two_processes.workdir), dataset[1])
+  assert (run.workdir / native.WORKDIR_CHECKPOINTS / f"{TOTAL_STEPS}{checkpoints.DAMAGED_SUFFIX}").is_dir()
+  stopped = _checkpoint_steps(run.workdir)[-1]
+  assert stopped > 4
+  _assert_same_training(_params(run.workdir, stopped), _params(one_process.workdir, stopped), dataset[1])
 
 
 @pytest.mark.parametrize("death", ["killed", "failing"])
