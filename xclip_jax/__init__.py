@@ -6,12 +6,30 @@ ids = xclip_jax.tokenize(["abseiling", "air drumming"])    # (K, 77) int32
 logits = model.logits(video, ids)                          # video: (B, T, H, W, 3) float32, normalised
 """
 
-from xclip_jax.model.config import PRESETS
-from xclip_jax.model.config import XCLIPConfig
-from xclip_jax.model.config import preset
-from xclip_jax.model.tokenizer import tokenize
-from xclip_jax.pretrained import XCLIPModel
-from xclip_jax.pretrained import from_config
-from xclip_jax.pretrained import load_pretrained
+import importlib
 
-__all__ = ["PRESETS", "XCLIPConfig", "XCLIPModel", "from_config", "load_pretrained", "preset", "tokenize"]
+# The public API, imported when first used: `python -m xclip_jax.main` imports this package before main restarts
+# itself with the huge-page tunable (xclip_jax.host_memory), and JAX imported by then would be imported twice.
+_API = {
+  "PRESETS": "xclip_jax.model.config",
+  "XCLIPConfig": "xclip_jax.model.config",
+  "preset": "xclip_jax.model.config",
+  "tokenize": "xclip_jax.model.tokenizer",
+  "XCLIPModel": "xclip_jax.pretrained",
+  "from_config": "xclip_jax.pretrained",
+  "load_pretrained": "xclip_jax.pretrained",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+  if name not in _API:
+    raise AttributeError(f"module 'xclip_jax' has no attribute {name!r}")
+  value = getattr(importlib.import_module(_API[name]), name)
+  globals()[name] = value
+  return value
+
+
+def __dir__() -> list[str]:
+  return sorted({*globals(), *_API})
