@@ -188,9 +188,8 @@ def run_classify(*args):
 def classify_command():
   """The command run for its mistakes: each run a child forked from one process that imported its dependencies
   (tests/fixtures/forked_commands.py), seconds of start-up saved a run; run_classify's tests see the start-up."""
-  server = forked_commands.Server(["xclip_jax.classify"], REPO)
-  yield lambda *args: server.run("xclip_jax.classify", *args)
-  server.close()
+  with forked_commands.command("xclip_jax.classify", REPO) as run:
+    yield run
 
 
 @pytest.fixture(scope="module")

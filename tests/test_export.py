@@ -48,9 +48,8 @@ def run_export(*args):
 def export_command():
   """The command run for its mistakes: each run a child forked from one process that imported its dependencies
   (tests/fixtures/forked_commands.py), seconds of start-up saved a run; run_export's test sees the start-up."""
-  server = forked_commands.Server(["xclip_jax.export"], REPO)
-  yield lambda *args: server.run("xclip_jax.export", *args)
-  server.close()
+  with forked_commands.command("xclip_jax.export", REPO) as run:
+    yield run
 
 
 @pytest.fixture(scope="module")
