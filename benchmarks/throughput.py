@@ -256,8 +256,8 @@ def largest_batch(analyse, run, available_bytes: int, max_batch: int | None) -> 
 
   analyse(b): bytes XLA's memory analysis gives for batch b (cheap compile); run(b): one real step at batch b,
   raising if it fails. The first size tried is where a line through the analysis of two sizes (up to 16) meets
-  `available_bytes`, or the largest size allowed, if that is at most 16 and its analysis fits; from there the search walks up while sizes pass, or down until one does. A size passes when its
-  analysis fits and its real step runs.
+  `available_bytes`, or the largest size allowed, if that is at most 16 and its analysis fits; from there the search
+  walks up while sizes pass, or down until one does. A size passes when its analysis fits and its real step runs.
   """
   max_batch = max_batch or (8 if jax.devices()[0].platform == "cpu" else 1024)
   rungs = [b for b in BATCH_LADDER if b <= max_batch]

@@ -227,7 +227,7 @@ def resolve(config: ml_collections.ConfigDict, workdir: epath.Path, resuming: bo
   subset = f"the {config.data.shots}-shot subset of {config.data.train_file}"
   _check_fills_a_batch(config, len(records), f"{subset} (config.data.shots)")
   check_videos_present(config, records, subset)
-  train_file = epath.Path(workdir) / f"train_{config.data.shots}shot.txt"
+  train_file = workdir / f"train_{config.data.shots}shot.txt"
   listing = "".join(f"{r.path} {r.label}\n" for r in records)
   if resuming and train_file.exists() and train_file.read_text() != listing:
     raise ValueError(

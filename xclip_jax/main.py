@@ -236,9 +236,8 @@ def _split_none_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
       kept.append(arg)
       continue
     if not equals and i < len(args) and args[i] == "None":  # `--config.FIELD None`
-      equals, value, i = "=", "None", i + 1
-      arg = f"{arg}=None"
-    last_value[name] = value if equals else None
+      value, i = "None", i + 1
+    last_value[name] = value
     if value != "None":
       kept.append(arg)
   nones = sorted(name.removeprefix("config.") for name, value in last_value.items() if value == "None")
