@@ -104,11 +104,8 @@ def test_clip_state_dict_initialises_xclip_with_clip_text_encoder(golden, tmp_pa
   assert np.isfinite(model.logits(video, io["text"])).all()
   # CLIP's default, as officially. Only the config is looked at: the new modules' values (checked above) are not drawn
   # again, which would compile the initialisation once more for 8 frames.
-  abstract_init = lambda config, seed=0: jax.tree.map(
-    lambda leaf: np.zeros(leaf.shape, leaf.dtype), official.abstract_params(config)
-  )
   with monkeypatch.context() as patch:
-    patch.setattr(official, "init_params", abstract_init)
+    patch.setattr(official, "init_params", tiny.zero_init_params)
     assert xclip_jax.load_pretrained(tmp_path / "clip.pt").config.num_frames == 8
   # A start for training, not a classifier; an X-CLIP checkpoint is one.
   assert not model.xclip_modules_trained

@@ -732,7 +732,7 @@ def test_a_command_line_mistake_is_one_line_with_exit_status_2_and_runs_nothing(
     result = run_command(*command)
     status, stderr = result.returncode, result.stderr
   else:
-    status, stderr = _command_line_checks_in_this_process(command, monkeypatch, capfd)
+    status, _, stderr = _command_line_checks_in_this_process(command, monkeypatch, capfd)
   assert status == 2
   assert stderr.splitlines() == [f"error: {message.replace('TMP', str(tmp_path))}"]
   assert not workdir.exists()
@@ -744,8 +744,8 @@ def test_a_command_line_mistake_is_one_line_with_exit_status_2_and_runs_nothing(
 _MISTAKES_RUN_AS_COMMANDS = ("unknown-field", "empty-workdir", "config-value", "returns-none")
 
 
-def _command_line_checks_in_this_process(args, monkeypatch, capfd) -> tuple[int, str]:
-  """(exit status, stderr) of main's parsing of `args` and its checks before the run starts (up to importing the
+def _command_line_checks_in_this_process(args, monkeypatch, capfd) -> tuple[int, str, str]:
+  """(exit status, stdout, stderr) of main's parsing of `args` and its checks before the run starts (up to importing the
   trainer, which a mistake found by then never reaches)."""
 
   def past_the_checks():
@@ -763,7 +763,8 @@ def _command_line_checks_in_this_process(args, monkeypatch, capfd) -> tuple[int,
   finally:
     flags.FLAGS.unparse_flags()
     sys.modules.pop("config_config", None)
-  return exited.value.code, capfd.readouterr().err
+  output = capfd.readouterr()
+  return exited.value.code, output.out, output.err
 
 
 def test_none_overrides_are_taken_out_of_the_command_line_for_main_to_set():
@@ -1306,13 +1307,8 @@ def test_help_lists_the_compilation_cache_flag_that_the_readme_tells_users_to_gi
   assert "compilation_cache_dir" in [flag.name for flag in flags.FLAGS.get_key_flags_for_module(main)]
 
 
-def test_help_prints_the_usage_and_ends_with_exit_status_0(capfd):
+def test_help_prints_the_usage_and_ends_with_exit_status_0(monkeypatch, capfd):
   """absl's --help ends with status 1, as a failed command would: a script asking for the usage would stop."""
   app.define_help_flags()  # as app.run does
-  flags.FLAGS.unparse_flags()
-  try:
-    with pytest.raises(SystemExit) as exited:
-      main._parse_flags(["xclip_jax.main", "--help"])
-  finally:
-    flags.FLAGS.unparse_flags()
-  assert exited.value.code == 0 and "Try --helpfull" in capfd.readouterr().out  # the usage, printed
+  status, stdout, _ = _command_line_checks_in_this_process(["--help"], monkeypatch, capfd)
+  assert status == 0 and "Try --helpfull" in stdout  # the usage, printed
