@@ -9,6 +9,7 @@ import os
 
 from etils import epath
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 
 from input_pipeline import annotations
@@ -238,7 +239,7 @@ def resolve(config: ml_collections.ConfigDict, workdir: epath.Path, resuming: bo
   if jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)
     train_file.write_text(listing)
-  jax.experimental.multihost_utils.sync_global_devices("few-shot list written")
+  multihost_utils.sync_global_devices("few-shot list written")
   return Experiment(class_names, len(records), str(train_file))
 
 
